@@ -1,0 +1,1 @@
+//! The pure rollout engine (being written).

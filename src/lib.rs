@@ -1,0 +1,7 @@
+//! Sluice: a progressive delivery controller for Kubernetes.
+//!
+//! Data flows one way: `api` (wire types) → `engine` (pure decisions) → `controller` (I/O).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod engine;
