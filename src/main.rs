@@ -1,6 +1,7 @@
 //! The `sluice` binary: one entry point, subcommands for the controller, CRD generation and CLI verbs.
 #![forbid(unsafe_code)]
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -13,12 +14,23 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print every CustomResourceDefinition Sluice serves, as one multi-document YAML stream.
-    Crds,
+    Crds {
+        /// Write one file per CRD (`<plural>.<group>.yaml`) into this directory instead of printing.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Crds => print!("{}", sluice::api::crds_yaml()?),
+        Command::Crds { dir: None } => print!("{}", sluice::api::crds_yaml()?),
+        Command::Crds { dir: Some(dir) } => {
+            for crd in sluice::api::crds() {
+                let path = dir.join(sluice::api::crd_file_name(&crd));
+                std::fs::write(&path, sluice::api::crd_yaml(&crd)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
     }
     Ok(())
 }
