@@ -5,7 +5,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "Progressive delivery for Kubernetes (Argo Rollouts and Flagger APIs)")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Progressive delivery for Kubernetes (Argo Rollouts and Flagger APIs)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +29,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds { dir: None } => print!("{}", sluice::api::crds_yaml()?),
         Command::Crds { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for crd in sluice::api::crds() {
                 let path = dir.join(sluice::api::crd_file_name(&crd));
                 std::fs::write(&path, sluice::api::crd_yaml(&crd)?)
