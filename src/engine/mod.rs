@@ -1,1 +1,262 @@
-//! The pure rollout engine (being written).
+//! The pure rollout engine: every decision about a Rollout, and nothing else.
+//!
+//! ```text
+//!   RolloutSpec + RolloutStatus + Observations (ReplicaSets, router weights, Services,
+//!   AnalysisRuns, the current time)  ──plan()──▶  Plan { status, actions, requeue_after }
+//! ```
+//!
+//! User intents arrive the way Argo's kubectl plugin sends them, as fields of the spec and status
+//! (`status.abort`, `status.promoteFull`, cleared `status.pauseConditions`, `spec.paused`,
+//! `status.currentStepIndex`); [`intent`] mirrors those patches. Actions are declarative ("this
+//! ReplicaSet should have N replicas"), so executing a plan twice does no harm, and the engine
+//! advances through every step that is already satisfied, so planning again on its own output
+//! changes nothing.
+//!
+//! This module must never do I/O: no kube client, no HTTP, no tokio, no clock reads, no randomness.
+//! The time is an input ([`Observations::now`]).
+
+pub mod hash;
+pub mod health;
+pub mod intent;
+pub mod replicas;
+pub mod validate;
+
+mod canary;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::argo::rollout::{
+    AnalysisRunArgument, DryRun, MeasurementRetention, RolloutSpec, RolloutStatus,
+};
+
+pub use canary::plan;
+
+/// Everything the engine reads besides the Rollout itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observations {
+    /// The current time. Sub-second precision is dropped: status times are whole seconds on the wire.
+    pub now: Timestamp,
+    /// `metadata.generation` of the Rollout.
+    pub generation: i64,
+    /// ReplicaSets owned by the Rollout.
+    pub replica_sets: Vec<ReplicaSetObservation>,
+    /// What the traffic routers report as really applied; `None` without a router or before the
+    /// first read.
+    pub traffic: Option<TrafficObservation>,
+    /// The Services named by `canaryService` / `stableService`, by name.
+    pub services: BTreeMap<String, ServiceObservation>,
+    /// AnalysisRuns owned by the Rollout.
+    pub analysis_runs: Vec<AnalysisRunObservation>,
+}
+
+impl Observations {
+    /// Observations with nothing observed yet.
+    pub fn at(now: Timestamp) -> Self {
+        Self {
+            now,
+            generation: 1,
+            replica_sets: Vec::new(),
+            traffic: None,
+            services: BTreeMap::new(),
+            analysis_runs: Vec::new(),
+        }
+    }
+}
+
+/// One ReplicaSet owned by the Rollout.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaSetObservation {
+    /// Its `rollouts-pod-template-hash` label.
+    pub pod_template_hash: String,
+    /// `spec.replicas`.
+    pub replicas: i32,
+    /// `status.replicas` (pods that exist).
+    pub status_replicas: i32,
+    pub ready_replicas: i32,
+    pub available_replicas: i32,
+    /// Its `rollout.argoproj.io/revision` annotation.
+    pub revision: i64,
+    /// Its `scale-down-deadline` annotation, when set.
+    pub scale_down_deadline: Option<Timestamp>,
+    /// Its pod template equals the Rollout's current template (ignoring the hash label).
+    ///
+    /// Lets the engine adopt a ReplicaSet made by another controller (Argo) instead of starting an
+    /// update only because the hash algorithm differs.
+    pub matches_current_template: bool,
+}
+
+/// The canary weight the routers report, in percent of all traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrafficObservation {
+    pub canary_weight: i32,
+    /// Every router reports that weight as applied.
+    pub verified: bool,
+}
+
+/// A Service the Rollout manages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceObservation {
+    /// Its `rollouts-pod-template-hash` selector, if any.
+    pub selector_hash: Option<String>,
+    /// Ready endpoints behind it right now.
+    pub ready_endpoints: i32,
+}
+
+/// The phase of an AnalysisRun, as Argo spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AnalysisPhase {
+    Pending,
+    Running,
+    Successful,
+    Failed,
+    Error,
+    Inconclusive,
+}
+
+impl AnalysisPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Running => "Running",
+            Self::Successful => "Successful",
+            Self::Failed => "Failed",
+            Self::Error => "Error",
+            Self::Inconclusive => "Inconclusive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "Pending" | "" => Self::Pending,
+            "Running" => Self::Running,
+            "Successful" => Self::Successful,
+            "Failed" => Self::Failed,
+            "Error" => Self::Error,
+            "Inconclusive" => Self::Inconclusive,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Successful | Self::Failed | Self::Error | Self::Inconclusive
+        )
+    }
+}
+
+/// One AnalysisRun owned by the Rollout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnalysisRunObservation {
+    pub name: String,
+    pub phase: AnalysisPhase,
+    pub message: String,
+}
+
+/// The result of planning: the next status, what to do, and when to look again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub status: RolloutStatus,
+    pub actions: Vec<Action>,
+    /// Look again after this long even if nothing changes (timed pauses, deadlines). `None`: only
+    /// a change to the Rollout or what it owns needs a new plan.
+    pub requeue_after: Option<Duration>,
+}
+
+/// Something the controller should make true. Every action is idempotent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Create the ReplicaSet for the current template (named `<rollout>-<hash>`).
+    CreateReplicaSet {
+        pod_template_hash: String,
+        replicas: i32,
+        revision: i64,
+    },
+    /// Set `spec.replicas` of an existing ReplicaSet.
+    ScaleReplicaSet {
+        pod_template_hash: String,
+        replicas: i32,
+    },
+    /// Set (or clear, with `None`) the `scale-down-deadline` annotation.
+    SetScaleDownDeadline {
+        pod_template_hash: String,
+        deadline: Option<Timestamp>,
+    },
+    /// Delete an old ReplicaSet beyond `revisionHistoryLimit`.
+    DeleteReplicaSet { pod_template_hash: String },
+    /// Point a managed Service at the pods of one ReplicaSet.
+    SetServiceSelector {
+        service: String,
+        pod_template_hash: String,
+    },
+    /// Set the traffic routers' weights: `canary_weight` percent to the canary, the rest to stable.
+    SetWeight {
+        canary_weight: i32,
+        canary_hash: String,
+        stable_hash: String,
+    },
+    /// Add a header-based route (managed route `name`) that sends matching requests to the canary.
+    SetHeaderRoute { step_index: i32 },
+    /// Add a mirror route (managed route `name`) that copies matching requests to the canary.
+    SetMirrorRoute { step_index: i32 },
+    /// Remove every managed header and mirror route.
+    RemoveManagedRoutes,
+    /// Create an AnalysisRun from the Rollout's templates (skipped if the name exists).
+    CreateAnalysisRun(AnalysisRunRequest),
+    /// Set `spec.terminate` on a running AnalysisRun.
+    TerminateAnalysisRun { name: String },
+    /// Record a Kubernetes Event on the Rollout.
+    Event(Event),
+}
+
+/// Why an AnalysisRun is created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnalysisKind {
+    /// An inline analysis step, by index.
+    Step(i32),
+    /// The background analysis of the canary.
+    Background,
+}
+
+/// Everything needed to create an AnalysisRun; argument values from pod-template hashes are
+/// already resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnalysisRunRequest {
+    pub name: String,
+    pub kind: AnalysisKind,
+    pub pod_template_hash: String,
+    pub revision: i64,
+    /// `(templateName, clusterScope)` pairs, in order.
+    pub templates: Vec<(String, bool)>,
+    pub args: Vec<AnalysisRunArgument>,
+    pub dry_run: Vec<DryRun>,
+    pub measurement_retention: Vec<MeasurementRetention>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A Kubernetes Event to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What the engine needs besides the spec, status and observations.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    /// The Rollout's name (AnalysisRun names derive from it).
+    pub name: &'a str,
+    /// The spec, with `template` and `selector` already resolved from `workloadRef`.
+    pub spec: &'a RolloutSpec,
+    pub status: &'a RolloutStatus,
+    pub observed: &'a Observations,
+}

@@ -1,0 +1,1505 @@
+//! The canary step machine: Argo Rollouts' canary semantics as one pure function, [`plan`].
+//!
+//! Order of decisions (mirroring Argo's `rolloutCanary`): validate → identify the revision →
+//! user intents (abort, retry, promote-full) → steps → background analysis → promotion →
+//! replica targets → old ReplicaSets and history → Services → traffic → conditions and phase.
+//! Whenever data is missing or doubtful, the decision moves traffic towards the stable version.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::argo::rollout::{
+    CanaryStep, CanaryStrategy, PauseCondition, PauseReason, PodTemplateHashValue, RolloutAnalysis,
+    RolloutAnalysisRunStatus, RolloutCondition, RolloutSpec, RolloutStatus, TrafficWeights,
+    WeightDestination,
+};
+use crate::engine::health::{self, reason};
+use crate::engine::replicas::{self, BasicCanary, RoutedCanary, RsCounts};
+use crate::engine::{
+    Action, AnalysisKind, AnalysisPhase, AnalysisRunRequest, Event, Input, Plan,
+    ReplicaSetObservation, hash, validate,
+};
+
+/// Plan the next status and actions for a Rollout. Pure and total: never panics.
+pub fn plan(input: Input<'_>) -> Plan {
+    let mut planner = Planner::new(input);
+    planner.run();
+    planner.finish()
+}
+
+/// How often unverified router weights are checked again (Argo's verify retry interval).
+const TRAFFIC_VERIFY_INTERVAL: Duration = Duration::from_secs(10);
+
+struct Planner<'a> {
+    name: &'a str,
+    spec: &'a RolloutSpec,
+    old: &'a RolloutStatus,
+    observed: &'a crate::engine::Observations,
+    now: Timestamp,
+    status: RolloutStatus,
+    actions: Vec<Action>,
+    requeue: Option<Duration>,
+    /// Something moved forward in this plan (resets the progress deadline).
+    progressed: bool,
+    abort_message: Option<String>,
+    /// The step index when this plan started: a user's resume applies to that step only.
+    start_index: i32,
+}
+
+/// The pods a plan wants for the current and the stable ReplicaSet, and the canary weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Targets {
+    new: i32,
+    stable: i32,
+    /// Canary weight in router units (0..=maxTrafficWeight).
+    weight: i32,
+}
+
+impl<'a> Planner<'a> {
+    fn new(input: Input<'a>) -> Self {
+        let now =
+            Timestamp::from_second(input.observed.now.as_second()).unwrap_or(input.observed.now);
+        Self {
+            name: input.name,
+            spec: input.spec,
+            old: input.status,
+            observed: input.observed,
+            now,
+            status: input.status.clone(),
+            actions: Vec::new(),
+            requeue: None,
+            progressed: false,
+            abort_message: None,
+            start_index: input.status.current_step_index.unwrap_or(0),
+        }
+    }
+
+    fn finish(mut self) -> Plan {
+        let (phase, message) = health::phase(self.spec, &self.status, self.observed.generation);
+        self.status.phase = Some(phase);
+        self.status.message = message;
+        Plan {
+            status: self.status,
+            actions: self.actions,
+            requeue_after: self.requeue,
+        }
+    }
+
+    // === helpers ===
+
+    fn canary(&self) -> &'a CanaryStrategy {
+        self.spec
+            .strategy
+            .canary
+            .as_ref()
+            .expect("validated: canary strategy is set")
+    }
+
+    fn steps(&self) -> &'a [CanaryStep] {
+        self.canary().steps()
+    }
+
+    fn step_count(&self) -> i32 {
+        self.steps().len() as i32
+    }
+
+    fn index(&self) -> i32 {
+        self.status
+            .current_step_index
+            .unwrap_or(0)
+            .clamp(0, self.step_count())
+    }
+
+    fn has_router(&self) -> bool {
+        self.canary().traffic_routing.is_some()
+    }
+
+    fn event(&mut self, warning: bool, reason: &'static str, message: String) {
+        self.actions.push(Action::Event(Event {
+            warning,
+            reason,
+            message,
+        }));
+    }
+
+    fn requeue_in(&mut self, seconds: i64) {
+        let wait = Duration::from_secs(seconds.max(1) as u64);
+        self.requeue = Some(self.requeue.map_or(wait, |r| r.min(wait)));
+    }
+
+    fn after(&self, seconds: i64) -> Timestamp {
+        Timestamp::from_second(self.now.as_second().saturating_add(seconds))
+            .unwrap_or(Timestamp::MAX)
+    }
+
+    fn rs(&self, hash: &str) -> Option<&'a ReplicaSetObservation> {
+        if hash.is_empty() {
+            return None;
+        }
+        self.observed
+            .replica_sets
+            .iter()
+            .find(|rs| rs.pod_template_hash == hash)
+    }
+
+    fn current(&self) -> &str {
+        &self.status.current_pod_hash
+    }
+
+    fn promoted(&self) -> bool {
+        self.status.stable_rs == self.status.current_pod_hash
+    }
+
+    /// The revision of the current ReplicaSet, or the next revision if it does not exist yet.
+    fn revision(&self) -> i64 {
+        self.rs(self.current())
+            .map(|rs| rs.revision)
+            .unwrap_or_else(|| {
+                self.observed
+                    .replica_sets
+                    .iter()
+                    .map(|rs| rs.revision)
+                    .max()
+                    .unwrap_or(0)
+                    + 1
+            })
+    }
+
+    fn set_condition(&mut self, type_: &str, status: &str, reason: &str, message: String) {
+        let now = Time(self.now);
+        match self.status.conditions.iter_mut().find(|c| c.type_ == type_) {
+            Some(c) if c.status == status && c.reason == reason && c.message == message => {}
+            Some(c) => {
+                if c.status != status {
+                    c.last_transition_time = now.clone();
+                }
+                c.status = status.into();
+                c.reason = reason.into();
+                c.message = message;
+                c.last_update_time = now;
+            }
+            None => self.status.conditions.push(RolloutCondition {
+                type_: type_.into(),
+                status: status.into(),
+                last_update_time: now.clone(),
+                last_transition_time: now,
+                reason: reason.into(),
+                message,
+            }),
+        }
+    }
+
+    fn remove_condition(&mut self, type_: &str) {
+        self.status.conditions.retain(|c| c.type_ != type_);
+    }
+
+    // === the plan ===
+
+    fn run(&mut self) {
+        self.status.observed_generation = self.observed.generation.to_string();
+        let errors = validate::validate(self.spec);
+        if !errors.is_empty() {
+            let message = errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            let known = self
+                .old
+                .conditions
+                .iter()
+                .any(|c| c.type_ == reason::INVALID_SPEC && c.message == message);
+            self.set_condition(
+                reason::INVALID_SPEC,
+                "True",
+                reason::INVALID_SPEC,
+                message.clone(),
+            );
+            if !known {
+                self.event(
+                    true,
+                    reason::INVALID_SPEC,
+                    format!("The Rollout is invalid and was not acted on: {message}"),
+                );
+            }
+            return;
+        }
+        self.remove_condition(reason::INVALID_SPEC);
+
+        self.identify_revision();
+        self.user_intents();
+        self.start_index = self.index();
+        if !self.status.abort && !self.promoted() {
+            self.run_steps();
+            self.background_analysis();
+        }
+        // As Argo does: controllerPause only outlives a plan while a pause condition exists, so a
+        // resume is consumed by the step it was meant for and never skips a later pause.
+        if self.status.pause_conditions.is_empty() {
+            self.status.controller_pause = false;
+        }
+        self.promote_when_ready();
+        let targets = self.targets();
+        self.scale_replica_sets(targets);
+        self.scale_down_old_replica_sets();
+        self.delete_old_history();
+        self.services();
+        self.traffic(targets);
+        self.counts();
+        self.conditions();
+    }
+
+    /// Work out the current pod-template hash and react to a new template or new steps.
+    fn identify_revision(&mut self) {
+        let template = self.spec.template.clone().unwrap_or_default();
+        let matching: Vec<&ReplicaSetObservation> = self
+            .observed
+            .replica_sets
+            .iter()
+            .filter(|rs| rs.matches_current_template)
+            .collect();
+        let current = matching
+            .iter()
+            .find(|rs| rs.pod_template_hash == self.old.current_pod_hash)
+            .or_else(|| matching.iter().max_by_key(|rs| rs.revision))
+            .map(|rs| rs.pod_template_hash.clone())
+            .unwrap_or_else(|| hash::pod_template_hash(&template, self.old.collision_count));
+        let step_hash = hash::step_hash(self.canary().steps.as_ref());
+        let steps = self.step_count();
+
+        if self.old.stable_rs.is_empty() {
+            // The first deploy skips the steps (Argo's behaviour): it is promoted at once.
+            self.status.stable_rs = current.clone();
+            if self.old.current_pod_hash.is_empty() {
+                self.event(
+                    false,
+                    reason::ROLLOUT_UPDATED,
+                    format!(
+                        "Rollout created at revision {}",
+                        self.revision_for(&current)
+                    ),
+                );
+                self.progressed = true;
+            }
+        } else if self.old.current_pod_hash != current
+            || (self.old.current_step_hash != step_hash && self.old.stable_rs != current)
+        {
+            let template_changed = self.old.current_pod_hash != current;
+            self.status.pause_conditions.clear();
+            self.status.controller_pause = false;
+            self.status.abort = false;
+            self.status.aborted_at = None;
+            self.status.promote_full = false;
+            self.status.canary.current_step_analysis_run_status = None;
+            self.status.canary.current_background_analysis_run_status = None;
+            self.status.current_step_index = (steps > 0).then_some(0);
+            self.progressed = true;
+            if current == self.old.stable_rs {
+                self.status.current_step_index = (steps > 0).then_some(steps);
+                if template_changed {
+                    self.event(
+                        false,
+                        reason::FAST_ROLLBACK,
+                        format!(
+                            "Rolled back to the stable revision {} without steps",
+                            self.revision_for(&current)
+                        ),
+                    );
+                }
+            } else if template_changed {
+                self.event(
+                    false,
+                    reason::ROLLOUT_UPDATED,
+                    format!(
+                        "Rollout updated to revision {}",
+                        self.revision_for(&current)
+                    ),
+                );
+            } else {
+                self.event(
+                    false,
+                    reason::ROLLOUT_UPDATED,
+                    "Canary steps changed: restarting at step 0".into(),
+                );
+            }
+        }
+        self.status.current_pod_hash = current;
+        self.status.current_step_hash = step_hash;
+        if self.promoted() {
+            self.status.current_step_index = (steps > 0).then_some(steps);
+        }
+    }
+
+    fn revision_for(&self, hash: &str) -> i64 {
+        self.rs(hash).map(|rs| rs.revision).unwrap_or_else(|| {
+            self.observed
+                .replica_sets
+                .iter()
+                .map(|rs| rs.revision)
+                .max()
+                .unwrap_or(0)
+                + 1
+        })
+    }
+
+    fn user_intents(&mut self) {
+        // Retry: the user cleared `abort` after the controller acted on it.
+        if !self.status.abort && self.status.aborted_at.is_some() {
+            self.status.aborted_at = None;
+            self.status.canary.current_step_analysis_run_status = None;
+            self.status.canary.current_background_analysis_run_status = None;
+            self.status.current_step_index = (self.step_count() > 0).then_some(0);
+            self.progressed = true;
+            self.set_condition(
+                reason::PROGRESSING,
+                "True",
+                reason::ROLLOUT_RETRY,
+                "Retrying the rollout".into(),
+            );
+            self.event(
+                false,
+                reason::ROLLOUT_RETRY,
+                format!("Retrying the update to revision {}", self.revision()),
+            );
+        }
+        if self.status.abort && self.status.aborted_at.is_none() && !self.promoted() {
+            self.start_abort(format!(
+                "Rollout aborted update to revision {}",
+                self.revision()
+            ));
+        }
+        if self.status.promote_full && !self.status.abort && !self.promoted() {
+            if self.index() < self.step_count() || !self.status.pause_conditions.is_empty() {
+                self.event(
+                    false,
+                    reason::ROLLOUT_PROMOTED_FULL,
+                    "Fully promoting: skipping the remaining steps".into(),
+                );
+            }
+            self.status.current_step_index = (self.step_count() > 0).then_some(self.step_count());
+            self.status.pause_conditions.clear();
+            self.status.controller_pause = false;
+            self.stop_analysis_run(AnalysisKind::Step(0));
+            self.stop_analysis_run(AnalysisKind::Background);
+        }
+    }
+
+    /// Abort the update: traffic and replicas go back to stable; the phase becomes Degraded.
+    fn start_abort(&mut self, message: String) {
+        self.status.abort = true;
+        self.status.aborted_at = Some(Time(self.now));
+        self.status.pause_conditions.clear();
+        self.status.controller_pause = false;
+        self.status.current_step_index = (self.step_count() > 0).then_some(0);
+        self.stop_analysis_run(AnalysisKind::Step(0));
+        self.stop_analysis_run(AnalysisKind::Background);
+        self.event(true, reason::ROLLOUT_ABORTED, message.clone());
+        self.abort_message = Some(message);
+    }
+
+    fn stop_analysis_run(&mut self, kind: AnalysisKind) {
+        let slot = match kind {
+            AnalysisKind::Step(_) => &mut self.status.canary.current_step_analysis_run_status,
+            AnalysisKind::Background => {
+                &mut self.status.canary.current_background_analysis_run_status
+            }
+        };
+        if let Some(run) = slot.as_ref() {
+            let running = self
+                .observed
+                .analysis_runs
+                .iter()
+                .any(|r| r.name == run.name && !r.phase.is_terminal());
+            if running {
+                let name = run.name.clone();
+                self.actions.push(Action::TerminateAnalysisRun { name });
+            }
+        }
+    }
+
+    /// The user cleared the pause conditions the controller set (kubectl argo rollouts promote).
+    fn resumed(&self) -> bool {
+        self.status.controller_pause
+            && self.status.pause_conditions.is_empty()
+            && self.index() == self.start_index
+    }
+
+    fn pause(&mut self, reason_: PauseReason, message: String) {
+        if !self
+            .status
+            .pause_conditions
+            .iter()
+            .any(|c| c.reason == reason_)
+        {
+            self.status.pause_conditions.push(PauseCondition {
+                reason: reason_,
+                start_time: Time(self.now),
+            });
+            self.status.controller_pause = true;
+            self.event(false, reason::ROLLOUT_PAUSED, message);
+        }
+    }
+
+    fn run_steps(&mut self) {
+        self.drop_stale_step_run();
+        if self.spec.paused() {
+            return;
+        }
+        let steps = self.steps();
+        for _ in 0..=steps.len() {
+            let index = self.index();
+            let Some(step) = steps.get(index as usize) else {
+                break;
+            };
+            if !self.step_done(index, step) {
+                break;
+            }
+            self.status.current_step_index = Some(index + 1);
+            self.status.canary.current_step_analysis_run_status = None;
+            self.progressed = true;
+            self.event(
+                false,
+                reason::ROLLOUT_STEP_COMPLETED,
+                format!(
+                    "Rollout step {}/{} completed ({})",
+                    index + 1,
+                    steps.len(),
+                    describe(step)
+                ),
+            );
+        }
+    }
+
+    /// A user skipped past an analysis step: stop its run.
+    fn drop_stale_step_run(&mut self) {
+        let Some(run) = &self.status.canary.current_step_analysis_run_status else {
+            return;
+        };
+        let base = format!(
+            "{}-{}-{}-{}",
+            self.name,
+            self.current(),
+            self.revision(),
+            self.index()
+        );
+        let on_analysis_step = self
+            .steps()
+            .get(self.index() as usize)
+            .is_some_and(|s| s.analysis.is_some());
+        if !on_analysis_step || attempt_of(&run.name, &base).is_none() {
+            self.stop_analysis_run(AnalysisKind::Step(0));
+            self.status.canary.current_step_analysis_run_status = None;
+        }
+    }
+
+    /// Whether a step is complete, starting whatever it needs. Pauses, aborts and actions happen here.
+    fn step_done(&mut self, index: i32, step: &CanaryStep) -> bool {
+        if step.set_weight.is_some() || step.set_canary_scale.is_some() {
+            let targets = self.targets();
+            return self.at_targets(targets);
+        }
+        if let Some(pause) = &step.pause {
+            let started = self
+                .status
+                .pause_conditions
+                .iter()
+                .find(|c| c.reason == PauseReason::CanaryPauseStep)
+                .map(|c| c.start_time.0.as_second());
+            let duration = pause.duration_seconds().ok().flatten();
+            return match (started, duration) {
+                (Some(start), Some(seconds))
+                    if self.now.as_second() >= start.saturating_add(seconds) =>
+                {
+                    self.status
+                        .pause_conditions
+                        .retain(|c| c.reason != PauseReason::CanaryPauseStep);
+                    self.status.controller_pause = false;
+                    true
+                }
+                (Some(start), Some(seconds)) => {
+                    self.requeue_in(start.saturating_add(seconds) - self.now.as_second());
+                    false
+                }
+                (Some(_), None) => false,
+                (None, _) if self.resumed() => {
+                    self.status.controller_pause = false;
+                    true
+                }
+                (None, duration) => {
+                    if let Some(seconds) = duration {
+                        self.requeue_in(seconds);
+                    }
+                    let how =
+                        duration.map_or("until promoted".to_string(), |s| format!("for {s}s"));
+                    self.pause(
+                        PauseReason::CanaryPauseStep,
+                        format!("Rollout is paused at step {} {how}", index + 1),
+                    );
+                    false
+                }
+            };
+        }
+        if let Some(analysis) = &step.analysis {
+            let (name, phase, message) = self.analysis_run(AnalysisKind::Step(index), analysis);
+            return match phase {
+                AnalysisPhase::Successful => true,
+                AnalysisPhase::Failed | AnalysisPhase::Error => {
+                    self.analysis_failed(&name, phase, &message);
+                    false
+                }
+                AnalysisPhase::Inconclusive if self.resumed() => {
+                    self.status.controller_pause = false;
+                    true
+                }
+                AnalysisPhase::Inconclusive => {
+                    self.pause(
+                        PauseReason::InconclusiveAnalysisRun,
+                        format!("AnalysisRun {name} is Inconclusive: {message}"),
+                    );
+                    false
+                }
+                AnalysisPhase::Pending | AnalysisPhase::Running => false,
+            };
+        }
+        if step.set_header_route.is_some() {
+            self.actions
+                .push(Action::SetHeaderRoute { step_index: index });
+            return true;
+        }
+        if step.set_mirror_route.is_some() {
+            self.actions
+                .push(Action::SetMirrorRoute { step_index: index });
+            return true;
+        }
+        // Other step kinds are rejected by validation; never advance past what we don't understand.
+        false
+    }
+
+    fn analysis_failed(&mut self, name: &str, phase: AnalysisPhase, message: &str) {
+        let (event_reason, verdict) = match phase {
+            AnalysisPhase::Error => (reason::ANALYSIS_RUN_ERROR, "Error"),
+            _ => (reason::ANALYSIS_RUN_FAILED, "Failed"),
+        };
+        let detail = if message.is_empty() {
+            String::new()
+        } else {
+            format!(": {message}")
+        };
+        self.event(
+            true,
+            event_reason,
+            format!("AnalysisRun {name} {verdict}{detail}"),
+        );
+        self.start_abort(format!(
+            "Rollout aborted update to revision {}: AnalysisRun {name} {verdict}{detail}",
+            self.revision()
+        ));
+    }
+
+    /// Find, adopt or create the AnalysisRun for a step or the background, and report its phase.
+    fn analysis_run(
+        &mut self,
+        kind: AnalysisKind,
+        analysis: &RolloutAnalysis,
+    ) -> (String, AnalysisPhase, String) {
+        let revision = self.revision();
+        let base = match kind {
+            AnalysisKind::Step(i) => format!("{}-{}-{revision}-{i}", self.name, self.current()),
+            AnalysisKind::Background => format!("{}-{}-{revision}", self.name, self.current()),
+        };
+        let referenced = match kind {
+            AnalysisKind::Step(_) => self.status.canary.current_step_analysis_run_status.clone(),
+            AnalysisKind::Background => self
+                .status
+                .canary
+                .current_background_analysis_run_status
+                .clone(),
+        }
+        .filter(|r| attempt_of(&r.name, &base).is_some());
+
+        let latest = self
+            .observed
+            .analysis_runs
+            .iter()
+            .filter_map(|r| attempt_of(&r.name, &base).map(|a| (a, r)))
+            .max_by_key(|(attempt, _)| *attempt);
+        let observed = self.observed;
+        let chosen = match (&latest, &referenced) {
+            (Some((_, run)), _) if !run.phase.is_terminal() => {
+                Some((run.name.clone(), run.phase, run.message.clone()))
+            }
+            (_, Some(reference)) => match observed
+                .analysis_runs
+                .iter()
+                .find(|r| r.name == reference.name)
+            {
+                Some(run) => Some((run.name.clone(), run.phase, run.message.clone())),
+                // Created by an earlier plan but not visible yet: still pending; creating it again is harmless.
+                None => {
+                    let request = self.analysis_request(&reference.name, kind.clone(), analysis);
+                    self.actions.push(Action::CreateAnalysisRun(request));
+                    Some((
+                        reference.name.clone(),
+                        AnalysisPhase::Pending,
+                        String::new(),
+                    ))
+                }
+            },
+            _ => None,
+        };
+        let (name, phase, message) = match chosen {
+            Some(chosen) => chosen,
+            None => {
+                let attempt = latest.map_or(0, |(a, _)| a + 1);
+                let name = if attempt == 0 {
+                    base.clone()
+                } else {
+                    format!("{base}.{attempt}")
+                };
+                let request = self.analysis_request(&name, kind.clone(), analysis);
+                self.actions.push(Action::CreateAnalysisRun(request));
+                (name, AnalysisPhase::Pending, String::new())
+            }
+        };
+        let run_status = Some(RolloutAnalysisRunStatus {
+            name: name.clone(),
+            status: phase.as_str().into(),
+            message: message.clone(),
+        });
+        match kind {
+            AnalysisKind::Step(_) => {
+                self.status.canary.current_step_analysis_run_status = run_status
+            }
+            AnalysisKind::Background => {
+                self.status.canary.current_background_analysis_run_status = run_status
+            }
+        }
+        (name, phase, message)
+    }
+
+    fn analysis_request(
+        &self,
+        name: &str,
+        kind: AnalysisKind,
+        analysis: &RolloutAnalysis,
+    ) -> AnalysisRunRequest {
+        let mut args = analysis.args.clone().unwrap_or_default();
+        for arg in &mut args {
+            if let Some(which) = arg
+                .value_from
+                .as_ref()
+                .and_then(|v| v.pod_template_hash_value)
+            {
+                arg.value = Some(match which {
+                    PodTemplateHashValue::Stable => self.status.stable_rs.clone(),
+                    PodTemplateHashValue::Latest => self.status.current_pod_hash.clone(),
+                });
+                arg.value_from = None;
+            }
+        }
+        let metadata = analysis.analysis_run_metadata.clone().unwrap_or_default();
+        let mut labels: BTreeMap<String, String> = metadata.labels.unwrap_or_default();
+        labels.insert(
+            crate::api::argo::rollout::POD_TEMPLATE_HASH_LABEL.into(),
+            self.status.current_pod_hash.clone(),
+        );
+        match kind {
+            AnalysisKind::Step(i) => {
+                labels.insert("rollout-type".into(), "Step".into());
+                labels.insert("step-index".into(), i.to_string());
+            }
+            AnalysisKind::Background => {
+                labels.insert("rollout-type".into(), "Background".into());
+            }
+        }
+        AnalysisRunRequest {
+            name: name.to_string(),
+            kind,
+            pod_template_hash: self.status.current_pod_hash.clone(),
+            revision: self.revision(),
+            templates: analysis
+                .templates
+                .iter()
+                .flatten()
+                .map(|t| {
+                    (
+                        t.template_name.clone().unwrap_or_default(),
+                        t.cluster_scope.unwrap_or(false),
+                    )
+                })
+                .collect(),
+            args,
+            dry_run: analysis.dry_run.clone().unwrap_or_default(),
+            measurement_retention: analysis.measurement_retention.clone().unwrap_or_default(),
+            labels,
+            annotations: metadata.annotations.unwrap_or_default(),
+        }
+    }
+
+    fn background_analysis(&mut self) {
+        let Some(background) = &self.canary().analysis else {
+            return;
+        };
+        if self.status.abort || self.index() < background.starting_step.unwrap_or(0) {
+            return;
+        }
+        let resumed_from_inconclusive = self.resumed()
+            && self
+                .status
+                .canary
+                .current_background_analysis_run_status
+                .as_ref()
+                .is_some_and(|r| r.status == AnalysisPhase::Inconclusive.as_str());
+        if resumed_from_inconclusive {
+            // The user accepted the inconclusive verdict: keep watching with a fresh run.
+            self.status.canary.current_background_analysis_run_status = None;
+            self.status.controller_pause = false;
+        }
+        let (name, phase, message) =
+            self.analysis_run(AnalysisKind::Background, &background.analysis);
+        match phase {
+            AnalysisPhase::Failed | AnalysisPhase::Error => {
+                self.analysis_failed(&name, phase, &message)
+            }
+            AnalysisPhase::Inconclusive => self.pause(
+                PauseReason::InconclusiveAnalysisRun,
+                format!("AnalysisRun {name} is Inconclusive: {message}"),
+            ),
+            _ => {}
+        }
+    }
+
+    /// Make the current ReplicaSet stable once every step is done and it serves everything.
+    fn promote_when_ready(&mut self) {
+        if self.status.abort
+            || self.promoted()
+            || self.spec.paused()
+            || !self.status.pause_conditions.is_empty()
+        {
+            return;
+        }
+        if self.index() < self.step_count() {
+            return;
+        }
+        let targets = self.targets();
+        if !self.at_targets(targets) {
+            return;
+        }
+        let revision = self.revision();
+        self.status.stable_rs = self.status.current_pod_hash.clone();
+        self.status.promote_full = false;
+        self.status.pause_conditions.clear();
+        self.status.controller_pause = false;
+        self.stop_analysis_run(AnalysisKind::Background);
+        self.progressed = true;
+        self.event(
+            false,
+            reason::ROLLOUT_COMPLETED,
+            format!("Rollout completed update to revision {revision}"),
+        );
+    }
+
+    /// The canary weight the rollout wants now, in router units.
+    fn desired_weight(&self) -> i32 {
+        let max = self.canary().max_traffic_weight();
+        if self.promoted() {
+            return 0;
+        }
+        if self.status.abort {
+            return 0;
+        }
+        if self.status.promote_full || self.index() >= self.step_count() {
+            return max;
+        }
+        let steps = self.steps();
+        (0..=self.index() as usize)
+            .rev()
+            .find_map(|i| steps.get(i).and_then(|s| s.set_weight))
+            .unwrap_or(0)
+    }
+
+    /// Argo's `UseSetCanaryScale`: the setCanaryScale in force, if any.
+    fn canary_scale(&self) -> Option<&'a crate::api::argo::rollout::SetCanaryScale> {
+        if !self.has_router() || self.promoted() || self.status.promote_full {
+            return None;
+        }
+        if self.status.abort && self.canary().abort_scale_down_delay_seconds() != 0 {
+            return None;
+        }
+        let steps = self.steps();
+        let index = (self.index() as usize).min(steps.len().saturating_sub(1));
+        if self.index() >= self.step_count() {
+            return None;
+        }
+        for i in (0..=index).rev() {
+            if let Some(scale) = steps.get(i).and_then(|s| s.set_canary_scale.as_ref()) {
+                return (!scale.match_traffic_weight.unwrap_or(false)).then_some(scale);
+            }
+        }
+        None
+    }
+
+    fn targets(&mut self) -> Targets {
+        let spec_replicas = self.spec.replicas();
+        let weight = self.desired_weight();
+        let max = self.canary().max_traffic_weight().max(1);
+        let percent = ((i64::from(weight) * 100 + i64::from(max) - 1) / i64::from(max)) as i32;
+        let new_rs = self.rs(self.current());
+        let stable_rs = if self.promoted() {
+            None
+        } else {
+            self.rs(&self.status.stable_rs)
+        };
+        let counts = |rs: Option<&ReplicaSetObservation>| {
+            rs.map(|rs| RsCounts {
+                replicas: rs.replicas,
+                available: rs.available_replicas,
+            })
+        };
+        if self.promoted() {
+            return Targets {
+                new: spec_replicas,
+                stable: 0,
+                weight: 0,
+            };
+        }
+        if self.has_router() {
+            let canary = self.canary();
+            let scale = self.canary_scale();
+            let canary_replicas = scale.and_then(|s| {
+                s.replicas.or_else(|| {
+                    s.weight
+                        .map(|w| replicas::traffic_weight_to_replicas(spec_replicas, w))
+                })
+            });
+            let observed = self.observed.traffic.map(|t| {
+                let c = (i64::from(t.canary_weight) * 100 / i64::from(max)) as i32;
+                (c, 100 - c)
+            });
+            let (mut new, stable) = replicas::routed_canary_counts(&RoutedCanary {
+                spec_replicas,
+                weight: percent,
+                canary_replicas,
+                dynamic_stable_scale: canary.dynamic_stable_scale(),
+                min_pods_per_replica_set: canary.min_pods_per_replica_set,
+                observed,
+                aborted: self.status.abort,
+            });
+            if self.status.abort {
+                new = self.aborted_canary_replicas();
+            }
+            return Targets {
+                new,
+                stable,
+                weight,
+            };
+        }
+        let (surge, unavailable) = replicas::fenceposts(
+            self.canary().max_surge.as_ref(),
+            self.canary().max_unavailable.as_ref(),
+            spec_replicas,
+        )
+        .unwrap_or((1, 0));
+        let other_replicas = self
+            .observed
+            .replica_sets
+            .iter()
+            .filter(|rs| {
+                rs.pod_template_hash != self.current()
+                    && rs.pod_template_hash != self.status.stable_rs
+            })
+            .map(|rs| rs.replicas)
+            .sum();
+        let (new, stable) = replicas::basic_canary_counts(&BasicCanary {
+            spec_replicas,
+            weight: percent,
+            max_surge: surge,
+            max_unavailable: unavailable,
+            new_rs: counts(new_rs).or(Some(RsCounts::default())),
+            stable_rs: counts(stable_rs),
+            other_replicas,
+        });
+        Targets {
+            new,
+            stable,
+            weight,
+        }
+    }
+
+    /// With a router, an aborted canary keeps its pods for abortScaleDownDelaySeconds (0: forever).
+    fn aborted_canary_replicas(&mut self) -> i32 {
+        let delay = i64::from(self.canary().abort_scale_down_delay_seconds());
+        let current = self.rs(self.current()).map_or(0, |rs| rs.replicas);
+        if delay == 0 {
+            return current;
+        }
+        let aborted = self
+            .status
+            .aborted_at
+            .as_ref()
+            .map_or(self.now.as_second(), |t| t.0.as_second());
+        let deadline = aborted.saturating_add(delay);
+        if self.now.as_second() >= deadline {
+            0
+        } else {
+            self.requeue_in(deadline - self.now.as_second());
+            current
+        }
+    }
+
+    /// Argo's `AtDesiredReplicaCountsForCanary`, plus router verification.
+    fn at_targets(&self, targets: Targets) -> bool {
+        let Some(new) = self.rs(self.current()) else {
+            return false;
+        };
+        if new.replicas != targets.new || new.available_replicas != targets.new {
+            return false;
+        }
+        let stable = self.rs(&self.status.stable_rs);
+        if !self.has_router() || !self.canary().dynamic_stable_scale() {
+            match stable {
+                Some(s) if !self.promoted() => {
+                    if s.replicas != targets.stable || s.status_replicas != targets.stable {
+                        return false;
+                    }
+                }
+                None if targets.stable > 0 && !self.promoted() => return false,
+                _ => {}
+            }
+        }
+        if self.has_router() {
+            return self
+                .observed
+                .traffic
+                .is_some_and(|t| t.verified && t.canary_weight == targets.weight);
+        }
+        let others_available: i32 = self
+            .observed
+            .replica_sets
+            .iter()
+            .filter(|rs| {
+                rs.pod_template_hash != self.current()
+                    && rs.pod_template_hash != self.status.stable_rs
+            })
+            .map(|rs| rs.available_replicas)
+            .sum();
+        others_available == 0
+    }
+
+    fn scale_replica_sets(&mut self, targets: Targets) {
+        let current = self.current().to_string();
+        match self.rs(&current) {
+            None => self.actions.push(Action::CreateReplicaSet {
+                pod_template_hash: current.clone(),
+                replicas: targets.new,
+                revision: self.revision(),
+            }),
+            Some(rs) => {
+                if rs.replicas != targets.new {
+                    self.actions.push(Action::ScaleReplicaSet {
+                        pod_template_hash: current.clone(),
+                        replicas: targets.new,
+                    });
+                }
+                if rs.scale_down_deadline.is_some() {
+                    self.actions.push(Action::SetScaleDownDeadline {
+                        pod_template_hash: current.clone(),
+                        deadline: None,
+                    });
+                }
+            }
+        }
+        if !self.promoted() {
+            let stable = self.status.stable_rs.clone();
+            if let Some(rs) = self.rs(&stable) {
+                if rs.replicas != targets.stable {
+                    self.actions.push(Action::ScaleReplicaSet {
+                        pod_template_hash: stable.clone(),
+                        replicas: targets.stable,
+                    });
+                }
+                if rs.scale_down_deadline.is_some() {
+                    self.actions.push(Action::SetScaleDownDeadline {
+                        pod_template_hash: stable,
+                        deadline: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// ReplicaSets that are neither current nor stable go to zero: after scaleDownDelaySeconds with a
+    /// router (so clients draining from them are not cut off), within maxUnavailable without one.
+    fn scale_down_old_replica_sets(&mut self) {
+        let current = self.current().to_string();
+        let stable = self.status.stable_rs.clone();
+        let old: Vec<&ReplicaSetObservation> = self
+            .observed
+            .replica_sets
+            .iter()
+            .filter(|rs| {
+                rs.pod_template_hash != current && rs.pod_template_hash != stable && rs.replicas > 0
+            })
+            .collect();
+        if old.is_empty() {
+            return;
+        }
+        if self.has_router() {
+            let delay = i64::from(self.canary().scale_down_delay_seconds());
+            for rs in old {
+                match rs.scale_down_deadline {
+                    _ if delay == 0 => self.scale_to_zero(rs),
+                    Some(deadline) if deadline.as_second() <= self.now.as_second() => {
+                        self.scale_to_zero(rs)
+                    }
+                    Some(deadline) => self.requeue_in(deadline.as_second() - self.now.as_second()),
+                    None => {
+                        self.actions.push(Action::SetScaleDownDeadline {
+                            pod_template_hash: rs.pod_template_hash.clone(),
+                            deadline: Some(self.after(delay)),
+                        });
+                        self.requeue_in(delay);
+                    }
+                }
+            }
+            return;
+        }
+        let spec_replicas = self.spec.replicas();
+        let (_, unavailable) = replicas::fenceposts(
+            self.canary().max_surge.as_ref(),
+            self.canary().max_unavailable.as_ref(),
+            spec_replicas,
+        )
+        .unwrap_or((1, 0));
+        let available: i32 = self
+            .observed
+            .replica_sets
+            .iter()
+            .map(|rs| rs.available_replicas)
+            .sum();
+        let mut budget = (available - (spec_replicas - unavailable)).max(0);
+        for rs in old {
+            // Unavailable pods of an old ReplicaSet can always go; available ones within the budget.
+            let unavailable_pods = (rs.replicas - rs.available_replicas).max(0);
+            let take = (unavailable_pods + budget.min(rs.available_replicas)).min(rs.replicas);
+            budget -= take.saturating_sub(unavailable_pods).max(0);
+            if take > 0 {
+                self.actions.push(Action::ScaleReplicaSet {
+                    pod_template_hash: rs.pod_template_hash.clone(),
+                    replicas: rs.replicas - take,
+                });
+            }
+        }
+    }
+
+    fn scale_to_zero(&mut self, rs: &ReplicaSetObservation) {
+        self.actions.push(Action::ScaleReplicaSet {
+            pod_template_hash: rs.pod_template_hash.clone(),
+            replicas: 0,
+        });
+    }
+
+    /// Keep `revisionHistoryLimit` scaled-down old ReplicaSets; delete older ones.
+    fn delete_old_history(&mut self) {
+        let mut old: Vec<&ReplicaSetObservation> = self
+            .observed
+            .replica_sets
+            .iter()
+            .filter(|rs| {
+                rs.pod_template_hash != self.status.current_pod_hash
+                    && rs.pod_template_hash != self.status.stable_rs
+                    && rs.replicas == 0
+                    && rs.status_replicas == 0
+            })
+            .collect();
+        old.sort_by_key(|rs| std::cmp::Reverse(rs.revision));
+        let keep = self.spec.revision_history_limit().max(0) as usize;
+        for rs in old.into_iter().skip(keep) {
+            self.actions.push(Action::DeleteReplicaSet {
+                pod_template_hash: rs.pod_template_hash.clone(),
+            });
+        }
+    }
+
+    /// Point the managed Services at pods that can serve: a Service never selects a ReplicaSet
+    /// with no available pods while another one could serve.
+    fn services(&mut self) {
+        let canary = self.canary();
+        let stable_hash = self.status.stable_rs.clone();
+        let current = self.current().to_string();
+        let observed = self.observed;
+        let available = |hash: &str| {
+            observed
+                .replica_sets
+                .iter()
+                .find(|rs| rs.pod_template_hash == hash)
+                .map_or(0, |rs| rs.available_replicas)
+        };
+        if let Some(service) = &canary.stable_service {
+            // The stable Service moves to a new ReplicaSet only once it is fully available.
+            let full = observed
+                .replica_sets
+                .iter()
+                .find(|rs| rs.pod_template_hash == stable_hash)
+                .is_some_and(|rs| rs.available_replicas >= rs.replicas && rs.replicas > 0);
+            let desired = if full || available(&stable_hash) > 0 {
+                Some(stable_hash.clone())
+            } else {
+                None
+            };
+            self.select(service, desired);
+        }
+        if let Some(service) = &canary.canary_service {
+            let desired = if !self.status.abort && available(&current) > 0 {
+                Some(current.clone())
+            } else if available(&stable_hash) > 0 {
+                Some(stable_hash.clone())
+            } else {
+                None
+            };
+            self.select(service, desired);
+        }
+    }
+
+    fn select(&mut self, service: &str, desired: Option<String>) {
+        let Some(hash) = desired else { return };
+        let observed = self
+            .observed
+            .services
+            .get(service)
+            .and_then(|s| s.selector_hash.as_deref());
+        if observed != Some(hash.as_str()) {
+            self.actions.push(Action::SetServiceSelector {
+                service: service.to_string(),
+                pod_template_hash: hash,
+            });
+        }
+    }
+
+    /// Set router weights. Traffic only goes to a Service that has ready endpoints for the pods it
+    /// should reach; otherwise it stays on (or returns to) the stable side.
+    fn traffic(&mut self, targets: Targets) {
+        if !self.has_router() {
+            return;
+        }
+        let canary = self.canary();
+        let max = canary.max_traffic_weight();
+        let current = self.current().to_string();
+        let stable = self.status.stable_rs.clone();
+        let service_ready = |name: &Option<String>, hash: &str| {
+            name.as_ref().is_none_or(|n| {
+                self.observed.services.get(n).is_some_and(|s| {
+                    s.selector_hash.as_deref() == Some(hash) && s.ready_endpoints > 0
+                })
+            })
+        };
+        let mut weight = targets.weight;
+        if self.promoted() {
+            // Final switch: keep everything on the canary Service until the stable Service serves
+            // the promoted pods, then move traffic back to stable (both now reach the same pods).
+            let observed = self.observed.traffic.map(|t| t.canary_weight);
+            if observed.is_some_and(|w| w > 0) && !service_ready(&canary.stable_service, &current) {
+                weight = observed.unwrap_or(max);
+            }
+        } else if weight > 0 && !service_ready(&canary.canary_service, &current) {
+            weight = 0;
+        }
+        let applied = self
+            .observed
+            .traffic
+            .is_some_and(|t| t.verified && t.canary_weight == weight);
+        if !applied {
+            self.actions.push(Action::SetWeight {
+                canary_weight: weight,
+                canary_hash: current.clone(),
+                stable_hash: stable.clone(),
+            });
+            self.requeue = Some(
+                self.requeue
+                    .map_or(TRAFFIC_VERIFY_INTERVAL, |r| r.min(TRAFFIC_VERIFY_INTERVAL)),
+            );
+        }
+        let has_managed_routes = canary
+            .traffic_routing
+            .as_ref()
+            .and_then(|r| r.managed_routes.as_ref())
+            .is_some_and(|m| !m.is_empty());
+        if has_managed_routes && (self.status.abort || self.promoted()) {
+            self.actions.push(Action::RemoveManagedRoutes);
+        }
+        self.status.canary.weights = self.observed.traffic.map(|t| TrafficWeights {
+            canary: WeightDestination {
+                weight: t.canary_weight,
+                service_name: canary.canary_service.clone().unwrap_or_default(),
+                pod_template_hash: current.clone(),
+            },
+            stable: WeightDestination {
+                weight: max - t.canary_weight,
+                service_name: canary.stable_service.clone().unwrap_or_default(),
+                pod_template_hash: stable.clone(),
+            },
+            additional: Vec::new(),
+            verified: Some(t.verified),
+        });
+    }
+
+    fn counts(&mut self) {
+        let sets = &self.observed.replica_sets;
+        self.status.replicas = sets.iter().map(|rs| rs.status_replicas).sum();
+        self.status.updated_replicas = self.rs(self.current()).map_or(0, |rs| rs.status_replicas);
+        self.status.ready_replicas = sets.iter().map(|rs| rs.ready_replicas).sum();
+        self.status.available_replicas = sets.iter().map(|rs| rs.available_replicas).sum();
+        self.status.hpa_replicas = self.status.replicas;
+        self.status.selector = self
+            .spec
+            .selector
+            .as_ref()
+            .and_then(|s| s.match_labels.as_ref())
+            .map(|labels| {
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        if (
+            self.status.updated_replicas,
+            self.status.ready_replicas,
+            self.status.available_replicas,
+        ) != (
+            self.old.updated_replicas,
+            self.old.ready_replicas,
+            self.old.available_replicas,
+        ) {
+            self.progressed = true;
+        }
+    }
+
+    fn conditions(&mut self) {
+        let spec_replicas = self.spec.replicas();
+        let rs_name = format!("{}-{}", self.name, self.current());
+        let (_, unavailable) = replicas::fenceposts(
+            self.canary().max_surge.as_ref(),
+            self.canary().max_unavailable.as_ref(),
+            spec_replicas,
+        )
+        .unwrap_or((1, 0));
+        if self.status.available_replicas >= spec_replicas - unavailable {
+            self.set_condition(
+                reason::AVAILABLE,
+                "True",
+                reason::AVAILABLE_REASON,
+                "Rollout has minimum availability".into(),
+            );
+        } else {
+            self.set_condition(
+                reason::AVAILABLE,
+                "False",
+                reason::AVAILABLE_REASON,
+                "Rollout does not have minimum availability".into(),
+            );
+        }
+
+        let paused = self.spec.paused() || !self.status.pause_conditions.is_empty();
+        let complete = self.promoted()
+            && self.status.updated_replicas == spec_replicas
+            && self.status.available_replicas >= spec_replicas
+            && self.status.replicas == self.status.updated_replicas;
+        if paused {
+            self.set_condition(
+                reason::PAUSED,
+                "True",
+                reason::ROLLOUT_PAUSED,
+                "Rollout is paused".into(),
+            );
+        } else if self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == reason::PAUSED && c.status == "True")
+        {
+            self.set_condition(
+                reason::PAUSED,
+                "False",
+                reason::ROLLOUT_RESUMED,
+                "Rollout is resumed".into(),
+            );
+            self.progressed = true;
+        }
+
+        if self.status.abort && !self.promoted() {
+            let message = self.abort_message.clone().or_else(|| {
+                self.old
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == reason::PROGRESSING && c.reason == reason::ROLLOUT_ABORTED)
+                    .map(|c| c.message.clone())
+            });
+            let message = message.unwrap_or_else(|| {
+                format!("Rollout aborted update to revision {}", self.revision())
+            });
+            self.set_condition(
+                reason::PROGRESSING,
+                "False",
+                reason::ROLLOUT_ABORTED,
+                message,
+            );
+        } else if complete {
+            self.set_condition(
+                reason::PROGRESSING,
+                "True",
+                reason::NEW_REPLICA_SET_AVAILABLE,
+                format!("ReplicaSet {rs_name:?} has successfully progressed."),
+            );
+        } else if paused {
+            self.set_condition(
+                reason::PROGRESSING,
+                "Unknown",
+                reason::ROLLOUT_PAUSED,
+                "Rollout is paused".into(),
+            );
+        } else {
+            self.progress_deadline(&rs_name);
+        }
+
+        if complete {
+            self.set_condition(
+                reason::COMPLETED,
+                "True",
+                reason::ROLLOUT_COMPLETED,
+                "Rollout completed update to revision".into(),
+            );
+        } else {
+            self.set_condition(
+                reason::COMPLETED,
+                "False",
+                reason::ROLLOUT_COMPLETED,
+                "Rollout not completed".into(),
+            );
+        }
+        let (phase, _) = health::phase(self.spec, &self.status, self.observed.generation);
+        let healthy = phase == crate::api::argo::rollout::RolloutPhase::Healthy;
+        self.set_condition(
+            reason::HEALTHY,
+            if healthy { "True" } else { "False" },
+            reason::ROLLOUT_HEALTHY,
+            if healthy {
+                "Rollout is healthy".into()
+            } else {
+                "Rollout is not healthy".into()
+            },
+        );
+    }
+
+    /// Progressing, or ProgressDeadlineExceeded when nothing has moved for progressDeadlineSeconds.
+    fn progress_deadline(&mut self, rs_name: &str) {
+        let deadline = i64::from(self.spec.progress_deadline_seconds());
+        let existing = self
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == reason::PROGRESSING)
+            .cloned();
+        let exceeded = existing
+            .as_ref()
+            .is_some_and(|c| c.reason == reason::PROGRESS_DEADLINE_EXCEEDED);
+        let in_progress = existing
+            .as_ref()
+            .filter(|c| {
+                c.reason == reason::REPLICA_SET_UPDATED || c.reason == reason::ROLLOUT_RETRY
+            })
+            .map(|c| c.last_update_time.0.as_second());
+        match in_progress {
+            Some(last)
+                if !self.progressed && self.now.as_second() >= last.saturating_add(deadline) =>
+            {
+                let message = format!("ReplicaSet {rs_name:?} has timed out progressing.");
+                self.set_condition(
+                    reason::PROGRESSING,
+                    "False",
+                    reason::PROGRESS_DEADLINE_EXCEEDED,
+                    message.clone(),
+                );
+                self.event(true, reason::PROGRESS_DEADLINE_EXCEEDED, message.clone());
+                if self.spec.progress_deadline_abort() {
+                    self.start_abort(format!(
+                        "Rollout aborted update to revision {}: {message}",
+                        self.revision()
+                    ));
+                    self.set_condition(
+                        reason::PROGRESSING,
+                        "False",
+                        reason::ROLLOUT_ABORTED,
+                        self.abort_message.clone().unwrap_or_default(),
+                    );
+                }
+            }
+            Some(last) if !self.progressed => {
+                self.requeue_in(last.saturating_add(deadline) - self.now.as_second());
+            }
+            _ if exceeded && !self.progressed => {}
+            _ => {
+                let message = format!("ReplicaSet {rs_name:?} is progressing.");
+                let fresh = existing
+                    .as_ref()
+                    .is_none_or(|c| c.reason != reason::REPLICA_SET_UPDATED);
+                self.set_condition(
+                    reason::PROGRESSING,
+                    "True",
+                    reason::REPLICA_SET_UPDATED,
+                    message,
+                );
+                if let Some(c) = self
+                    .status
+                    .conditions
+                    .iter_mut()
+                    .find(|c| c.type_ == reason::PROGRESSING)
+                {
+                    if self.progressed || fresh {
+                        c.last_update_time = Time(self.now);
+                    }
+                }
+                self.requeue_in(deadline);
+            }
+        }
+    }
+}
+
+/// The attempt number of an AnalysisRun name: `base` is 0, `base.N` is N.
+fn attempt_of(name: &str, base: &str) -> Option<u32> {
+    let rest = name.strip_prefix(base)?;
+    if rest.is_empty() {
+        return Some(0);
+    }
+    rest.strip_prefix('.')?.parse().ok()
+}
+
+/// A short description of a step for events.
+fn describe(step: &CanaryStep) -> String {
+    if let Some(w) = step.set_weight {
+        return format!("setWeight: {w}");
+    }
+    if let Some(p) = &step.pause {
+        return match p.duration_seconds() {
+            Ok(Some(s)) => format!("pause: {s}s"),
+            _ => "pause".into(),
+        };
+    }
+    if step.analysis.is_some() {
+        return "analysis".into();
+    }
+    if step.set_canary_scale.is_some() {
+        return "setCanaryScale".into();
+    }
+    if step.set_header_route.is_some() {
+        return "setHeaderRoute".into();
+    }
+    if step.set_mirror_route.is_some() {
+        return "setMirrorRoute".into();
+    }
+    "step".into()
+}
