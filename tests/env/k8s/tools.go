@@ -1,0 +1,12 @@
+//go:build tools
+
+// Package tools is never compiled: it only pins, for `go mod tidy`, the
+// commands tests/env/up builds from this module.
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
