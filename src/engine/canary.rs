@@ -232,7 +232,7 @@ impl<'a> Planner<'a> {
         self.identify_revision();
         self.user_intents();
         self.start_index = self.index();
-        if !self.status.abort && !self.promoted() {
+        if !self.status.abort && !self.promoted() && !self.status.promote_full {
             self.run_steps();
             self.background_analysis();
         }
@@ -328,7 +328,7 @@ impl<'a> Planner<'a> {
         }
         self.status.current_pod_hash = current;
         self.status.current_step_hash = step_hash;
-        if self.promoted() {
+        if self.promoted() || steps == 0 {
             self.status.current_step_index = (steps > 0).then_some(steps);
         }
     }
@@ -370,6 +370,26 @@ impl<'a> Planner<'a> {
                 "Rollout aborted update to revision {}",
                 self.revision()
             ));
+        }
+        // A verdict already in beats any later intent: a failed analysis aborts even if the user
+        // asked for a full promotion in the meantime.
+        if !self.status.abort && !self.promoted() {
+            let observed = self.observed;
+            let failed = [
+                &self.status.canary.current_step_analysis_run_status,
+                &self.status.canary.current_background_analysis_run_status,
+            ]
+            .into_iter()
+            .flatten()
+            .find_map(|reference| {
+                observed.analysis_runs.iter().find(|r| {
+                    r.name == reference.name
+                        && matches!(r.phase, AnalysisPhase::Failed | AnalysisPhase::Error)
+                })
+            });
+            if let Some(run) = failed {
+                self.analysis_failed(&run.name, run.phase, &run.message);
+            }
         }
         if self.status.promote_full && !self.status.abort && !self.promoted() {
             if self.index() < self.step_count() || !self.status.pause_conditions.is_empty() {
@@ -524,6 +544,7 @@ impl<'a> Planner<'a> {
                     false
                 }
                 (Some(_), None) => false,
+                (None, Some(0)) => true,
                 (None, _) if self.resumed() => {
                     self.status.controller_pause = false;
                     true
@@ -790,6 +811,7 @@ impl<'a> Planner<'a> {
         }
         let revision = self.revision();
         self.status.stable_rs = self.status.current_pod_hash.clone();
+        self.status.current_step_index = (self.step_count() > 0).then_some(self.step_count());
         self.status.promote_full = false;
         self.status.pause_conditions.clear();
         self.status.controller_pause = false;
