@@ -4,6 +4,9 @@ pub mod alert_provider;
 pub mod canary;
 pub mod metric_template;
 
-pub use alert_provider::AlertProvider;
-pub use canary::Canary;
-pub use metric_template::MetricTemplate;
+pub use alert_provider::{AlertProvider, AlertProviderSpec, AlertProviderType};
+pub use canary::{
+    Canary, CanaryAlert, CanaryAnalysis, CanaryMetric, CanaryPhase, CanaryService, CanarySpec,
+    CanaryStatus, CanaryWebhook, HookType,
+};
+pub use metric_template::{MetricProviderType, MetricTemplate, MetricTemplateSpec};
