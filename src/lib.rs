@@ -4,4 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cli;
 pub mod engine;

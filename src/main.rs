@@ -23,10 +23,32 @@ enum Command {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Preview, offline, how a Rollout's canary steps play out for a new image.
+    Simulate {
+        /// A file holding the Rollout (other documents are ignored).
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        /// The new image (default: the current image with `-next` appended).
+        #[arg(long)]
+        image: Option<String>,
+        /// How the simulated AnalysisRuns end.
+        #[arg(long, value_enum, default_value = "successful")]
+        analysis: sluice::cli::simulate::Verdict,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Simulate {
+            file,
+            image,
+            analysis,
+        } => {
+            print!(
+                "{}",
+                sluice::cli::simulate::run(&file, image.as_deref(), analysis)?
+            );
+        }
         Command::Crds { dir: None } => print!("{}", sluice::api::crds_yaml()?),
         Command::Crds { dir: Some(dir) } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -416,8 +416,22 @@ impl<'a> Planner<'a> {
         self.status.current_step_index = (self.step_count() > 0).then_some(0);
         self.stop_analysis_run(AnalysisKind::Step(0));
         self.stop_analysis_run(AnalysisKind::Background);
+        self.remove_managed_routes();
         self.event(true, reason::ROLLOUT_ABORTED, message.clone());
         self.abort_message = Some(message);
+    }
+
+    /// Header and mirror routes live only while an update progresses.
+    fn remove_managed_routes(&mut self) {
+        let has_managed_routes = self
+            .canary()
+            .traffic_routing
+            .as_ref()
+            .and_then(|r| r.managed_routes.as_ref())
+            .is_some_and(|m| !m.is_empty());
+        if has_managed_routes {
+            self.actions.push(Action::RemoveManagedRoutes);
+        }
     }
 
     fn stop_analysis_run(&mut self, kind: AnalysisKind) {
@@ -815,6 +829,7 @@ impl<'a> Planner<'a> {
         self.status.promote_full = false;
         self.status.pause_conditions.clear();
         self.status.controller_pause = false;
+        self.remove_managed_routes();
         self.stop_analysis_run(AnalysisKind::Background);
         self.progressed = true;
         self.event(
@@ -1243,14 +1258,6 @@ impl<'a> Planner<'a> {
                 self.requeue
                     .map_or(TRAFFIC_VERIFY_INTERVAL, |r| r.min(TRAFFIC_VERIFY_INTERVAL)),
             );
-        }
-        let has_managed_routes = canary
-            .traffic_routing
-            .as_ref()
-            .and_then(|r| r.managed_routes.as_ref())
-            .is_some_and(|m| !m.is_empty());
-        if has_managed_routes && (self.status.abort || self.promoted()) {
-            self.actions.push(Action::RemoveManagedRoutes);
         }
         self.status.canary.weights = self.observed.traffic.map(|t| TrafficWeights {
             canary: WeightDestination {

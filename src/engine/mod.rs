@@ -19,6 +19,7 @@ pub mod hash;
 pub mod health;
 pub mod intent;
 pub mod replicas;
+pub mod sim;
 pub mod validate;
 
 mod canary;

@@ -7,16 +7,14 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use k8s_openapi::jiff::Timestamp;
 use pretty_assertions::assert_eq;
 use serde_json::json;
 
 use super::health::{Health, argocd_health, health_of_phase, reason};
 use super::intent::{self, Intent};
+use super::sim::Simulation;
 use super::*;
-use crate::api::argo::rollout::{
-    CanaryStep, PauseReason, RolloutPhase, RolloutSpec, RolloutStatus,
-};
+use crate::api::argo::rollout::{CanaryStep, PauseReason, RolloutPhase, RolloutSpec};
 
 pub(super) fn template(image: &str) -> PodTemplateSpec {
     PodTemplateSpec {
@@ -59,57 +57,39 @@ fn routed(replicas: i32, steps: serde_json::Value) -> RolloutSpec {
     )
 }
 
-/// The simulated cluster: ReplicaSets, Services, a router and AnalysisRuns that follow the actions.
-pub(super) struct World {
-    pub spec: RolloutSpec,
-    pub status: RolloutStatus,
-    pub observed: Observations,
-    /// Pods of newly scaled ReplicaSets become available at once.
-    pub pods_ready: bool,
-    /// Routers confirm weights at once.
-    pub router_verifies: bool,
-    pub events: Vec<Event>,
-    pub last: Option<Plan>,
+/// The simulation, with every tick also checking that the phase agrees with Argo CD's health.
+pub(super) struct World(Simulation);
+
+impl std::ops::Deref for World {
+    type Target = Simulation;
+    fn deref(&self) -> &Simulation {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut Simulation {
+        &mut self.0
+    }
 }
 
 impl World {
     pub fn new(spec: RolloutSpec) -> Self {
-        Self {
-            spec,
-            status: RolloutStatus::default(),
-            observed: Observations::at(Timestamp::from_second(1_700_000_000).unwrap()),
-            pods_ready: true,
-            router_verifies: true,
-            events: Vec::new(),
-            last: None,
-        }
+        Self(Simulation::new("demo", spec))
     }
 
-    /// One reconcile: plan, check health agreement, execute the actions.
     pub fn tick(&mut self) -> Plan {
-        let plan = plan(Input {
-            name: "demo",
-            spec: &self.spec,
-            status: &self.status,
-            observed: &self.observed,
-        });
-        let generation = self.observed.generation;
+        let plan = self.0.plan();
         assert_eq!(
             health_of_phase(plan.status.phase.unwrap()),
-            argocd_health(&self.spec, &plan.status, generation),
+            argocd_health(&self.spec, &plan.status, self.observed.generation),
             "phase {:?} ({}) disagrees with Argo CD's health",
             plan.status.phase,
             plan.status.message
         );
-        self.status = plan.status.clone();
-        for action in plan.actions.clone() {
-            self.execute(action);
-        }
-        self.last = Some(plan.clone());
-        plan
+        self.0.tick()
     }
 
-    /// Reconcile until nothing but waiting is left (at most `n` ticks).
     pub fn settle(&mut self) -> Plan {
         let mut plan = self.tick();
         for _ in 0..50 {
@@ -122,174 +102,6 @@ impl World {
             }
         }
         plan
-    }
-
-    pub fn advance(&mut self, seconds: i64) {
-        self.observed.now =
-            Timestamp::from_second(self.observed.now.as_second() + seconds).unwrap();
-    }
-
-    pub fn set_image(&mut self, image: &str) {
-        self.spec.template = Some(template(image));
-        self.observed.generation += 1;
-        let new_hash = hash::pod_template_hash(self.spec.template.as_ref().unwrap(), None);
-        for rs in &mut self.observed.replica_sets {
-            rs.matches_current_template = rs.pod_template_hash == new_hash;
-        }
-    }
-
-    pub fn intent(&mut self, intent: Intent) {
-        let (spec, status) = intent::apply(intent, &self.spec, &self.status);
-        if spec != self.spec {
-            self.observed.generation += 1;
-        }
-        self.spec = spec;
-        self.status = status;
-    }
-
-    pub fn rs(&self, hash: &str) -> Option<&ReplicaSetObservation> {
-        self.observed
-            .replica_sets
-            .iter()
-            .find(|rs| rs.pod_template_hash == hash)
-    }
-
-    pub fn replicas(&self, hash: &str) -> i32 {
-        self.rs(hash).map_or(0, |rs| rs.replicas)
-    }
-
-    pub fn set_run_phase(&mut self, name_contains: &str, phase: AnalysisPhase, message: &str) {
-        let run = self
-            .observed
-            .analysis_runs
-            .iter_mut()
-            .rev()
-            .find(|r| r.name.contains(name_contains))
-            .unwrap_or_else(|| panic!("no AnalysisRun matching {name_contains}"));
-        run.phase = phase;
-        run.message = message.into();
-    }
-
-    fn execute(&mut self, action: Action) {
-        let ready = self.pods_ready;
-        let sync_endpoints = |world: &mut World| {
-            let sets = world.observed.replica_sets.clone();
-            for service in world.observed.services.values_mut() {
-                service.ready_endpoints = service
-                    .selector_hash
-                    .as_ref()
-                    .and_then(|h| sets.iter().find(|rs| &rs.pod_template_hash == h))
-                    .map_or(0, |rs| rs.available_replicas);
-            }
-        };
-        match action {
-            Action::CreateReplicaSet {
-                pod_template_hash,
-                replicas,
-                revision,
-            } => {
-                if self.rs(&pod_template_hash).is_none() {
-                    let n = if ready { replicas } else { 0 };
-                    self.observed.replica_sets.push(ReplicaSetObservation {
-                        pod_template_hash,
-                        replicas,
-                        status_replicas: replicas,
-                        ready_replicas: n,
-                        available_replicas: n,
-                        revision,
-                        scale_down_deadline: None,
-                        matches_current_template: true,
-                    });
-                }
-            }
-            Action::ScaleReplicaSet {
-                pod_template_hash,
-                replicas,
-            } => {
-                let rs = self
-                    .observed
-                    .replica_sets
-                    .iter_mut()
-                    .find(|rs| rs.pod_template_hash == pod_template_hash)
-                    .unwrap();
-                rs.replicas = replicas;
-                rs.status_replicas = replicas;
-                if ready || replicas < rs.available_replicas {
-                    rs.ready_replicas = replicas;
-                    rs.available_replicas = replicas;
-                }
-            }
-            Action::SetScaleDownDeadline {
-                pod_template_hash,
-                deadline,
-            } => {
-                let rs = self
-                    .observed
-                    .replica_sets
-                    .iter_mut()
-                    .find(|rs| rs.pod_template_hash == pod_template_hash)
-                    .unwrap();
-                rs.scale_down_deadline = deadline;
-            }
-            Action::DeleteReplicaSet { pod_template_hash } => {
-                self.observed
-                    .replica_sets
-                    .retain(|rs| rs.pod_template_hash != pod_template_hash);
-            }
-            Action::SetServiceSelector {
-                service,
-                pod_template_hash,
-            } => {
-                self.observed
-                    .services
-                    .entry(service)
-                    .or_default()
-                    .selector_hash = Some(pod_template_hash);
-            }
-            Action::SetWeight { canary_weight, .. } => {
-                self.observed.traffic = Some(TrafficObservation {
-                    canary_weight,
-                    verified: self.router_verifies,
-                });
-            }
-            Action::CreateAnalysisRun(request) => {
-                if !self
-                    .observed
-                    .analysis_runs
-                    .iter()
-                    .any(|r| r.name == request.name)
-                {
-                    self.observed.analysis_runs.push(AnalysisRunObservation {
-                        name: request.name,
-                        phase: AnalysisPhase::Running,
-                        message: String::new(),
-                    });
-                }
-            }
-            Action::TerminateAnalysisRun { name } => {
-                if let Some(run) = self
-                    .observed
-                    .analysis_runs
-                    .iter_mut()
-                    .find(|r| r.name == name)
-                {
-                    run.phase = AnalysisPhase::Successful;
-                }
-            }
-            Action::Event(event) => self.events.push(event),
-            Action::SetHeaderRoute { .. }
-            | Action::SetMirrorRoute { .. }
-            | Action::RemoveManagedRoutes => {}
-        }
-        sync_endpoints(self);
-    }
-
-    pub fn health(&self) -> Health {
-        argocd_health(&self.spec, &self.status, self.observed.generation)
-    }
-
-    pub fn has_event(&self, reason: &str) -> bool {
-        self.events.iter().any(|e| e.reason == reason)
     }
 }
 
