@@ -446,7 +446,7 @@ impl<'a> Planner<'a> {
                 .observed
                 .analysis_runs
                 .iter()
-                .any(|r| r.name == run.name && !r.phase.is_terminal());
+                .any(|r| r.name == run.name && !r.phase.is_completed());
             if running {
                 let name = run.name.clone();
                 self.actions.push(Action::TerminateAnalysisRun { name });
@@ -663,7 +663,7 @@ impl<'a> Planner<'a> {
             .max_by_key(|(attempt, _)| *attempt);
         let observed = self.observed;
         let chosen = match (&latest, &referenced) {
-            (Some((_, run)), _) if !run.phase.is_terminal() => {
+            (Some((_, run)), _) if !run.phase.is_completed() => {
                 Some((run.name.clone(), run.phase, run.message.clone()))
             }
             (_, Some(reference)) => match observed

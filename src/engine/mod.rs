@@ -37,6 +37,7 @@ use crate::api::argo::rollout::{
     AnalysisRunArgument, DryRun, MeasurementRetention, RolloutSpec, RolloutStatus,
 };
 
+pub use crate::api::argo::analysis::AnalysisPhase;
 pub use canary::plan;
 
 /// Everything the engine reads besides the Rollout itself.
@@ -108,49 +109,6 @@ pub struct ServiceObservation {
     pub selector_hash: Option<String>,
     /// Ready endpoints behind it right now.
     pub ready_endpoints: i32,
-}
-
-/// The phase of an AnalysisRun, as Argo spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum AnalysisPhase {
-    Pending,
-    Running,
-    Successful,
-    Failed,
-    Error,
-    Inconclusive,
-}
-
-impl AnalysisPhase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "Pending",
-            Self::Running => "Running",
-            Self::Successful => "Successful",
-            Self::Failed => "Failed",
-            Self::Error => "Error",
-            Self::Inconclusive => "Inconclusive",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "Pending" | "" => Self::Pending,
-            "Running" => Self::Running,
-            "Successful" => Self::Successful,
-            "Failed" => Self::Failed,
-            "Error" => Self::Error,
-            "Inconclusive" => Self::Inconclusive,
-            _ => return None,
-        })
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Self::Successful | Self::Failed | Self::Error | Self::Inconclusive
-        )
-    }
 }
 
 /// One AnalysisRun owned by the Rollout.

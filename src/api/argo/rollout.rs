@@ -12,6 +12,8 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
+
+pub use super::analysis::{DryRun, FieldRef, MeasurementRetention};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -513,25 +515,6 @@ pub struct ArgumentValueFrom {
 pub enum PodTemplateHashValue {
     Stable,
     Latest,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct FieldRef {
-    pub field_path: String,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DryRun {
-    pub metric_name: String,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct MeasurementRetention {
-    pub metric_name: String,
-    pub limit: i32,
 }
 
 /// Traffic routers. Several may be set at once.
