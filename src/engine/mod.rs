@@ -15,6 +15,7 @@
 //! This module must never do I/O: no kube client, no HTTP, no tokio, no clock reads, no randomness.
 //! The time is an input ([`Observations::now`]).
 
+pub mod analysis;
 pub mod hash;
 pub mod health;
 pub mod intent;
