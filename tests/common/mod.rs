@@ -25,7 +25,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{GroupVersionKind, ObjectMeta};
@@ -228,6 +228,15 @@ impl TestEnv {
             )
             .await
             .unwrap_or_else(|e| panic!("creating test namespace {name}: {e}"));
+        // Pods are refused until the controller-manager has made the namespace's default
+        // ServiceAccount, as in any real cluster.
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &name);
+        eventually(
+            Duration::from_secs(30),
+            &format!("ServiceAccount {name}/default"),
+            || async { accounts.get_opt("default").await.ok().flatten().map(|_| ()) },
+        )
+        .await;
         TestNamespace {
             name,
             kubectl: self.kubectl(),
