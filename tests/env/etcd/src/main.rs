@@ -6,5 +6,10 @@ use etcd_bin_vendored_linux_amd64 as vendored;
 use etcd_bin_vendored_linux_arm64 as vendored;
 
 fn main() {
-    println!("{}", vendored::etcd_bin_path().expect("etcd binary for this platform").display());
+    println!(
+        "{}",
+        vendored::etcd_bin_path()
+            .expect("etcd binary for this platform")
+            .display()
+    );
 }
