@@ -998,10 +998,12 @@ impl<'a> Planner<'a> {
         let stable = self.rs(&self.status.stable_rs);
         if !self.has_router() || !self.canary().dynamic_stable_scale() {
             match stable {
-                Some(s) if !self.promoted() => {
-                    if s.replicas != targets.stable || s.status_replicas != targets.stable {
-                        return false;
-                    }
+                Some(s)
+                    if !self.promoted()
+                        && (s.replicas != targets.stable
+                            || s.status_replicas != targets.stable) =>
+                {
+                    return false;
                 }
                 None if targets.stable > 0 && !self.promoted() => return false,
                 _ => {}
@@ -1487,10 +1489,9 @@ impl<'a> Planner<'a> {
                     .conditions
                     .iter_mut()
                     .find(|c| c.type_ == reason::PROGRESSING)
+                    && (self.progressed || fresh)
                 {
-                    if self.progressed || fresh {
-                        c.last_update_time = Time(self.now);
-                    }
+                    c.last_update_time = Time(self.now);
                 }
                 self.requeue_in(deadline);
             }

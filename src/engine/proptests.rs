@@ -281,7 +281,7 @@ proptest! {
             abort,
             promote_full,
             controller_pause,
-            aborted_at: abort.then(|| Time(when)),
+            aborted_at: abort.then_some(Time(when)),
             pause_conditions: pause.map(|p| vec![PauseCondition { reason: reasons[p as usize], start_time: Time(when) }]).unwrap_or_default(),
             current_pod_hash: hashes[0].clone(),
             stable_rs: hashes[1].clone(),

@@ -128,21 +128,23 @@ pub fn basic_canary_counts(c: &BasicCanary) -> (i32, i32) {
     let total = c.other_replicas + new_count + c.stable_rs.map_or(0, |rs| rs.replicas);
     let mut scale_up = max_allowed - total;
 
-    if let Some(stable) = c.stable_rs {
-        if stable.replicas < desired_stable && scale_up > 0 {
-            if stable.replicas + scale_up < desired_stable {
-                stable_count = stable.replicas + scale_up;
-                scale_up = 0;
-            } else {
-                stable_count = desired_stable;
-                scale_up -= desired_stable - stable.replicas;
-            }
+    if let Some(stable) = c.stable_rs
+        && stable.replicas < desired_stable
+        && scale_up > 0
+    {
+        if stable.replicas + scale_up < desired_stable {
+            stable_count = stable.replicas + scale_up;
+            scale_up = 0;
+        } else {
+            stable_count = desired_stable;
+            scale_up -= desired_stable - stable.replicas;
         }
     }
-    if let Some(new) = c.new_rs {
-        if new.replicas < desired_new && scale_up > 0 {
-            new_count = (new.replicas + scale_up).min(desired_new);
-        }
+    if let Some(new) = c.new_rs
+        && new.replicas < desired_new
+        && scale_up > 0
+    {
+        new_count = (new.replicas + scale_up).min(desired_new);
     }
 
     if c.other_replicas > 0 {

@@ -227,13 +227,13 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
     }
     if let Some(background) = &canary.analysis {
         validate_analysis(&background.analysis, &format!("{base}.analysis"), errors);
-        if let Some(start) = background.starting_step {
-            if start < 0 || start as usize > steps.len() {
-                errors.push(err(
-                    format!("{base}.analysis.startingStep"),
-                    format!("startingStep {start} is outside the {} steps", steps.len()),
-                ));
-            }
+        if let Some(start) = background.starting_step
+            && (start < 0 || start as usize > steps.len())
+        {
+            errors.push(err(
+                format!("{base}.analysis.startingStep"),
+                format!("startingStep {start} is outside the {} steps", steps.len()),
+            ));
         }
     }
 }
@@ -261,20 +261,20 @@ fn validate_step(
         1 => {}
         _ => errors.push(err(field, "a step must set only one of its fields")),
     }
-    if let Some(weight) = step.set_weight {
-        if !(0..=max_weight).contains(&weight) {
-            errors.push(err(
-                format!("{field}.setWeight"),
-                format!(
-                    "setWeight must be between 0 and {max_weight} (trafficRouting.maxTrafficWeight)"
-                ),
-            ));
-        }
+    if let Some(weight) = step.set_weight
+        && !(0..=max_weight).contains(&weight)
+    {
+        errors.push(err(
+            format!("{field}.setWeight"),
+            format!(
+                "setWeight must be between 0 and {max_weight} (trafficRouting.maxTrafficWeight)"
+            ),
+        ));
     }
-    if let Some(pause) = &step.pause {
-        if let Err(e) = pause.duration_seconds() {
-            errors.push(err(format!("{field}.pause.duration"), e));
-        }
+    if let Some(pause) = &step.pause
+        && let Err(e) = pause.duration_seconds()
+    {
+        errors.push(err(format!("{field}.pause.duration"), e));
     }
     if let Some(analysis) = &step.analysis {
         validate_analysis(analysis, &format!("{field}.analysis"), errors);
