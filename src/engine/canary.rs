@@ -113,6 +113,17 @@ impl<'a> Planner<'a> {
             .clamp(0, self.step_count())
     }
 
+    /// maxSurge and maxUnavailable resolved against spec.replicas (validated, so never an error).
+    fn fenceposts(&self) -> (i32, i32) {
+        let canary = self.canary();
+        replicas::fenceposts(
+            canary.max_surge.as_ref(),
+            canary.max_unavailable.as_ref(),
+            self.spec.replicas(),
+        )
+        .unwrap_or((1, 0))
+    }
+
     fn has_router(&self) -> bool {
         self.canary().traffic_routing.is_some()
     }
@@ -934,12 +945,7 @@ impl<'a> Planner<'a> {
                 weight,
             };
         }
-        let (surge, unavailable) = replicas::fenceposts(
-            self.canary().max_surge.as_ref(),
-            self.canary().max_unavailable.as_ref(),
-            spec_replicas,
-        )
-        .unwrap_or((1, 0));
+        let (surge, unavailable) = self.fenceposts();
         let other_replicas = self
             .observed
             .replica_sets
@@ -1107,12 +1113,7 @@ impl<'a> Planner<'a> {
             return;
         }
         let spec_replicas = self.spec.replicas();
-        let (_, unavailable) = replicas::fenceposts(
-            self.canary().max_surge.as_ref(),
-            self.canary().max_unavailable.as_ref(),
-            spec_replicas,
-        )
-        .unwrap_or((1, 0));
+        let (_, unavailable) = self.fenceposts();
         let available: i32 = self
             .observed
             .replica_sets
@@ -1313,12 +1314,7 @@ impl<'a> Planner<'a> {
     fn conditions(&mut self) {
         let spec_replicas = self.spec.replicas();
         let rs_name = format!("{}-{}", self.name, self.current());
-        let (_, unavailable) = replicas::fenceposts(
-            self.canary().max_surge.as_ref(),
-            self.canary().max_unavailable.as_ref(),
-            spec_replicas,
-        )
-        .unwrap_or((1, 0));
+        let (_, unavailable) = self.fenceposts();
         if self.status.available_replicas >= spec_replicas - unavailable {
             self.set_condition(
                 reason::AVAILABLE,

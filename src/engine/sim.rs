@@ -21,6 +21,8 @@ pub struct Simulation {
     pub router_verifies: bool,
     pub events: Vec<Event>,
     pub last: Option<Plan>,
+    /// Called with every plan before it is executed (tests check invariants here).
+    pub on_plan: Option<fn(&Simulation, &Plan)>,
 }
 
 impl Simulation {
@@ -34,6 +36,7 @@ impl Simulation {
             router_verifies: true,
             events: Vec::new(),
             last: None,
+            on_plan: None,
         }
     }
 
@@ -41,6 +44,9 @@ impl Simulation {
     /// One reconcile: plan, then execute the actions.
     pub fn tick(&mut self) -> Plan {
         let plan = self.plan();
+        if let Some(check) = self.on_plan {
+            check(self, &plan);
+        }
         self.status = plan.status.clone();
         for action in plan.actions.clone() {
             self.execute(action);

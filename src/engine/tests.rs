@@ -75,34 +75,20 @@ impl std::ops::DerefMut for World {
 
 impl World {
     pub fn new(spec: RolloutSpec) -> Self {
-        Self(Simulation::new("demo", spec))
+        let mut sim = Simulation::new("demo", spec);
+        sim.on_plan = Some(phase_agrees_with_argocd);
+        Self(sim)
     }
+}
 
-    pub fn tick(&mut self) -> Plan {
-        let plan = self.0.plan();
-        assert_eq!(
-            health_of_phase(plan.status.phase.unwrap()),
-            argocd_health(&self.spec, &plan.status, self.observed.generation),
-            "phase {:?} ({}) disagrees with Argo CD's health",
-            plan.status.phase,
-            plan.status.message
-        );
-        self.0.tick()
-    }
-
-    pub fn settle(&mut self) -> Plan {
-        let mut plan = self.tick();
-        for _ in 0..50 {
-            let next = self.tick();
-            let quiet = next.actions.iter().all(|a| matches!(a, Action::Event(_)))
-                && next.status == plan.status;
-            plan = next;
-            if quiet {
-                break;
-            }
-        }
-        plan
-    }
+fn phase_agrees_with_argocd(sim: &Simulation, plan: &Plan) {
+    assert_eq!(
+        health_of_phase(plan.status.phase.unwrap()),
+        argocd_health(&sim.spec, &plan.status, sim.observed.generation),
+        "phase {:?} ({}) disagrees with Argo CD's health",
+        plan.status.phase,
+        plan.status.message
+    );
 }
 
 fn deployed(spec: RolloutSpec) -> (World, String) {
