@@ -7,7 +7,10 @@ fn crds_dir_matches_generated_crds() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
     let mut expected = BTreeMap::new();
     for crd in sluice::api::crds() {
-        expected.insert(sluice::api::crd_file_name(&crd), sluice::api::crd_yaml(&crd).unwrap());
+        expected.insert(
+            sluice::api::crd_file_name(&crd),
+            sluice::api::crd_yaml(&crd).unwrap(),
+        );
     }
     let mut found = BTreeMap::new();
     for entry in std::fs::read_dir(&dir).expect("crds/ exists") {
@@ -19,7 +22,10 @@ fn crds_dir_matches_generated_crds() {
     }
     let expected_names: Vec<_> = expected.keys().collect();
     let found_names: Vec<_> = found.keys().collect();
-    assert_eq!(found_names, expected_names, "crds/ holds other files than `sluice crds` generates");
+    assert_eq!(
+        found_names, expected_names,
+        "crds/ holds other files than `sluice crds` generates"
+    );
     for (name, yaml) in &expected {
         assert!(
             &found[name] == yaml,
@@ -44,6 +50,10 @@ fn every_crd_is_well_under_the_apiserver_size_limit() {
     // etcd's request limit is 1.5 MiB; stay far below so server-side apply has headroom.
     for crd in sluice::api::crds() {
         let size = serde_json::to_vec(&crd).unwrap().len();
-        assert!(size < 512 * 1024, "{} is {size} bytes as JSON", crd.metadata.name.unwrap_or_default());
+        assert!(
+            size < 512 * 1024,
+            "{} is {size} bytes as JSON",
+            crd.metadata.name.unwrap_or_default()
+        );
     }
 }

@@ -39,7 +39,10 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 #[test]
 fn the_engine_does_no_io_and_reads_no_clock() {
     let mut files = Vec::new();
-    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine"), &mut files);
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine"),
+        &mut files,
+    );
     assert!(files.len() >= 5, "found only {files:?}");
     let mut violations = Vec::new();
     for file in &files {
@@ -48,10 +51,18 @@ fn the_engine_does_no_io_and_reads_no_clock() {
             let code = line.split("//").next().unwrap_or("");
             for (needle, what) in FORBIDDEN {
                 if code.contains(needle) {
-                    violations.push(format!("{}:{}: {what} ({needle})", file.display(), number + 1));
+                    violations.push(format!(
+                        "{}:{}: {what} ({needle})",
+                        file.display(),
+                        number + 1
+                    ));
                 }
             }
         }
     }
-    assert!(violations.is_empty(), "src/engine must stay pure:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "src/engine must stay pure:\n{}",
+        violations.join("\n")
+    );
 }

@@ -40,7 +40,10 @@ pub fn any_value(_: &mut SchemaGenerator) -> Schema {
 pub fn conditions<T: schemars::JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     let mut schema = generator.subschema_for::<Vec<T>>();
     schema.insert("x-kubernetes-list-type".into(), "map".into());
-    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
     schema
 }
 
@@ -50,7 +53,11 @@ pub fn conditions<T: schemars::JsonSchema>(generator: &mut SchemaGenerator) -> S
 /// upstream's documentation, they make up most of the size, and the apiserver caps object size.
 pub fn finish_crd(crd: &mut CustomResourceDefinition) {
     for version in &mut crd.spec.versions {
-        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
             let mut value = serde_json::to_value(&*schema).expect("a JSONSchemaProps serializes");
             trim_embedded_descriptions(&mut value, false);
             *schema = serde_json::from_value::<JSONSchemaProps>(value)
