@@ -8,6 +8,7 @@
 pub mod argo;
 pub mod flagger;
 pub mod schema;
+pub mod validate;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
