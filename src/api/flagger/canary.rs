@@ -79,55 +79,18 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     status = "CanaryStatus",
     derive = "PartialEq",
     doc = "Canary is the configuration for a canary release, which automatically manages the bootstrap, analysis, traffic shifting, promotion or rollback of an app revision (Flagger flagger.app/v1beta1).",
-    printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Weight", type_ = "string", json_path = ".status.canaryWeight"),
-    printcolumn(
-        name = "Suspended",
-        type_ = "boolean",
-        json_path = ".spec.suspend",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "FailedChecks",
-        type_ = "string",
-        json_path = ".status.failedChecks",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "Interval",
-        type_ = "string",
-        json_path = ".spec.analysis.interval",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "Mirror",
-        type_ = "boolean",
-        json_path = ".spec.analysis.mirror",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "StepWeight",
-        type_ = "string",
-        json_path = ".spec.analysis.stepWeight",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "StepWeights",
-        type_ = "string",
-        json_path = ".spec.analysis.stepWeights",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "MaxWeight",
-        type_ = "string",
-        json_path = ".spec.analysis.maxWeight",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "LastTransitionTime",
-        type_ = "string",
-        json_path = ".status.lastTransitionTime"
-    )
+    // Raw JSON: the structured printcolumn(...) form repeats `type_`/`priority`, which clippy's
+    // duplicated_attributes lint rejects.
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Weight","type":"string","jsonPath":".status.canaryWeight"}"#,
+    printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspend","priority":1}"#,
+    printcolumn = r#"{"name":"FailedChecks","type":"string","jsonPath":".status.failedChecks","priority":1}"#,
+    printcolumn = r#"{"name":"Interval","type":"string","jsonPath":".spec.analysis.interval","priority":1}"#,
+    printcolumn = r#"{"name":"Mirror","type":"boolean","jsonPath":".spec.analysis.mirror","priority":1}"#,
+    printcolumn = r#"{"name":"StepWeight","type":"string","jsonPath":".spec.analysis.stepWeight","priority":1}"#,
+    printcolumn = r#"{"name":"StepWeights","type":"string","jsonPath":".spec.analysis.stepWeights","priority":1}"#,
+    printcolumn = r#"{"name":"MaxWeight","type":"string","jsonPath":".spec.analysis.maxWeight","priority":1}"#,
+    printcolumn = r#"{"name":"LastTransitionTime","type":"string","jsonPath":".status.lastTransitionTime"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CanarySpec {
@@ -483,6 +446,9 @@ pub struct StringMatch {
 const DURATION_RULE: &str = "self.matches('^[0-9]+(m|s)')";
 const DURATION_MESSAGE: &str =
     "must be a duration starting with a number of seconds or minutes, e.g. 30s or 1m";
+/// CEL: a complete Go duration (`90s`, `1h30m`), for Sluice's own fields.
+const GO_DURATION_RULE: &str = "self.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|μs|ms|s|m|h))+$')";
+const GO_DURATION_MESSAGE: &str = "must be a Go duration, e.g. 30m or 2h";
 
 /// How a new revision is analysed: timing, traffic steps, metrics, webhooks and alerts.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
@@ -748,7 +714,7 @@ pub struct CanaryWebhook {
     /// as Flagger does. Flagger's CRD does not declare it, so Flagger prunes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[x_kube(validation = Rule::new(GO_DURATION_RULE).message(GO_DURATION_MESSAGE))]
     pub gate_timeout: Option<String>,
 }
 
@@ -1300,7 +1266,7 @@ spec:
       - name: "start gate"
         type: confirm-rollout
         url: http://flagger-loadtester.test/gate/approve
-        gateTimeout: 30m
+        gateTimeout: 1h30m
       - name: "helm test"
         type: pre-rollout
         url: http://flagger-helmtester.flagger/
@@ -1341,7 +1307,7 @@ spec:
         assert_eq!(analysis.iterations(), 10);
         let gate = &analysis.webhooks[0];
         assert_eq!(gate.hook_type(), HookType::ConfirmRollout);
-        assert_eq!(gate.gate_timeout(), Some(Duration::from_secs(30 * 60)));
+        assert_eq!(gate.gate_timeout(), Some(Duration::from_secs(90 * 60)));
         assert_eq!(gate.timeout(), DEFAULT_WEBHOOK_TIMEOUT);
         assert_eq!(analysis.webhooks[1].timeout(), Duration::from_secs(180));
         assert!(analysis.webhooks[2].disable_tls());
@@ -1355,6 +1321,7 @@ spec:
             header.regex.as_deref(),
             Some("^(.*?;)?(canary=always)(;.*)?$")
         );
+        assert_eq!(cel(serde_json::to_value(&canary).unwrap()), Ok(()));
     }
 
     #[test]
@@ -1678,6 +1645,10 @@ spec:
         rejected(
             json!({"webhooks": [{"name": "w", "url": "http://w", "gateTimeout": "5m"}]}),
             "gateTimeout is only allowed",
+        );
+        rejected(
+            json!({"webhooks": [{"name": "w", "url": "http://w", "type": "confirm-promotion", "gateTimeout": "2 hours"}]}),
+            "must be a Go duration",
         );
         rejected(
             json!({"match": [{"headers": {"x-canary": {"exact": "a", "regex": "b"}}}]}),
