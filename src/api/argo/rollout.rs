@@ -1156,7 +1156,10 @@ mod cel_tests {
         // The apiserver checks `pattern` (tests/invalid/rollout-pause-duration-words.yaml); CEL
         // would exceed its cost budget on an unbounded string.
         let crd = serde_json::to_string(&Rollout::crd()).unwrap();
-        assert!(crd.contains(r#""pattern":"^[0-9]+$|^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$""#), "{crd}");
+        assert!(
+            crd.contains(r#""pattern":"^[0-9]+$|^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$""#),
+            "{crd}"
+        );
         assert!(!crd.contains("string(self.duration)"));
     }
 
