@@ -7,8 +7,9 @@
 //! (`x-kubernetes-validations`) hold. Used by the tests and by `sluice lint`.
 //!
 //! It never talks to a cluster, never mutates or defaults the document it is given, and has no
-//! opinion on kinds that are not Sluice's (they pass). Not checked: `pattern` and `format`
-//! (Sluice's schemas use CEL instead), and ObjectMeta beyond `metadata.name`.
+//! opinion on kinds that are not Sluice's (they pass). Not checked: `format`, and ObjectMeta
+//! beyond `metadata.name`. `pattern` is matched with the CEL engine's regex (RE2 syntax, as the
+//! apiserver's Go regexp).
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -484,6 +485,14 @@ impl Walker {
                         format!("Invalid value: {value}: should be at least {min} chars long"),
                     );
                 }
+                if let Some(pattern) = schema.get("pattern").and_then(Value::as_str)
+                    && matches_pattern(pattern, s) == Some(false)
+                {
+                    self.error(
+                        path,
+                        format!("Invalid value: {value}: should match '{pattern}'"),
+                    );
+                }
             }
             Value::Array(items) => {
                 let count = items.len() as u64;
@@ -599,6 +608,32 @@ impl Walker {
             }
             _ => {}
         }
+    }
+}
+
+/// Whether `value` matches the OpenAPI `pattern`, evaluated as CEL `matches` (RE2, like the
+/// apiserver's Go regexp); `None` when the pattern cannot be written as a CEL raw string or does
+/// not compile.
+fn matches_pattern(pattern: &str, value: &str) -> Option<bool> {
+    let literal = ["'", "\"", "'''", "\"\"\""]
+        .iter()
+        .find(|quote| !pattern.contains(**quote))
+        .map(|quote| format!("r{quote}{pattern}{quote}"))?;
+    let schema = serde_json::json!({
+        "type": "string",
+        "x-kubernetes-validations": [{"rule": format!("self.matches({literal})")}],
+    });
+    let value = Value::String(value.to_owned());
+    match kube::core::cel::Validator::new().validate(&schema, &value, None) {
+        Ok(()) => Some(true),
+        Err(errors)
+            if errors
+                .iter()
+                .all(|e| e.kind == kube::core::cel::ErrorKind::ValidationFailure) =>
+        {
+            Some(false)
+        }
+        Err(_) => None,
     }
 }
 
@@ -883,6 +918,33 @@ spec:
             validate_yaml("a: [").unwrap_err()[0],
             ManifestError::Yaml { index: 0, .. }
         ));
+    }
+
+    #[test]
+    fn patterns_are_matched() {
+        let duration = r"^[0-9]+$|^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+        assert_eq!(matches_pattern(duration, "1h30m"), Some(true));
+        assert_eq!(matches_pattern(duration, "30"), Some(true));
+        assert_eq!(matches_pattern(duration, "ten minutes"), Some(false));
+        assert_eq!(matches_pattern("^it's$", "it's"), Some(true));
+        assert_eq!(
+            matches_pattern(r#"^a'b"c'''d"""$"#, "x"),
+            None,
+            "no raw string holds it"
+        );
+        assert_eq!(matches_pattern("(", "x"), None, "does not compile");
+
+        let mut walker = Walker::default();
+        let schema = json!({"type": "string", "pattern": "^[a-z]+$"});
+        walker.walk(&schema, &json!("abc"), "spec.x");
+        walker.walk(&schema, &json!("ABC"), "spec.y");
+        assert_eq!(
+            walker.errors,
+            [FieldError::new(
+                "spec.y",
+                r#"Invalid value: "ABC": should match '^[a-z]+$'"#
+            )]
+        );
     }
 
     #[test]
