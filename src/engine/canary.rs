@@ -156,6 +156,14 @@ impl<'a> Planner<'a> {
             .find(|rs| rs.pod_template_hash == hash)
     }
 
+    /// ReplicaSets that are neither the current nor the stable one.
+    fn others(&self) -> impl Iterator<Item = &'a ReplicaSetObservation> + '_ {
+        self.observed.replica_sets.iter().filter(|rs| {
+            rs.pod_template_hash != self.status.current_pod_hash
+                && rs.pod_template_hash != self.status.stable_rs
+        })
+    }
+
     fn current(&self) -> &str {
         &self.status.current_pod_hash
     }
@@ -946,16 +954,7 @@ impl<'a> Planner<'a> {
             };
         }
         let (surge, unavailable) = self.fenceposts();
-        let other_replicas = self
-            .observed
-            .replica_sets
-            .iter()
-            .filter(|rs| {
-                rs.pod_template_hash != self.current()
-                    && rs.pod_template_hash != self.status.stable_rs
-            })
-            .map(|rs| rs.replicas)
-            .sum();
+        let other_replicas = self.others().map(|rs| rs.replicas).sum();
         let (new, stable) = replicas::basic_canary_counts(&BasicCanary {
             spec_replicas,
             weight: percent,
@@ -1021,16 +1020,7 @@ impl<'a> Planner<'a> {
                 .traffic
                 .is_some_and(|t| t.verified && t.canary_weight == targets.weight);
         }
-        let others_available: i32 = self
-            .observed
-            .replica_sets
-            .iter()
-            .filter(|rs| {
-                rs.pod_template_hash != self.current()
-                    && rs.pod_template_hash != self.status.stable_rs
-            })
-            .map(|rs| rs.available_replicas)
-            .sum();
+        let others_available: i32 = self.others().map(|rs| rs.available_replicas).sum();
         others_available == 0
     }
 
