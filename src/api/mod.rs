@@ -52,3 +52,13 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     }
     Ok(out)
 }
+
+/// Test helper: parse YAML into `T` and assert it serializes back to the identical JSON.
+#[cfg(test)]
+pub(crate) fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(yaml: &str) -> T {
+    let original: serde_json::Value = serde_yaml::from_str(yaml).expect("valid YAML");
+    let typed: T = serde_json::from_value(original.clone()).expect("parses into the wire type");
+    let back = serde_json::to_value(&typed).expect("serializes");
+    assert_eq!(back, original, "serializing changed the object");
+    typed
+}

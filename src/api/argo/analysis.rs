@@ -1145,17 +1145,9 @@ impl AnalysisRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::round_trip;
     use kube::CustomResourceExt;
     use pretty_assertions::assert_eq;
-
-    /// Parses YAML into JSON, then into `T`, and asserts `T` serialises back to the same JSON.
-    fn round_trip<T: serde::de::DeserializeOwned + Serialize>(yaml: &str) -> T {
-        let original: Value = serde_yaml::from_str(yaml).expect("valid YAML");
-        let typed: T = serde_json::from_value(original.clone()).expect("parses into the wire type");
-        let back = serde_json::to_value(&typed).unwrap();
-        assert_eq!(back, original, "serialising changed the object");
-        typed
-    }
 
     fn metric(yaml: &str) -> Metric {
         serde_yaml::from_str(yaml).expect("a metric")

@@ -103,22 +103,16 @@ impl AlertProviderSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::round_trip;
     use kube::CustomResourceExt;
     use pretty_assertions::assert_eq;
     use serde_json::json;
-
-    fn round_trip(yaml: &str) -> AlertProvider {
-        let value: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
-        let provider: AlertProvider = serde_json::from_value(value.clone()).unwrap();
-        assert_eq!(serde_json::to_value(&provider).unwrap(), value);
-        provider
-    }
 
     // docs/gitbook/usage/alerting.md: address and secretRef together (upstream's CRD `oneOf`
     // would refuse this documented manifest; Sluice accepts it).
     #[test]
     fn slack_provider_round_trips() {
-        let provider = round_trip(
+        let provider: AlertProvider = round_trip(
             r#"
 apiVersion: flagger.app/v1beta1
 kind: AlertProvider
@@ -145,7 +139,7 @@ spec:
 
     #[test]
     fn msteams_provider_defaults() {
-        let provider = round_trip(
+        let provider: AlertProvider = round_trip(
             r#"
 apiVersion: flagger.app/v1beta1
 kind: AlertProvider

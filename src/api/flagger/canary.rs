@@ -1051,15 +1051,9 @@ impl CanaryStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::round_trip;
     use pretty_assertions::assert_eq;
     use serde_json::json;
-
-    fn round_trip(yaml: &str) -> Canary {
-        let value: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
-        let canary: Canary = serde_json::from_value(value.clone()).unwrap();
-        assert_eq!(serde_json::to_value(&canary).unwrap(), value);
-        canary
-    }
 
     fn cel(value: serde_json::Value) -> Result<(), Vec<String>> {
         let canary: Canary = serde_json::from_value(value).unwrap();
@@ -1116,7 +1110,7 @@ spec:
 
     #[test]
     fn how_it_works_example_round_trips() {
-        let canary = round_trip(HOW_IT_WORKS);
+        let canary: Canary = round_trip(HOW_IT_WORKS);
         let analysis = canary.analysis().unwrap();
         assert_eq!(analysis.threshold(), 10);
         assert_eq!(analysis.max_weight(), 50);
@@ -1136,7 +1130,7 @@ spec:
     // Service section of docs/gitbook/usage/how-it-works.md and the Istio tutorial.
     #[test]
     fn service_with_istio_routing_round_trips() {
-        let canary = round_trip(
+        let canary: Canary = round_trip(
             r#"
 apiVersion: flagger.app/v1beta1
 kind: Canary
@@ -1222,7 +1216,7 @@ spec:
     // docs/gitbook/usage/webhooks.md and session affinity.
     #[test]
     fn ab_testing_webhooks_and_session_affinity_round_trip() {
-        let canary = round_trip(
+        let canary: Canary = round_trip(
             r#"
 apiVersion: flagger.app/v1beta1
 kind: Canary
@@ -1326,7 +1320,7 @@ spec:
 
     #[test]
     fn deprecated_canary_analysis_is_read_when_analysis_is_absent() {
-        let canary = round_trip(
+        let canary: Canary = round_trip(
             r#"
 apiVersion: flagger.app/v1beta1
 kind: Canary

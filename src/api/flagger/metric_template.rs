@@ -140,20 +140,14 @@ impl MetricTemplateProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::round_trip;
     use kube::CustomResourceExt;
     use pretty_assertions::assert_eq;
-
-    fn round_trip(yaml: &str) -> MetricTemplate {
-        let value: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
-        let template: MetricTemplate = serde_json::from_value(value.clone()).unwrap();
-        assert_eq!(serde_json::to_value(&template).unwrap(), value);
-        template
-    }
 
     // docs/gitbook/usage/metrics.md, Prometheus with authentication.
     #[test]
     fn prometheus_template_round_trips() {
-        let template = round_trip(
+        let template: MetricTemplate = round_trip(
             r#"
 apiVersion: flagger.app/v1beta1
 kind: MetricTemplate
@@ -193,7 +187,7 @@ spec:
     // docs/gitbook/usage/metrics.md, CloudWatch.
     #[test]
     fn cloudwatch_template_round_trips() {
-        let template = round_trip(
+        let template: MetricTemplate = round_trip(
             r#"
 apiVersion: flagger.app/v1beta1
 kind: MetricTemplate
