@@ -3,5 +3,9 @@
 //! a provider, reads a clock or a Secret.
 //!
 //! - [`expr`]: Argo's condition language (`result[0] >= 0.95`, `isNaN(result)`, …).
+//! - [`observed`]: what a provider reports for one measurement.
 
 pub mod expr;
+pub mod observed;
+
+pub use observed::Observed;
