@@ -21,6 +21,44 @@ use kube::runtime::events::{Recorder, Reporter};
 /// The field manager for every write Sluice makes (server-side apply).
 pub const FIELD_MANAGER: &str = "sluice";
 
+/// How many controllers must report their caches synced before `/readyz` says ready.
+const CONTROLLERS: usize = 0;
+
+/// What every controller shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Watch and manage only this namespace.
+    pub namespace: Option<String>,
+    pub ready: Readiness,
+}
+
+/// Counts controllers whose watch caches have synced; `/readyz` turns ready when all have.
+#[derive(Clone)]
+pub struct Readiness {
+    health: Arc<http::Health>,
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Readiness {
+    fn new(health: Arc<http::Health>, controllers: usize) -> Self {
+        health.ready.store(controllers == 0, Ordering::Relaxed);
+        Self {
+            health,
+            pending: Arc::new(controllers.into()),
+        }
+    }
+
+    /// One controller's caches have synced.
+    pub fn synced(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.health.ready.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// How `sluice controller` runs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -90,8 +128,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
         controller: "sluice".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let _recorder = Recorder::new(client.clone(), reporter);
-    health.ready.store(true, Ordering::Relaxed);
+    let shared = Shared {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+        namespace: config.namespace.clone(),
+        ready: Readiness::new(health.clone(), CONTROLLERS),
+    };
+    // Each controller runs until `shutdown`; add new ones here (and to CONTROLLERS).
+    let _ = &shared;
     shutdown.clone().await;
     let _ = server.await;
     tracing::info!("sluice controller stopped");
