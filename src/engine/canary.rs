@@ -13,8 +13,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::argo::rollout::{
     CanaryStep, CanaryStrategy, PauseCondition, PauseReason, PodTemplateHashValue, RolloutAnalysis,
-    RolloutAnalysisRunStatus, RolloutCondition, RolloutSpec, RolloutStatus, TrafficWeights,
-    WeightDestination,
+    RolloutAnalysisRunStatus, RolloutCondition, RolloutSpec, RolloutStatus, ScaleDown,
+    TrafficWeights, WeightDestination,
 };
 use crate::engine::health::{self, reason};
 use crate::engine::replicas::{self, BasicCanary, RoutedCanary, RsCounts};
@@ -219,13 +219,21 @@ impl<'a> Planner<'a> {
 
     fn run(&mut self) {
         self.status.observed_generation = self.observed.generation.to_string();
-        let errors = validate::validate(self.spec);
+        let mut errors: Vec<String> = validate::validate(self.spec)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        // The controller removes workloadRef once it has read the target's template; one still
+        // here means the target is missing (or of a kind Sluice cannot read).
+        if let Some(workload) = &self.spec.workload_ref {
+            errors = vec![format!(
+                "spec.workloadRef: {} {:?} not found; create it, or point workloadRef at an existing Deployment",
+                workload.kind.as_deref().unwrap_or("Deployment"),
+                workload.name.as_deref().unwrap_or_default()
+            )];
+        }
         if !errors.is_empty() {
-            let message = errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
+            let message = errors.join("; ");
             let known = self
                 .old
                 .conditions
@@ -268,7 +276,38 @@ impl<'a> Planner<'a> {
         self.services();
         self.traffic(targets);
         self.counts();
+        self.scale_workload();
         self.conditions();
+    }
+
+    /// Scale the Deployment a workloadRef names, as `workloadRef.scaleDown` says: `progressively`
+    /// hands its pods over as the Rollout's become available (and takes them back if they stop
+    /// being available), `onsuccess` scales it to zero once the Rollout is fully promoted and
+    /// available, `never` leaves it alone.
+    fn scale_workload(&mut self) {
+        let Some(workload) = &self.observed.workload else {
+            return;
+        };
+        let spec_replicas = self.spec.replicas();
+        let target = match workload.scale_down {
+            ScaleDown::Never => return,
+            ScaleDown::OnSuccess => {
+                let complete = self.promoted()
+                    && self.status.updated_replicas >= spec_replicas
+                    && self.status.available_replicas >= spec_replicas;
+                if !complete {
+                    return;
+                }
+                0
+            }
+            ScaleDown::Progressively => {
+                (spec_replicas - self.status.available_replicas).clamp(0, spec_replicas)
+            }
+        };
+        if workload.replicas != target {
+            self.actions
+                .push(Action::ScaleWorkload { replicas: target });
+        }
     }
 
     /// Work out the current pod-template hash and react to a new template or new steps.

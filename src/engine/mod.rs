@@ -35,7 +35,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::argo::rollout::{
-    AnalysisRunArgument, DryRun, MeasurementRetention, RolloutSpec, RolloutStatus,
+    AnalysisRunArgument, DryRun, MeasurementRetention, RolloutSpec, RolloutStatus, ScaleDown,
 };
 
 pub use crate::api::argo::analysis::AnalysisPhase;
@@ -57,6 +57,8 @@ pub struct Observations {
     pub services: BTreeMap<String, ServiceObservation>,
     /// AnalysisRuns owned by the Rollout.
     pub analysis_runs: Vec<AnalysisRunObservation>,
+    /// The Deployment named by `workloadRef`, when the Rollout has one and it was found.
+    pub workload: Option<WorkloadObservation>,
 }
 
 impl Observations {
@@ -69,6 +71,7 @@ impl Observations {
             traffic: None,
             services: BTreeMap::new(),
             analysis_runs: Vec::new(),
+            workload: None,
         }
     }
 }
@@ -93,6 +96,16 @@ pub struct ReplicaSetObservation {
     /// Lets the engine adopt a ReplicaSet made by another controller (Argo) instead of starting an
     /// update only because the hash algorithm differs.
     pub matches_current_template: bool,
+}
+
+/// The Deployment a `workloadRef` names: its template is already in the spec; this is what the
+/// engine needs to scale it down as `workloadRef.scaleDown` says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadObservation {
+    /// `workloadRef.scaleDown` (default `never`).
+    pub scale_down: ScaleDown,
+    /// The Deployment's `spec.replicas`.
+    pub replicas: i32,
 }
 
 /// The canary weight the routers report, in percent of all traffic.
@@ -172,6 +185,8 @@ pub enum Action {
     CreateAnalysisRun(AnalysisRunRequest),
     /// Set `spec.terminate` on a running AnalysisRun.
     TerminateAnalysisRun { name: String },
+    /// Set `spec.replicas` of the Deployment named by `workloadRef`.
+    ScaleWorkload { replicas: i32 },
     /// Record a Kubernetes Event on the Rollout.
     Event(Event),
 }
@@ -215,7 +230,9 @@ pub struct Event {
 pub struct Input<'a> {
     /// The Rollout's name (AnalysisRun names derive from it).
     pub name: &'a str,
-    /// The spec, with `template` and `selector` already resolved from `workloadRef`.
+    /// The spec, with `template` and `selector` already resolved from `workloadRef` and
+    /// `workloadRef` removed (its scale-down mode goes to [`Observations::workload`]). A spec that
+    /// still has a `workloadRef` means its target could not be read: the plan is InvalidSpec.
     pub spec: &'a RolloutSpec,
     pub status: &'a RolloutStatus,
     pub observed: &'a Observations,

@@ -246,6 +246,11 @@ impl Simulation {
                     run.phase = AnalysisPhase::Successful;
                 }
             }
+            Action::ScaleWorkload { replicas } => {
+                if let Some(workload) = self.observed.workload.as_mut() {
+                    workload.replicas = replicas;
+                }
+            }
             Action::Event(event) => self.events.push(event),
             Action::SetHeaderRoute { .. }
             | Action::SetMirrorRoute { .. }

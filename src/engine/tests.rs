@@ -1082,3 +1082,108 @@ fn status_counts_and_selector_for_the_hpa() {
     assert_eq!(world.status.observed_generation, "1");
     let _ = IntOrString::Int(0);
 }
+
+// === workloadRef ===
+
+fn with_workload(scale_down: crate::api::argo::rollout::ScaleDown, replicas: i32) -> World {
+    let mut world = World::new(spec(
+        4,
+        json!({"steps": [{"setWeight": 50}, {"pause": {}}]}),
+    ));
+    world.observed.workload = Some(WorkloadObservation {
+        scale_down,
+        replicas,
+    });
+    world
+}
+
+fn workload_replicas(world: &World) -> i32 {
+    world.observed.workload.as_ref().unwrap().replicas
+}
+
+#[test]
+fn workload_scale_down_never_leaves_the_deployment_alone() {
+    let mut world = with_workload(crate::api::argo::rollout::ScaleDown::Never, 4);
+    world.settle();
+    assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
+    assert_eq!(workload_replicas(&world), 4);
+}
+
+#[test]
+fn workload_scale_down_onsuccess_waits_for_a_healthy_rollout() {
+    let mut world = with_workload(crate::api::argo::rollout::ScaleDown::OnSuccess, 4);
+    world.pods_ready = false;
+    world.settle();
+    assert_eq!(workload_replicas(&world), 4, "not available yet: keep it");
+    let hash = world.status.current_pod_hash.clone();
+    for rs in &mut world.observed.replica_sets {
+        if rs.pod_template_hash == hash {
+            rs.ready_replicas = rs.replicas;
+            rs.available_replicas = rs.replicas;
+        }
+    }
+    world.settle();
+    assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
+    assert_eq!(workload_replicas(&world), 0);
+}
+
+#[test]
+fn workload_scale_down_progressively_follows_available_pods() {
+    let mut world = with_workload(crate::api::argo::rollout::ScaleDown::Progressively, 4);
+    world.pods_ready = false;
+    world.settle();
+    assert_eq!(workload_replicas(&world), 4);
+    let hash = world.status.current_pod_hash.clone();
+    let set_available = |world: &mut World, n: i32| {
+        for rs in &mut world.observed.replica_sets {
+            if rs.pod_template_hash == hash {
+                rs.ready_replicas = n;
+                rs.available_replicas = n;
+            }
+        }
+    };
+    set_available(&mut world, 1);
+    world.settle();
+    assert_eq!(workload_replicas(&world), 3, "one pod handed over");
+    set_available(&mut world, 4);
+    world.settle();
+    assert_eq!(workload_replicas(&world), 0);
+    set_available(&mut world, 2);
+    world.settle();
+    assert_eq!(
+        workload_replicas(&world),
+        2,
+        "taken back while pods are missing"
+    );
+}
+
+#[test]
+fn unresolved_workload_ref_is_invalid_and_touches_nothing() {
+    let mut s = spec(3, json!({}));
+    s.template = None;
+    s.workload_ref = Some(crate::api::argo::rollout::ObjectRef {
+        api_version: Some("apps/v1".into()),
+        kind: Some("Deployment".into()),
+        name: Some("gone".into()),
+        scale_down: None,
+    });
+    let mut world = World::new(s);
+    let plan = world.tick();
+    assert!(
+        plan.actions.iter().all(|a| matches!(a, Action::Event(_))),
+        "{:?}",
+        plan.actions
+    );
+    let invalid = plan
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == reason::INVALID_SPEC)
+        .expect("an InvalidSpec condition");
+    assert!(
+        invalid.message.contains("\"gone\" not found"),
+        "{}",
+        invalid.message
+    );
+    assert_eq!(world.health(), Health::Degraded);
+}
