@@ -28,6 +28,19 @@ enum Command {
         /// Prometheus address for metrics that name none.
         #[arg(long, env = "SLUICE_PROMETHEUS_ADDRESS")]
         prometheus_address: Option<String>,
+        /// Elect a leader on a Lease, so only one replica acts (`--leader-elect=false` to act at once).
+        #[arg(long, env = "SLUICE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+        leader_elect: bool,
+        /// Namespace of the leader Lease (default: --namespace, else $POD_NAMESPACE, else "default").
+        #[arg(long, env = "SLUICE_LEADER_ELECTION_NAMESPACE")]
+        leader_election_namespace: Option<String>,
+        /// Name of the leader Lease.
+        #[arg(
+            long,
+            env = "SLUICE_LEADER_ELECTION_NAME",
+            default_value = "sluice-controller"
+        )]
+        leader_election_name: String,
         /// Log format.
         #[arg(long, value_enum, env = "SLUICE_LOG_FORMAT", default_value = "text")]
         log_format: LogFormat,
@@ -74,12 +87,28 @@ fn main() -> anyhow::Result<()> {
             namespace,
             http_addr,
             prometheus_address,
+            leader_elect,
+            leader_election_namespace,
+            leader_election_name,
             log_format,
         } => {
             init_logging(log_format);
             // kube's TLS uses rustls with ring; reqwest would otherwise pick another provider.
             let _ = rustls::crypto::ring::default_provider().install_default();
             let config = sluice::controller::Config {
+                leader_election: leader_elect.then(|| {
+                    let ns = leader_election_namespace
+                        .or_else(|| namespace.clone())
+                        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                        .unwrap_or_else(|| "default".to_string());
+                    (ns, leader_election_name)
+                }),
+                identity: std::env::var("POD_NAME").unwrap_or_else(|_| {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_string())
+                        .unwrap_or_else(|_| "sluice".to_string());
+                    format!("{host}-{}", std::process::id())
+                }),
                 namespace,
                 http_addr,
                 default_prometheus: prometheus_address,

@@ -8,6 +8,7 @@
 //! Nothing here decides what a rollout or a run should do next: that is `crate::engine`.
 
 pub mod http;
+pub mod leader;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -68,6 +69,10 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// Prometheus address for metrics that name none.
     pub default_prometheus: Option<String>,
+    /// Elect a leader on this Lease (`namespace`, `name`) before acting; `None` acts at once.
+    pub leader_election: Option<(String, String)>,
+    /// This replica's identity in the election.
+    pub identity: String,
 }
 
 /// Why the controller could not start.
@@ -75,6 +80,8 @@ pub struct Config {
 pub enum Error {
     #[error("connecting to the cluster (kubeconfig or in-cluster config): {0}")]
     Client(#[source] kube::Error),
+    #[error(transparent)]
+    Leader(#[from] leader::Error),
     #[error("serving metrics and health on {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -122,6 +129,22 @@ pub async fn run(config: Config) -> Result<(), Error> {
             source,
         })?;
     tracing::info!(%bound, namespace = ?config.namespace, "sluice controller started");
+
+    let elector = config
+        .leader_election
+        .as_ref()
+        .map(|(ns, name)| leader::Elector::new(client.clone(), ns, name, &config.identity));
+    if let Some(elector) = &elector {
+        // A standby replica is healthy and ready to take over.
+        health.ready.store(true, Ordering::Relaxed);
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = shutdown.clone() => {
+                let _ = server.await;
+                return Ok(());
+            }
+        }
+    }
     metrics.leader.set(1);
 
     let reporter = Reporter {
@@ -136,8 +159,26 @@ pub async fn run(config: Config) -> Result<(), Error> {
         ready: Readiness::new(health.clone(), CONTROLLERS),
     };
     // Each controller runs until `shutdown`; add new ones here (and to CONTROLLERS).
-    let _ = &shared;
-    shutdown.clone().await;
+    let controllers = async {
+        let _ = &shared;
+        shutdown.clone().await;
+    };
+    let lost = async {
+        match &elector {
+            Some(elector) => elector.keep().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = controllers => {}
+        lost = lost => {
+            metrics.leader.set(0);
+            return Err(lost.into());
+        }
+    }
+    if let Some(elector) = &elector {
+        elector.release().await;
+    }
     let _ = server.await;
     tracing::info!("sluice controller stopped");
     Ok(())
