@@ -7,5 +7,6 @@
 
 pub mod expr;
 pub mod observed;
+pub mod run;
 
 pub use observed::Observed;
