@@ -3,9 +3,13 @@
 //! a provider, reads a clock or a Secret.
 //!
 //! - [`expr`]: Argo's condition language (`result[0] >= 0.95`, `isNaN(result)`, …).
+//! - [`args`]: template merging and `{{args.*}}` substitution (Argo).
+//! - [`flagger`]: Flagger metric queries and threshold checks.
 //! - [`observed`]: what a provider reports for one measurement.
 
+pub mod args;
 pub mod expr;
+pub mod flagger;
 pub mod observed;
 pub mod run;
 
