@@ -23,6 +23,19 @@ pub struct MeasurementLabels {
     pub phase: String,
 }
 
+/// Labels of `rollout_info`, as Argo Rollouts exports them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutInfoLabels {
+    pub namespace: String,
+    pub name: String,
+    /// `canary` or `blueGreen`.
+    pub strategy: String,
+    /// The traffic router kinds configured (`nginx`, `plugins`, …), comma-separated; empty without.
+    pub traffic_router: String,
+    /// The Rollout's phase (`Healthy`, `Progressing`, `Paused`, `Degraded`).
+    pub phase: String,
+}
+
 /// Every metric the controller exports.
 pub struct Metrics {
     registry: Registry,
@@ -35,6 +48,12 @@ pub struct Metrics {
     /// `sluice_analysis_measurement_delay_seconds`: how late a measurement started compared with its
     /// planned time (the scheduling error).
     pub measurement_delay: Histogram,
+    /// `rollout_info`: 1 per Rollout, its phase in a label.
+    pub rollout_info: Family<RolloutInfoLabels, Gauge>,
+    /// `rollout_reconcile`: seconds per Rollout reconcile.
+    pub rollout_reconcile: Histogram,
+    /// `rollout_reconcile_error`: Rollout reconciles that ended in an error.
+    pub rollout_reconcile_error: Counter,
     /// `sluice_leader`: 1 while this process is the elected leader (always 1 without election).
     pub leader: Gauge,
 }
@@ -73,6 +92,25 @@ impl Metrics {
             "Start of a measurement minus its planned time",
             measurement_delay.clone(),
         );
+        let rollout_info = Family::<RolloutInfoLabels, Gauge>::default();
+        registry.register(
+            "rollout_info",
+            "Information about rollout.",
+            rollout_info.clone(),
+        );
+        // Argo's buckets for rollout_reconcile.
+        let rollout_reconcile = Histogram::new([0.01, 0.15, 0.25, 0.5, 1.0]);
+        registry.register(
+            "rollout_reconcile",
+            "Rollout reconciliation performance.",
+            rollout_reconcile.clone(),
+        );
+        let rollout_reconcile_error = Counter::default();
+        registry.register(
+            "rollout_reconcile_error",
+            "Error occurring during the rollout",
+            rollout_reconcile_error.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "sluice_leader",
@@ -85,6 +123,9 @@ impl Metrics {
             analysis_run_reconcile_error,
             measurements,
             measurement_delay,
+            rollout_info,
+            rollout_reconcile,
+            rollout_reconcile_error,
             leader,
         }
     }

@@ -1,0 +1,550 @@
+//! The Rollout controller: for each Rollout, observe the cluster through watch caches, ask the
+//! pure engine for a plan, write the status it returns and carry out its actions.
+//!
+//! ```text
+//!  watch caches ──observe──▶ Observations ──engine::plan──▶ Plan ──▶ 1. status (SSA, only if changed)
+//!  (Rollouts, ReplicaSets,                                            2. actions (idempotent)
+//!   Services, EndpointSlices,                                         3. Events
+//!   AnalysisRuns, Deployments)                                        4. requeue_after
+//! ```
+//!
+//! The status goes first, conditioned on the resourceVersion the plan was made from: a user's
+//! patch (abort, promote) that lands meanwhile makes the write fail and the plan is made again,
+//! instead of being overwritten; and an AnalysisRun is only created once the status that names
+//! it is stored, so a crash in between is safe (the engine adopts runs the status references).
+//! What this controller wrote is used over an older cached copy until the watch shows it, so a
+//! quick second reconcile never repeats an action or an Event.
+//!
+//! This module must never decide what a Rollout does next (that is [`crate::engine`]), and never
+//! read an object through the API per reconcile (templates are read once per run creation).
+
+mod execute;
+mod fresh;
+mod observe;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::metrics::RolloutInfoLabels;
+use super::{FIELD_MANAGER, Shared};
+use crate::api::argo::analysis::AnalysisRun;
+use crate::api::argo::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus};
+use crate::engine::analysis::args::ArgsError;
+use crate::engine::{self, Action, Input};
+use fresh::Fresh;
+use observe::{Caches, SERVICE_NAME_LABEL};
+
+/// Rollouts reconciled at the same time (Argo's default worker count).
+const CONCURRENCY: u16 = 10;
+/// Wait before planning again after an error (the engine's plan is idempotent, so retrying is safe).
+const ERROR_REQUEUE: Duration = Duration::from_secs(5);
+/// How often `rollout_info` series of deleted Rollouts are removed.
+const INFO_SWEEP: Duration = Duration::from_secs(30);
+
+/// Why one reconcile of a Rollout failed; it is planned again after [`ERROR_REQUEUE`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing the status of Rollout {namespace}/{name}: {source}")]
+    WriteStatus {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error(
+        "Rollout {namespace}/{name} changed while it was being planned (a user patch or a new spec); planning again"
+    )]
+    Conflict { namespace: String, name: String },
+    #[error("creating ReplicaSet {namespace}/{name}: {source}")]
+    CreateReplicaSet {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error(
+        "ReplicaSet {namespace}/{name} exists but is not controlled by this Rollout: delete or rename it so the Rollout can create its own"
+    )]
+    ReplicaSetTaken { namespace: String, name: String },
+    #[error("patching ReplicaSet {namespace}/{name}: {source}")]
+    PatchReplicaSet {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("deleting old ReplicaSet {namespace}/{name}: {source}")]
+    DeleteReplicaSet {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error(
+        "setting the selector of Service {namespace}/{name} for Rollout {rollout}: {source} (check that the Service exists)"
+    )]
+    SetServiceSelector {
+        namespace: String,
+        name: String,
+        rollout: String,
+        source: kube::Error,
+    },
+    #[error("scaling Deployment {namespace}/{name} (the Rollout's workloadRef): {source}")]
+    ScaleWorkload {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error(
+        "{kind} {namespace}/{name} named by Rollout {rollout}'s analysis does not exist: create it or fix the templateName"
+    )]
+    TemplateNotFound {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        rollout: String,
+    },
+    #[error("reading {kind} {namespace}/{name}: {source}")]
+    ReadTemplate {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("building AnalysisRun {namespace}/{name} for Rollout {rollout}: {source}")]
+    BuildAnalysisRun {
+        namespace: String,
+        name: String,
+        rollout: String,
+        source: ArgsError,
+    },
+    #[error("creating AnalysisRun {namespace}/{name}: {source}")]
+    CreateAnalysisRun {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("terminating AnalysisRun {namespace}/{name}: {source}")]
+    TerminateAnalysisRun {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+}
+
+/// State shared by every reconcile.
+pub struct Ctx {
+    shared: Shared,
+    caches: Caches,
+    rollouts: Fresh<Rollout>,
+    replica_sets: Fresh<ReplicaSet>,
+    /// The `rollout_info` labels last exported per Rollout, to replace them when they change.
+    info: Mutex<HashMap<fresh::Key, RolloutInfoLabels>>,
+    last_sweep: Mutex<Instant>,
+}
+
+/// A watch cache of `K` (managed fields and last-applied annotations dropped to save memory),
+/// and the stream that feeds it, which also triggers reconciles.
+fn cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let events = watcher(api, config)
+        .default_backoff()
+        .modify(|object: &mut K| {
+            object.managed_fields_mut().clear();
+            object
+                .annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
+        });
+    (
+        reader,
+        reflector::reflector(writer, events).touched_objects(),
+    )
+}
+
+fn api<K>(shared: &Shared) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match &shared.namespace {
+        Some(ns) => Api::namespaced(shared.client.clone(), ns),
+        None => Api::all(shared.client.clone()),
+    }
+}
+
+/// Runs the Rollout controller until `shutdown` resolves.
+pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    tracing::info!(namespace = ?shared.namespace, "rollout controller starting");
+    let controller = Controller::new(
+        api::<Rollout>(&shared),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
+    let rollouts = controller.store();
+    // Only ReplicaSets a Rollout made (Argo's label-filtered informer): Deployments' are ignored.
+    let (replica_sets, rs_events) = cache(
+        api::<ReplicaSet>(&shared),
+        watcher::Config::default()
+            .labels(POD_TEMPLATE_HASH_LABEL)
+            .any_semantic(),
+    );
+    let (services, service_events) = cache(
+        api::<Service>(&shared),
+        watcher::Config::default().any_semantic(),
+    );
+    let (endpoint_slices, slice_events) = cache(
+        api::<EndpointSlice>(&shared),
+        watcher::Config::default()
+            .labels(SERVICE_NAME_LABEL)
+            .any_semantic(),
+    );
+    let (analysis_runs, run_events) = cache(
+        api::<AnalysisRun>(&shared),
+        watcher::Config::default().any_semantic(),
+    );
+    let (deployments, deployment_events) = cache(
+        api::<Deployment>(&shared),
+        watcher::Config::default().any_semantic(),
+    );
+    let caches = Caches {
+        rollouts: rollouts.clone(),
+        replica_sets,
+        services,
+        endpoint_slices,
+        analysis_runs,
+        deployments,
+    };
+
+    let ready = caches.clone();
+    let readiness = shared.ready.clone();
+    tokio::spawn(async move {
+        super::store_synced(&ready.rollouts).await;
+        super::store_synced(&ready.replica_sets).await;
+        super::store_synced(&ready.services).await;
+        super::store_synced(&ready.endpoint_slices).await;
+        super::store_synced(&ready.analysis_runs).await;
+        super::store_synced(&ready.deployments).await;
+        tracing::info!("rollout controller: watch caches synced");
+        readiness.synced();
+    });
+
+    let by_service = caches.clone();
+    let by_slice = caches.clone();
+    let by_deployment = caches.clone();
+    let ctx = Arc::new(Ctx {
+        shared,
+        caches,
+        rollouts: Fresh::default(),
+        replica_sets: Fresh::default(),
+        info: Mutex::default(),
+        last_sweep: Mutex::new(Instant::now()),
+    });
+    controller
+        .owns_stream(rs_events)
+        .owns_stream(run_events)
+        .watches_stream(service_events, move |service: Service| {
+            by_service.rollouts_using_service(
+                &service.namespace().unwrap_or_default(),
+                &service.name_any(),
+            )
+        })
+        .watches_stream(slice_events, move |slice: EndpointSlice| {
+            match slice.labels().get(SERVICE_NAME_LABEL) {
+                Some(service) => {
+                    by_slice.rollouts_using_service(&slice.namespace().unwrap_or_default(), service)
+                }
+                None => Vec::new(),
+            }
+        })
+        .watches_stream(deployment_events, move |deployment: Deployment| {
+            by_deployment.rollouts_using_deployment(
+                &deployment.namespace().unwrap_or_default(),
+                &deployment.name_any(),
+            )
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "rollout reconcile");
+            }
+        })
+        .await;
+}
+
+fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Ctx>) -> Requeue {
+    ctx.shared.metrics.rollout_reconcile_error.inc();
+    ctx.rollouts.forget(&fresh::key(rollout.as_ref()));
+    match error {
+        Error::Conflict { .. } => {
+            tracing::debug!(rollout = %rollout.name_any(), namespace = ?rollout.namespace(), %error, "planning again");
+            Requeue::requeue(Duration::from_millis(200))
+        }
+        _ => {
+            tracing::warn!(rollout = %rollout.name_any(), namespace = ?rollout.namespace(), %error, "rollout reconcile failed");
+            Requeue::requeue(ERROR_REQUEUE)
+        }
+    }
+}
+
+async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Ctx>) -> Result<Requeue, Error> {
+    let started = Instant::now();
+    let key = fresh::key(rollout.as_ref());
+    // The cache may lag behind our last status write; plan from what we wrote then.
+    let rollout = ctx
+        .rollouts
+        .view(&key, Some(rollout.clone()))
+        .unwrap_or(rollout);
+    let result = reconcile_inner(&rollout, &ctx).await;
+    ctx.shared
+        .metrics
+        .rollout_reconcile
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error> {
+    let key = fresh::key(rollout);
+    if rollout.meta().deletion_timestamp.is_some() {
+        // Its ReplicaSets and AnalysisRuns go with it (owner references): nothing to do.
+        ctx.rollouts.forget(&key);
+        ctx.drop_info(&key);
+        return Ok(Requeue::await_change());
+    }
+    let (spec, workload) = observe::resolve_spec(rollout, &ctx.caches);
+    let replica_sets = observe::replica_sets(rollout, &ctx.caches, &ctx.replica_sets);
+    let observed = observe::observations(
+        rollout,
+        &spec,
+        workload,
+        &replica_sets,
+        &ctx.caches,
+        Timestamp::now(),
+    );
+    let status = rollout.status.clone().unwrap_or_default();
+    let name = rollout.name_any();
+    let plan = engine::plan(Input {
+        name: &name,
+        spec: &spec,
+        status: &status,
+        observed: &observed,
+    });
+
+    if plan.status != status {
+        write_status(rollout, &plan.status, ctx).await?;
+    }
+    ctx.export_info(rollout, &plan.status);
+
+    let target = execute::Target {
+        client: &ctx.shared.client,
+        rollout,
+        spec: &spec,
+        replica_sets: &ctx.replica_sets,
+        replica_set_cache: &ctx.caches.replica_sets,
+    };
+    let mut failed = None;
+    for action in &plan.actions {
+        if let Err(error) = target.execute(action).await {
+            failed = Some(error);
+            break;
+        }
+    }
+    // Events describe the status just stored, so they go out even if an action failed.
+    publish(rollout, &plan.actions, ctx).await;
+    if let Some(error) = failed {
+        return Err(error);
+    }
+    ctx.sweep_info();
+    Ok(match plan.requeue_after {
+        Some(after) => Requeue::requeue(after),
+        None => Requeue::await_change(),
+    })
+}
+
+/// Applies `status` through the status subresource, only if the Rollout is still the version the
+/// plan was made from.
+async fn write_status(rollout: &Rollout, status: &RolloutStatus, ctx: &Ctx) -> Result<(), Error> {
+    let namespace = rollout.namespace().unwrap_or_default();
+    let name = rollout.name_any();
+    let mut body = serde_json::to_value(status).unwrap_or_default();
+    // Fields a user sets with a merge patch are owned by the user's field manager: omitting them
+    // from an apply would leave the user's value in place, so their plain values are sent.
+    if let Some(fields) = body.as_object_mut() {
+        fields.insert("abort".into(), json!(status.abort));
+        fields.insert("promoteFull".into(), json!(status.promote_full));
+        fields.insert("controllerPause".into(), json!(status.controller_pause));
+        fields.insert("pauseConditions".into(), json!(status.pause_conditions));
+    }
+    let patch = json!({
+        "apiVersion": Rollout::api_version(&()),
+        "kind": Rollout::kind(&()),
+        "metadata": {"name": name, "resourceVersion": rollout.resource_version()},
+        "status": body,
+    });
+    let api: Api<Rollout> = Api::namespaced(ctx.shared.client.clone(), &namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api
+        .patch_status(&name, &params, &Patch::Apply(&patch))
+        .await
+    {
+        Ok(updated) => {
+            ctx.rollouts.wrote(
+                fresh::key(rollout),
+                rollout.resource_version(),
+                Some(updated),
+            );
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Conflict { namespace, name }),
+        Err(source) => Err(Error::WriteStatus {
+            namespace,
+            name,
+            source,
+        }),
+    }
+}
+
+async fn publish(rollout: &Rollout, actions: &[Action], ctx: &Ctx) {
+    let reference = rollout.object_ref(&());
+    for action in actions {
+        let Action::Event(event) = action else {
+            continue;
+        };
+        let ev = KubeEvent {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.to_string(),
+            note: Some(event.message.clone()),
+            action: "Reconcile".to_string(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.shared.recorder.publish(&ev, &reference).await {
+            tracing::warn!(rollout = %rollout.name_any(), %error, "recording an event");
+        }
+    }
+}
+
+impl Ctx {
+    /// Sets `rollout_info` for one Rollout, replacing its previous series.
+    fn export_info(&self, rollout: &Rollout, status: &RolloutStatus) {
+        let phase = status.phase.unwrap_or(RolloutPhase::Progressing);
+        let labels = RolloutInfoLabels {
+            namespace: rollout.namespace().unwrap_or_default(),
+            name: rollout.name_any(),
+            strategy: if rollout.spec.strategy.blue_green.is_some() {
+                "blueGreen".into()
+            } else {
+                "canary".into()
+            },
+            traffic_router: traffic_router(rollout),
+            phase: serde_json::to_value(phase)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+        };
+        let Ok(mut info) = self.info.lock() else {
+            return;
+        };
+        let key = fresh::key(rollout);
+        if info.get(&key) == Some(&labels) {
+            return;
+        }
+        if let Some(old) = info.insert(key, labels.clone()) {
+            self.shared.metrics.rollout_info.remove(&old);
+        }
+        self.shared
+            .metrics
+            .rollout_info
+            .get_or_create(&labels)
+            .set(1);
+    }
+
+    fn drop_info(&self, key: &fresh::Key) {
+        if let Ok(mut info) = self.info.lock()
+            && let Some(old) = info.remove(key)
+        {
+            self.shared.metrics.rollout_info.remove(&old);
+        }
+    }
+
+    /// Deleted Rollouts are never reconciled again: drop their series now and then.
+    fn sweep_info(&self) {
+        let Ok(mut last) = self.last_sweep.lock() else {
+            return;
+        };
+        if last.elapsed() < INFO_SWEEP {
+            return;
+        }
+        *last = Instant::now();
+        let gone: Vec<fresh::Key> = match self.info.lock() {
+            Ok(info) => info
+                .keys()
+                .filter(|(ns, name)| {
+                    self.caches
+                        .rollouts
+                        .get(&ObjectRef::new(name).within(ns))
+                        .is_none()
+                })
+                .cloned()
+                .collect(),
+            Err(_) => return,
+        };
+        for key in gone {
+            self.drop_info(&key);
+            self.rollouts.forget(&key);
+        }
+    }
+}
+
+/// Argo's `traffic_router` label: the router kinds configured, or empty.
+fn traffic_router(rollout: &Rollout) -> String {
+    let Some(routing) = rollout
+        .spec
+        .strategy
+        .canary
+        .as_ref()
+        .and_then(|c| c.traffic_routing.as_ref())
+    else {
+        return String::new();
+    };
+    let value = serde_json::to_value(routing).unwrap_or_default();
+    let mut kinds: Vec<String> = value
+        .as_object()
+        .map(|o| {
+            o.keys()
+                .filter(|k| !matches!(k.as_str(), "maxTrafficWeight" | "managedRoutes"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    kinds.sort();
+    kinds.join(",")
+}

@@ -1,0 +1,434 @@
+//! Carries out the engine's actions for one Rollout against the cluster, each idempotently:
+//! creating what already exists, deleting what is gone or setting what is already set succeeds.
+//! Objects are named, labelled and owned as Argo Rollouts does, so Argo's CLI, UI and Argo CD see
+//! them as their own.
+//!
+//! This module must never choose an action or a value: every number and name comes from the plan
+//! (and the resolved spec for the pod template). Traffic-router actions are not carried out yet
+//! (routers are issue 6).
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::Error;
+use super::fresh::{self, Fresh};
+use crate::api::argo::analysis::{
+    AnalysisRun, AnalysisTemplate, AnalysisTemplateRef, AnalysisTemplateSpec,
+    ClusterAnalysisTemplate,
+};
+use crate::api::argo::rollout::{
+    MANAGED_BY_ROLLOUTS_ANNOTATION, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, Rollout,
+    RolloutSpec, SCALE_DOWN_DEADLINE_ANNOTATION,
+};
+use crate::controller::FIELD_MANAGER;
+use crate::engine::analysis::args::{self, ArgsError};
+use crate::engine::{Action, AnalysisRunRequest};
+
+/// What one Rollout's actions need.
+pub struct Target<'a> {
+    pub client: &'a kube::Client,
+    pub rollout: &'a Rollout,
+    /// The spec the engine planned with (template resolved from workloadRef).
+    pub spec: &'a RolloutSpec,
+    pub replica_sets: &'a Fresh<ReplicaSet>,
+    pub replica_set_cache: &'a Store<ReplicaSet>,
+}
+
+impl Target<'_> {
+    fn namespace(&self) -> String {
+        self.rollout.namespace().unwrap_or_default()
+    }
+
+    fn name(&self) -> String {
+        self.rollout.name_any()
+    }
+
+    fn rs_name(&self, hash: &str) -> String {
+        format!("{}-{hash}", self.name())
+    }
+
+    fn params() -> PatchParams {
+        PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Carry out one action (Events are published by the caller).
+    pub async fn execute(&self, action: &Action) -> Result<(), Error> {
+        match action {
+            Action::CreateReplicaSet {
+                pod_template_hash,
+                replicas,
+                revision,
+            } => {
+                self.create_replica_set(pod_template_hash, *replicas, *revision)
+                    .await
+            }
+            Action::ScaleReplicaSet {
+                pod_template_hash,
+                replicas,
+            } => {
+                let patch = json!({"spec": {"replicas": replicas}});
+                self.patch_replica_set(pod_template_hash, &patch).await
+            }
+            Action::SetScaleDownDeadline {
+                pod_template_hash,
+                deadline,
+            } => {
+                let value = deadline.map(|d| d.to_string());
+                let patch =
+                    json!({"metadata": {"annotations": {SCALE_DOWN_DEADLINE_ANNOTATION: value}}});
+                self.patch_replica_set(pod_template_hash, &patch).await
+            }
+            Action::DeleteReplicaSet { pod_template_hash } => {
+                self.delete_replica_set(pod_template_hash).await
+            }
+            Action::SetServiceSelector {
+                service,
+                pod_template_hash,
+            } => self.set_selector(service, pod_template_hash).await,
+            Action::CreateAnalysisRun(request) => self.create_analysis_run(request).await,
+            Action::TerminateAnalysisRun { name } => self.terminate(name).await,
+            Action::ScaleWorkload { replicas } => self.scale_workload(*replicas).await,
+            Action::SetWeight { .. }
+            | Action::SetHeaderRoute { .. }
+            | Action::SetMirrorRoute { .. }
+            | Action::RemoveManagedRoutes => {
+                tracing::debug!(rollout = %self.name(), ?action, "traffic routers are not implemented yet");
+                Ok(())
+            }
+            Action::Event(_) => Ok(()),
+        }
+    }
+
+    async fn create_replica_set(
+        &self,
+        hash: &str,
+        replicas: i32,
+        revision: i64,
+    ) -> Result<(), Error> {
+        let namespace = self.namespace();
+        let name = self.rs_name(hash);
+        let mut template = self.spec.template.clone().unwrap_or_default();
+        let meta = template.metadata.get_or_insert_with(Default::default);
+        let mut labels = meta.labels.clone().unwrap_or_default();
+        labels.insert(POD_TEMPLATE_HASH_LABEL.into(), hash.into());
+        meta.labels = Some(labels.clone());
+        let mut selector = self.spec.selector.clone().unwrap_or_default();
+        selector
+            .match_labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(POD_TEMPLATE_HASH_LABEL.into(), hash.into());
+        let owner = self.rollout.controller_owner_ref(&());
+        let rs = ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                labels: Some(labels),
+                annotations: Some([(REVISION_ANNOTATION.to_string(), revision.to_string())].into()),
+                owner_references: owner.map(|o| vec![o]),
+                ..Default::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(replicas),
+                min_ready_seconds: self.spec.min_ready_seconds,
+                selector,
+                template: Some(template),
+            }),
+            status: None,
+        };
+        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &namespace);
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api.create(&pp, &rs).await {
+            Ok(created) => {
+                self.replica_sets
+                    .wrote(fresh::key(&created), None, Some(created));
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                // Created by an earlier reconcile whose watch event has not arrived, or by
+                // someone else: only the former is ours to use.
+                let existing =
+                    api.get_opt(&name)
+                        .await
+                        .map_err(|source| Error::CreateReplicaSet {
+                            namespace: namespace.clone(),
+                            name: name.clone(),
+                            source,
+                        })?;
+                match existing {
+                    Some(rs) if super::observe::controlled_by(&rs, self.rollout) => Ok(()),
+                    _ => Err(Error::ReplicaSetTaken { namespace, name }),
+                }
+            }
+            Err(source) => Err(Error::CreateReplicaSet {
+                namespace,
+                name,
+                source,
+            }),
+        }
+    }
+
+    async fn patch_replica_set(&self, hash: &str, patch: &serde_json::Value) -> Result<(), Error> {
+        let namespace = self.namespace();
+        let name = self.rs_name(hash);
+        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &namespace);
+        let key = (namespace.clone(), name.clone());
+        match api
+            .patch(&name, &Self::params(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(patched) => {
+                let cached = self.cached_version(&key);
+                if cached != patched.resource_version() {
+                    self.replica_sets.wrote(key, cached, Some(patched));
+                }
+                Ok(())
+            }
+            Err(source) => {
+                self.replica_sets.forget(&key);
+                Err(Error::PatchReplicaSet {
+                    namespace,
+                    name,
+                    source,
+                })
+            }
+        }
+    }
+
+    /// The version the watch cache holds now: until it changes, what we wrote is fresher.
+    fn cached_version(&self, key: &fresh::Key) -> Option<String> {
+        self.replica_set_cache
+            .get(&ObjectRef::new(&key.1).within(&key.0))
+            .and_then(|rs| rs.resource_version())
+    }
+
+    async fn delete_replica_set(&self, hash: &str) -> Result<(), Error> {
+        let namespace = self.namespace();
+        let name = self.rs_name(hash);
+        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &namespace);
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::DeleteReplicaSet {
+                    namespace,
+                    name,
+                    source,
+                });
+            }
+        }
+        let key = (namespace, name);
+        let cached = self.cached_version(&key);
+        self.replica_sets.wrote(key, cached, None);
+        Ok(())
+    }
+
+    /// Argo merge-patches only the hash key: a Service's selector is an atomic map for
+    /// server-side apply, so applying one key would take over (and drop) the others.
+    async fn set_selector(&self, service: &str, hash: &str) -> Result<(), Error> {
+        let namespace = self.namespace();
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &namespace);
+        let patch = json!({
+            "metadata": {"annotations": {MANAGED_BY_ROLLOUTS_ANNOTATION: self.name()}},
+            "spec": {"selector": {POD_TEMPLATE_HASH_LABEL: hash}},
+        });
+        api.patch(service, &Self::params(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::SetServiceSelector {
+                namespace,
+                name: service.to_string(),
+                rollout: self.name(),
+                source,
+            })
+    }
+
+    async fn scale_workload(&self, replicas: i32) -> Result<(), Error> {
+        let namespace = self.namespace();
+        let name = self
+            .rollout
+            .spec
+            .workload_ref
+            .as_ref()
+            .and_then(|w| w.name.clone())
+            .unwrap_or_default();
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), &namespace);
+        let patch = json!({"spec": {"replicas": replicas}});
+        api.patch(&name, &Self::params(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::ScaleWorkload {
+                namespace,
+                name,
+                source,
+            })
+    }
+
+    async fn terminate(&self, name: &str) -> Result<(), Error> {
+        let namespace = self.namespace();
+        let api: Api<AnalysisRun> = Api::namespaced(self.client.clone(), &namespace);
+        let patch = json!({"spec": {"terminate": true}});
+        match api
+            .patch(name, &Self::params(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(source) => Err(Error::TerminateAnalysisRun {
+                namespace,
+                name: name.to_string(),
+                source,
+            }),
+        }
+    }
+
+    async fn create_analysis_run(&self, request: &AnalysisRunRequest) -> Result<(), Error> {
+        let namespace = self.namespace();
+        let api: Api<AnalysisRun> = Api::namespaced(self.client.clone(), &namespace);
+        // Most calls are repeats for a run already created (the engine asks again until the
+        // watch shows it): skip the template reads then.
+        if api
+            .get_metadata_opt(&request.name)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return Ok(());
+        }
+        let templates = self.templates(request).await?;
+        let mut request = request.clone();
+        let rollout_json = serde_json::to_value(self.rollout).unwrap_or_default();
+        let build = args::resolve_field_refs(&mut request.args, &rollout_json)
+            .and_then(|()| args::build_run_spec(&request, &templates));
+        let spec = build.map_err(|source| Error::BuildAnalysisRun {
+            namespace: namespace.clone(),
+            name: request.name.clone(),
+            rollout: self.name(),
+            source,
+        })?;
+        let mut annotations = request.annotations.clone();
+        annotations.insert(REVISION_ANNOTATION.into(), request.revision.to_string());
+        let mut run = AnalysisRun::new(&request.name, spec);
+        run.metadata.namespace = Some(namespace.clone());
+        run.metadata.labels = Some(request.labels.clone());
+        run.metadata.annotations = Some(annotations);
+        run.metadata.owner_references = self.rollout.controller_owner_ref(&()).map(|o| vec![o]);
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api.create(&pp, &run).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(source) => Err(Error::CreateAnalysisRun {
+                namespace,
+                name: request.name.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// The templates a request names and everything they reference, read once per run creation.
+    async fn templates(
+        &self,
+        request: &AnalysisRunRequest,
+    ) -> Result<Vec<(String, AnalysisTemplateSpec)>, Error> {
+        enum Walk {
+            Missing(AnalysisTemplateRef),
+            Args(ArgsError),
+        }
+        impl From<ArgsError> for Walk {
+            fn from(e: ArgsError) -> Self {
+                Walk::Args(e)
+            }
+        }
+        let roots = args::request_templates(request);
+        let mut fetched: HashMap<(String, bool), AnalysisTemplateSpec> = HashMap::new();
+        // Each pass either finishes or learns one more template; the walk's own depth limit
+        // bounds the number of templates, this bounds the passes.
+        for _ in 0..256 {
+            let walk = args::collect_templates(&roots, |r| {
+                let key = (r.template_name.clone(), r.cluster_scope.unwrap_or(false));
+                fetched
+                    .get(&key)
+                    .cloned()
+                    .ok_or_else(|| Walk::Missing(r.clone()))
+            });
+            match walk {
+                Ok(templates) => return Ok(templates),
+                Err(Walk::Args(source)) => {
+                    return Err(Error::BuildAnalysisRun {
+                        namespace: self.namespace(),
+                        name: request.name.clone(),
+                        rollout: self.name(),
+                        source,
+                    });
+                }
+                Err(Walk::Missing(reference)) => {
+                    let cluster = reference.cluster_scope.unwrap_or(false);
+                    let spec = self
+                        .fetch_template(&reference.template_name, cluster)
+                        .await?;
+                    fetched.insert((reference.template_name.clone(), cluster), spec);
+                }
+            }
+        }
+        Err(Error::BuildAnalysisRun {
+            namespace: self.namespace(),
+            name: request.name.clone(),
+            rollout: self.name(),
+            source: ArgsError::TemplateDepth {
+                at: "the template references".into(),
+            },
+        })
+    }
+
+    async fn fetch_template(
+        &self,
+        name: &str,
+        cluster: bool,
+    ) -> Result<AnalysisTemplateSpec, Error> {
+        let namespace = self.namespace();
+        let (kind, found) = if cluster {
+            let api: Api<ClusterAnalysisTemplate> = Api::all(self.client.clone());
+            (
+                "ClusterAnalysisTemplate",
+                api.get_opt(name).await.map(|t| t.map(|t| t.spec.template)),
+            )
+        } else {
+            let api: Api<AnalysisTemplate> = Api::namespaced(self.client.clone(), &namespace);
+            (
+                "AnalysisTemplate",
+                api.get_opt(name).await.map(|t| t.map(|t| t.spec)),
+            )
+        };
+        match found {
+            Ok(Some(spec)) => Ok(spec),
+            Ok(None) => Err(Error::TemplateNotFound {
+                kind,
+                namespace,
+                name: name.to_string(),
+                rollout: self.name(),
+            }),
+            Err(source) => Err(Error::ReadTemplate {
+                kind,
+                namespace,
+                name: name.to_string(),
+                source,
+            }),
+        }
+    }
+}
