@@ -7,9 +7,11 @@
 //!
 //! Nothing here decides what a rollout or a run should do next: that is `crate::engine`.
 
+pub mod analysis_run;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod rollout;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use kube::runtime::events::{Recorder, Reporter};
 pub const FIELD_MANAGER: &str = "sluice";
 
 /// How many controllers must report their caches synced before `/readyz` says ready.
-const CONTROLLERS: usize = 0;
+const CONTROLLERS: usize = 2;
 
 /// What every controller shares.
 #[derive(Clone)]
@@ -57,6 +59,21 @@ impl Readiness {
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.health.ready.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+/// Resolves once `store` has its first full list.
+///
+/// Polls instead of awaiting `Store::wait_until_ready` from a second task: in kube-runtime 4.2
+/// that future is backed by a oneshot channel that keeps a single waker, so when the
+/// `Controller` waits on the same store one of the two waiters is never woken.
+pub async fn store_synced<K>(store: &kube::runtime::reflector::Store<K>)
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while store.wait_until_ready().now_or_never().is_none() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -159,9 +176,23 @@ pub async fn run(config: Config) -> Result<(), Error> {
         ready: Readiness::new(health.clone(), CONTROLLERS),
     };
     // Each controller runs until `shutdown`; add new ones here (and to CONTROLLERS).
+    let analysis = Arc::new(analysis_run::Ctx::new(
+        shared.client.clone(),
+        shared.recorder.clone(),
+        shared.metrics.clone(),
+        FIELD_MANAGER.to_string(),
+        config.default_prometheus.clone(),
+    ));
+    let ready = shared.ready.clone();
+    let rollouts = rollout::run(shared.clone(), shutdown.clone());
     let controllers = async {
-        let _ = &shared;
-        shutdown.clone().await;
+        let analysis_runs = analysis_run::run(
+            analysis,
+            shared.namespace.as_deref(),
+            shutdown.clone(),
+            move || ready.synced(),
+        );
+        tokio::join!(analysis_runs, rollouts);
     };
     let lost = async {
         match &elector {

@@ -18,6 +18,9 @@
 //! ```
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod controller;
+pub mod exporter;
+
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,453 @@
+//! The AnalysisRun controller: for each run, resolve its arguments, ask the engine which metrics
+//! are due, take those measurements through the providers, hand the outcomes back to the engine
+//! and write the status it returns.
+//!
+//! Timing comes from the reconcile queue: each reconcile ends with `requeue_after` from the
+//! engine, so an idle run costs one timer and no task, no API request and no provider call until
+//! its next measurement is due. Reads come from the watch cache; the only requests per
+//! measurement are the provider's own and one status patch (plus a Secret read for runs with
+//! `secretKeyRef` arguments).
+//!
+//! This module must never judge a measurement or compute a phase (that is
+//! `crate::engine::analysis::run`), and never log a secret argument's value.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::core::{DynamicObject, GroupVersionKind};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use super::metrics::{MeasurementLabels, Metrics};
+use crate::analysis::{MeasureContext, Providers};
+use crate::api::argo::analysis::{AnalysisRun, AnalysisRunSpec, AnalysisRunStatus, Metric};
+use crate::engine::analysis::Observed;
+use crate::engine::analysis::args::{self, ResolvedArg};
+use crate::engine::analysis::run::{self, Due, DueKind, Taken};
+
+/// Errors of one reconcile; the run is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing the status of AnalysisRun {namespace}/{name}: {source}")]
+    PatchStatus {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("deleting AnalysisRun {namespace}/{name} after its ttlStrategy: {source}")]
+    Delete {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+}
+
+/// The resourceVersion our write replaced, and what we wrote.
+type Written = (String, Arc<AnalysisRun>);
+
+/// Shared state of the AnalysisRun controller.
+pub struct Ctx {
+    pub client: Client,
+    pub providers: Providers,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub field_manager: String,
+    pub default_prometheus: Option<String>,
+    /// The status this controller last wrote per run, keyed by namespace/name, with the
+    /// resourceVersion it replaced: a reconcile that still sees that older version in the cache
+    /// (the watch event for our own write has not arrived yet) uses what we wrote instead, so a
+    /// measurement is never taken twice.
+    written: Mutex<HashMap<(String, String), Written>>,
+}
+
+impl Ctx {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        field_manager: String,
+        default_prometheus: Option<String>,
+    ) -> Self {
+        Self {
+            providers: Providers::new(),
+            client,
+            recorder,
+            metrics,
+            field_manager,
+            default_prometheus,
+            written: Mutex::default(),
+        }
+    }
+
+    fn key(run: &AnalysisRun) -> (String, String) {
+        (run.namespace().unwrap_or_default(), run.name_any())
+    }
+
+    /// The freshest copy of `run` we know of.
+    fn fresh(&self, run: Arc<AnalysisRun>) -> Arc<AnalysisRun> {
+        let Ok(mut written) = self.written.lock() else {
+            return run;
+        };
+        let key = Self::key(&run);
+        match written.get(&key) {
+            Some((old_rv, ours)) if run.resource_version().as_ref() == Some(old_rv) => ours.clone(),
+            Some(_) => {
+                written.remove(&key);
+                run
+            }
+            None => run,
+        }
+    }
+
+    fn remember(&self, old_rv: Option<String>, ours: AnalysisRun) {
+        if let (Some(old_rv), Ok(mut written)) = (old_rv, self.written.lock()) {
+            written.insert(Self::key(&ours), (old_rv, Arc::new(ours)));
+        }
+    }
+
+    fn forget(&self, run: &AnalysisRun) {
+        if let Ok(mut written) = self.written.lock() {
+            written.remove(&Self::key(run));
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. `namespace` limits the watch to one namespace.
+pub async fn run(
+    ctx: Arc<Ctx>,
+    namespace: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    on_ready: impl FnOnce() + Send + 'static,
+) {
+    let api: Api<AnalysisRun> = match namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    tokio::spawn(async move {
+        super::store_synced(&store).await;
+        on_ready();
+    });
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "analysisrun reconcile");
+            }
+        })
+        .await;
+}
+
+fn error_policy(run: Arc<AnalysisRun>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.analysis_run_reconcile_error.inc();
+    ctx.forget(&run);
+    tracing::warn!(run = %run.name_any(), namespace = ?run.namespace(), %error, "analysisrun reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(ctx.fresh(run), &ctx).await;
+    ctx.metrics
+        .analysis_run_reconcile
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(run: Arc<AnalysisRun>, ctx: &Ctx) -> Result<Action, Error> {
+    if run.meta().deletion_timestamp.is_some() {
+        ctx.forget(&run);
+        return Ok(Action::await_change());
+    }
+    let now = Timestamp::now();
+    let status = run.status.clone().unwrap_or_default();
+    if status.phase.is_some_and(|p| p.is_completed()) {
+        return ttl(&run, &status, now, ctx).await;
+    }
+
+    let resolved = match resolve(&run, ctx).await {
+        Ok(resolved) => resolved,
+        Err(message) => {
+            let plan = run::invalid(&run.spec, &status, now, &message);
+            write_status(&run, plan.status, ctx).await?;
+            publish(&run, plan.events, ctx).await;
+            return Ok(Action::await_change());
+        }
+    };
+
+    let due = run::due(&resolved.spec, &status, now);
+    let base = MeasureContext {
+        client: ctx.client.clone(),
+        namespace: run.namespace().unwrap_or_default(),
+        run_name: run.name_any(),
+        run_uid: run.uid().unwrap_or_default(),
+        default_prometheus_address: ctx.default_prometheus.clone(),
+        now,
+        measurement_number: 1,
+    };
+    let resolved = &resolved;
+    let taken = futures::future::join_all(due.into_iter().map(|due| {
+        let mcx = MeasureContext {
+            now: Timestamp::now(),
+            measurement_number: MeasureContext::measurement_number_for(
+                status.metric_results.iter().find(|r| r.name == due.metric),
+            ),
+            ..base.clone()
+        };
+        async move { measure(ctx, &mcx, resolved, due).await }
+    }))
+    .await;
+    let plan = run::apply(&resolved.spec, &status, Timestamp::now(), taken);
+    if plan.status != status {
+        write_status(&run, plan.status, ctx).await?;
+    }
+    publish(&run, plan.events, ctx).await;
+    Ok(match plan.requeue_after {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    })
+}
+
+/// The run's metrics with arguments substituted: the real values to measure with, and a copy with
+/// secret values masked for what is recorded in status.
+struct Resolved {
+    spec: AnalysisRunSpec,
+    masked: Vec<Metric>,
+    args: Vec<ResolvedArg>,
+}
+
+async fn resolve(run: &AnalysisRun, ctx: &Ctx) -> Result<Resolved, String> {
+    let namespace = run.namespace().unwrap_or_default();
+    let mut values = Vec::with_capacity(run.spec.args.len());
+    for arg in &run.spec.args {
+        let from = arg.value_from.as_ref();
+        let (value, secret) = if let Some(value) = &arg.value {
+            (Some(value.clone()), false)
+        } else if let Some(r) = from.and_then(|f| f.secret_key_ref.as_ref()) {
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+            let secret = api.get_opt(&r.name).await.map_err(|e| {
+                format!(
+                    "args.{}: reading Secret {namespace}/{}: {e}",
+                    arg.name, r.name
+                )
+            })?;
+            let data = secret.and_then(|s| s.data).ok_or_else(|| {
+                format!("args.{}: Secret {namespace}/{} not found", arg.name, r.name)
+            })?;
+            let bytes = data.get(&r.key).ok_or_else(|| {
+                format!(
+                    "args.{}: Secret {namespace}/{} has no key {:?}",
+                    arg.name, r.name, r.key
+                )
+            })?;
+            let text = String::from_utf8(bytes.0.clone()).map_err(|_| {
+                format!(
+                    "args.{}: Secret {namespace}/{} key {:?} is not UTF-8 text",
+                    arg.name, r.name, r.key
+                )
+            })?;
+            (Some(text), true)
+        } else if let Some(f) = from.and_then(|f| f.field_ref.as_ref()) {
+            let owner = owner_json(run, ctx).await?;
+            let value = args::field_ref(&owner, &f.field_path)
+                .map_err(|e| format!("args.{}: {e}", arg.name))?;
+            (Some(value), false)
+        } else {
+            (None, false)
+        };
+        values.push(ResolvedArg {
+            name: arg.name.clone(),
+            value,
+            secret,
+        });
+    }
+    let metrics = args::resolve(&run.spec.metrics, &values).map_err(|e| e.to_string())?;
+    let masked = args::masked(&run.spec.metrics, &values).map_err(|e| e.to_string())?;
+    let mut spec = run.spec.clone();
+    spec.metrics = metrics;
+    Ok(Resolved {
+        spec,
+        masked,
+        args: values,
+    })
+}
+
+/// The object a `fieldRef` argument reads: the run's controlling owner (a Rollout, usually),
+/// else the run itself.
+async fn owner_json(run: &AnalysisRun, ctx: &Ctx) -> Result<serde_json::Value, String> {
+    let Some(owner) = run
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+    else {
+        return serde_json::to_value(run).map_err(|e| e.to_string());
+    };
+    let (group, version) = match owner.api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", owner.api_version.as_str()),
+    };
+    let gvk = GroupVersionKind::gvk(group, version, &owner.kind);
+    let (resource, _) = kube::discovery::pinned_kind(&ctx.client, &gvk)
+        .await
+        .map_err(|e| format!("looking up owner kind {}: {e}", owner.kind))?;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &run.namespace().unwrap_or_default(),
+        &resource,
+    );
+    let object = api
+        .get(&owner.name)
+        .await
+        .map_err(|e| format!("reading owner {} {}: {e}", owner.kind, owner.name))?;
+    serde_json::to_value(object).map_err(|e| e.to_string())
+}
+
+async fn measure(ctx: &Ctx, mcx: &MeasureContext, resolved: &Resolved, due: Due) -> Taken {
+    let started_at = Timestamp::now();
+    let found = resolved
+        .spec
+        .metrics
+        .iter()
+        .zip(&resolved.masked)
+        .find(|(m, _)| m.name == due.metric);
+    let mut observed = match found {
+        None => Observed::error(format!("metric {} is not in the run's spec", due.metric)),
+        Some((metric, masked)) => match ctx.providers.for_metric(metric) {
+            None => Observed::error(format!(
+                "metric {}: provider {} is not supported by Sluice yet; use prometheus, web or job",
+                metric.name,
+                metric
+                    .provider
+                    .kind()
+                    .map(|k| k.wire_name())
+                    .unwrap_or("(none)")
+            )),
+            Some(provider) => match &due.kind {
+                DueKind::New => provider.run(mcx, metric, masked).await,
+                DueKind::Resume(m) => provider.resume(mcx, metric, m).await,
+                DueKind::Terminate(m) => provider.terminate(mcx, metric, m).await,
+            },
+        },
+    };
+    // Providers may echo what they sent (a header, a URL) in their errors.
+    if let Observed::Error { message, .. } = &mut observed {
+        *message = args::redact(message, &resolved.args);
+    }
+    if let Some(planned) = due.planned_at {
+        let late = started_at.duration_since(planned).as_secs_f64().max(0.0);
+        ctx.metrics.measurement_delay.observe(late);
+    }
+    let provider = found
+        .and_then(|(m, _)| m.provider.kind().ok())
+        .map(|k| k.wire_name())
+        .unwrap_or("unknown");
+    ctx.metrics
+        .measurements
+        .get_or_create(&MeasurementLabels {
+            provider: provider.to_string(),
+            phase: observed_phase(&observed).to_string(),
+        })
+        .inc();
+    Taken {
+        metric: due.metric,
+        started_at,
+        finished_at: Timestamp::now(),
+        observed,
+    }
+}
+
+fn observed_phase(observed: &Observed) -> &'static str {
+    match observed {
+        Observed::Value { .. } => "Measured",
+        Observed::Judged { phase, .. } => phase.as_str(),
+        Observed::InProgress { .. } => "Running",
+        Observed::Error { .. } => "Error",
+    }
+}
+
+async fn write_status(
+    run: &AnalysisRun,
+    status: AnalysisRunStatus,
+    ctx: &Ctx,
+) -> Result<(), Error> {
+    let namespace = run.namespace().unwrap_or_default();
+    let name = run.name_any();
+    let api: Api<AnalysisRun> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = json!({
+        "apiVersion": AnalysisRun::api_version(&()),
+        "kind": AnalysisRun::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(&ctx.field_manager).force();
+    let updated = api
+        .patch_status(&name, &params, &Patch::Apply(&patch))
+        .await
+        .map_err(|source| Error::PatchStatus {
+            namespace,
+            name,
+            source,
+        })?;
+    ctx.remember(run.resource_version(), updated);
+    Ok(())
+}
+
+async fn publish(run: &AnalysisRun, events: Vec<crate::engine::Event>, ctx: &Ctx) {
+    let reference = run.object_ref(&());
+    for event in events {
+        let ev = KubeEvent {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.to_string(),
+            note: Some(event.message),
+            action: "Analyze".to_string(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+            tracing::warn!(run = %run.name_any(), error = %e, "recording an event");
+        }
+    }
+}
+
+/// Deletes a completed run once its `ttlStrategy` says so; otherwise wakes up when it will.
+async fn ttl(
+    run: &AnalysisRun,
+    status: &AnalysisRunStatus,
+    now: Timestamp,
+    ctx: &Ctx,
+) -> Result<Action, Error> {
+    match run::ttl_expiry(&run.spec, status) {
+        None => Ok(Action::await_change()),
+        Some(at) if at > now => Ok(Action::requeue(now.duration_until(at).unsigned_abs())),
+        Some(_) => {
+            let namespace = run.namespace().unwrap_or_default();
+            let name = run.name_any();
+            let api: Api<AnalysisRun> = Api::namespaced(ctx.client.clone(), &namespace);
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(source) => {
+                    return Err(Error::Delete {
+                        namespace,
+                        name,
+                        source,
+                    });
+                }
+            }
+            ctx.forget(run);
+            Ok(Action::await_change())
+        }
+    }
+}

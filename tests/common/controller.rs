@@ -1,0 +1,121 @@
+//! `sluice controller` as a real process for end-to-end tests: the binary cargo built for this
+//! test run, pointed at the test cluster and limited to one namespace, so tests running at the
+//! same time never manage each other's objects. Its log goes to `target/testenv/logs/`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{TestEnv, eventually};
+
+/// A running controller; killed (SIGKILL) on drop.
+pub struct ControllerProcess {
+    child: Child,
+    /// Base URL of its `/metrics`, `/healthz` and `/readyz`.
+    pub http_url: String,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl ControllerProcess {
+    /// Starts `sluice controller --namespace <namespace>` and waits until it reports ready.
+    pub async fn start(env: &TestEnv, namespace: &str) -> ControllerProcess {
+        Self::start_with(env, namespace, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with extra command-line arguments.
+    pub async fn start_with(env: &TestEnv, namespace: &str, extra: &[&str]) -> ControllerProcess {
+        let port = free_port();
+        let logs = env.dir.join("logs");
+        std::fs::create_dir_all(&logs).expect("creating the log directory");
+        let log = logs.join(format!("controller-{namespace}-{port}.log"));
+        let file = std::fs::File::create(&log).expect("creating the controller log");
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("controller")
+            .args(["--namespace", namespace])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--prometheus-address", &env.prometheus_url])
+            .args(extra)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .env("RUST_LOG", "info,sluice=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
+            .spawn()
+            .expect("starting sluice controller");
+        let process = ControllerProcess {
+            child,
+            http_url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let url = format!("{}/readyz", process.http_url);
+        let log_path = process.log.display().to_string();
+        eventually(
+            Duration::from_secs(30),
+            &format!("sluice controller to be ready (log: {log_path})"),
+            || {
+                let url = url.clone();
+                async move {
+                    let r = reqwest::get(&url).await.ok()?;
+                    r.status().is_success().then_some(())
+                }
+            },
+        )
+        .await;
+        process
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL (a crash) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns its exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.http_url))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// The log so far (for failure messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
