@@ -57,6 +57,9 @@ async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
     if h.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "watch caches not synced yet")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "watch caches not synced yet",
+        )
     }
 }
