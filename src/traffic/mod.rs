@@ -1,0 +1,168 @@
+//! Traffic routers: make an ingress or mesh send a share of live traffic to the canary, add and
+//! remove header / mirror routes, read back what is really applied, and give every object back to
+//! its owner when the rollout ends.
+//!
+//! One small trait, [`Router`], and one module per router. The Rollout controller builds the
+//! routers a Rollout names with [`routers_for`] and executes the engine's traffic actions through
+//! them; it never knows which router it talks to.
+//!
+//! Rules every router keeps (they are what users of Argo Rollouts and Flagger complain about):
+//! - write only the fields a canary needs (weights, managed routes), with server-side apply under
+//!   [`FIELD_MANAGER`], never a whole-object replace of an object Git owns;
+//! - [`Router::release`] leaves each object exactly as its manifest declares it, with Sluice owning
+//!   none of its spec fields (no GitOps drift, upstream Argo Rollouts #3854);
+//! - report the weight really applied ([`Router::observed_weight`]), so a step never advances
+//!   before the data plane's configuration says so.
+//!
+//! This module must never decide a weight or when to change it: that is `crate::engine`.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use crate::api::argo::rollout::{HeaderRoutingMatch, RouteMatch};
+
+/// The field manager routers write with.
+pub const FIELD_MANAGER: &str = "sluice";
+
+/// Where a router works and for which Rollout.
+#[derive(Clone)]
+pub struct RouterContext {
+    pub client: kube::Client,
+    /// The Rollout's namespace (every object a router touches lives there).
+    pub namespace: String,
+    /// The Rollout's name (generated objects and annotations carry it).
+    pub rollout: String,
+    /// The Rollout's uid, for owner references on generated objects (NGINX's canary Ingress).
+    pub rollout_uid: String,
+}
+
+/// The split to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Weights {
+    /// The canary's share, in router units (`0..=max_weight`).
+    pub canary: i32,
+    /// The value that means all traffic (`trafficRouting.maxTrafficWeight`, default 100).
+    pub max_weight: i32,
+    /// `spec.strategy.canary.canaryService`.
+    pub canary_service: String,
+    /// `spec.strategy.canary.stableService`.
+    pub stable_service: String,
+    /// Pod-template hashes, for subset-based routing (Istio DestinationRule subsets).
+    pub canary_hash: String,
+    pub stable_hash: String,
+}
+
+/// A header-based route that sends matching requests to the canary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeaderRoute {
+    /// The managed route's name (`trafficRouting.managedRoutes[].name`).
+    pub name: String,
+    pub matches: Vec<HeaderRoutingMatch>,
+}
+
+/// A mirror route that copies matching requests to the canary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MirrorRoute {
+    pub name: String,
+    pub matches: Vec<RouteMatch>,
+    /// Share of matching requests mirrored (default 100).
+    pub percentage: Option<i32>,
+}
+
+/// What a router reports as really applied.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// The canary weight found on the object(s), in router units; `None` when it cannot be read.
+    pub canary: Option<i32>,
+    /// Managed routes present, by name.
+    pub managed_routes: Vec<String>,
+    /// Extra details for status / events (for example which route of a VirtualService).
+    pub detail: BTreeMap<String, String>,
+}
+
+/// Why a router could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum TrafficError {
+    #[error(
+        "{router}: {kind} {namespace}/{name} not found; create it (the Rollout references it) or fix the name"
+    )]
+    NotFound {
+        router: &'static str,
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+    #[error("{router}: {kind} {namespace}/{name} cannot be used: {reason}")]
+    Invalid {
+        router: &'static str,
+        kind: String,
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+    #[error("{router}: {what} is not supported by this router")]
+    Unsupported { router: &'static str, what: String },
+    #[error("{router}: {action} {kind} {namespace}/{name}: {source}")]
+    Kube {
+        router: &'static str,
+        action: &'static str,
+        kind: String,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("trafficRouting: {0}")]
+    Config(String),
+}
+
+/// One traffic router of a Rollout.
+#[async_trait]
+pub trait Router: Send + Sync {
+    /// Short name for messages and metrics (`gatewayAPI`, `istio`, `nginx`, `smi`, `traefik`).
+    fn name(&self) -> &'static str;
+
+    /// Send `weights.canary` to the canary and the rest to stable. Idempotent.
+    async fn set_weight(&self, ctx: &RouterContext, weights: &Weights) -> Result<(), TrafficError>;
+
+    /// What the router's objects say right now.
+    async fn observe(
+        &self,
+        ctx: &RouterContext,
+        weights: &Weights,
+    ) -> Result<Observed, TrafficError>;
+
+    /// Add (or update) a header route to the canary.
+    async fn set_header_route(
+        &self,
+        _ctx: &RouterContext,
+        _weights: &Weights,
+        _route: &HeaderRoute,
+    ) -> Result<(), TrafficError> {
+        Err(TrafficError::Unsupported {
+            router: self.name(),
+            what: "setHeaderRoute".into(),
+        })
+    }
+
+    /// Add (or update) a mirror route to the canary.
+    async fn set_mirror_route(
+        &self,
+        _ctx: &RouterContext,
+        _weights: &Weights,
+        _route: &MirrorRoute,
+    ) -> Result<(), TrafficError> {
+        Err(TrafficError::Unsupported {
+            router: self.name(),
+            what: "setMirrorRoute".into(),
+        })
+    }
+
+    /// Remove every managed header and mirror route. Idempotent.
+    async fn remove_managed_routes(&self, ctx: &RouterContext) -> Result<(), TrafficError>;
+
+    /// The rollout is over (completed, aborted and settled, or deleted): leave every object as
+    /// its owner declared it and drop Sluice's field ownership. Idempotent.
+    async fn release(&self, ctx: &RouterContext, weights: &Weights) -> Result<(), TrafficError>;
+}
