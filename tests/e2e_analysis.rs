@@ -269,6 +269,44 @@ spec:
     )
     .await;
 
+    // timeout: a server that accepts connections and never answers
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let slow = create_run(
+        &env,
+        &ns.name,
+        &format!(
+            r#"
+apiVersion: argoproj.io/v1alpha1
+kind: AnalysisRun
+metadata:
+  name: slow
+spec:
+  metrics:
+  - name: m
+    consecutiveErrorLimit: 0
+    provider:
+      prometheus:
+        address: http://{silent_addr}
+        query: up
+        timeout: 1
+"#
+        ),
+    )
+    .await;
+
+    let run = wait_completed(&env, &ns.name, &slow, Duration::from_secs(60), &ctl).await;
+    assert_eq!(phase(&run), AnalysisPhase::Error, "{}", dump(&run));
+    let msg = metric(&run, "m").measurements[0].message.clone().unwrap_or_default();
+    assert!(msg.contains("timed out"), "a timeout says so: {msg}");
+    hold.abort();
+
     let run = wait_completed(&env, &ns.name, &empty, Duration::from_secs(60), &ctl).await;
     assert_eq!(phase(&run), AnalysisPhase::Error, "{}", dump(&run));
     let msg = metric(&run, "m").measurements[0]
