@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use regex::Regex;
 
 use super::expr::{Expr, ExprError, Value};
@@ -195,6 +195,9 @@ pub fn apply(
             return invalid(spec, status, now, &message);
         }
     };
+    // Status times are whole seconds; the requeue is measured from the precise time, so the next
+    // measurement starts at its planned second rather than up to a second after it.
+    let precise_now = now;
     let now = now.as_second();
     let mut status = status.clone();
     let before: HashMap<String, AnalysisPhase> = status
@@ -300,9 +303,8 @@ pub fn apply(
                 .min()
                 // Every incomplete metric has a next time; this only guards a hand-edited status.
                 .unwrap_or(now.saturating_add(retry_seconds()));
-            Some(Duration::from_secs(
-                next.saturating_sub(now).max(0).unsigned_abs(),
-            ))
+            let wait = timestamp(next).duration_since(precise_now);
+            Some(wait.max(SignedDuration::ZERO).unsigned_abs())
         }
     };
     RunPlan {

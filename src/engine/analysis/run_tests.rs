@@ -1220,3 +1220,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_requeue_counts_from_the_precise_time_not_the_whole_second() {
+    let mut run = Run::new(
+        r#"
+metrics:
+- name: m
+  interval: 10s
+  count: 2
+  provider: {prometheus: {query: "sum(up)"}}
+"#,
+    );
+    // Measured during second 0, finished at 0.7 s: recorded as second 0, so the next measurement
+    // is planned for second 10, which is 9.3 s away (not 10 s, which would start it 0.7 s late).
+    let finished = at(0) + SignedDuration::from_millis(700);
+    let plan = apply(
+        &run.spec,
+        &run.status,
+        finished,
+        vec![Taken {
+            metric: "m".into(),
+            started_at: at(0),
+            finished_at: finished,
+            observed: value(0.99),
+        }],
+    );
+    assert_eq!(plan.requeue_after, Some(Duration::from_millis(9300)));
+    run.status = plan.status;
+    assert_eq!(run.due(10), ["m:new"]);
+}
