@@ -1,0 +1,924 @@
+//! Rollouts on the real cluster, driven by `sluice controller` running as a process: ReplicaSets
+//! made by the real ReplicaSet controller, pods made Ready by kwok (or held unready with the label
+//! `sim/never-ready: "true"`), user intents sent as the exact patches of Argo's kubectl plugin.
+//! Every status the tests look at is also checked against the health Argo CD computes from it.
+//!
+//! Each test gets its own namespace and its own controller limited to it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::controller::ControllerProcess;
+use common::{TestEnv, TestNamespace, test_env};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use sluice::api::argo::analysis::AnalysisRun;
+use sluice::api::argo::rollout::{Rollout, RolloutPhase};
+use sluice::engine::health::{Health, argocd_health, health_of_phase, reason};
+use sluice::engine::intent::{self, Intent};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Fixture {
+    env: TestEnv,
+    ns: TestNamespace,
+    ctl: ControllerProcess,
+    rollouts: Api<Rollout>,
+}
+
+async fn fixture(prefix: &str) -> Option<Fixture> {
+    let env = test_env().await?;
+    let ns = env.namespace(prefix).await;
+    let ctl = ControllerProcess::start_with(&env, &ns.name, &["--leader-elect=false"]).await;
+    let rollouts = Api::namespaced(env.client.clone(), &ns.name);
+    Some(Fixture {
+        env,
+        ns,
+        ctl,
+        rollouts,
+    })
+}
+
+fn template(image: &str, extra_labels: Value) -> Value {
+    let mut labels = json!({"app": "web"});
+    if let (Some(l), Some(extra)) = (labels.as_object_mut(), extra_labels.as_object()) {
+        l.extend(extra.clone());
+    }
+    json!({
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "web", "image": image}]},
+    })
+}
+
+fn rollout(name: &str, replicas: i32, canary: Value) -> Rollout {
+    serde_json::from_value(json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": template("registry.invalid/web:1", json!({})),
+            "strategy": {"canary": canary},
+        },
+    }))
+    .expect("test Rollout")
+}
+
+impl Fixture {
+    async fn create(&self, rollout: &Rollout) {
+        self.rollouts
+            .create(&PostParams::default(), rollout)
+            .await
+            .unwrap_or_else(|e| panic!("creating the Rollout: {e}"));
+    }
+
+    async fn get(&self, name: &str) -> Rollout {
+        self.rollouts.get(name).await.expect("reading the Rollout")
+    }
+
+    fn dump(&self, rollout: &Rollout) -> String {
+        format!(
+            "status: {}\ncontroller log (tail):\n{}",
+            serde_json::to_string_pretty(&rollout.status).unwrap_or_default(),
+            tail(&self.ctl.log_text(), 60)
+        )
+    }
+
+    /// Polls until `check` accepts the Rollout, and returns it. On the way, every status must agree
+    /// with the health Argo CD computes from it, but for a moment: right after a user's patch of
+    /// the status (promote clears pauseConditions) the phase the controller wrote is stale until it
+    /// reconciles.
+    async fn wait(&self, name: &str, what: &str, check: impl Fn(&Rollout) -> bool) -> Rollout {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        let mut disagreeing_since: Option<tokio::time::Instant> = None;
+        loop {
+            let r = self.get(name).await;
+            if health_agrees(&r) {
+                disagreeing_since = None;
+            } else {
+                let since = *disagreeing_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(3) {
+                    assert_health_agrees(&r, &self.dump(&r));
+                }
+            }
+            if check(&r) && health_agrees(&r) {
+                return r;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting for {what}\n{}", self.dump(&r));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn wait_healthy(&self, name: &str) -> Rollout {
+        self.wait(name, "phase Healthy with stableRS == currentPodHash", |r| {
+            let s = r.status.clone().unwrap_or_default();
+            s.phase == Some(RolloutPhase::Healthy)
+                && !s.current_pod_hash.is_empty()
+                && s.stable_rs == s.current_pod_hash
+                && health(r) == Health::Healthy
+        })
+        .await
+    }
+
+    /// Changes the image (a new revision).
+    async fn set_image(&self, name: &str, image: &str) {
+        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": image}]}}}});
+        self.rollouts
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patching the image");
+    }
+
+    /// Sends an intent exactly as Argo's kubectl plugin does.
+    async fn intent(&self, name: &str, intent: Intent) {
+        let r = self.get(name).await;
+        let (spec, status) = intent::patches(intent, &r);
+        if let Some(patch) = spec {
+            self.rollouts
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("patching the Rollout");
+        }
+        if let Some(patch) = status {
+            self.rollouts
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("patching the Rollout's status");
+        }
+    }
+
+    /// `spec.replicas` and available pods of each ReplicaSet, by pod-template hash.
+    async fn replica_sets(&self) -> BTreeMap<String, (i32, i32)> {
+        let api: Api<ReplicaSet> = Api::namespaced(self.env.client.clone(), &self.ns.name);
+        api.list(&ListParams::default().labels("rollouts-pod-template-hash"))
+            .await
+            .expect("listing ReplicaSets")
+            .items
+            .into_iter()
+            .map(|rs| {
+                let hash =
+                    rs.metadata.labels.unwrap_or_default()["rollouts-pod-template-hash"].clone();
+                let replicas = rs.spec.and_then(|s| s.replicas).unwrap_or(0);
+                let available = rs.status.and_then(|s| s.available_replicas).unwrap_or(0);
+                (hash, (replicas, available))
+            })
+            .collect()
+    }
+
+    /// The reasons of the Events recorded on Rollouts, one per occurrence.
+    async fn events(&self) -> Vec<String> {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.env.client.clone(), &self.ns.name);
+        let mut events: Vec<_> = api
+            .list(&ListParams::default())
+            .await
+            .expect("listing Events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Rollout"))
+            .collect();
+        events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        // kube's Recorder folds repeats of one reason into an EventSeries with a count.
+        events
+            .into_iter()
+            .flat_map(|e| {
+                let n = e.series.as_ref().map_or(1, |s| s.count.max(1)) as usize;
+                std::iter::repeat_n(e.reason.unwrap_or_default(), n)
+            })
+            .collect()
+    }
+
+    async fn replicas_of(&self, hash: &str) -> (i32, i32) {
+        self.replica_sets()
+            .await
+            .get(hash)
+            .copied()
+            .unwrap_or((0, 0))
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn status(r: &Rollout) -> sluice::api::argo::rollout::RolloutStatus {
+    r.status.clone().unwrap_or_default()
+}
+
+fn health(r: &Rollout) -> Health {
+    argocd_health(&r.spec, &status(r), r.metadata.generation.unwrap_or(0))
+}
+
+/// The phase the controller wrote and the health Argo CD derives from the same status agree
+/// (once the controller has seen the latest generation).
+fn health_agrees(r: &Rollout) -> bool {
+    let s = status(r);
+    let Some(phase) = s.phase else { return true };
+    s.observed_generation != r.metadata.generation.unwrap_or(0).to_string()
+        || health_of_phase(phase) == health(r)
+}
+
+fn assert_health_agrees(r: &Rollout, dump: &str) {
+    assert!(
+        health_agrees(r),
+        "phase {:?} disagrees with Argo CD's health {:?}\n{dump}",
+        status(r).phase,
+        health(r)
+    );
+}
+
+fn progressing_reason(r: &Rollout) -> String {
+    status(r)
+        .conditions
+        .iter()
+        .find(|c| c.type_ == reason::PROGRESSING)
+        .map(|c| c.reason.clone())
+        .unwrap_or_default()
+}
+
+fn paused_at(r: &Rollout, index: i32) -> bool {
+    let s = status(r);
+    s.current_step_index == Some(index)
+        && !s.pause_conditions.is_empty()
+        && s.phase == Some(RolloutPhase::Paused)
+        && health(r) == Health::Suspended
+}
+
+/// Deploys `rollout` and waits for its first revision to be Healthy; returns its stable hash.
+async fn deployed(f: &Fixture, rollout: &Rollout) -> String {
+    f.create(rollout).await;
+    let name = rollout.metadata.name.as_deref().unwrap_or_default();
+    let r = f.wait_healthy(name).await;
+    let stable = status(&r).stable_rs;
+    let replicas = rollout.spec.replicas.unwrap_or(1);
+    let (want, have) = f.replicas_of(&stable).await;
+    assert_eq!(
+        want, replicas,
+        "the first revision gets every replica at once"
+    );
+    assert_eq!(have, replicas);
+    stable
+}
+
+// === scenarios ===
+
+#[tokio::test]
+async fn basic_canary_completes_through_every_step() {
+    let Some(f) = fixture("ro-basic").await else {
+        return;
+    };
+    let ro = rollout(
+        "web",
+        5,
+        json!({"steps": [
+            {"setWeight": 20}, {"pause": {"duration": "2s"}},
+            {"setWeight": 60}, {"pause": {"duration": 2}},
+        ]}),
+    );
+    let stable = deployed(&f, &ro).await;
+
+    f.set_image("web", "registry.invalid/web:2").await;
+    // Record the ReplicaSet counts seen at every step until the update completes.
+    let mut seen: BTreeMap<i32, (i32, i32)> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let done = loop {
+        let r = f.get("web").await;
+        let s = status(&r);
+        if !s.current_pod_hash.is_empty() && s.current_pod_hash != stable {
+            let canary = f.replicas_of(&s.current_pod_hash).await.0;
+            let old = f.replicas_of(&stable).await.0;
+            if let Some(index) = s.current_step_index {
+                seen.entry(index).or_insert((canary, old));
+            }
+            if s.stable_rs == s.current_pod_hash && s.phase == Some(RolloutPhase::Healthy) {
+                break r;
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("the update did not complete; seen {seen:?}\n{}", f.dump(&r));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        seen.get(&1),
+        Some(&(1, 4)),
+        "20%: 1 canary, 4 stable; seen {seen:?}"
+    );
+    assert_eq!(
+        seen.get(&3),
+        Some(&(3, 2)),
+        "60%: 3 canary, 2 stable; seen {seen:?}"
+    );
+    assert_health_agrees(&done, &f.dump(&done));
+    let s = status(&done);
+    assert_eq!(s.current_step_index, Some(4));
+    assert_eq!(health(&done), Health::Healthy);
+    let rs = f.replica_sets().await;
+    assert_eq!(rs.get(&s.current_pod_hash).map(|c| c.0), Some(5), "{rs:?}");
+    let old = f.wait_replicas(&stable, 0).await;
+    assert_eq!(old, 0);
+
+    // Named, labelled, annotated and owned as Argo does.
+    let api: Api<ReplicaSet> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    let rs = api
+        .get(&format!("web-{}", s.current_pod_hash))
+        .await
+        .expect("ReplicaSet <rollout>-<hash>");
+    let labels = rs.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("rollouts-pod-template-hash"),
+        Some(&s.current_pod_hash)
+    );
+    let annotations = rs.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("rollout.argoproj.io/revision")
+            .map(String::as_str),
+        Some("2")
+    );
+    let owner = &rs.metadata.owner_references.clone().unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("Rollout", "web", Some(true))
+    );
+
+    // One Event per transition, none twice.
+    let events = f.events().await;
+    let count = |reason: &str| events.iter().filter(|r| r.as_str() == reason).count();
+    assert_eq!(count("RolloutStepCompleted"), 4, "{events:?}");
+    assert_eq!(count("RolloutCompleted"), 1, "{events:?}");
+    assert_eq!(
+        count("RolloutUpdated"),
+        2,
+        "created, then updated: {events:?}"
+    );
+    assert_eq!(count("RolloutPaused"), 2, "{events:?}");
+
+    let metrics = f.ctl.metrics().await;
+    assert!(
+        metrics.contains(&format!("rollout_info{{namespace=\"{}\",name=\"web\",strategy=\"canary\",traffic_router=\"\",phase=\"Healthy\"}} 1", f.ns.name)),
+        "{metrics}"
+    );
+    assert!(metrics.contains("rollout_reconcile_count"), "{metrics}");
+}
+
+impl Fixture {
+    async fn wait_replicas(&self, hash: &str, replicas: i32) -> i32 {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let (want, _) = self.replicas_of(hash).await;
+            if want == replicas {
+                return want;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "ReplicaSet {hash} never reached {replicas} replicas: {:?}\n{}",
+                    self.replica_sets().await,
+                    tail(&self.ctl.log_text(), 60)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_update_during_an_indefinite_pause_restarts_at_step_0() {
+    let Some(f) = fixture("ro-restart").await else {
+        return;
+    };
+    let ro = rollout(
+        "web",
+        4,
+        json!({"steps": [{"setWeight": 25}, {"pause": {}}, {"setWeight": 75}]}),
+    );
+    let stable = deployed(&f, &ro).await;
+    f.set_image("web", "registry.invalid/web:2").await;
+    let r = f
+        .wait("web", "paused at step 1 on v2", |r| paused_at(r, 1))
+        .await;
+    let v2 = status(&r).current_pod_hash;
+    assert_eq!(f.replicas_of(&v2).await.0, 1);
+
+    f.set_image("web", "registry.invalid/web:3").await;
+    let r = f
+        .wait("web", "paused at step 1 on v3", |r| {
+            paused_at(r, 1) && status(r).current_pod_hash != v2
+        })
+        .await;
+    let v3 = status(&r).current_pod_hash;
+    assert_ne!(v3, stable);
+    assert_eq!(
+        status(&r).stable_rs,
+        stable,
+        "the stable revision is unchanged"
+    );
+    f.wait_replicas(&v2, 0).await;
+    assert_eq!(f.replicas_of(&v3).await.0, 1);
+    assert_eq!(f.replicas_of(&stable).await.0, 3);
+}
+
+#[tokio::test]
+async fn promote_resumes_an_indefinite_pause() {
+    let Some(f) = fixture("ro-promote").await else {
+        return;
+    };
+    let ro = rollout(
+        "web",
+        2,
+        json!({"steps": [{"setWeight": 50}, {"pause": {}}]}),
+    );
+    deployed(&f, &ro).await;
+    f.set_image("web", "registry.invalid/web:2").await;
+    f.wait("web", "paused at step 1", |r| paused_at(r, 1)).await;
+    // Stays paused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(paused_at(&f.get("web").await, 1));
+    f.intent("web", Intent::Promote).await;
+    let r = f.wait_healthy("web").await;
+    assert_eq!(f.replicas_of(&status(&r).stable_rs).await.0, 2);
+}
+
+#[tokio::test]
+async fn abort_then_retry_then_promote() {
+    let Some(f) = fixture("ro-abort").await else {
+        return;
+    };
+    let ro = rollout(
+        "web",
+        4,
+        json!({"steps": [{"setWeight": 50}, {"pause": {}}]}),
+    );
+    let stable = deployed(&f, &ro).await;
+    f.set_image("web", "registry.invalid/web:2").await;
+    let r = f.wait("web", "paused at step 1", |r| paused_at(r, 1)).await;
+    let canary = status(&r).current_pod_hash;
+    assert_eq!(f.replicas_of(&canary).await.0, 2);
+
+    f.intent("web", Intent::Abort).await;
+    let r = f
+        .wait("web", "aborted: Degraded", |r| {
+            status(r).phase == Some(RolloutPhase::Degraded)
+                && progressing_reason(r) == reason::ROLLOUT_ABORTED
+        })
+        .await;
+    assert_eq!(health(&r), Health::Degraded);
+    f.wait_replicas(&canary, 0).await;
+    f.wait_replicas(&stable, 4).await;
+    // Stays aborted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        status(&f.get("web").await).phase,
+        Some(RolloutPhase::Degraded)
+    );
+
+    f.intent("web", Intent::Retry).await;
+    f.wait("web", "paused at step 1 again after retry", |r| {
+        paused_at(r, 1)
+    })
+    .await;
+    assert_eq!(f.replicas_of(&canary).await.0, 2);
+    f.intent("web", Intent::Promote).await;
+    let r = f.wait_healthy("web").await;
+    assert_eq!(status(&r).stable_rs, canary);
+    f.wait_replicas(&stable, 0).await;
+}
+
+#[tokio::test]
+async fn promote_full_skips_the_remaining_steps() {
+    let Some(f) = fixture("ro-full").await else {
+        return;
+    };
+    let ro = rollout(
+        "web",
+        4,
+        json!({"steps": [{"setWeight": 25}, {"pause": {}}, {"setWeight": 50}, {"pause": {}}]}),
+    );
+    let stable = deployed(&f, &ro).await;
+    f.set_image("web", "registry.invalid/web:2").await;
+    let r = f.wait("web", "paused at step 1", |r| paused_at(r, 1)).await;
+    let canary = status(&r).current_pod_hash;
+    f.intent("web", Intent::PromoteFull).await;
+    let r = f.wait_healthy("web").await;
+    assert_eq!(status(&r).stable_rs, canary);
+    assert_eq!(status(&r).current_step_index, Some(4));
+    assert!(!status(&r).promote_full, "promoteFull is cleared once done");
+    f.wait_replicas(&canary, 4).await;
+    f.wait_replicas(&stable, 0).await;
+}
+
+#[tokio::test]
+async fn a_failing_analysis_step_aborts() {
+    let Some(f) = fixture("ro-analysis").await else {
+        return;
+    };
+    let template: Value = json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "AnalysisTemplate",
+        "metadata": {"name": "always-fails"},
+        "spec": {"metrics": [{
+            "name": "zero",
+            "successCondition": "result[0] > 1",
+            "provider": {"prometheus": {"address": f.env.prometheus_url, "query": "vector(0)"}},
+        }]},
+    });
+    let templates: Api<sluice::api::argo::analysis::AnalysisTemplate> =
+        Api::namespaced(f.env.client.clone(), &f.ns.name);
+    templates
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(template).unwrap(),
+        )
+        .await
+        .expect("creating the AnalysisTemplate");
+    let ro = rollout(
+        "web",
+        4,
+        json!({"steps": [
+            {"setWeight": 25},
+            {"analysis": {"templates": [{"templateName": "always-fails"}]}},
+            {"setWeight": 75},
+        ]}),
+    );
+    let stable = deployed(&f, &ro).await;
+    f.set_image("web", "registry.invalid/web:2").await;
+    let r = f
+        .wait("web", "aborted by the failed analysis", |r| {
+            status(r).phase == Some(RolloutPhase::Degraded)
+                && progressing_reason(r) == reason::ROLLOUT_ABORTED
+        })
+        .await;
+    let s = status(&r);
+    assert!(status_message_mentions_analysis(&r), "{}", f.dump(&r));
+    assert_eq!(health(&r), Health::Degraded);
+    f.wait_replicas(&s.current_pod_hash, 0).await;
+    f.wait_replicas(&stable, 4).await;
+    let runs: Api<AnalysisRun> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    let runs = runs
+        .list(&ListParams::default())
+        .await
+        .expect("listing runs")
+        .items;
+    assert_eq!(runs.len(), 1, "one run for the analysis step");
+    let labels = runs[0].metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("rollout-type").map(String::as_str), Some("Step"));
+    assert_eq!(labels.get("step-index").map(String::as_str), Some("1"));
+    assert_eq!(
+        labels.get("rollouts-pod-template-hash"),
+        Some(&s.current_pod_hash)
+    );
+}
+
+fn status_message_mentions_analysis(r: &Rollout) -> bool {
+    status(r)
+        .conditions
+        .iter()
+        .any(|c| c.reason == reason::ROLLOUT_ABORTED && c.message.contains("AnalysisRun"))
+}
+
+#[tokio::test]
+async fn pods_that_never_become_ready_exceed_the_progress_deadline() {
+    let Some(f) = fixture("ro-deadline").await else {
+        return;
+    };
+    let mut ro = rollout(
+        "web",
+        2,
+        json!({"steps": [{"setWeight": 50}, {"pause": {}}]}),
+    );
+    ro.spec.progress_deadline_seconds = Some(3);
+    deployed(&f, &ro).await;
+    let patch = json!({"spec": {"template": template("registry.invalid/web:2", json!({"sim/never-ready": "true"}))}});
+    f.rollouts
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patching the template");
+    let r = f
+        .wait("web", "ProgressDeadlineExceeded", |r| {
+            progressing_reason(r) == reason::PROGRESS_DEADLINE_EXCEEDED
+        })
+        .await;
+    assert_eq!(status(&r).phase, Some(RolloutPhase::Degraded));
+    assert_eq!(health(&r), Health::Degraded);
+    assert_eq!(f.replicas_of(&status(&r).current_pod_hash).await.1, 0);
+}
+
+#[tokio::test]
+async fn going_back_to_the_stable_template_is_a_fast_rollback() {
+    let Some(f) = fixture("ro-rollback").await else {
+        return;
+    };
+    let ro = rollout(
+        "web",
+        4,
+        json!({"steps": [{"setWeight": 25}, {"pause": {}}]}),
+    );
+    let stable = deployed(&f, &ro).await;
+    f.set_image("web", "registry.invalid/web:2").await;
+    let r = f.wait("web", "paused at step 1", |r| paused_at(r, 1)).await;
+    let canary = status(&r).current_pod_hash;
+    f.set_image("web", "registry.invalid/web:1").await;
+    let r = f.wait_healthy("web").await;
+    assert_eq!(status(&r).current_pod_hash, stable);
+    f.wait_replicas(&canary, 0).await;
+    f.wait_replicas(&stable, 4).await;
+}
+
+async fn workload_ref(mode: &str) -> Option<(Fixture, i32)> {
+    let f = fixture(&format!("ro-wl-{mode}")).await?;
+    let deployments: Api<Deployment> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": template("registry.invalid/web:1", json!({})),
+        },
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("creating the Deployment");
+    let ro: Rollout = serde_json::from_value(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "scaleDown": mode},
+            "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": 1}}]}},
+        },
+    }))
+    .unwrap();
+    deployed(&f, &ro).await;
+    // Give the controller time to act on the Deployment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut replicas;
+    loop {
+        replicas = deployments
+            .get("web")
+            .await
+            .expect("reading the Deployment")
+            .spec
+            .and_then(|s| s.replicas)
+            .unwrap_or(1);
+        if replicas == 0 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Some((f, replicas))
+}
+
+#[tokio::test]
+async fn workload_ref_scale_down_never() {
+    let Some((f, replicas)) = workload_ref("never").await else {
+        return;
+    };
+    assert_eq!(replicas, 3, "{}", tail(&f.ctl.log_text(), 40));
+}
+
+#[tokio::test]
+async fn workload_ref_scale_down_onsuccess() {
+    let Some((f, replicas)) = workload_ref("onsuccess").await else {
+        return;
+    };
+    assert_eq!(replicas, 0, "{}", tail(&f.ctl.log_text(), 40));
+}
+
+#[tokio::test]
+async fn workload_ref_scale_down_progressively() {
+    let Some((f, replicas)) = workload_ref("progressively").await else {
+        return;
+    };
+    assert_eq!(replicas, 0, "{}", tail(&f.ctl.log_text(), 40));
+    // An update of the Deployment's template is an update of the Rollout.
+    let deployments: Api<Deployment> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    let stable = status(&f.get("web").await).stable_rs;
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "registry.invalid/web:2"}]}}}});
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patching the Deployment");
+    let r = f
+        .wait(
+            "web",
+            "a new revision from the Deployment's template",
+            |r| {
+                let s = status(r);
+                s.stable_rs != stable
+                    && s.stable_rs == s.current_pod_hash
+                    && s.phase == Some(RolloutPhase::Healthy)
+            },
+        )
+        .await;
+    assert_eq!(f.replicas_of(&status(&r).stable_rs).await.0, 3);
+}
+
+#[tokio::test]
+async fn an_invalid_spec_leaves_the_replica_sets_untouched() {
+    let Some(f) = fixture("ro-invalid").await else {
+        return;
+    };
+    let ro = rollout(
+        "web",
+        3,
+        json!({"steps": [{"setWeight": 50}, {"pause": {}}]}),
+    );
+    let stable = deployed(&f, &ro).await;
+    let before = f.replica_sets().await;
+    // Blue-green is accepted on the wire, and reported as not supported yet; also a new image.
+    let patch = json!({"spec": {
+        "template": template("registry.invalid/web:2", json!({})),
+        "strategy": {"canary": null, "blueGreen": {"activeService": "web"}},
+    }});
+    f.rollouts
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patching the strategy");
+    let r = f
+        .wait("web", "InvalidSpec", |r| {
+            status(r)
+                .conditions
+                .iter()
+                .any(|c| c.type_ == reason::INVALID_SPEC && c.status == "True")
+        })
+        .await;
+    assert_eq!(status(&r).phase, Some(RolloutPhase::Degraded));
+    assert_eq!(health(&r), Health::Degraded);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        f.replica_sets().await,
+        before,
+        "no ReplicaSet created, scaled or deleted"
+    );
+    assert_eq!(status(&f.get("web").await).stable_rs, stable);
+}
+
+#[tokio::test]
+async fn deleting_a_rollout_mid_way_removes_what_it_owns() {
+    let Some(f) = fixture("ro-delete").await else {
+        return;
+    };
+    let ro = rollout(
+        "web",
+        2,
+        json!({"steps": [{"setWeight": 50}, {"pause": {}}]}),
+    );
+    deployed(&f, &ro).await;
+    f.set_image("web", "registry.invalid/web:2").await;
+    f.wait("web", "paused at step 1", |r| paused_at(r, 1)).await;
+    assert_eq!(f.replica_sets().await.len(), 2);
+    f.rollouts
+        .delete("web", &DeleteParams::foreground())
+        .await
+        .expect("deleting the Rollout");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !f.replica_sets().await.is_empty()
+        || f.rollouts.get_opt("web").await.ok().flatten().is_some()
+    {
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "the Rollout's ReplicaSets outlived it: {:?}",
+                f.replica_sets().await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The controller is still healthy and does not recreate anything.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(f.replica_sets().await.is_empty());
+    let metrics = f.ctl.metrics().await;
+    assert!(metrics.contains("rollout_reconcile"), "{metrics}");
+}
+
+#[tokio::test]
+async fn scaling_while_paused_keeps_the_weight() {
+    let Some(f) = fixture("ro-scale").await else {
+        return;
+    };
+    let ro = rollout(
+        "web",
+        4,
+        json!({"steps": [{"setWeight": 50}, {"pause": {}}]}),
+    );
+    let stable = deployed(&f, &ro).await;
+    f.set_image("web", "registry.invalid/web:2").await;
+    let r = f.wait("web", "paused at step 1", |r| paused_at(r, 1)).await;
+    let canary = status(&r).current_pod_hash;
+    let patch = json!({"spec": {"replicas": 8}});
+    f.rollouts
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("scaling the Rollout");
+    f.wait_replicas(&canary, 4).await;
+    f.wait_replicas(&stable, 4).await;
+    let r = f
+        .wait("web", "still paused at step 1, 8 pods", |r| {
+            paused_at(r, 1) && status(r).available_replicas == 8
+        })
+        .await;
+    assert_eq!(status(&r).current_pod_hash, canary);
+    f.intent("web", Intent::Promote).await;
+    f.wait_healthy("web").await;
+    f.wait_replicas(&canary, 8).await;
+    f.wait_replicas(&stable, 0).await;
+}
+
+/// The selector of a Service, by key.
+async fn selector(f: &Fixture, service: &str) -> BTreeMap<String, String> {
+    let api: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(f.env.client.clone(), &f.ns.name);
+    api.get(service)
+        .await
+        .expect("reading the Service")
+        .spec
+        .and_then(|s| s.selector)
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn canary_and_stable_services_follow_the_replica_sets() {
+    let Some(f) = fixture("ro-svc").await else {
+        return;
+    };
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(f.env.client.clone(), &f.ns.name);
+    for name in ["web-canary", "web-stable"] {
+        let service = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }))
+        .unwrap();
+        services
+            .create(&PostParams::default(), &service)
+            .await
+            .expect("creating a Service");
+    }
+    let ro = rollout(
+        "web",
+        2,
+        json!({
+            "canaryService": "web-canary", "stableService": "web-stable",
+            "steps": [{"setWeight": 50}, {"pause": {}}],
+        }),
+    );
+    let stable = deployed(&f, &ro).await;
+    let hash_of = |s: &BTreeMap<String, String>| s.get("rollouts-pod-template-hash").cloned();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while hash_of(&selector(&f, "web-stable").await) != Some(stable.clone())
+        || hash_of(&selector(&f, "web-canary").await) != Some(stable.clone())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "selectors never set\n{}",
+            tail(&f.ctl.log_text(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        selector(&f, "web-stable")
+            .await
+            .get("app")
+            .map(String::as_str),
+        Some("web"),
+        "the user's selector keys are kept"
+    );
+
+    f.set_image("web", "registry.invalid/web:2").await;
+    let r = f.wait("web", "paused at step 1", |r| paused_at(r, 1)).await;
+    let canary = status(&r).current_pod_hash;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while hash_of(&selector(&f, "web-canary").await) != Some(canary.clone()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "canary selector never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        hash_of(&selector(&f, "web-stable").await),
+        Some(stable.clone())
+    );
+
+    f.intent("web", Intent::Promote).await;
+    f.wait_healthy("web").await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while hash_of(&selector(&f, "web-stable").await) != Some(canary.clone()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stable selector never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
