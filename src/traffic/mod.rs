@@ -16,6 +16,8 @@
 //!
 //! This module must never decide a weight or when to change it: that is `crate::engine`.
 
+pub mod ownership;
+
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
