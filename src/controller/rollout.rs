@@ -149,6 +149,7 @@ pub struct Ctx {
     caches: Caches,
     rollouts: Fresh<Rollout>,
     replica_sets: Fresh<ReplicaSet>,
+    analysis_runs: Fresh<AnalysisRun>,
     /// The `rollout_info` labels last exported per Rollout, to replace them when they change.
     info: Mutex<HashMap<fresh::Key, RolloutInfoLabels>>,
     last_sweep: Mutex<Instant>,
@@ -261,6 +262,7 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
         caches,
         rollouts: Fresh::default(),
         replica_sets: Fresh::default(),
+        analysis_runs: Fresh::default(),
         info: Mutex::default(),
         last_sweep: Mutex::new(Instant::now()),
     });
@@ -366,6 +368,8 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         spec: &spec,
         replica_sets: &ctx.replica_sets,
         replica_set_cache: &ctx.caches.replica_sets,
+        analysis_runs: &ctx.analysis_runs,
+        analysis_run_cache: &ctx.caches.analysis_runs,
     };
     let mut failed = None;
     for action in &plan.actions {

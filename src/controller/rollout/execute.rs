@@ -39,6 +39,8 @@ pub struct Target<'a> {
     pub spec: &'a RolloutSpec,
     pub replica_sets: &'a Fresh<ReplicaSet>,
     pub replica_set_cache: &'a Store<ReplicaSet>,
+    pub analysis_runs: &'a Fresh<AnalysisRun>,
+    pub analysis_run_cache: &'a Store<AnalysisRun>,
 }
 
 impl Target<'_> {
@@ -299,13 +301,11 @@ impl Target<'_> {
         let api: Api<AnalysisRun> = Api::namespaced(self.client.clone(), &namespace);
         // Most calls are repeats for a run already created (the engine asks again until the
         // watch shows it): skip the template reads then.
-        if api
-            .get_metadata_opt(&request.name)
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-        {
+        let key = (namespace.clone(), request.name.clone());
+        let cached = self
+            .analysis_run_cache
+            .get(&ObjectRef::new(&request.name).within(&namespace));
+        if cached.is_some() || self.analysis_runs.view(&key, None).is_some() {
             return Ok(());
         }
         let templates = self.templates(request).await?;
@@ -331,7 +331,10 @@ impl Target<'_> {
             ..Default::default()
         };
         match api.create(&pp, &run).await {
-            Ok(_) => Ok(()),
+            Ok(created) => {
+                self.analysis_runs.wrote(key, None, Some(created));
+                Ok(())
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
             Err(source) => Err(Error::CreateAnalysisRun {
                 namespace,
