@@ -512,6 +512,15 @@ async fn promote_full_skips_the_remaining_steps() {
     assert!(!status(&r).promote_full, "promoteFull is cleared once done");
     f.wait_replicas(&canary, 4).await;
     f.wait_replicas(&stable, 0).await;
+    // The user's promoteFull (written by the user's field manager) is really gone: the next
+    // update goes through the steps again.
+    f.set_image("web", "registry.invalid/web:3").await;
+    let r = f
+        .wait("web", "the next update paused at step 1", |r| {
+            paused_at(r, 1) && status(r).current_pod_hash != canary
+        })
+        .await;
+    assert_eq!(f.replicas_of(&status(&r).current_pod_hash).await.0, 1);
 }
 
 #[tokio::test]

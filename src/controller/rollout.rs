@@ -395,15 +395,7 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
 async fn write_status(rollout: &Rollout, status: &RolloutStatus, ctx: &Ctx) -> Result<(), Error> {
     let namespace = rollout.namespace().unwrap_or_default();
     let name = rollout.name_any();
-    let mut body = serde_json::to_value(status).unwrap_or_default();
-    // Fields a user sets with a merge patch are owned by the user's field manager: omitting them
-    // from an apply would leave the user's value in place, so their plain values are sent.
-    if let Some(fields) = body.as_object_mut() {
-        fields.insert("abort".into(), json!(status.abort));
-        fields.insert("promoteFull".into(), json!(status.promote_full));
-        fields.insert("controllerPause".into(), json!(status.controller_pause));
-        fields.insert("pauseConditions".into(), json!(status.pause_conditions));
-    }
+    let body = status_body(status);
     let patch = json!({
         "apiVersion": Rollout::api_version(&()),
         "kind": Rollout::kind(&()),
@@ -431,6 +423,20 @@ async fn write_status(rollout: &Rollout, status: &RolloutStatus, ctx: &Ctx) -> R
             source,
         }),
     }
+}
+
+/// The status as applied: fields a user sets with a merge patch are owned by the user's field
+/// manager, so omitting them from an apply would leave the user's value in place; their plain
+/// values are always sent.
+fn status_body(status: &RolloutStatus) -> serde_json::Value {
+    let mut body = serde_json::to_value(status).unwrap_or_default();
+    if let Some(fields) = body.as_object_mut() {
+        fields.insert("abort".into(), json!(status.abort));
+        fields.insert("promoteFull".into(), json!(status.promote_full));
+        fields.insert("controllerPause".into(), json!(status.controller_pause));
+        fields.insert("pauseConditions".into(), json!(status.pause_conditions));
+    }
+    body
 }
 
 async fn publish(rollout: &Rollout, actions: &[Action], ctx: &Ctx) {
@@ -551,4 +557,30 @@ fn traffic_router(rollout: &Rollout) -> String {
         .unwrap_or_default();
     kinds.sort();
     kinds.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_settable_fields_are_always_applied() {
+        let body = status_body(&RolloutStatus::default());
+        assert_eq!(body["abort"], json!(false));
+        assert_eq!(body["promoteFull"], json!(false));
+        assert_eq!(body["controllerPause"], json!(false));
+        assert_eq!(body["pauseConditions"], json!([]));
+    }
+
+    #[test]
+    fn traffic_router_label_lists_the_configured_kinds() {
+        let rollout: Rollout = serde_json::from_value(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "r"},
+            "spec": {"strategy": {"canary": {"trafficRouting": {
+                "maxTrafficWeight": 100, "nginx": {"stableIngress": "web"}, "smi": {},
+            }}}},
+        }))
+        .unwrap();
+        assert_eq!(traffic_router(&rollout), "nginx,smi");
+    }
 }
