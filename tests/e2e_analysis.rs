@@ -270,7 +270,9 @@ spec:
     .await;
 
     // timeout: a server that accepts connections and never answers
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let silent_addr = silent.local_addr().expect("addr");
     let hold = tokio::spawn(async move {
         let mut held = Vec::new();
@@ -303,7 +305,10 @@ spec:
 
     let run = wait_completed(&env, &ns.name, &slow, Duration::from_secs(60), &ctl).await;
     assert_eq!(phase(&run), AnalysisPhase::Error, "{}", dump(&run));
-    let msg = metric(&run, "m").measurements[0].message.clone().unwrap_or_default();
+    let msg = metric(&run, "m").measurements[0]
+        .message
+        .clone()
+        .unwrap_or_default();
     assert!(msg.contains("timed out"), "a timeout says so: {msg}");
     hold.abort();
 
@@ -718,4 +723,50 @@ fn metric_results_empty(run: &AnalysisRun) -> bool {
     run.status
         .as_ref()
         .is_none_or(|s| s.metric_results.iter().all(|m| m.measurements.is_empty()))
+}
+
+#[tokio::test]
+async fn a_template_with_a_bad_condition_gets_an_invalid_spec_event() {
+    use k8s_openapi::api::events::v1::Event;
+    use sluice::api::argo::analysis::AnalysisTemplate;
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let ns = env.namespace("at-invalid").await;
+    let ctl = ControllerProcess::start(&env, &ns.name).await;
+    let template: AnalysisTemplate = serde_yaml::from_str(
+        r#"
+metadata: {name: broken}
+spec:
+  metrics:
+  - name: m
+    successCondition: "result[0] >= "
+    provider: {prometheus: {query: "vector(1)"}}
+"#,
+    )
+    .expect("template");
+    Api::<AnalysisTemplate>::namespaced(env.client.clone(), &ns.name)
+        .create(&PostParams::default(), &template)
+        .await
+        .expect("creating the template");
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &ns.name);
+    let note = eventually(
+        Duration::from_secs(30),
+        "an InvalidSpec event on the template",
+        || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find_map(|e| {
+                (e.reason.as_deref() == Some("InvalidSpec")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("broken"))
+                .then(|| e.note.unwrap_or_default())
+            })
+        },
+    )
+    .await;
+    assert!(
+        note.contains("metrics[0].successCondition"),
+        "{note}\n{}",
+        ctl.log_text()
+    );
+    assert!(note.contains("position"), "{note}");
 }

@@ -8,6 +8,7 @@
 //! Nothing here decides what a rollout or a run should do next: that is `crate::engine`.
 
 pub mod analysis_run;
+pub mod analysis_template;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -185,6 +186,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     ));
     let ready = shared.ready.clone();
     let rollouts = rollout::run(shared.clone(), shutdown.clone());
+    let templates = analysis_template::run(shared.clone(), shutdown.clone());
     let controllers = async {
         let analysis_runs = analysis_run::run(
             analysis,
@@ -192,7 +194,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             shutdown.clone(),
             move || ready.synced(),
         );
-        tokio::join!(analysis_runs, rollouts);
+        tokio::join!(analysis_runs, rollouts, templates);
     };
     let lost = async {
         match &elector {

@@ -39,11 +39,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use regex::Regex;
 
+use super::args::{ResolvedArg, resolve};
 use super::expr::{Expr, ExprError, Value};
 use super::observed::Observed;
 use crate::api::argo::analysis::{
-    AnalysisPhase, AnalysisRunSpec, AnalysisRunStatus, ConditionVerdict, FieldError, Measurement,
-    Metric, MetricResult, RunSummary,
+    AnalysisPhase, AnalysisRunSpec, AnalysisRunStatus, AnalysisTemplateSpec, ConditionVerdict,
+    FieldError, Measurement, Metric, MetricResult, RunSummary,
 };
 use crate::engine::Event;
 
@@ -1173,3 +1174,31 @@ fn unchanged(status: &AnalysisRunStatus) -> RunPlan {
 #[cfg(test)]
 #[path = "run_tests.rs"]
 mod tests;
+
+/// Checks an AnalysisTemplate (or ClusterAnalysisTemplate) the way [`validate`] checks a run, so a
+/// condition that does not parse is reported on the template before any run is made from it.
+/// Arguments are not known yet, so each `{{args.*}}` stands in as `0` (which keeps conditions,
+/// counts and durations parseable); a template whose metrics all come from `templates`
+/// references may have none of its own.
+pub fn validate_template(template: &AnalysisTemplateSpec) -> Result<(), Vec<SpecError>> {
+    if template.metrics.is_empty() {
+        return Ok(());
+    }
+    let placeholders: Vec<ResolvedArg> = template
+        .args
+        .iter()
+        .map(|a| ResolvedArg {
+            name: a.name.clone(),
+            value: Some("0".into()),
+            secret: false,
+        })
+        .collect();
+    let metrics = resolve(&template.metrics, &placeholders)
+        .map_err(|e| vec![SpecError::new("metrics", e.to_string())])?;
+    validate(&AnalysisRunSpec {
+        metrics,
+        dry_run: template.dry_run.clone(),
+        measurement_retention: template.measurement_retention.clone(),
+        ..Default::default()
+    })
+}

@@ -1250,3 +1250,31 @@ metrics:
     run.status = plan.status;
     assert_eq!(run.due(10), ["m:new"]);
 }
+
+#[test]
+fn a_template_with_a_bad_condition_is_reported_with_its_position() {
+    let template: crate::api::argo::analysis::AnalysisTemplateSpec = serde_yaml::from_str(
+        r#"
+args: [{name: threshold}, {name: service}]
+metrics:
+- name: ok
+  successCondition: result[0] >= {{args.threshold}}
+  provider: {prometheus: {query: "rate(x{service='{{args.service}}'}[1m])"}}
+- name: bad
+  successCondition: "result[0] >= "
+  provider: {prometheus: {query: "sum(up)"}}
+"#,
+    )
+    .expect("template");
+    let errors = validate_template(&template).expect_err("the bad condition is found");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "metrics[1].successCondition");
+    assert!(
+        errors[0].message.contains("position"),
+        "{}",
+        errors[0].message
+    );
+    let only_refs: crate::api::argo::analysis::AnalysisTemplateSpec =
+        serde_yaml::from_str("templates: [{templateName: other}]").expect("template");
+    assert_eq!(validate_template(&only_refs), Ok(()));
+}
