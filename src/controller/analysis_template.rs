@@ -21,15 +21,21 @@ use super::Shared;
 use crate::api::argo::analysis::{AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate};
 use crate::engine::analysis::run::validate_template;
 
+/// What the checker of one kind needs: where to record Events, and where the kind keeps its spec.
+struct Checker<K> {
+    shared: Shared,
+    spec: fn(&K) -> &AnalysisTemplateSpec,
+}
+
 async fn check<K>(
     template: Arc<K>,
-    shared: Arc<(Shared, fn(&K) -> &AnalysisTemplateSpec)>,
+    checker: Arc<Checker<K>>,
 ) -> Result<Action, std::convert::Infallible>
 where
     K: Resource<DynamicType = ()>,
 {
-    let (shared, spec) = &*shared;
-    if let Err(errors) = validate_template(spec(&template)) {
+    let shared = &checker.shared;
+    if let Err(errors) = validate_template((checker.spec)(&template)) {
         let message = errors
             .iter()
             .map(ToString::to_string)
@@ -71,7 +77,7 @@ async fn watch<K>(
         .run(
             check,
             |_, _, _| Action::await_change(),
-            Arc::new((shared, spec)),
+            Arc::new(Checker { shared, spec }),
         )
         .for_each(|_| async {})
         .await;
