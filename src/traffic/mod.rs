@@ -16,13 +16,17 @@
 //!
 //! This module must never decide a weight or when to change it: that is `crate::engine`.
 
+pub mod istio;
+pub mod nginx;
 pub mod ownership;
+pub mod smi;
+pub mod traefik;
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use crate::api::argo::rollout::{HeaderRoutingMatch, RouteMatch};
+use crate::api::argo::rollout::{HeaderRoutingMatch, RolloutTrafficRouting, RouteMatch};
 
 /// The field manager routers write with.
 pub const FIELD_MANAGER: &str = "sluice";
@@ -167,4 +171,29 @@ pub trait Router: Send + Sync {
     /// The rollout is over (completed, aborted and settled, or deleted): leave every object as
     /// its owner declared it and drop Sluice's field ownership. Idempotent.
     async fn release(&self, ctx: &RouterContext, weights: &Weights) -> Result<(), TrafficError>;
+}
+
+/// The routers `trafficRouting` names, in a fixed order (one arm per field). A Rollout may name
+/// several; the controller drives all of them. Errors name the field to fix.
+pub fn routers_for(config: &RolloutTrafficRouting) -> Result<Vec<Box<dyn Router>>, TrafficError> {
+    let mut routers: Vec<Box<dyn Router>> = Vec::new();
+    if let Some(istio) = &config.istio {
+        let managed = config
+            .managed_routes
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .collect();
+        routers.push(Box::new(istio::IstioRouter::new(istio, managed)?));
+    }
+    if let Some(nginx) = &config.nginx {
+        routers.push(Box::new(nginx::NginxRouter::new(nginx)?));
+    }
+    if let Some(smi) = &config.smi {
+        routers.push(Box::new(smi::SmiRouter::new(smi)));
+    }
+    if let Some(traefik) = &config.traefik {
+        routers.push(Box::new(traefik::TraefikRouter::new(traefik)?));
+    }
+    Ok(routers)
 }

@@ -86,7 +86,8 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
-    fn kube(&self, action: &'static str, e: kube::Error) -> TrafficError {
+    /// A failed API call on the object.
+    pub fn kube(&self, action: &'static str, e: kube::Error) -> TrafficError {
         TrafficError::Kube {
             router: self.router,
             action,
@@ -96,13 +97,23 @@ impl Target<'_> {
             source: Box::new(e),
         }
     }
-    fn invalid(&self, reason: String) -> TrafficError {
+    /// The object exists but cannot be used as it is.
+    pub fn invalid(&self, reason: String) -> TrafficError {
         TrafficError::Invalid {
             router: self.router,
             kind: self.kind.to_string(),
             namespace: self.namespace.to_string(),
             name: self.name.to_string(),
             reason,
+        }
+    }
+    /// The object does not exist.
+    pub fn not_found(&self) -> TrafficError {
+        TrafficError::NotFound {
+            router: self.router,
+            kind: self.kind.to_string(),
+            namespace: self.namespace.to_string(),
+            name: self.name.to_string(),
         }
     }
 }
