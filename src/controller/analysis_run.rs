@@ -11,8 +11,7 @@
 //! This module must never judge a measurement or compute a phase (that is
 //! `crate::engine::analysis::run`), and never log a secret argument's value.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -26,6 +25,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
+use super::fresh::{self, Fresh};
 use super::metrics::{MeasurementLabels, Metrics};
 use crate::analysis::{MeasureContext, Providers};
 use crate::api::argo::analysis::{AnalysisRun, AnalysisRunSpec, AnalysisRunStatus, Metric};
@@ -50,9 +50,6 @@ pub enum Error {
     },
 }
 
-/// The resourceVersion our write replaced, and what we wrote.
-type Written = (String, Arc<AnalysisRun>);
-
 /// Shared state of the AnalysisRun controller.
 pub struct Ctx {
     pub client: Client,
@@ -61,11 +58,9 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub field_manager: String,
     pub default_prometheus: Option<String>,
-    /// The status this controller last wrote per run, keyed by namespace/name, with the
-    /// resourceVersion it replaced: a reconcile that still sees that older version in the cache
-    /// (the watch event for our own write has not arrived yet) uses what we wrote instead, so a
-    /// measurement is never taken twice.
-    written: Mutex<HashMap<(String, String), Written>>,
+    /// What this controller last wrote per run, trusted over an older cached copy, so a
+    /// measurement is never taken twice because the watch event for our own write is late.
+    written: Fresh<AnalysisRun>,
 }
 
 impl Ctx {
@@ -83,40 +78,18 @@ impl Ctx {
             metrics,
             field_manager,
             default_prometheus,
-            written: Mutex::default(),
+            written: Fresh::default(),
         }
-    }
-
-    fn key(run: &AnalysisRun) -> (String, String) {
-        (run.namespace().unwrap_or_default(), run.name_any())
     }
 
     /// The freshest copy of `run` we know of.
     fn fresh(&self, run: Arc<AnalysisRun>) -> Arc<AnalysisRun> {
-        let Ok(mut written) = self.written.lock() else {
-            return run;
-        };
-        let key = Self::key(&run);
-        match written.get(&key) {
-            Some((old_rv, ours)) if run.resource_version().as_ref() == Some(old_rv) => ours.clone(),
-            Some(_) => {
-                written.remove(&key);
-                run
-            }
-            None => run,
-        }
-    }
-
-    fn remember(&self, old_rv: Option<String>, ours: AnalysisRun) {
-        if let (Some(old_rv), Ok(mut written)) = (old_rv, self.written.lock()) {
-            written.insert(Self::key(&ours), (old_rv, Arc::new(ours)));
-        }
+        let key = fresh::key(run.as_ref());
+        self.written.view(&key, Some(run.clone())).unwrap_or(run)
     }
 
     fn forget(&self, run: &AnalysisRun) {
-        if let Ok(mut written) = self.written.lock() {
-            written.remove(&Self::key(run));
-        }
+        self.written.forget(&fresh::key(run));
     }
 }
 
@@ -207,15 +180,41 @@ async fn reconcile_inner(run: Arc<AnalysisRun>, ctx: &Ctx) -> Result<Action, Err
         async move { measure(ctx, &mcx, resolved, due).await }
     }))
     .await;
+    let measured: Vec<String> = taken.iter().map(|t| t.metric.clone()).collect();
     let plan = run::apply(&resolved.spec, &status, Timestamp::now(), taken);
     if plan.status != status {
         write_status(&run, plan.status, ctx).await?;
     }
     publish(&run, plan.events, ctx).await;
+    collect_garbage(ctx, &base, &resolved.spec, &measured).await;
     Ok(match plan.requeue_after {
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
+}
+
+/// Lets providers drop what they keep beyond the retained measurements (the job provider's old
+/// Jobs), for the metrics just measured. Best effort: a failure only delays the clean-up.
+async fn collect_garbage(
+    ctx: &Ctx,
+    mcx: &MeasureContext,
+    spec: &AnalysisRunSpec,
+    measured: &[String],
+) {
+    let matches =
+        |pattern: &str, name: &str| regex::Regex::new(pattern).is_ok_and(|r| r.is_match(name));
+    for metric in spec.metrics.iter().filter(|m| measured.contains(&m.name)) {
+        let Some(provider) = ctx.providers.for_metric(metric) else {
+            continue;
+        };
+        let keep = spec.measurement_retention(&metric.name, matches).max(1);
+        if let Err(e) = provider
+            .garbage_collect(mcx, metric, keep.unsigned_abs() as usize)
+            .await
+        {
+            tracing::warn!(run = %mcx.run_name, metric = %metric.name, error = %e, "garbage collection");
+        }
+    }
 }
 
 /// The run's metrics with arguments substituted: the real values to measure with, and a copy with
@@ -397,7 +396,8 @@ async fn write_status(
             name,
             source,
         })?;
-    ctx.remember(run.resource_version(), updated);
+    ctx.written
+        .wrote(fresh::key(run), run.resource_version(), Some(updated));
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 
 pub mod analysis_run;
 pub mod analysis_template;
+pub mod fresh;
 pub mod http;
 pub mod leader;
 pub mod metrics;

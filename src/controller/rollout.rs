@@ -19,7 +19,6 @@
 //! read an object through the API per reconcile (templates are read once per run creation).
 
 mod execute;
-mod fresh;
 mod observe;
 
 use std::collections::HashMap;
@@ -40,13 +39,13 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::fresh::{self, Fresh};
 use super::metrics::RolloutInfoLabels;
 use super::{FIELD_MANAGER, Shared};
 use crate::api::argo::analysis::AnalysisRun;
 use crate::api::argo::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus};
 use crate::engine::analysis::args::ArgsError;
 use crate::engine::{self, Action, Input};
-use fresh::Fresh;
 use observe::{Caches, SERVICE_NAME_LABEL};
 
 /// Rollouts reconciled at the same time (Argo's default worker count).
