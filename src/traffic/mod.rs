@@ -16,6 +16,7 @@
 //!
 //! This module must never decide a weight or when to change it: that is `crate::engine`.
 
+pub mod gateway_api;
 pub mod istio;
 pub mod nginx;
 pub mod ownership;
@@ -194,6 +195,24 @@ pub fn routers_for(config: &RolloutTrafficRouting) -> Result<Vec<Box<dyn Router>
     }
     if let Some(traefik) = &config.traefik {
         routers.push(Box::new(traefik::TraefikRouter::new(traefik)?));
+    }
+    if let Some(plugins) = &config.plugins {
+        for (name, plugin) in plugins {
+            match name.as_str() {
+                gateway_api::PLUGIN_NAME => routers.push(Box::new(
+                    gateway_api::GatewayApiRouter::from_plugin_config(plugin)?,
+                )),
+                other => {
+                    return Err(TrafficError::Unsupported {
+                        router: "plugins",
+                        what: format!(
+                            "traffic router plugin '{other}' (built in: '{}')",
+                            gateway_api::PLUGIN_NAME
+                        ),
+                    });
+                }
+            }
+        }
     }
     Ok(routers)
 }
