@@ -55,6 +55,28 @@ pub struct TestEnv {
     pub kubectl: PathBuf,
     /// `target/testenv`.
     pub dir: PathBuf,
+    /// The Gateway API data plane (Traefik and the pods' network namespace), when `tests/env/up`
+    /// could start it (it needs root).
+    pub gateway: Option<GatewayEnv>,
+}
+
+/// The real Gateway API data plane `tests/env/up` runs: Traefik reading the test cluster, and
+/// an echo backend answering on every kwok pod IP with that IP.
+#[derive(Clone, Debug)]
+pub struct GatewayEnv {
+    /// Base URL of the listener a Gateway with port [`port`](Self::port) binds, e.g.
+    /// `http://127.0.0.1:18000`. Route by `Host`: every test's Gateway shares it.
+    pub url: String,
+    /// The GatewayClass Traefik implements (`traefik`).
+    pub class: String,
+    /// The listener port a test's Gateway must declare.
+    pub port: u16,
+    /// Traefik's metrics base URL (`/metrics`, `/ping`), also scraped by Prometheus (job `traefik`).
+    pub metrics_url: String,
+    /// Traefik's read-only API base URL (`/api/http/services`: the weights it really applies).
+    pub api_url: String,
+    /// The port the echo backend serves on every pod IP (use it as the Services' targetPort).
+    pub echo_port: u16,
 }
 
 /// Path of the env file `tests/env/up` writes.
@@ -132,6 +154,7 @@ pub async fn test_env() -> Option<TestEnv> {
         prom_targets_dir: PathBuf::from(get("SLUICE_PROM_TARGETS_DIR")),
         kubectl: PathBuf::from(get("KUBECTL")),
         dir: PathBuf::from(get("SLUICE_TESTENV_DIR")),
+        gateway: gateway_env(&vars),
         kubeconfig,
     };
     match tokio::time::timeout(Duration::from_secs(10), env.client.apiserver_version()).await {
@@ -144,6 +167,35 @@ pub async fn test_env() -> Option<TestEnv> {
         }
     }
     Some(env)
+}
+
+/// The data plane's settings, when the env file has them all.
+fn gateway_env(vars: &BTreeMap<String, String>) -> Option<GatewayEnv> {
+    let get = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
+    Some(GatewayEnv {
+        url: get("SLUICE_GATEWAY_URL")?,
+        class: get("SLUICE_GATEWAY_CLASS")?,
+        port: get("SLUICE_GATEWAY_PORT")?.parse().ok()?,
+        metrics_url: get("SLUICE_TRAEFIK_METRICS_URL")?,
+        api_url: get("SLUICE_TRAEFIK_API_URL")?,
+        echo_port: get("SLUICE_ECHO_PORT")?.parse().ok()?,
+    })
+}
+
+impl TestEnv {
+    /// The Gateway API data plane, or `None` after printing "skipped: ..." when `tests/env/up`
+    /// did not start it (a panic instead when `CI=true`).
+    pub fn gateway_or_skip(&self) -> Option<GatewayEnv> {
+        if self.gateway.is_none() {
+            let msg = "skipped: no Gateway API data plane in the test env (tests/env/up starts \
+                       Traefik and the pods' network namespace only as root)";
+            if is_ci() {
+                panic!("CI=true but {msg}");
+            }
+            say(msg);
+        }
+        self.gateway.clone()
+    }
 }
 
 async fn client_for(kubeconfig: &Path) -> Client {
