@@ -269,6 +269,28 @@ fn l4_split_routes(
     Ok((out, true))
 }
 
+/// The TLS / TCP routes a VirtualService entry names: `(port, SNI hosts)`.
+fn l4_wanted(vs: &IstioVirtualService, key: &str) -> Vec<(i64, Option<Vec<String>>)> {
+    if key == "tls" {
+        vs.tls_routes
+            .iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r.port.unwrap_or(0),
+                    Some(r.sni_hosts.clone().unwrap_or_default()),
+                )
+            })
+            .collect()
+    } else {
+        vs.tcp_routes
+            .iter()
+            .flatten()
+            .map(|r| (r.port.unwrap_or(0), None))
+            .collect()
+    }
+}
+
 fn missing_side(t: &Targets, canary: bool, stable: bool) -> Option<String> {
     let (c, s) = match &t.subsets {
         Some((c, s)) => (format!("subset '{c}'"), format!("subset '{s}'")),
@@ -313,24 +335,8 @@ pub fn render_weights(
     } else if vs.routes.as_ref().is_some_and(|r| !r.is_empty()) {
         return Err("spec.http not found but trafficRouting names HTTP routes".into());
     }
-    let tls_wanted: Vec<(i64, Option<Vec<String>>)> = vs
-        .tls_routes
-        .iter()
-        .flatten()
-        .map(|r| {
-            (
-                r.port.unwrap_or(0),
-                Some(r.sni_hosts.clone().unwrap_or_default()),
-            )
-        })
-        .collect();
-    let tcp_wanted: Vec<(i64, Option<Vec<String>>)> = vs
-        .tcp_routes
-        .iter()
-        .flatten()
-        .map(|r| (r.port.unwrap_or(0), None))
-        .collect();
-    for (key, wanted) in [("tls", tls_wanted), ("tcp", tcp_wanted)] {
+    for key in ["tls", "tcp"] {
+        let wanted = l4_wanted(vs, key);
         let routes = spec.get(key).and_then(Value::as_array);
         let Some(routes) = routes else {
             if !wanted.is_empty() {
@@ -368,18 +374,35 @@ pub fn render_weights(
     Ok(out)
 }
 
-/// The canary weight the VirtualService applies: the same on every split route, else `None`.
+/// The canary weight the VirtualService applies: the same on every split route (HTTP, TLS and
+/// TCP), else `None`.
 pub fn observe_weight(
     spec: &Value,
     vs: &IstioVirtualService,
     managed: &[String],
     t: &Targets,
 ) -> Option<i32> {
-    let http = spec.get("http").and_then(Value::as_array)?;
-    let idx = http_split_routes(http, vs, managed).ok()?;
-    let mut weights = idx.iter().map(|&i| canary_weight(&http[i], t));
-    let first = weights.next()??;
-    weights.all(|w| w == Some(first)).then_some(first)
+    let mut weights: Vec<Option<i32>> = Vec::new();
+    if let Some(http) = spec.get("http").and_then(Value::as_array) {
+        let idx = http_split_routes(http, vs, managed).ok()?;
+        weights.extend(idx.iter().map(|&i| canary_weight(&http[i], t)));
+    }
+    // TLS / TCP routes carrying the split, chosen as render_weights chooses them.
+    for key in ["tls", "tcp"] {
+        let Some(routes) = spec.get(key).and_then(Value::as_array) else {
+            continue;
+        };
+        let (idx, explicit) = l4_split_routes(routes, &l4_wanted(vs, key), key).ok()?;
+        for i in idx {
+            let mut r = routes[i].clone();
+            if explicit || weigh(&mut r, t, 0, 0) == (true, true) {
+                weights.push(canary_weight(&routes[i], t));
+            }
+        }
+    }
+    let (first, rest) = weights.split_first()?;
+    let first = (*first)?;
+    rest.iter().all(|w| *w == Some(first)).then_some(first)
 }
 
 fn string_match(m: &StringMatch) -> Value {
@@ -968,11 +991,28 @@ mod tests {
             ..Default::default()
         };
         let out = render_weights(&spec, &v, &[], &hosts(), 30, 70).unwrap();
+        // Before the write the TLS routes disagree with nothing: all at 0.
+        assert_eq!(observe_weight(&spec, &v, &[], &hosts()), Some(0));
         let tls = &out.iter().find(|(p, _)| p[1] == "tls").unwrap().1;
         assert_eq!(tls[0]["route"][1]["weight"], json!(0));
         assert_eq!(tls[1]["route"][1]["weight"], json!(30));
         let tcp = &out.iter().find(|(p, _)| p[1] == "tcp").unwrap().1;
         assert_eq!(tcp[0]["route"][1]["weight"], json!(30));
+        let applied = json!({"tls": [spec["tls"][0].clone(), tls[1].clone()], "tcp": tcp});
+        let only_b = IstioVirtualService {
+            tls_routes: Some(vec![IstioTlsRoute {
+                port: Some(443),
+                sni_hosts: Some(vec!["b.example".into()]),
+            }]),
+            ..v.clone()
+        };
+        assert_eq!(observe_weight(&applied, &only_b, &[], &hosts()), Some(30));
+        // Without a TLS config the first TLS route counts, which still says 0.
+        let first_tls = IstioVirtualService {
+            tls_routes: None,
+            ..only_b
+        };
+        assert_eq!(observe_weight(&applied, &first_tls, &[], &hosts()), None);
         let bad = IstioVirtualService {
             tcp_routes: Some(vec![IstioTcpRoute { port: Some(1) }]),
             ..v
