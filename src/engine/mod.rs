@@ -16,6 +16,7 @@
 //! The time is an input ([`Observations::now`]).
 
 pub mod analysis;
+pub mod flagger;
 pub mod hash;
 pub mod health;
 pub mod intent;
