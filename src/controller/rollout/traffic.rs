@@ -1,0 +1,139 @@
+//! The Rollout's traffic routers, as the controller drives them: read back the weight each router
+//! really applies (the engine's `Observations::traffic`), and carry out the engine's traffic
+//! actions (weights, header and mirror routes, release) through every router the Rollout names.
+//!
+//! A router that cannot be read makes the observation unknown (`None`), and routers that disagree
+//! make it unverified, so the engine never advances a step on doubtful data.
+//!
+//! This module must never choose a weight or a route: they come from the plan and the spec.
+
+use crate::api::argo::rollout::{CanaryStrategy, Rollout, RolloutSpec};
+use crate::engine::{Action, TrafficObservation};
+use crate::traffic::{
+    HeaderRoute, MirrorRoute, Router, RouterContext, TrafficError, Weights, routers_for,
+};
+use kube::ResourceExt;
+
+/// The routers of one Rollout, ready to use.
+pub struct Traffic {
+    routers: Vec<Box<dyn Router>>,
+    ctx: RouterContext,
+    canary: CanaryStrategy,
+    /// `status.currentPodHash` and `status.stableRS` when planning started.
+    current_hash: String,
+    stable_hash: String,
+}
+
+impl Traffic {
+    /// The routers `spec` names, or `None` for a Rollout without `trafficRouting`.
+    pub fn new(
+        client: &kube::Client,
+        rollout: &Rollout,
+        spec: &RolloutSpec,
+    ) -> Result<Option<Self>, TrafficError> {
+        let Some(canary) = spec.strategy.canary.as_ref() else {
+            return Ok(None);
+        };
+        let Some(routing) = canary.traffic_routing.as_ref() else {
+            return Ok(None);
+        };
+        let status = rollout.status.clone().unwrap_or_default();
+        Ok(Some(Self {
+            routers: routers_for(routing)?,
+            ctx: RouterContext {
+                client: client.clone(),
+                namespace: rollout.namespace().unwrap_or_default(),
+                rollout: rollout.name_any(),
+                rollout_uid: rollout.uid().unwrap_or_default(),
+            },
+            canary: canary.clone(),
+            current_hash: status.current_pod_hash,
+            stable_hash: status.stable_rs,
+        }))
+    }
+
+    fn weights(&self, canary: i32, canary_hash: &str, stable_hash: &str) -> Weights {
+        Weights {
+            canary,
+            max_weight: self.canary.max_traffic_weight(),
+            canary_service: self.canary.canary_service.clone().unwrap_or_default(),
+            stable_service: self.canary.stable_service.clone().unwrap_or_default(),
+            canary_hash: canary_hash.to_string(),
+            stable_hash: stable_hash.to_string(),
+        }
+    }
+
+    /// The canary weight the routers apply: `None` when any router cannot be read, unverified
+    /// when they disagree (then the highest weight any of them gives the canary is reported).
+    pub async fn observe(&self) -> Option<TrafficObservation> {
+        let weights = self.weights(0, &self.current_hash, &self.stable_hash);
+        let mut seen = Vec::with_capacity(self.routers.len());
+        for router in &self.routers {
+            match router.observe(&self.ctx, &weights).await {
+                Ok(observed) => seen.push(observed.canary?),
+                Err(error) => {
+                    tracing::warn!(rollout = %self.ctx.rollout, router = router.name(), %error, "reading the applied weight");
+                    return None;
+                }
+            }
+        }
+        let canary_weight = seen.iter().copied().max()?;
+        Some(TrafficObservation {
+            canary_weight,
+            verified: seen.iter().all(|w| *w == canary_weight),
+        })
+    }
+
+    /// Carries out a traffic action through every router; other actions are not ours.
+    pub async fn execute(&self, action: &Action) -> Result<(), TrafficError> {
+        let current = self.weights(0, &self.current_hash, &self.stable_hash);
+        for router in &self.routers {
+            match action {
+                Action::SetWeight {
+                    canary_weight,
+                    canary_hash,
+                    stable_hash,
+                } => {
+                    let weights = self.weights(*canary_weight, canary_hash, stable_hash);
+                    router.set_weight(&self.ctx, &weights).await?;
+                }
+                Action::SetHeaderRoute { step_index } => {
+                    let Some(step) = self
+                        .step(*step_index)
+                        .and_then(|s| s.set_header_route.as_ref())
+                    else {
+                        continue;
+                    };
+                    let route = HeaderRoute {
+                        name: step.name.clone().unwrap_or_default(),
+                        matches: step.r#match.clone().unwrap_or_default(),
+                    };
+                    router.set_header_route(&self.ctx, &current, &route).await?;
+                }
+                Action::SetMirrorRoute { step_index } => {
+                    let Some(step) = self
+                        .step(*step_index)
+                        .and_then(|s| s.set_mirror_route.as_ref())
+                    else {
+                        continue;
+                    };
+                    let route = MirrorRoute {
+                        name: step.name.clone(),
+                        matches: step.r#match.clone().unwrap_or_default(),
+                        percentage: step.percentage,
+                    };
+                    router.set_mirror_route(&self.ctx, &current, &route).await?;
+                }
+                Action::RemoveManagedRoutes => router.remove_managed_routes(&self.ctx).await?,
+                Action::ReleaseTraffic => router.release(&self.ctx, &current).await?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&self, index: i32) -> Option<&crate::api::argo::rollout::CanaryStep> {
+        let index = usize::try_from(index).ok()?;
+        self.canary.steps.as_ref()?.get(index)
+    }
+}
