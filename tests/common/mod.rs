@@ -58,6 +58,8 @@ pub struct TestEnv {
     /// The Gateway API data plane (Traefik and the pods' network namespace), when `tests/env/up`
     /// could start it (it needs root).
     pub gateway: Option<GatewayEnv>,
+    /// The helm 3 that `tests/env/up` built (`None` in an env file from before it did).
+    pub helm: Option<PathBuf>,
 }
 
 /// The real Gateway API data plane `tests/env/up` runs: Traefik reading the test cluster, and
@@ -121,7 +123,7 @@ fn settings() -> Option<(String, BTreeMap<String, String>)> {
     let vars = std::env::vars()
         .filter(|(k, _)| {
             k.starts_with("SLUICE_")
-                || ["KUBECONFIG", "KUBECTL", "PROMETHEUS_URL"].contains(&k.as_str())
+                || ["KUBECONFIG", "KUBECTL", "PROMETHEUS_URL", "HELM"].contains(&k.as_str())
         })
         .collect();
     Some(("the environment variables".to_string(), vars))
@@ -155,6 +157,10 @@ pub async fn test_env() -> Option<TestEnv> {
         kubectl: PathBuf::from(get("KUBECTL")),
         dir: PathBuf::from(get("SLUICE_TESTENV_DIR")),
         gateway: gateway_env(&vars),
+        helm: vars
+            .get("HELM")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
         kubeconfig,
     };
     match tokio::time::timeout(Duration::from_secs(10), env.client.apiserver_version()).await {
