@@ -349,12 +349,20 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
     );
     let status = rollout.status.clone().unwrap_or_default();
     let name = rollout.name_any();
-    let plan = engine::plan(Input {
+    let mut plan = engine::plan(Input {
         name: &name,
         spec: &spec,
         status: &status,
         observed: &observed,
     });
+    // kstatus conditions (Ready / Reconciling / Stalled) for `kubectl wait` and Flux, from the
+    // status just planned.
+    engine::health::set_kstatus_conditions(
+        &spec,
+        &mut plan.status,
+        observed.generation,
+        observed.now,
+    );
 
     if plan.status != status {
         write_status(rollout, &plan.status, ctx).await?;

@@ -207,6 +207,7 @@ impl<'a> Planner<'a> {
                 last_transition_time: now,
                 reason: reason.into(),
                 message,
+                observed_generation: None,
             }),
         }
     }

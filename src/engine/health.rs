@@ -1,8 +1,12 @@
-//! The rollout phase as Argo computes it (`CalculateRolloutPhase`), and the health Argo CD derives
+//! The rollout phase as Argo computes it (`CalculateRolloutPhase`), the health Argo CD derives
 //! from the status fields (its `argoproj.io/Rollout` health check), so tests can prove the two
-//! always agree. Pure functions of spec and status.
+//! always agree, and the kstatus conditions (Ready / Reconciling / Stalled) that
+//! `kubectl wait --for=condition=Ready` and Flux read. Pure functions of spec and status.
 
-use crate::api::argo::rollout::{RolloutPhase, RolloutSpec, RolloutStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::argo::rollout::{RolloutCondition, RolloutPhase, RolloutSpec, RolloutStatus};
 
 /// Condition types and reasons, as Argo writes them.
 pub mod reason {
@@ -31,6 +35,8 @@ pub mod reason {
     pub const ANALYSIS_RUN_INCONCLUSIVE: &str = "AnalysisRunInconclusive";
     pub const TRAFFIC_WEIGHT_UPDATED: &str = "TrafficWeightUpdated";
     pub const FAST_ROLLBACK: &str = "FastRollback";
+    /// Every pod created before `spec.restartAt` was replaced (Sluice's reason; Argo logs it).
+    pub const ROLLOUT_RESTARTED: &str = "RolloutRestarted";
 }
 
 /// Argo CD's view of a Rollout.
@@ -145,5 +151,217 @@ pub fn health_of_phase(phase: RolloutPhase) -> Health {
         RolloutPhase::Progressing => Health::Progressing,
         RolloutPhase::Paused => Health::Suspended,
         RolloutPhase::Degraded => Health::Degraded,
+    }
+}
+
+/// The kstatus condition types (sigs.k8s.io/cli-utils `kstatus`), beside Argo's own.
+pub mod kstatus {
+    /// The rollout reached its desired state: Healthy in Argo's terms.
+    pub const READY: &str = "Ready";
+    /// The controller is still moving it there (progressing, paused between steps, or a new
+    /// generation not yet observed).
+    pub const RECONCILING: &str = "Reconciling";
+    /// It cannot get there without a person (aborted, progress deadline exceeded, invalid spec).
+    pub const STALLED: &str = "Stalled";
+
+    /// Reason of Reconciling while a new generation is not yet observed (kstatus' own word).
+    pub const LATEST_GENERATION_NOT_OBSERVED: &str = "LatestGenerationNotObserved";
+}
+
+/// One kstatus condition as decided: (type, status, reason, message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KstatusCondition {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The three kstatus conditions for a status the engine computed: exactly one of them is True.
+///
+/// Derived from Argo's phase, so they can never disagree with `status.phase` or Argo CD's
+/// health: Healthy is Ready, Degraded is Stalled, Progressing and Paused are Reconciling (a pause
+/// is a planned state, not a failure, so Flux keeps waiting instead of failing the release).
+pub fn kstatus_conditions(
+    spec: &RolloutSpec,
+    status: &RolloutStatus,
+    generation: i64,
+) -> [KstatusCondition; 3] {
+    let (phase, message) = phase(spec, status, generation);
+    let phase_name = |p: RolloutPhase| {
+        serde_json::to_value(p)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
+    };
+    let (ready, reconciling, stalled) = match phase {
+        RolloutPhase::Healthy => (true, false, false),
+        RolloutPhase::Degraded => (false, false, true),
+        RolloutPhase::Progressing | RolloutPhase::Paused => (false, true, false),
+    };
+    let reason = if status.observed_generation != generation.to_string() {
+        kstatus::LATEST_GENERATION_NOT_OBSERVED.to_string()
+    } else if phase == RolloutPhase::Degraded {
+        // "InvalidSpec: ..." or "RolloutAborted: ...": the cause is the reason.
+        message
+            .split_once(':')
+            .map(|(r, _)| r.to_string())
+            .unwrap_or_else(|| phase_name(phase))
+    } else {
+        phase_name(phase)
+    };
+    let message = if message.is_empty() {
+        format!("Rollout is {}", phase_name(phase))
+    } else {
+        message
+    };
+    let condition = |type_, status| KstatusCondition {
+        type_,
+        status,
+        reason: reason.clone(),
+        message: message.clone(),
+    };
+    [
+        condition(kstatus::READY, ready),
+        condition(kstatus::RECONCILING, reconciling),
+        condition(kstatus::STALLED, stalled),
+    ]
+}
+
+/// Writes the kstatus conditions into `status.conditions`, with `observedGeneration`.
+///
+/// Times change only with the condition: lastTransitionTime when its status flips,
+/// lastUpdateTime when anything about it changes, so planning twice writes nothing new.
+pub fn set_kstatus_conditions(
+    spec: &RolloutSpec,
+    status: &mut RolloutStatus,
+    generation: i64,
+    now: Timestamp,
+) {
+    // Status times are whole seconds on the wire.
+    let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
+    for wanted in kstatus_conditions(spec, status, generation) {
+        let value = if wanted.status { "True" } else { "False" };
+        match status
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == wanted.type_)
+        {
+            Some(c)
+                if c.status == value
+                    && c.reason == wanted.reason
+                    && c.message == wanted.message
+                    && c.observed_generation == Some(generation) => {}
+            Some(c) => {
+                if c.status != value {
+                    c.last_transition_time = now.clone();
+                }
+                c.status = value.into();
+                c.reason = wanted.reason;
+                c.message = wanted.message;
+                c.observed_generation = Some(generation);
+                c.last_update_time = now.clone();
+            }
+            None => status.conditions.push(RolloutCondition {
+                type_: wanted.type_.into(),
+                status: value.into(),
+                last_update_time: now.clone(),
+                last_transition_time: now.clone(),
+                reason: wanted.reason,
+                message: wanted.message,
+                observed_generation: Some(generation),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod kstatus_tests {
+    use super::*;
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(second).unwrap()
+    }
+
+    fn healthy() -> (RolloutSpec, RolloutStatus) {
+        let spec = RolloutSpec::default();
+        let status = RolloutStatus {
+            observed_generation: "3".into(),
+            current_pod_hash: "abc".into(),
+            stable_rs: "abc".into(),
+            replicas: spec.replicas(),
+            updated_replicas: spec.replicas(),
+            available_replicas: spec.replicas(),
+            ready_replicas: spec.replicas(),
+            ..Default::default()
+        };
+        (spec, status)
+    }
+
+    fn get<'a>(status: &'a RolloutStatus, type_: &str) -> &'a RolloutCondition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn exactly_one_condition_is_true_and_follows_the_phase() {
+        let (spec, mut status) = healthy();
+        let c = kstatus_conditions(&spec, &status, 3);
+        assert_eq!(
+            c.iter().map(|c| c.status).collect::<Vec<_>>(),
+            [true, false, false]
+        );
+        assert_eq!(c[0].reason, "Healthy");
+
+        status.stable_rs = "old".into();
+        let c = kstatus_conditions(&spec, &status, 3);
+        assert_eq!(
+            c.iter().map(|c| c.status).collect::<Vec<_>>(),
+            [false, true, false]
+        );
+
+        status.conditions.push(RolloutCondition {
+            type_: reason::PROGRESSING.into(),
+            status: "False".into(),
+            last_update_time: Time(at(1)),
+            last_transition_time: Time(at(1)),
+            reason: reason::ROLLOUT_ABORTED.into(),
+            message: "aborted by a user".into(),
+            observed_generation: None,
+        });
+        let c = kstatus_conditions(&spec, &status, 3);
+        assert_eq!(
+            c.iter().map(|c| c.status).collect::<Vec<_>>(),
+            [false, false, true]
+        );
+        assert_eq!(c[2].reason, reason::ROLLOUT_ABORTED);
+    }
+
+    #[test]
+    fn a_new_generation_is_reconciling_until_observed() {
+        let (spec, status) = healthy();
+        let c = kstatus_conditions(&spec, &status, 4);
+        assert!(c[1].status);
+        assert_eq!(c[1].reason, kstatus::LATEST_GENERATION_NOT_OBSERVED);
+    }
+
+    #[test]
+    fn setting_twice_changes_nothing_and_times_follow_transitions() {
+        let (spec, mut status) = healthy();
+        set_kstatus_conditions(&spec, &mut status, 3, at(10));
+        let once = status.clone();
+        set_kstatus_conditions(&spec, &mut status, 3, at(20));
+        assert_eq!(status, once);
+        assert_eq!(get(&status, kstatus::READY).observed_generation, Some(3));
+        assert_eq!(get(&status, kstatus::READY).status, "True");
+
+        status.stable_rs = "old".into();
+        set_kstatus_conditions(&spec, &mut status, 3, at(30));
+        let ready = get(&status, kstatus::READY);
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.last_transition_time, Time(at(30)));
+        let stalled = get(&status, kstatus::STALLED);
+        assert_eq!(stalled.status, "False");
+        assert_eq!(stalled.last_transition_time, Time(at(10)));
+        assert_eq!(stalled.last_update_time, Time(at(30)));
     }
 }

@@ -814,6 +814,10 @@ pub struct RolloutCondition {
     pub last_transition_time: Time,
     pub reason: String,
     pub message: String,
+    /// `metadata.generation` the condition was computed from (set on the kstatus conditions
+    /// Ready, Reconciling and Stalled; Argo's own condition types leave it unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
