@@ -21,7 +21,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::{DynamicObject, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -104,13 +104,19 @@ pub async fn run(
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // The cache keeps runs without managedFields: they mirror the status field by field and would
+    // roughly double the memory per run.
+    let (store, writer) = reflector::store();
+    let events = watcher::watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|run: &mut AnalysisRun| run.managed_fields_mut().clear());
+    let trigger = reflector::reflector(writer, events).applied_objects();
+    let ready = store.clone();
     tokio::spawn(async move {
-        super::store_synced(&store).await;
+        super::store_synced(&ready).await;
         on_ready();
     });
-    controller
+    Controller::for_stream(trigger, store)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -382,20 +388,34 @@ async fn write_status(
     let namespace = run.namespace().unwrap_or_default();
     let name = run.name_any();
     let api: Api<AnalysisRun> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = json!({
-        "apiVersion": AnalysisRun::api_version(&()),
-        "kind": AnalysisRun::kind(&()),
-        "status": status,
-    });
-    let params = PatchParams::apply(&ctx.field_manager).force();
-    let updated = api
-        .patch_status(&name, &params, &Patch::Apply(&patch))
+    // A merge patch of the whole status (fields that went away set to null): the controller is
+    // the only writer of a run's status, and a merge patch costs the apiserver far less than a
+    // server-side apply at a hundred measurements a second.
+    let mut body = serde_json::to_value(&status).unwrap_or_default();
+    if let (Some(old), Some(new)) = (
+        run.status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok()),
+        body.as_object_mut(),
+    ) && let Some(old) = old.as_object()
+    {
+        for key in old.keys() {
+            new.entry(key.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    let params = PatchParams {
+        field_manager: Some(ctx.field_manager.clone()),
+        ..Default::default()
+    };
+    let mut updated = api
+        .patch_status(&name, &params, &Patch::Merge(json!({ "status": body })))
         .await
         .map_err(|source| Error::PatchStatus {
             namespace,
             name,
             source,
         })?;
+    updated.managed_fields_mut().clear();
     ctx.written
         .wrote(fresh::key(run), run.resource_version(), Some(updated));
     Ok(())
