@@ -575,3 +575,74 @@ async fn gateway_api_abort_leaves_no_drift() {
         .expect("Git's next sync applies without a conflict (no force)");
     wait_for_weights(&app, 10).await;
 }
+
+/// setMirrorRoute on the object (Traefik v3.6's Gateway provider implements no `RequestMirror`
+/// filter, so no traffic check): the mirror rule appears after Git's rule, observe reports it,
+/// and release removes it with no drift.
+#[tokio::test]
+async fn gateway_api_mirror_route_is_added_and_released() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let Some(gw) = env.gateway_or_skip() else {
+        return;
+    };
+    let ns = env.namespace("gw-mirror").await;
+    let app = set_up(&env, gw, &ns.name).await;
+    let router = router();
+    let ctx = ctx(&env, &ns.name);
+
+    router
+        .set_weight(&ctx, &weights(20))
+        .await
+        .expect("set_weight 20");
+    let mirror = sluice::traffic::MirrorRoute {
+        name: "mirror-gets".into(),
+        matches: vec![sluice::api::argo::rollout::RouteMatch {
+            method: Some(StringMatch {
+                exact: Some("GET".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        percentage: Some(50),
+    };
+    router
+        .set_mirror_route(&ctx, &weights(20), &mirror)
+        .await
+        .expect("set_mirror_route");
+    let route = routes(&env, &ns.name).get("app").await.expect("the route");
+    let rules = route.data["spec"]["rules"].as_array().expect("rules");
+    assert_eq!(rules.len(), 2, "Git's rule and the mirror rule: {rules:#?}");
+    assert_eq!(
+        rules[1]["matches"],
+        json!([{"method": "GET", "path": {"type": "PathPrefix", "value": "/"}}])
+    );
+    assert_eq!(rules[1]["filters"][0]["type"], json!("RequestMirror"));
+    assert_eq!(
+        rules[1]["filters"][0]["requestMirror"]["backendRef"]["name"],
+        json!("app-canary")
+    );
+    assert_eq!(
+        rules[1]["filters"][0]["requestMirror"]["percent"],
+        json!(50)
+    );
+    assert_eq!(rules[1]["backendRefs"], rules[0]["backendRefs"]);
+    let observed = router.observe(&ctx, &weights(20)).await.expect("observe");
+    assert_eq!(observed.canary, Some(20));
+    assert_eq!(observed.managed_routes, vec!["mirror-gets".to_string()]);
+
+    // A new weight keeps the mirror rule, with the new weights on its backends too.
+    router
+        .set_weight(&ctx, &weights(40))
+        .await
+        .expect("set_weight 40");
+    let route = routes(&env, &ns.name).get("app").await.expect("the route");
+    assert_eq!(
+        route.data["spec"]["rules"][1]["backendRefs"][1]["weight"],
+        json!(40)
+    );
+
+    router.release(&ctx, &weights(0)).await.expect("release");
+    assert_no_drift(&env, &app).await;
+}

@@ -413,6 +413,7 @@ pub fn header_rule(
         .collect();
     let base_matches: Vec<Value> = match base.get("matches").and_then(Value::as_array) {
         Some(m) if !m.is_empty() => m.clone(),
+        _ if kind == RouteKind::Http => vec![default_http_match()],
         _ => vec![json!({})],
     };
     let new_matches: Vec<Value> = base_matches
@@ -450,9 +451,18 @@ pub fn header_rule(
     Ok(rule)
 }
 
+/// The match the apiserver defaults an empty `HTTPRouteMatch` to; rendered explicitly so a
+/// rendered rule equals the stored one and an unchanged route is not written again.
+fn default_http_match() -> Value {
+    json!({"path": {"type": "PathPrefix", "value": "/"}})
+}
+
 /// An Argo route match as an `HTTPRouteMatch`.
 fn http_route_match(m: &RouteMatch) -> Result<Value, String> {
     let mut out = serde_json::Map::new();
+    if m.path.is_none() {
+        out.insert("path".into(), default_http_match()["path"].clone());
+    }
     if let Some(method) = &m.method {
         match (&method.exact, &method.prefix, &method.regex) {
             (Some(v), None, None) => {
@@ -505,7 +515,7 @@ pub fn mirror_rule(
         )
     })?;
     let matches: Vec<Value> = if matches.is_empty() {
-        vec![json!({})]
+        vec![default_http_match()]
     } else {
         matches
             .iter()
@@ -895,7 +905,21 @@ impl Router for GatewayApiRouter {
     async fn release(&self, ctx: &RouterContext, _weights: &Weights) -> Result<(), TrafficError> {
         let ns = self.namespace(ctx);
         for route in &self.routes {
-            ownership::release(&self.api(ctx, route.kind), &target(route, ns)).await?;
+            // The hand-back is guarded by resourceVersion, and the gateway controller writes
+            // the route's status at any time: a conflict only means "read again".
+            let mut attempt = 0;
+            loop {
+                match ownership::release(&self.api(ctx, route.kind), &target(route, ns)).await {
+                    Err(TrafficError::Kube { source, .. })
+                        if attempt < 4
+                            && matches!(source.as_ref(), kube::Error::Api(s) if s.code == 409) =>
+                    {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                    }
+                    other => break other?,
+                }
+            }
         }
         Ok(())
     }
