@@ -19,6 +19,7 @@
 //! read an object through the API per reconcile (templates are read once per run creation).
 
 mod execute;
+mod index;
 mod observe;
 
 use std::collections::HashMap;
@@ -27,10 +28,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -46,7 +48,7 @@ use crate::api::argo::analysis::AnalysisRun;
 use crate::api::argo::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus};
 use crate::engine::analysis::args::ArgsError;
 use crate::engine::{self, Action, Input};
-use observe::{Caches, SERVICE_NAME_LABEL};
+use observe::{Caches, Indexes, SERVICE_NAME_LABEL};
 
 /// Rollouts reconciled at the same time (Argo's default worker count).
 const CONCURRENCY: u16 = 10;
@@ -134,6 +136,15 @@ pub enum Error {
         name: String,
         source: kube::Error,
     },
+    #[error(
+        "evicting pod {namespace}/{name} to restart Rollout {rollout}'s pods (spec.restartAt): {source}"
+    )]
+    EvictPod {
+        namespace: String,
+        name: String,
+        rollout: String,
+        source: kube::Error,
+    },
     #[error("terminating AnalysisRun {namespace}/{name}: {source}")]
     TerminateAnalysisRun {
         namespace: String,
@@ -154,11 +165,12 @@ pub struct Ctx {
     last_sweep: Mutex<Instant>,
 }
 
-/// A watch cache of `K` (managed fields and last-applied annotations dropped to save memory),
-/// and the stream that feeds it, which also triggers reconciles.
+/// A watch cache fed by `events` (managed fields and last-applied annotations dropped to save
+/// memory), and the stream that feeds it, which also triggers reconciles. `index` sees every
+/// event after the store has applied it.
 fn cache<K>(
-    api: Api<K>,
-    config: watcher::Config,
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    index: impl Fn(&watcher::Event<K>) + Send + 'static,
 ) -> (
     Store<K>,
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -173,18 +185,20 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let events = watcher(api, config)
-        .default_backoff()
-        .modify(|object: &mut K| {
-            object.managed_fields_mut().clear();
-            object
-                .annotations_mut()
-                .remove("kubectl.kubernetes.io/last-applied-configuration");
-        });
-    (
-        reader,
-        reflector::reflector(writer, events).touched_objects(),
-    )
+    let events = events.default_backoff().modify(|object: &mut K| {
+        object.managed_fields_mut().clear();
+        object
+            .annotations_mut()
+            .remove("kubectl.kubernetes.io/last-applied-configuration");
+    });
+    let stream = reflector::reflector(writer, events)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                index(event);
+            }
+        })
+        .touched_objects();
+    (reader, stream)
 }
 
 fn api<K>(shared: &Shared) -> Api<K>
@@ -200,37 +214,52 @@ where
 /// Runs the Rollout controller until `shutdown` resolves.
 pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     tracing::info!(namespace = ?shared.namespace, "rollout controller starting");
-    let controller = Controller::new(
-        api::<Rollout>(&shared),
-        watcher::Config::default().any_semantic(),
-    )
-    .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
-    let rollouts = controller.store();
+    let index = Arc::new(Indexes::default());
+    let config = || watcher::Config::default().any_semantic();
+    let idx = index.clone();
+    let (rollouts, rollout_events) = cache(watcher(api::<Rollout>(&shared), config()), move |e| {
+        idx.rollouts_by_service.apply(e);
+        idx.rollouts_by_deployment.apply(e);
+    });
     // Only ReplicaSets a Rollout made (Argo's label-filtered informer): Deployments' are ignored.
+    let idx = index.clone();
     let (replica_sets, rs_events) = cache(
-        api::<ReplicaSet>(&shared),
-        watcher::Config::default()
-            .labels(POD_TEMPLATE_HASH_LABEL)
-            .any_semantic(),
+        watcher(
+            api::<ReplicaSet>(&shared),
+            config().labels(POD_TEMPLATE_HASH_LABEL),
+        ),
+        move |e| idx.replica_sets.apply(e),
     );
-    let (services, service_events) = cache(
-        api::<Service>(&shared),
-        watcher::Config::default().any_semantic(),
-    );
+    let (services, service_events) = cache(watcher(api::<Service>(&shared), config()), |_| {});
+    let idx = index.clone();
     let (endpoint_slices, slice_events) = cache(
-        api::<EndpointSlice>(&shared),
-        watcher::Config::default()
-            .labels(SERVICE_NAME_LABEL)
-            .any_semantic(),
+        watcher(
+            api::<EndpointSlice>(&shared),
+            config().labels(SERVICE_NAME_LABEL),
+        ),
+        move |e| idx.endpoint_slices.apply(e),
     );
-    let (analysis_runs, run_events) = cache(
-        api::<AnalysisRun>(&shared),
-        watcher::Config::default().any_semantic(),
+    let idx = index.clone();
+    let (analysis_runs, run_events) =
+        cache(watcher(api::<AnalysisRun>(&shared), config()), move |e| {
+            idx.analysis_runs.apply(e)
+        });
+    let (deployments, deployment_events) =
+        cache(watcher(api::<Deployment>(&shared), config()), |_| {});
+    // Pods are only read while a restart is asked for, and only their metadata is kept. Their
+    // changes trigger nothing: a restart in progress looks again on its own (and ReplicaSet
+    // status changes wake it).
+    let idx = index.clone();
+    let (pods, pod_events) = cache(
+        watcher(
+            api::<PartialObjectMeta<Pod>>(&shared),
+            config().labels(POD_TEMPLATE_HASH_LABEL),
+        ),
+        move |e| idx.pods.apply(e),
     );
-    let (deployments, deployment_events) = cache(
-        api::<Deployment>(&shared),
-        watcher::Config::default().any_semantic(),
-    );
+    tokio::spawn(pod_events.for_each(|_| async {}));
+    let controller = Controller::for_stream(rollout_events, rollouts.clone())
+        .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
     let caches = Caches {
         rollouts: rollouts.clone(),
         replica_sets,
@@ -238,6 +267,8 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
         endpoint_slices,
         analysis_runs,
         deployments,
+        pods,
+        index,
     };
 
     let ready = caches.clone();
@@ -249,6 +280,7 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
         super::store_synced(&ready.endpoint_slices).await;
         super::store_synced(&ready.analysis_runs).await;
         super::store_synced(&ready.deployments).await;
+        super::store_synced(&ready.pods).await;
         tracing::info!("rollout controller: watch caches synced");
         readiness.synced();
     });
@@ -338,7 +370,7 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         return Ok(Requeue::await_change());
     }
     let (spec, workload) = observe::resolve_spec(rollout, &ctx.caches);
-    let replica_sets = observe::replica_sets(rollout, &ctx.caches, &ctx.replica_sets);
+    let replica_sets = observe::replica_sets(rollout, &spec, &ctx.caches, &ctx.replica_sets);
     let observed = observe::observations(
         rollout,
         &spec,

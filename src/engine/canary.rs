@@ -18,6 +18,7 @@ use crate::api::argo::rollout::{
 };
 use crate::engine::health::{self, reason};
 use crate::engine::replicas::{self, BasicCanary, RoutedCanary, RsCounts};
+use crate::engine::restart::{self, Restart};
 use crate::engine::{
     Action, AnalysisKind, AnalysisPhase, AnalysisRunRequest, Event, Input, Plan,
     ReplicaSetObservation, hash, validate,
@@ -29,6 +30,9 @@ pub fn plan(input: Input<'_>) -> Plan {
     planner.run();
     planner.finish()
 }
+
+/// How often a restart in progress looks again (pods are not watched; ReplicaSet changes also wake it).
+const RESTART_CHECK_SECONDS: i64 = 2;
 
 /// How often unverified router weights are checked again (Argo's verify retry interval).
 const TRAFFIC_VERIFY_INTERVAL: Duration = Duration::from_secs(10);
@@ -278,7 +282,50 @@ impl<'a> Planner<'a> {
         self.traffic(targets);
         self.counts();
         self.scale_workload();
+        self.restart_pods();
         self.conditions();
+    }
+
+    /// `spec.restartAt`: evict the pods created before it, one at a time (see [`restart`]).
+    fn restart_pods(&mut self) {
+        let restart_at = self.spec.restart_at.as_ref().map(|t| t.0);
+        let restarted_at = self.status.restarted_at.as_ref().map(|t| t.0);
+        let current = self.current().to_string();
+        let stable = self.status.stable_rs.clone();
+        let mut others: Vec<&ReplicaSetObservation> = self.others().collect();
+        others.sort_by_key(|rs| rs.revision);
+        let mut sets: Vec<&ReplicaSetObservation> = Vec::new();
+        sets.extend(self.rs(&stable));
+        if current != stable {
+            sets.extend(self.rs(&current));
+        }
+        sets.extend(others);
+        match restart::next(
+            restart_at,
+            restarted_at,
+            self.now,
+            &sets,
+            &self.observed.pods,
+        ) {
+            Restart::Idle => {}
+            Restart::Later(seconds) => self.requeue_in(seconds),
+            Restart::Wait => self.requeue_in(RESTART_CHECK_SECONDS),
+            Restart::Evict(name) => {
+                self.actions.push(Action::RestartPod { name });
+                self.requeue_in(RESTART_CHECK_SECONDS);
+            }
+            Restart::Done => {
+                self.status.restarted_at = self.spec.restart_at.clone();
+                self.event(
+                    false,
+                    reason::ROLLOUT_RESTARTED,
+                    format!(
+                        "Restarted every pod created before {}",
+                        restart_at.map(|t| t.to_string()).unwrap_or_default()
+                    ),
+                );
+            }
+        }
     }
 
     /// Scale the Deployment a workloadRef names, as `workloadRef.scaleDown` says: `progressively`
@@ -356,6 +403,10 @@ impl<'a> Planner<'a> {
             self.status.canary.current_background_analysis_run_status = None;
             self.status.current_step_index = (steps > 0).then_some(0);
             self.progressed = true;
+            if template_changed && self.spec.restart_at.is_some() {
+                // As Argo does: a new revision brings up new pods anyway, so the restart is over.
+                self.status.restarted_at = self.spec.restart_at.clone();
+            }
             if current == self.old.stable_rs {
                 self.status.current_step_index = (steps > 0).then_some(steps);
                 if template_changed {

@@ -21,6 +21,7 @@ pub mod hash;
 pub mod health;
 pub mod intent;
 pub mod replicas;
+mod restart;
 pub mod sim;
 pub mod validate;
 
@@ -60,6 +61,8 @@ pub struct Observations {
     pub analysis_runs: Vec<AnalysisRunObservation>,
     /// The Deployment named by `workloadRef`, when the Rollout has one and it was found.
     pub workload: Option<WorkloadObservation>,
+    /// Pods of the Rollout's ReplicaSets (only read while `spec.restartAt` asks for a restart).
+    pub pods: Vec<PodObservation>,
 }
 
 impl Observations {
@@ -73,6 +76,7 @@ impl Observations {
             services: BTreeMap::new(),
             analysis_runs: Vec::new(),
             workload: None,
+            pods: Vec::new(),
         }
     }
 }
@@ -97,6 +101,18 @@ pub struct ReplicaSetObservation {
     /// Lets the engine adopt a ReplicaSet made by another controller (Argo) instead of starting an
     /// update only because the hash algorithm differs.
     pub matches_current_template: bool,
+}
+
+/// One pod of a ReplicaSet the Rollout owns (what `restartAt` needs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodObservation {
+    pub name: String,
+    /// Its `rollouts-pod-template-hash` label: the ReplicaSet it belongs to.
+    pub pod_template_hash: String,
+    /// `metadata.creationTimestamp`.
+    pub created: Timestamp,
+    /// It has a `deletionTimestamp`.
+    pub terminating: bool,
 }
 
 /// The Deployment a `workloadRef` names: its template is already in the spec; this is what the
@@ -188,6 +204,8 @@ pub enum Action {
     TerminateAnalysisRun { name: String },
     /// Set `spec.replicas` of the Deployment named by `workloadRef`.
     ScaleWorkload { replicas: i32 },
+    /// Evict one pod so its ReplicaSet replaces it (`spec.restartAt`).
+    RestartPod { name: String },
     /// Record a Kubernetes Event on the Rollout.
     Event(Event),
 }

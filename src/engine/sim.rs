@@ -251,6 +251,7 @@ impl Simulation {
                     workload.replicas = replicas;
                 }
             }
+            Action::RestartPod { name } => self.observed.pods.retain(|p| p.name != name),
             Action::Event(event) => self.events.push(event),
             Action::SetHeaderRoute { .. }
             | Action::SetMirrorRoute { .. }

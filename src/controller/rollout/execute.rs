@@ -10,9 +10,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -100,6 +100,7 @@ impl Target<'_> {
             Action::CreateAnalysisRun(request) => self.create_analysis_run(request).await,
             Action::TerminateAnalysisRun { name } => self.terminate(name).await,
             Action::ScaleWorkload { replicas } => self.scale_workload(*replicas).await,
+            Action::RestartPod { name } => self.evict(name).await,
             Action::SetWeight { .. }
             | Action::SetHeaderRoute { .. }
             | Action::SetMirrorRoute { .. }
@@ -276,6 +277,26 @@ impl Target<'_> {
                 name,
                 source,
             })
+    }
+
+    /// Argo evicts rather than deletes, so PodDisruptionBudgets are respected: a refusal (429)
+    /// is not an error, the engine asks again on its next look.
+    async fn evict(&self, name: &str) -> Result<(), Error> {
+        let namespace = self.namespace();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        match api.evict(name, &EvictParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 429 => {
+                tracing::debug!(rollout = %self.name(), pod = %name, reason = %e.message, "eviction not done now");
+                Ok(())
+            }
+            Err(source) => Err(Error::EvictPod {
+                namespace,
+                name: name.to_string(),
+                rollout: self.name(),
+                source,
+            }),
+        }
     }
 
     async fn terminate(&self, name: &str) -> Result<(), Error> {

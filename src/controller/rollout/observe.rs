@@ -1,28 +1,32 @@
 //! Reads the cluster for one Rollout, from watch caches only (no request per reconcile): the
-//! ReplicaSets and AnalysisRuns it owns, the Services it names and their ready endpoints, and the
-//! Deployment its `workloadRef` names. Turns them into the engine's [`Observations`].
+//! ReplicaSets and AnalysisRuns it owns, the Services it names and their ready endpoints, the
+//! Deployment its `workloadRef` names, and while a restart is asked for, its pods. Turns them into
+//! the engine's [`Observations`]. Objects are found through [`Indexes`], never by scanning a
+//! whole cache, so a reconcile costs the same with 10 or 10,000 Rollouts.
 //!
 //! This module must never write to the cluster or decide what to do with what it sees.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use super::fresh::{self, Fresh};
+use super::index::{Index, controller_named};
 use crate::api::argo::analysis::AnalysisRun;
 use crate::api::argo::rollout::{
     POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, Rollout, RolloutSpec,
     SCALE_DOWN_DEADLINE_ANNOTATION, ScaleDown,
 };
 use crate::engine::{
-    AnalysisPhase, AnalysisRunObservation, Observations, ReplicaSetObservation, ServiceObservation,
-    WorkloadObservation, hash,
+    AnalysisPhase, AnalysisRunObservation, Observations, PodObservation, ReplicaSetObservation,
+    ServiceObservation, WorkloadObservation, hash,
 };
 
 /// The label EndpointSlices carry with the name of their Service.
@@ -38,6 +42,63 @@ pub struct Caches {
     pub endpoint_slices: Store<EndpointSlice>,
     pub analysis_runs: Store<AnalysisRun>,
     pub deployments: Store<Deployment>,
+    /// Metadata only, of pods with a `rollouts-pod-template-hash` label (for `restartAt`).
+    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub index: Arc<Indexes>,
+}
+
+/// The indexes over [`Caches`], fed by the same watch streams.
+pub struct Indexes {
+    /// ReplicaSets by the name of their controlling Rollout.
+    pub replica_sets: Index<ReplicaSet>,
+    /// AnalysisRuns by the name of their controlling Rollout.
+    pub analysis_runs: Index<AnalysisRun>,
+    /// Pods by the name of their controlling ReplicaSet.
+    pub pods: Index<PartialObjectMeta<Pod>>,
+    /// EndpointSlices by the name of their Service.
+    pub endpoint_slices: Index<EndpointSlice>,
+    /// Rollouts by the canary and stable Services they name.
+    pub rollouts_by_service: Index<Rollout>,
+    /// Rollouts by the Deployment their workloadRef names.
+    pub rollouts_by_deployment: Index<Rollout>,
+}
+
+impl Default for Indexes {
+    fn default() -> Self {
+        Self {
+            replica_sets: Index::new(|rs| controller_named(rs, "Rollout")),
+            analysis_runs: Index::new(|run| controller_named(run, "Rollout")),
+            pods: Index::new(|pod| controller_named(pod, "ReplicaSet")),
+            endpoint_slices: Index::new(|slice| {
+                slice
+                    .labels()
+                    .get(SERVICE_NAME_LABEL)
+                    .cloned()
+                    .into_iter()
+                    .collect()
+            }),
+            rollouts_by_service: Index::new(|r| {
+                let mut names: Vec<String> = r
+                    .spec
+                    .strategy
+                    .canary
+                    .iter()
+                    .flat_map(|c| [c.canary_service.clone(), c.stable_service.clone()])
+                    .flatten()
+                    .collect();
+                names.dedup();
+                names
+            }),
+            rollouts_by_deployment: Index::new(|r| {
+                r.spec
+                    .workload_ref
+                    .iter()
+                    .filter(|w| is_deployment(w.kind.as_deref()))
+                    .filter_map(|w| w.name.clone())
+                    .collect()
+            }),
+        }
+    }
 }
 
 impl Caches {
@@ -47,17 +108,11 @@ impl Caches {
         namespace: &str,
         service: &str,
     ) -> Vec<ObjectRef<Rollout>> {
-        self.rollouts
-            .state()
+        self.index
+            .rollouts_by_service
+            .get(namespace, service)
             .iter()
-            .filter(|r| r.namespace().as_deref() == Some(namespace))
-            .filter(|r| {
-                r.spec.strategy.canary.as_ref().is_some_and(|c| {
-                    c.canary_service.as_deref() == Some(service)
-                        || c.stable_service.as_deref() == Some(service)
-                })
-            })
-            .map(|r| ObjectRef::from_obj(r.as_ref()))
+            .map(|name| ObjectRef::new(name).within(namespace))
             .collect()
     }
 
@@ -67,16 +122,23 @@ impl Caches {
         namespace: &str,
         name: &str,
     ) -> Vec<ObjectRef<Rollout>> {
-        self.rollouts
-            .state()
+        self.index
+            .rollouts_by_deployment
+            .get(namespace, name)
             .iter()
-            .filter(|r| r.namespace().as_deref() == Some(namespace))
-            .filter(|r| {
-                r.spec.workload_ref.as_ref().is_some_and(|w| {
-                    w.name.as_deref() == Some(name) && is_deployment(w.kind.as_deref())
-                })
-            })
-            .map(|r| ObjectRef::from_obj(r.as_ref()))
+            .map(|rollout| ObjectRef::new(rollout).within(namespace))
+            .collect()
+    }
+
+    /// Objects of `store` filed under `key` in `index`, in `namespace`.
+    fn indexed<K>(store: &Store<K>, index: &Index<K>, namespace: &str, key: &str) -> Vec<Arc<K>>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        index
+            .get(namespace, key)
+            .iter()
+            .filter_map(|name| store.get(&ObjectRef::new(name).within(namespace)))
             .collect()
     }
 }
@@ -134,34 +196,49 @@ pub fn controlled_by<K: Resource>(object: &K, owner: &Rollout) -> bool {
         .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
 }
 
-/// The ReplicaSets `rollout` controls, with our not-yet-visible writes applied.
+/// The ReplicaSets `rollout` controls, with our not-yet-visible writes applied. `spec` is the
+/// resolved spec: the one ReplicaSet this controller creates is its template's.
 pub fn replica_sets(
     rollout: &Rollout,
+    spec: &RolloutSpec,
     caches: &Caches,
     written: &Fresh<ReplicaSet>,
 ) -> Vec<Arc<ReplicaSet>> {
-    let namespace = rollout.namespace();
-    let cached: Vec<Arc<ReplicaSet>> = caches
-        .replica_sets
-        .state()
-        .into_iter()
-        .filter(|rs| rs.namespace() == namespace && controlled_by(rs.as_ref(), rollout))
-        .collect();
-    let keys: HashSet<fresh::Key> = cached.iter().map(|rs| fresh::key(rs.as_ref())).collect();
+    let namespace = rollout.namespace().unwrap_or_default();
+    let cached: Vec<Arc<ReplicaSet>> = Caches::indexed(
+        &caches.replica_sets,
+        &caches.index.replica_sets,
+        &namespace,
+        &rollout.name_any(),
+    )
+    .into_iter()
+    .filter(|rs| controlled_by(rs.as_ref(), rollout))
+    .collect();
     let mut out: Vec<Arc<ReplicaSet>> = cached
-        .into_iter()
-        .filter_map(|rs| written.view(&fresh::key(rs.as_ref()), Some(rs)))
+        .iter()
+        .filter_map(|rs| written.view(&fresh::key(rs.as_ref()), Some(rs.clone())))
         .collect();
-    out.extend(written.created_since(
-        |rs| rs.namespace() == namespace && controlled_by(rs, rollout),
-        |key| {
-            keys.contains(key)
-                || caches
-                    .replica_sets
-                    .get(&ObjectRef::new(&key.1).within(&key.0))
-                    .is_some()
-        },
-    ));
+    // Created by us and not in the cache yet: only the current template's can be.
+    let collision_count = rollout.status.as_ref().and_then(|s| s.collision_count);
+    if let Some(template) = &spec.template {
+        let name = format!(
+            "{}-{}",
+            rollout.name_any(),
+            hash::pod_template_hash(template, collision_count)
+        );
+        let key = (namespace.clone(), name);
+        let in_cache = cached.iter().any(|rs| fresh::key(rs.as_ref()) == key)
+            || caches
+                .replica_sets
+                .get(&ObjectRef::new(&key.1).within(&key.0))
+                .is_some();
+        if !in_cache
+            && let Some(ours) = written.view(&key, None)
+            && controlled_by(ours.as_ref(), rollout)
+        {
+            out.push(ours);
+        }
+    }
     out
 }
 
@@ -174,6 +251,7 @@ pub fn observations(
     caches: &Caches,
     now: Timestamp,
 ) -> Observations {
+    let pods = pods(rollout, spec, replica_sets, caches);
     let namespace = rollout.namespace().unwrap_or_default();
     let collision_count = rollout.status.as_ref().and_then(|s| s.collision_count);
     let current_hash = spec
@@ -200,24 +278,25 @@ pub fn observations(
         }
     }
 
-    let analysis_runs = caches
-        .analysis_runs
-        .state()
-        .into_iter()
-        .filter(|r| {
-            r.namespace().as_deref() == Some(&namespace) && controlled_by(r.as_ref(), rollout)
-        })
-        .map(|r| {
-            let status = r.status.as_ref();
-            AnalysisRunObservation {
-                name: r.name_any(),
-                phase: status
-                    .and_then(|s| s.phase)
-                    .unwrap_or(AnalysisPhase::Pending),
-                message: status.and_then(|s| s.message.clone()).unwrap_or_default(),
-            }
-        })
-        .collect();
+    let analysis_runs = Caches::indexed(
+        &caches.analysis_runs,
+        &caches.index.analysis_runs,
+        &namespace,
+        &rollout.name_any(),
+    )
+    .into_iter()
+    .filter(|r| controlled_by(r.as_ref(), rollout))
+    .map(|r| {
+        let status = r.status.as_ref();
+        AnalysisRunObservation {
+            name: r.name_any(),
+            phase: status
+                .and_then(|s| s.phase)
+                .unwrap_or(AnalysisPhase::Pending),
+            message: status.and_then(|s| s.message.clone()).unwrap_or_default(),
+        }
+    })
+    .collect();
 
     Observations {
         now,
@@ -227,7 +306,47 @@ pub fn observations(
         services,
         analysis_runs,
         workload,
+        pods,
     }
+}
+
+/// The pods of the Rollout's ReplicaSets, only while `restartAt` asks for a restart (the rest of
+/// the time nothing reads them).
+fn pods(
+    rollout: &Rollout,
+    spec: &RolloutSpec,
+    replica_sets: &[Arc<ReplicaSet>],
+    caches: &Caches,
+) -> Vec<PodObservation> {
+    let restarted_at = rollout
+        .status
+        .as_ref()
+        .and_then(|s| s.restarted_at.as_ref());
+    if spec.restart_at.is_none() || spec.restart_at.as_ref() == restarted_at {
+        return Vec::new();
+    }
+    let namespace = rollout.namespace().unwrap_or_default();
+    replica_sets
+        .iter()
+        .flat_map(|rs| {
+            Caches::indexed(&caches.pods, &caches.index.pods, &namespace, &rs.name_any())
+                .into_iter()
+                .filter(|pod| {
+                    let uid = rs.uid();
+                    pod.owner_references()
+                        .iter()
+                        .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+                })
+        })
+        .filter_map(|pod| {
+            Some(PodObservation {
+                name: pod.name_any(),
+                pod_template_hash: pod.labels().get(POD_TEMPLATE_HASH_LABEL)?.clone(),
+                created: pod.meta().creation_timestamp.as_ref()?.0,
+                terminating: pod.meta().deletion_timestamp.is_some(),
+            })
+        })
+        .collect()
 }
 
 fn replica_set(rs: &ReplicaSet, current_hash: Option<&str>) -> Option<ReplicaSetObservation> {
@@ -254,11 +373,16 @@ fn replica_set(rs: &ReplicaSet, current_hash: Option<&str>) -> Option<ReplicaSet
 fn service_observation(service: &Service, caches: &Caches) -> ServiceObservation {
     let name = service.name_any();
     let namespace = service.namespace();
-    let ready_endpoints = caches
-        .endpoint_slices
-        .state()
+    let namespace = namespace.unwrap_or_default();
+    let slices = Caches::indexed(
+        &caches.endpoint_slices,
+        &caches.index.endpoint_slices,
+        &namespace,
+        &name,
+    );
+    let ready_endpoints = slices
         .iter()
-        .filter(|s| s.namespace() == namespace && s.labels().get(SERVICE_NAME_LABEL) == Some(&name))
+        .filter(|s| s.labels().get(SERVICE_NAME_LABEL) == Some(&name))
         .flat_map(|s| s.endpoints.iter())
         // An endpoint without a ready condition is ready (the EndpointSlice API's rule).
         .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
