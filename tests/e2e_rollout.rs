@@ -931,3 +931,379 @@ async fn canary_and_stable_services_follow_the_replica_sets() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+// === analysis, deadlines, history and restarts ===
+
+impl Fixture {
+    /// Creates an AnalysisTemplate with one Prometheus metric from the test environment.
+    async fn analysis_template(&self, name: &str, metric: Value) {
+        let mut metric = metric;
+        metric["provider"]["prometheus"]["address"] = json!(self.env.prometheus_url);
+        let template = json!({
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "AnalysisTemplate",
+            "metadata": {"name": name},
+            "spec": {"metrics": [metric]},
+        });
+        let api: Api<sluice::api::argo::analysis::AnalysisTemplate> =
+            Api::namespaced(self.env.client.clone(), &self.ns.name);
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(template).expect("test AnalysisTemplate"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("creating AnalysisTemplate {name}: {e}"));
+    }
+
+    async fn analysis_runs(&self) -> Vec<AnalysisRun> {
+        let api: Api<AnalysisRun> = Api::namespaced(self.env.client.clone(), &self.ns.name);
+        api.list(&ListParams::default())
+            .await
+            .expect("listing AnalysisRuns")
+            .items
+    }
+}
+
+fn run_phase(run: &AnalysisRun) -> String {
+    run.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default()
+}
+
+fn run_label(run: &AnalysisRun, label: &str) -> String {
+    run.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(label))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `vector(value)`, judged `>= 1` to succeed and `< 0` to fail (so 0 is Inconclusive).
+fn metric(value: i32, extra: Value) -> Value {
+    let mut m = json!({
+        "name": "probe",
+        "successCondition": "result[0] >= 1",
+        "failureCondition": "result[0] < 0",
+        "provider": {"prometheus": {"query": format!("vector({value})")}},
+    });
+    if let (Some(m), Some(extra)) = (m.as_object_mut(), extra.as_object()) {
+        m.extend(extra.clone());
+    }
+    m
+}
+
+#[tokio::test]
+async fn a_successful_analysis_step_advances() {
+    let Some(f) = fixture("ro-an-ok").await else {
+        return;
+    };
+    f.analysis_template("passes", metric(1, json!({"count": 2, "interval": "1s"})))
+        .await;
+    let ro = rollout(
+        "web",
+        4,
+        json!({"steps": [
+            {"setWeight": 25},
+            {"analysis": {"templates": [{"templateName": "passes"}]}},
+            {"setWeight": 75},
+        ]}),
+    );
+    let stable = deployed(&f, &ro).await;
+    f.set_image("web", "registry.invalid/web:2").await;
+    let r = f.wait_healthy("web").await;
+    let s = status(&r);
+    assert_ne!(s.stable_rs, stable);
+    assert_eq!(s.current_step_index, Some(3));
+    let runs = f.analysis_runs().await;
+    assert_eq!(runs.len(), 1, "one run for the analysis step: {runs:?}");
+    assert_eq!(run_phase(&runs[0]), "Successful");
+    assert_eq!(run_label(&runs[0], "rollout-type"), "Step");
+    let events = f.events().await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| *e == "RolloutStepCompleted")
+            .count(),
+        3,
+        "{events:?}"
+    );
+    f.wait_replicas(&stable, 0).await;
+}
+
+#[tokio::test]
+async fn an_inconclusive_analysis_pauses_until_promoted() {
+    let Some(f) = fixture("ro-an-inc").await else {
+        return;
+    };
+    f.analysis_template("unsure", metric(0, json!({}))).await;
+    let ro = rollout(
+        "web",
+        2,
+        json!({"steps": [
+            {"setWeight": 50},
+            {"analysis": {"templates": [{"templateName": "unsure"}]}},
+        ]}),
+    );
+    deployed(&f, &ro).await;
+    f.set_image("web", "registry.invalid/web:2").await;
+    let r = f
+        .wait("web", "paused on the inconclusive run", |r| {
+            status(r).pause_conditions.iter().any(|c| {
+                c.reason == sluice::api::argo::rollout::PauseReason::InconclusiveAnalysisRun
+            })
+        })
+        .await;
+    let s = status(&r);
+    assert_eq!(s.phase, Some(RolloutPhase::Paused), "{}", f.dump(&r));
+    assert_eq!(health(&r), Health::Suspended);
+    assert_eq!(s.current_step_index, Some(1));
+    assert_eq!(
+        s.canary
+            .current_step_analysis_run_status
+            .as_ref()
+            .map(|a| a.status.as_str()),
+        Some("Inconclusive")
+    );
+    let runs = f.analysis_runs().await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(run_phase(&runs[0]), "Inconclusive");
+    // The user accepts the verdict (kubectl argo rollouts promote): the update goes on.
+    f.intent("web", Intent::Promote).await;
+    f.wait_healthy("web").await;
+    assert_eq!(f.analysis_runs().await.len(), 1, "no second run");
+}
+
+#[tokio::test]
+async fn a_successful_background_analysis_lets_the_update_complete() {
+    let Some(f) = fixture("ro-bg-ok").await else {
+        return;
+    };
+    f.analysis_template("watch", metric(1, json!({"interval": "1s"})))
+        .await;
+    let ro = rollout(
+        "web",
+        4,
+        json!({
+            "analysis": {"templates": [{"templateName": "watch"}], "startingStep": 1},
+            "steps": [{"setWeight": 25}, {"pause": {"duration": "3s"}}, {"setWeight": 75}],
+        }),
+    );
+    let stable = deployed(&f, &ro).await;
+    assert!(
+        f.analysis_runs().await.is_empty(),
+        "no background run for the first deploy"
+    );
+    f.set_image("web", "registry.invalid/web:2").await;
+    let r = f
+        .wait("web", "the background run to be running", |r| {
+            status(r)
+                .canary
+                .current_background_analysis_run_status
+                .as_ref()
+                .is_some_and(|a| a.status == "Running")
+        })
+        .await;
+    assert!(status(&r).current_step_index >= Some(1));
+    let r = f.wait_healthy("web").await;
+    assert_ne!(status(&r).stable_rs, stable);
+    // Completion terminates the background run, which then ends Successful.
+    let runs = f.analysis_runs().await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(run_label(&runs[0], "rollout-type"), "Background");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let runs = f.analysis_runs().await;
+        if run_phase(&runs[0]) == "Successful" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the background run was never terminated: {:?}",
+            runs[0].status
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_background_analysis_aborts() {
+    let Some(f) = fixture("ro-bg-fail").await else {
+        return;
+    };
+    f.analysis_template("watch", metric(-1, json!({"interval": "1s"})))
+        .await;
+    let ro = rollout(
+        "web",
+        4,
+        json!({
+            "analysis": {"templates": [{"templateName": "watch"}]},
+            "steps": [{"setWeight": 25}, {"pause": {}}, {"setWeight": 75}],
+        }),
+    );
+    let stable = deployed(&f, &ro).await;
+    f.set_image("web", "registry.invalid/web:2").await;
+    let r = f
+        .wait("web", "aborted by the background analysis", |r| {
+            status(r).phase == Some(RolloutPhase::Degraded)
+                && progressing_reason(r) == reason::ROLLOUT_ABORTED
+        })
+        .await;
+    assert!(status_message_mentions_analysis(&r), "{}", f.dump(&r));
+    assert_eq!(health(&r), Health::Degraded);
+    f.wait_replicas(&status(&r).current_pod_hash, 0).await;
+    f.wait_replicas(&stable, 4).await;
+    let runs = f.analysis_runs().await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(run_phase(&runs[0]), "Failed");
+    assert_eq!(run_label(&runs[0], "rollout-type"), "Background");
+}
+
+#[tokio::test]
+async fn progress_deadline_abort_returns_to_stable() {
+    let Some(f) = fixture("ro-pd-abort").await else {
+        return;
+    };
+    let mut ro = rollout(
+        "web",
+        2,
+        json!({"steps": [{"setWeight": 50}, {"pause": {}}]}),
+    );
+    ro.spec.progress_deadline_seconds = Some(3);
+    ro.spec.progress_deadline_abort = Some(true);
+    let stable = deployed(&f, &ro).await;
+    let patch = json!({"spec": {"template": template("registry.invalid/web:2", json!({"sim/never-ready": "true"}))}});
+    f.rollouts
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patching the template");
+    let r = f
+        .wait("web", "aborted at the progress deadline", |r| {
+            status(r).abort && progressing_reason(r) == reason::ROLLOUT_ABORTED
+        })
+        .await;
+    assert_eq!(status(&r).phase, Some(RolloutPhase::Degraded));
+    assert_eq!(health(&r), Health::Degraded);
+    f.wait_replicas(&status(&r).current_pod_hash, 0).await;
+    f.wait_replicas(&stable, 2).await;
+    let events = f.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e == reason::PROGRESS_DEADLINE_EXCEEDED),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e == "RolloutAborted"), "{events:?}");
+}
+
+#[tokio::test]
+async fn old_replica_sets_beyond_the_history_limit_are_deleted() {
+    let Some(f) = fixture("ro-history").await else {
+        return;
+    };
+    let mut ro = rollout("web", 1, json!({"steps": [{"setWeight": 50}]}));
+    ro.spec.revision_history_limit = Some(1);
+    let v1 = deployed(&f, &ro).await;
+    let mut hashes = vec![v1];
+    for image in ["registry.invalid/web:2", "registry.invalid/web:3"] {
+        f.set_image("web", image).await;
+        let r = f
+            .wait("web", "the new revision promoted", |r| {
+                let s = status(r);
+                !hashes.contains(&s.stable_rs)
+                    && s.stable_rs == s.current_pod_hash
+                    && s.phase == Some(RolloutPhase::Healthy)
+            })
+            .await;
+        hashes.push(status(&r).stable_rs);
+    }
+    // v3 serves; v2 is the one old ReplicaSet kept; v1 is deleted.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let sets = f.replica_sets().await;
+        let have: Vec<&String> = sets.keys().collect();
+        if sets.len() == 2 && !sets.contains_key(&hashes[0]) {
+            assert_eq!(sets.get(&hashes[1]).map(|c| c.0), Some(0), "{sets:?}");
+            assert_eq!(sets.get(&hashes[2]).map(|c| c.0), Some(1), "{sets:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "history not cleaned up to 1 old ReplicaSet: {have:?} (v1..v3 = {hashes:?})\n{}",
+            tail(&f.ctl.log_text(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn restart_at_replaces_every_pod_one_at_a_time() {
+    let Some(f) = fixture("ro-restart-at").await else {
+        return;
+    };
+    let ro = rollout(
+        "web",
+        3,
+        json!({"steps": [{"setWeight": 50}, {"pause": {}}]}),
+    );
+    let stable = deployed(&f, &ro).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(f.env.client.clone(), &f.ns.name);
+    let live = || async {
+        pods.list(&ListParams::default().labels("app=web"))
+            .await
+            .expect("listing pods")
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.metadata.name.unwrap_or_default())
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    let before = live().await;
+    assert_eq!(before.len(), 3);
+    // creationTimestamp has whole seconds: make the restart time strictly newer than every pod.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let at = k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .unwrap();
+    let patch = json!({"spec": {"restartAt": at.to_string()}});
+    f.rollouts
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("setting restartAt");
+    // Never more than one pod away at a time (maxUnavailable 0 of 3: one eviction in flight).
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let now = live().await;
+        assert!(
+            now.len() >= 2,
+            "more than one pod restarted at once: {now:?}"
+        );
+        let r = f.get("web").await;
+        if status(&r).restarted_at.as_ref().map(|t| t.0) == Some(at) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "restart never completed\n{}",
+            f.dump(&r)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = live().await;
+    assert!(
+        after.is_disjoint(&before),
+        "every old pod replaced: before {before:?}, after {after:?}"
+    );
+    let r = f.wait_healthy("web").await;
+    assert_eq!(status(&r).stable_rs, stable, "no new revision");
+    assert_eq!(f.replica_sets().await.len(), 1, "no new ReplicaSet");
+    let events = f.events().await;
+    assert_eq!(
+        events.iter().filter(|e| *e == "RolloutRestarted").count(),
+        1,
+        "{events:?}"
+    );
+}
