@@ -2,7 +2,9 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use sluice::cli::rollouts::{Outcome, Session, Target};
+use sluice::engine::intent::Intent;
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +65,141 @@ enum Command {
         #[arg(long, value_enum, default_value = "successful")]
         analysis: sluice::cli::simulate::Verdict,
     },
+    /// Show one Rollout as a tree: revisions → ReplicaSets → pods, steps, weights, analysis.
+    Get {
+        #[command(subcommand)]
+        what: GetWhat,
+    },
+    /// List Rollouts.
+    List {
+        #[command(subcommand)]
+        what: ListWhat,
+    },
+    /// Resume a paused Rollout, or skip the current step (`--full`: skip every step and analysis).
+    Promote {
+        name: String,
+        /// Skip the remaining steps and analysis.
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Abort the update: traffic and replicas back to stable.
+    Abort {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Start an aborted update again (`retry NAME` or Argo's `retry rollout NAME`).
+    Retry {
+        #[arg(num_args = 1..=2, value_names = ["rollout", "NAME"])]
+        args: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Pause a Rollout (`spec.paused`).
+    Pause {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Resume a paused Rollout (Argo CD's resume action).
+    Resume {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Roll back to an earlier revision's pod template.
+    Undo {
+        name: String,
+        /// The revision to go back to (default: the previous one).
+        #[arg(long)]
+        to_revision: Option<i64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Restart the Rollout's pods (`spec.restartAt`).
+    Restart {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Set fields of a Rollout.
+    Set {
+        #[command(subcommand)]
+        what: SetWhat,
+    },
+    /// Wait until a Rollout is Healthy (exit 0) or Degraded (exit 1); exit 2 on --timeout.
+    Status {
+        name: String,
+        /// Give up after this long (e.g. 90s, 5m; default: wait forever).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Validate manifests offline: the apiserver's schema and CEL rules, the engine's InvalidSpec
+    /// checks and the analysis template checks. Exit 1 when any is invalid.
+    Lint {
+        /// Files to check (`-` for stdin); repeat for several.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GetWhat {
+    /// One Rollout.
+    #[command(alias = "ro", alias = "rollouts")]
+    Rollout {
+        name: String,
+        /// Redraw every 2 seconds until interrupted.
+        #[arg(short = 'w', long)]
+        watch: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum ListWhat {
+    /// Rollouts in the namespace (or every namespace).
+    #[command(alias = "rollout", alias = "ro")]
+    Rollouts {
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum SetWhat {
+    /// Set a container's image: `set image NAME CONTAINER=IMAGE` (`*=IMAGE` for all).
+    Image {
+        name: String,
+        #[arg(value_name = "CONTAINER=IMAGE")]
+        image: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// `90`, `90s`, `5m`, `1h`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s or 5m"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -81,8 +218,45 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Parses the command line; as `kubectl-sluice` (the kubectl plugin) help and errors say
+/// `kubectl sluice`.
+fn parse() -> Cli {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let plugin = std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("kubectl-sluice"));
+    let mut command = Cli::command();
+    if plugin {
+        command = command.bin_name("kubectl sluice");
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Runs a cluster verb on a fresh single-threaded runtime.
+fn on_cluster<T>(
+    target: &Target,
+    verb: impl AsyncFnOnce(Session) -> Result<T, sluice::cli::rollouts::Error>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(runtime.block_on(async {
+        let session = target.connect().await?;
+        verb(session).await
+    })?)
+}
+
+fn intent(name: &str, target: &Target, intent: Intent) -> anyhow::Result<()> {
+    let message = on_cluster(target, async |s| s.intent(name, intent).await)?;
+    println!("{message}");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    match parse().command {
         Command::Controller {
             namespace,
             http_addr,
@@ -126,6 +300,114 @@ fn main() -> anyhow::Result<()> {
                 "{}",
                 sluice::cli::simulate::run(&file, image.as_deref(), analysis)?
             );
+        }
+        Command::Get {
+            what:
+                GetWhat::Rollout {
+                    name,
+                    watch,
+                    target,
+                },
+        } => {
+            if watch {
+                on_cluster(&target, async |s| {
+                    loop {
+                        let tree = s.get(&name).await?;
+                        // Clear the screen and redraw from the top.
+                        print!("\x1b[2J\x1b[H{tree}");
+                        use std::io::Write as _;
+                        let _ = std::io::stdout().flush();
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    }
+                })?;
+            } else {
+                print!("{}", on_cluster(&target, async |s| s.get(&name).await)?);
+            }
+        }
+        Command::List {
+            what:
+                ListWhat::Rollouts {
+                    all_namespaces,
+                    target,
+                },
+        } => print!(
+            "{}",
+            on_cluster(&target, async |s| s.list(all_namespaces).await)?
+        ),
+        Command::Promote { name, full, target } => intent(
+            &name,
+            &target,
+            if full {
+                Intent::PromoteFull
+            } else {
+                Intent::Promote
+            },
+        )?,
+        Command::Abort { name, target } => intent(&name, &target, Intent::Abort)?,
+        Command::Retry { args, target } => {
+            let name = match args.as_slice() {
+                [name] => name,
+                [kind, name] if matches!(kind.as_str(), "rollout" | "rollouts" | "ro") => name,
+                _ => anyhow::bail!("usage: sluice retry [rollout] NAME"),
+            };
+            intent(name, &target, Intent::Retry)?;
+        }
+        Command::Pause { name, target } => intent(&name, &target, Intent::Pause)?,
+        Command::Resume { name, target } => intent(&name, &target, Intent::Resume)?,
+        Command::Undo {
+            name,
+            to_revision,
+            target,
+        } => println!(
+            "{}",
+            on_cluster(&target, async |s| s.undo(&name, to_revision).await)?
+        ),
+        Command::Restart { name, target } => {
+            println!("{}", on_cluster(&target, async |s| s.restart(&name).await)?)
+        }
+        Command::Set {
+            what:
+                SetWhat::Image {
+                    name,
+                    image,
+                    target,
+                },
+        } => println!(
+            "{}",
+            on_cluster(&target, async |s| s.set_image(&name, &image).await)?
+        ),
+        Command::Status {
+            name,
+            timeout,
+            target,
+        } => {
+            let outcome = on_cluster(&target, async |s| {
+                s.status(&name, timeout, |line| println!("{line}")).await
+            })?;
+            if outcome == Outcome::TimedOut {
+                eprintln!("timed out waiting for rollout '{name}' to become Healthy");
+            }
+            std::process::exit(outcome.code());
+        }
+        Command::Lint { files } => {
+            let mut invalid = false;
+            for file in &files {
+                let report = sluice::cli::lint::lint_file(file)?;
+                for warning in &report.warnings {
+                    eprintln!("{file}: warning: {warning}");
+                }
+                for error in &report.errors {
+                    println!("{file}: {error}");
+                }
+                if report.errors.is_empty() {
+                    println!("{file}: ok ({} Sluice object(s) checked)", report.checked);
+                } else {
+                    invalid = true;
+                }
+            }
+            if invalid {
+                std::process::exit(1);
+            }
         }
         Command::Crds { dir: None } => print!("{}", sluice::api::crds_yaml()?),
         Command::Crds { dir: Some(dir) } => {
