@@ -1,0 +1,253 @@
+//! Every PromQL expression in dashboards/*.json names only metrics Sluice really exports: the
+//! names come from scraping a running `sluice controller`'s /metrics, not from a list kept by hand.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use std::time::Duration;
+
+use common::controller::ControllerProcess;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+use sluice::api::argo::analysis::AnalysisRun;
+use sluice::api::argo::rollout::Rollout;
+
+/// Every series name the exposition can produce: `# TYPE` lines give families (a family with no
+/// samples yet still has one), expanded with the suffixes of their type.
+fn exported_names(exposition: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in exposition.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total", "_created"],
+                "histogram" => &["_bucket", "_sum", "_count", "_created"],
+                "summary" => &["", "_sum", "_count"],
+                _ => &[""],
+            };
+            for s in suffixes {
+                names.insert(format!("{name}{s}"));
+            }
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let name: String = line
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            names.insert(name);
+        }
+    }
+    names
+}
+
+/// Every `expr` (panel targets) and templating `query` of a dashboard.
+fn expressions(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr", Value::String(e)) => out.push(e.clone()),
+                    // Template variables: `label_values(<selector>, <label>)` reads the selector.
+                    ("query", Value::String(q)) if q.starts_with("label_values(") => {
+                        let inner = &q["label_values(".len()..];
+                        let end = inner.rfind(',').unwrap_or(inner.len());
+                        out.push(inner[..end].to_string());
+                    }
+                    _ => expressions(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| expressions(v, out)),
+        _ => {}
+    }
+}
+
+const KEYWORDS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "le",
+    "inf",
+    "nan",
+];
+
+/// The metric names a PromQL expression reads: identifiers that are not functions, keywords,
+/// label names (in `{}` or grouping lists), strings, durations or Grafana variables.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut cleaned = String::new();
+    let mut chars = expr.chars().peekable();
+    let mut depth_braces = 0;
+    while let Some(c) = chars.next() {
+        match c {
+            '{' => depth_braces += 1,
+            '}' => depth_braces -= 1,
+            '"' | '\'' => {
+                // Skip the string.
+                for d in chars.by_ref() {
+                    if d == c {
+                        break;
+                    }
+                }
+                cleaned.push(' ');
+            }
+            '[' => {
+                for d in chars.by_ref() {
+                    if d == ']' {
+                        break;
+                    }
+                }
+                cleaned.push(' ');
+            }
+            '$' => {
+                while chars
+                    .peek()
+                    .is_some_and(|d| d.is_ascii_alphanumeric() || *d == '_')
+                {
+                    chars.next();
+                }
+                cleaned.push(' ');
+            }
+            c if depth_braces > 0 => {
+                let _ = c;
+            }
+            c => cleaned.push(c),
+        }
+    }
+    // Grouping lists hold label names.
+    let grouping =
+        regex::Regex::new(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+            .unwrap();
+    let cleaned = grouping.replace_all(&cleaned, " ");
+    let ident = regex::Regex::new(r"[A-Za-z_:][A-Za-z0-9_:]*(\s*\()?").unwrap();
+    ident
+        .captures_iter(&cleaned)
+        .filter(|c| c.get(1).is_none())
+        .map(|c| c[0].trim().to_string())
+        .filter(|n| !KEYWORDS.contains(&n.to_lowercase().as_str()))
+        .filter(|n| {
+            // Numbers like 1e-9 start with a digit and never match; "e" alone would.
+            n.len() > 1
+        })
+        .collect()
+}
+
+#[test]
+fn the_promql_scanner_finds_metric_names_only() {
+    assert_eq!(
+        metric_names(
+            r#"histogram_quantile(0.99, sum by (le) (rate(rollout_reconcile_bucket{job=~"$job"}[$__rate_interval])))"#
+        ),
+        ["rollout_reconcile_bucket".to_string()].into()
+    );
+    assert_eq!(
+        metric_names(r#"count(rollout_info{phase="Degraded"}) or vector(0)"#),
+        ["rollout_info".to_string()].into()
+    );
+}
+
+#[tokio::test]
+async fn every_dashboard_expression_uses_only_exported_metrics() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let ns = env.namespace("dashboards").await;
+    let ctl = ControllerProcess::start_with(&env, &ns.name, &["--leader-elect=false"]).await;
+    // Families without series are not exposed: give rollout_info a Rollout and the measurement
+    // counter one measurement.
+    let rollout: Rollout = serde_json::from_value(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                         "spec": {"containers": [{"name": "web", "image": "registry.invalid/web:1"}]}},
+            "strategy": {"canary": {"steps": [{"setWeight": 50}]}},
+        },
+    }))
+    .unwrap();
+    Api::<Rollout>::namespaced(env.client.clone(), &ns.name)
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("creating a Rollout");
+    let run: AnalysisRun = serde_json::from_value(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisRun", "metadata": {"name": "probe"},
+        "spec": {"metrics": [{
+            "name": "up", "count": 1, "successCondition": "result[0] >= 0",
+            "provider": {"prometheus": {"address": env.prometheus_url, "query": "vector(1)"}},
+        }]},
+    }))
+    .unwrap();
+    Api::<AnalysisRun>::namespaced(env.client.clone(), &ns.name)
+        .create(&PostParams::default(), &run)
+        .await
+        .expect("creating an AnalysisRun");
+    let exported = common::eventually(
+        Duration::from_secs(60),
+        "rollout_info and sluice_analysis_measurements_total on /metrics",
+        || async {
+            let names = exported_names(&ctl.metrics().await);
+            (names.contains("rollout_info") && names.contains("sluice_analysis_measurements_total"))
+                .then_some(names)
+        },
+    )
+    .await;
+    assert!(
+        exported.contains("rollout_info") && exported.contains("sluice_leader"),
+        "the scrape lacks Sluice's metrics: {exported:?}"
+    );
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            dashboard["panels"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty()),
+            "{}: no panels",
+            path.display()
+        );
+        let mut exprs = Vec::new();
+        expressions(&dashboard, &mut exprs);
+        assert!(!exprs.is_empty(), "{}: no PromQL", path.display());
+        for expr in exprs {
+            let names = metric_names(&expr);
+            if names.is_empty() {
+                failures.push(format!("{}: {expr:?} reads no metric", path.display()));
+            }
+            for name in names {
+                checked += 1;
+                if !exported.contains(&name) {
+                    failures.push(format!(
+                        "{}: {name} (in {expr:?}) is not exported by sluice controller",
+                        path.display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(checked > 10, "only {checked} metric references checked");
+    assert!(
+        failures.is_empty(),
+        "{}\nexported: {exported:?}",
+        failures.join("\n")
+    );
+}
