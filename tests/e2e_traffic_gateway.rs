@@ -646,3 +646,263 @@ async fn gateway_api_mirror_route_is_added_and_released() {
     router.release(&ctx, &weights(0)).await.expect("release");
     assert_no_drift(&env, &app).await;
 }
+
+/// Pod IP → "canary" / "stable" for the Rollout's pods, by their pod-template hash.
+async fn rollout_tracks(
+    env: &TestEnv,
+    ns: &str,
+    canary_hash: &str,
+) -> BTreeMap<String, &'static str> {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    pods.list(&kube::api::ListParams::default().labels("rollouts-pod-template-hash"))
+        .await
+        .expect("listing the Rollout's pods")
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            let hash = p
+                .metadata
+                .labels?
+                .get("rollouts-pod-template-hash")?
+                .clone();
+            let ip = p.status?.pod_ip?;
+            Some((
+                ip,
+                if hash == canary_hash {
+                    "canary"
+                } else {
+                    "stable"
+                },
+            ))
+        })
+        .collect()
+}
+
+/// A Rollout driven by `sluice controller` through the Gateway API router and real Traefik:
+/// at every setWeight step the real traffic split matches the weight, the final switch sends no
+/// request to an error, and the route ends exactly as Git declares it.
+#[tokio::test]
+async fn a_rollout_shifts_real_traffic_step_by_step_and_switches_without_errors() {
+    use sluice::api::argo::rollout::Rollout;
+    use sluice::engine::intent::{self, Intent};
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let Some(gw) = env.gateway_or_skip() else {
+        return;
+    };
+    let ns = env.namespace("gw-rollout").await;
+    let ns = ns.name.clone();
+    let host = format!("{ns}.sluice.test");
+    for track in ["stable", "canary"] {
+        create(
+            &env,
+            &ns,
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("app-{track}")},
+                "spec": {"selector": {"app": "web"},
+                         "ports": [{"port": 80, "targetPort": gw.echo_port}]},
+            }),
+        )
+        .await;
+    }
+    create(
+        &env,
+        &ns,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw"},
+            "spec": {"gatewayClassName": gw.class, "listeners": [
+                {"name": "web", "protocol": "HTTP", "port": gw.port, "hostname": host},
+            ]},
+        }),
+    )
+    .await;
+    apply_as_gitops(&env, &ns, &route_manifest(&ns, &host), false)
+        .await
+        .expect("applying the route as argocd-controller");
+    let ctl =
+        common::controller::ControllerProcess::start_with(&env, &ns, &["--leader-elect=false"])
+            .await;
+
+    let template = |image: &str| {
+        json!({"metadata": {"labels": {"app": "web"}},
+               "spec": {"containers": [{"name": "web", "image": image,
+                                        "ports": [{"containerPort": gw.echo_port}]}]}})
+    };
+    let steps: Vec<Value> = [10, 30, 60, 100]
+        .iter()
+        .flat_map(|w| [json!({"setWeight": w}), json!({"pause": {}})])
+        .collect();
+    let rollout: Rollout = serde_json::from_value(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": template("registry.invalid/web:1"),
+            "strategy": {"canary": {
+                "canaryService": "app-canary", "stableService": "app-stable",
+                "trafficRouting": {"plugins": {"argoproj-labs/gatewayAPI": {"httpRoute": "app"}}},
+                "steps": steps,
+            }},
+        },
+    }))
+    .expect("the Rollout");
+    let rollouts: Api<Rollout> = Api::namespaced(env.client.clone(), &ns);
+    rollouts
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("creating the Rollout");
+    let status = |r: &Rollout| r.status.clone().unwrap_or_default();
+    let wait = |what: String, check: Box<dyn Fn(&Rollout) -> bool + Send + Sync>| {
+        let rollouts = rollouts.clone();
+        let log = ctl.log.clone();
+        async move {
+            eventually(
+                Duration::from_secs(90),
+                &format!("{what} (log: {})", log.display()),
+                || async {
+                    let r = rollouts.get("web").await.ok()?;
+                    check(&r).then_some(r)
+                },
+            )
+            .await
+        }
+    };
+    wait(
+        "the first revision to be Healthy".into(),
+        Box::new(move |r| {
+            let s = r.status.clone().unwrap_or_default();
+            !s.stable_rs.is_empty()
+                && s.stable_rs == s.current_pod_hash
+                && s.available_replicas == 2
+        }),
+    )
+    .await;
+
+    let mut app = App {
+        ns: ns.clone(),
+        host: host.clone(),
+        gw: gw.clone(),
+        tracks: BTreeMap::new(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("an HTTP client"),
+    };
+    wait_for_weights(&app, 0).await;
+
+    let patch = json!({"spec": {"template": template("registry.invalid/web:2")}});
+    rollouts
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("a new revision");
+    for (i, weight) in [10, 30, 60, 100].into_iter().enumerate() {
+        let pause_index = 2 * i as i32 + 1;
+        let r = wait(
+            format!("step {pause_index} (weight {weight}) paused with the weight verified"),
+            Box::new(move |r| {
+                let s = r.status.clone().unwrap_or_default();
+                s.current_step_index == Some(pause_index)
+                    && !s.pause_conditions.is_empty()
+                    && s.canary
+                        .weights
+                        .as_ref()
+                        .is_some_and(|w| w.canary.weight == weight && w.verified == Some(true))
+            }),
+        )
+        .await;
+        wait_for_weights(&app, i64::from(weight)).await;
+        app.tracks = rollout_tracks(&env, &ns, &status(&r).current_pod_hash).await;
+        check_split(&app, weight).await;
+        let (spec_patch, status_patch) = intent::patches(Intent::Promote, &r);
+        if let Some(p) = spec_patch {
+            rollouts
+                .patch("web", &PatchParams::default(), &Patch::Merge(&p))
+                .await
+                .expect("promote (spec)");
+        }
+        if let Some(p) = status_patch {
+            rollouts
+                .patch_status("web", &PatchParams::default(), &Patch::Merge(&p))
+                .await
+                .expect("promote (status)");
+        }
+        if weight == 100 {
+            break;
+        }
+    }
+
+    // The final switch: requests keep flowing while stable takes over; none may fail.
+    let errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (errors, sent, stop) = (errors.clone(), sent.clone(), stop.clone());
+        let (http, url, host) = (app.http.clone(), app.gw.url.clone(), host.clone());
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            while !stop.load(Relaxed) {
+                let ok = http
+                    .get(format!("{url}/"))
+                    .header(reqwest::header::HOST, &host)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                sent.fetch_add(1, Relaxed);
+                if !ok {
+                    errors.fetch_add(1, Relaxed);
+                }
+            }
+        })
+    };
+    let done = wait(
+        "the promoted revision to be stable with all traffic back on the stable Service".into(),
+        Box::new(move |r| {
+            let s = r.status.clone().unwrap_or_default();
+            s.stable_rs == s.current_pod_hash
+                && s.canary
+                    .weights
+                    .as_ref()
+                    .is_some_and(|w| w.canary.weight == 0)
+        }),
+    )
+    .await;
+    wait_for_weights(&app, 0).await;
+    // Keep sending a little longer: the old pods go after the scale-down delay.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = traffic.await;
+    let (sent, errors) = (
+        sent.load(std::sync::atomic::Ordering::Relaxed),
+        errors.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    eprintln!("final switch: {sent} requests, {errors} errors");
+    assert!(
+        sent > 50,
+        "only {sent} requests were sent during the switch"
+    );
+    assert_eq!(errors, 0, "requests failed during the final switch");
+    app.tracks = rollout_tracks(&env, &ns, &status(&done).current_pod_hash).await;
+
+    // The route is Git's again once the controller has released it.
+    eventually(
+        Duration::from_secs(30),
+        "the route to be released",
+        || async {
+            let live = routes(&env, &ns).get("app").await.ok()?;
+            (!live
+                .metadata
+                .managed_fields
+                .iter()
+                .flatten()
+                .any(|e| e.manager.as_deref() == Some(sluice::traffic::FIELD_MANAGER)))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_no_drift(&env, &app).await;
+    drop(ctl);
+}

@@ -21,6 +21,7 @@
 mod execute;
 mod index;
 mod observe;
+mod traffic;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -60,6 +61,12 @@ const INFO_SWEEP: Duration = Duration::from_secs(30);
 /// Why one reconcile of a Rollout failed; it is planned again after [`ERROR_REQUEUE`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("traffic routing of Rollout {namespace}/{name}: {source}")]
+    Traffic {
+        namespace: String,
+        name: String,
+        source: crate::traffic::TrafficError,
+    },
     #[error("writing the status of Rollout {namespace}/{name}: {source}")]
     WriteStatus {
         namespace: String,
@@ -371,7 +378,7 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
     }
     let (spec, workload) = observe::resolve_spec(rollout, &ctx.caches);
     let replica_sets = observe::replica_sets(rollout, &spec, &ctx.caches, &ctx.replica_sets);
-    let observed = observe::observations(
+    let mut observed = observe::observations(
         rollout,
         &spec,
         workload,
@@ -379,6 +386,17 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         &ctx.caches,
         Timestamp::now(),
     );
+    let routers = traffic::Traffic::new(&ctx.shared.client, rollout, &spec).map_err(|source| {
+        Error::Traffic {
+            namespace: rollout.namespace().unwrap_or_default(),
+            name: rollout.name_any(),
+            source,
+        }
+    })?;
+    if let Some(routers) = &routers {
+        // The routers' objects are not watched: read back what they apply (one read per router).
+        observed.traffic = routers.observe().await;
+    }
     let status = rollout.status.clone().unwrap_or_default();
     let name = rollout.name_any();
     let mut plan = engine::plan(Input {
@@ -409,6 +427,7 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         replica_set_cache: &ctx.caches.replica_sets,
         analysis_runs: &ctx.analysis_runs,
         analysis_run_cache: &ctx.caches.analysis_runs,
+        traffic: routers.as_ref(),
     };
     let mut failed = None;
     for action in &plan.actions {

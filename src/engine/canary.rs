@@ -1332,6 +1332,9 @@ impl<'a> Planner<'a> {
             .observed
             .traffic
             .is_some_and(|t| t.verified && t.canary_weight == weight);
+        if applied && weight == 0 && (self.promoted() || self.status.abort) {
+            self.actions.push(Action::ReleaseTraffic);
+        }
         if !applied {
             self.actions.push(Action::SetWeight {
                 canary_weight: weight,

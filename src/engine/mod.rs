@@ -198,6 +198,10 @@ pub enum Action {
     SetMirrorRoute { step_index: i32 },
     /// Remove every managed header and mirror route.
     RemoveManagedRoutes,
+    /// The rollout has settled with no traffic on the canary (promoted, or aborted): give every
+    /// route object back to its owner as its manifest declares it. Idempotent; planned on every
+    /// settled reconcile, so a crash before it ran is made good by the next one.
+    ReleaseTraffic,
     /// Create an AnalysisRun from the Rollout's templates (skipped if the name exists).
     CreateAnalysisRun(AnalysisRunRequest),
     /// Set `spec.terminate` on a running AnalysisRun.

@@ -255,7 +255,8 @@ impl Simulation {
             Action::Event(event) => self.events.push(event),
             Action::SetHeaderRoute { .. }
             | Action::SetMirrorRoute { .. }
-            | Action::RemoveManagedRoutes => {}
+            | Action::RemoveManagedRoutes
+            | Action::ReleaseTraffic => {}
         }
         sync_endpoints(self);
     }

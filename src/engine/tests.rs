@@ -835,6 +835,30 @@ fn header_route_steps_are_requested_and_removed_at_the_end() {
     assert!(actions.contains(&Action::RemoveManagedRoutes));
 }
 
+#[test]
+fn route_objects_are_released_once_traffic_is_settled_on_stable() {
+    let (mut world, _) = deployed(routed(2, json!([{"setWeight": 50}, {"pause": {}}])));
+    world.set_image("demo:2");
+    let mut actions = Vec::new();
+    for _ in 0..10 {
+        actions.extend(world.tick().actions);
+    }
+    assert!(
+        !actions.contains(&Action::ReleaseTraffic),
+        "mid-update (canary weight 50) nothing is released: {actions:?}"
+    );
+    world.intent(Intent::Promote);
+    let mut actions = Vec::new();
+    for _ in 0..20 {
+        actions.extend(world.tick().actions);
+    }
+    assert_eq!(world.status.stable_rs, world.status.current_pod_hash);
+    assert!(
+        actions.contains(&Action::ReleaseTraffic),
+        "promoted, weight back to 0: the routes go back to their owners: {actions:?}"
+    );
+}
+
 // === deadlines, history, invalid specs ===
 
 #[test]

@@ -4,8 +4,8 @@
 //! them as their own.
 //!
 //! This module must never choose an action or a value: every number and name comes from the plan
-//! (and the resolved spec for the pod template). Traffic-router actions are not carried out yet
-//! (routers are issue 6).
+//! (and the resolved spec for the pod template). Traffic actions go through the Rollout's
+//! routers (`super::traffic`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -41,6 +41,8 @@ pub struct Target<'a> {
     pub replica_set_cache: &'a Store<ReplicaSet>,
     pub analysis_runs: &'a Fresh<AnalysisRun>,
     pub analysis_run_cache: &'a Store<AnalysisRun>,
+    /// The Rollout's traffic routers, if it names any.
+    pub traffic: Option<&'a super::traffic::Traffic>,
 }
 
 impl Target<'_> {
@@ -104,10 +106,18 @@ impl Target<'_> {
             Action::SetWeight { .. }
             | Action::SetHeaderRoute { .. }
             | Action::SetMirrorRoute { .. }
-            | Action::RemoveManagedRoutes => {
-                tracing::debug!(rollout = %self.name(), ?action, "traffic routers are not implemented yet");
-                Ok(())
-            }
+            | Action::RemoveManagedRoutes
+            | Action::ReleaseTraffic => match self.traffic {
+                Some(traffic) => traffic
+                    .execute(action)
+                    .await
+                    .map_err(|source| Error::Traffic {
+                        namespace: self.namespace(),
+                        name: self.name(),
+                        source,
+                    }),
+                None => Ok(()),
+            },
             Action::Event(_) => Ok(()),
         }
     }
