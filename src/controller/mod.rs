@@ -9,6 +9,7 @@
 
 pub mod analysis_run;
 pub mod analysis_template;
+pub mod canary;
 pub mod fresh;
 pub mod http;
 pub mod leader;
@@ -27,7 +28,7 @@ use kube::runtime::events::{Recorder, Reporter};
 pub const FIELD_MANAGER: &str = "sluice";
 
 /// How many controllers must report their caches synced before `/readyz` says ready.
-const CONTROLLERS: usize = 2;
+const CONTROLLERS: usize = 3;
 
 /// What every controller shares.
 #[derive(Clone)]
@@ -188,6 +189,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let ready = shared.ready.clone();
     let rollouts = rollout::run(shared.clone(), shutdown.clone());
     let templates = analysis_template::run(shared.clone(), shutdown.clone());
+    let canaries = canary::run(
+        shared.clone(),
+        config.default_prometheus.clone(),
+        shutdown.clone(),
+    );
     let controllers = async {
         let analysis_runs = analysis_run::run(
             analysis,
@@ -195,7 +201,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             shutdown.clone(),
             move || ready.synced(),
         );
-        tokio::join!(analysis_runs, rollouts, templates);
+        tokio::join!(analysis_runs, rollouts, templates, canaries);
     };
     let lost = async {
         match &elector {

@@ -1,0 +1,1058 @@
+//! The Canary (Flagger `flagger.app/v1beta1`) controller: for each Canary, observe its target
+//! Deployment and `-primary` copy through watch caches, tick the pure scheduling core
+//! ([`crate::engine::flagger`]), run the webhooks and metric checks it asks for, write the status
+//! it returns and carry out its actions.
+//!
+//! ```text
+//!  watch caches ──observe──▶ Observations ──tick──▶ Need(check) ──run webhook / metric──▶ tick again
+//!  (Canaries, Deployments,                          Plan ──▶ 1. status (SSA, conditioned on the
+//!   Services)                                                   resourceVersion it was planned from)
+//!                                                            2. actions (idempotent) 3. Events
+//! ```
+//!
+//! Generated objects (`<target>-primary`, the apex / `-primary` / `-canary` Services) are owned by
+//! the Canary and carry Flux's "reconcile disabled" and Helm's "drift detection disabled"
+//! annotations, as Flagger's do, so a GitOps tool does not fight over them.
+//!
+//! Today the `kubernetes` provider (Blue/Green by switching the apex Service) is implemented;
+//! other providers run the same analysis but do not shift traffic yet (a Warning Event says so).
+//!
+//! This module must never decide what a Canary does next (that is the engine), never write a
+//! field of the user's target Deployment other than `spec.replicas`, and never read an object
+//! through the API per reconcile while the Canary is idle (MetricTemplates and AlertProviders are
+//! read only while a run needs them).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event as EventV1;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use super::{FIELD_MANAGER, Shared};
+use crate::analysis::{MeasureContext, Providers};
+use crate::api::argo::analysis::Metric;
+use crate::api::flagger::canary::{
+    Canary, CanaryMetric, CanaryPhase, CanaryStatus, CanaryWebhook, HookType, parse_go_duration,
+};
+use crate::api::flagger::metric_template::MetricTemplate;
+use crate::engine::analysis::expr::Value as ExprValue;
+use crate::engine::analysis::flagger::{MetricCheck, MetricVars, builtin_query, judge, render};
+use crate::engine::analysis::observed::Observed;
+use crate::engine::flagger::{
+    self as core, Action, Check, Input, KUBERNETES_PROVIDER, Observations, Outcome, Plan, Target,
+    Verdict, Workload,
+};
+
+/// Canaries ticked at the same time.
+const CONCURRENCY: u16 = 10;
+/// Wait before ticking again after an error (every action is idempotent).
+const ERROR_REQUEUE: Duration = Duration::from_secs(5);
+/// The provider used when a Canary names none (Flagger's default is istio; Sluice has no mesh
+/// default, and `kubernetes` works everywhere).
+pub const DEFAULT_PROVIDER: &str = KUBERNETES_PROVIDER;
+/// Environment variable that lowers the 10s minimum analysis interval (tests use 1s).
+pub const MIN_INTERVAL_ENV: &str = "SLUICE_CANARY_MIN_INTERVAL";
+/// Flux: do not reconcile this object (it is generated).
+pub const FLUX_RECONCILE_ANNOTATION: &str = "kustomize.toolkit.fluxcd.io/reconcile";
+/// Helm controller: do not detect drift on this object.
+pub const HELM_DRIFT_ANNOTATION: &str = "helm.toolkit.fluxcd.io/driftDetection";
+/// Labels Flagger picks the selector label from, in order (`-selector-labels`).
+const SELECTOR_LABELS: [&str; 3] = ["app", "name", "app.kubernetes.io/name"];
+/// Checks in one tick at most (there are six kinds; more means a bug).
+const MAX_CHECKS: usize = 8;
+
+/// Why one tick of a Canary failed; it is ticked again after [`ERROR_REQUEUE`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing the status of Canary {namespace}/{name}: {source}")]
+    WriteStatus {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("Canary {namespace}/{name} changed while it was being planned; planning again")]
+    Conflict { namespace: String, name: String },
+    #[error(
+        "Canary {namespace}/{name}: Deployment {target} has none of the selector labels {labels:?} in spec.selector.matchLabels: add `app: {target}`"
+    )]
+    NoSelectorLabel {
+        namespace: String,
+        name: String,
+        target: String,
+        labels: [&'static str; 3],
+    },
+    #[error("{action} {kind} {namespace}/{name} for Canary {canary}: {source}")]
+    Write {
+        action: &'static str,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        canary: String,
+        source: kube::Error,
+    },
+    #[error(
+        "the scheduling core asked for more than {MAX_CHECKS} checks in one tick of Canary {namespace}/{name}"
+    )]
+    TooManyChecks { namespace: String, name: String },
+}
+
+/// State shared by every tick.
+pub struct Ctx {
+    shared: Shared,
+    deployments: Store<Deployment>,
+    services: Store<Service>,
+    providers: Providers,
+    http: reqwest::Client,
+    default_prometheus: Option<String>,
+    min_interval: Duration,
+    /// When each Canary last ticked (a restart ticks at once, as Flagger does).
+    last_tick: Mutex<HashMap<(String, String), Timestamp>>,
+}
+
+fn api<K>(shared: &Shared) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match &shared.namespace {
+        Some(ns) => Api::namespaced(shared.client.clone(), ns),
+        None => Api::all(shared.client.clone()),
+    }
+}
+
+fn min_interval() -> Duration {
+    std::env::var(MIN_INTERVAL_ENV)
+        .ok()
+        .and_then(|v| parse_go_duration(&v))
+        .filter(|d| !d.is_zero())
+        .unwrap_or(crate::api::flagger::canary::MIN_ANALYSIS_INTERVAL)
+}
+
+/// Runs the Canary controller until `shutdown` resolves.
+pub async fn run(
+    shared: Shared,
+    default_prometheus: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    tracing::info!(namespace = ?shared.namespace, "canary controller starting");
+    let controller = Controller::new(
+        api::<Canary>(&shared),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
+    let canaries = controller.store();
+
+    let (deployments, deployment_writer) = reflector::store();
+    let deployment_events = reflector::reflector(
+        deployment_writer,
+        watcher(
+            api::<Deployment>(&shared),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(|d: &mut Deployment| d.managed_fields_mut().clear()),
+    )
+    .touched_objects();
+    let (services, service_writer) = reflector::store();
+    let service_events = reflector::reflector(
+        service_writer,
+        watcher(
+            api::<Service>(&shared),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(|s: &mut Service| s.managed_fields_mut().clear()),
+    )
+    .touched_objects();
+
+    let readiness = shared.ready.clone();
+    let (ready_canaries, ready_deployments, ready_services) =
+        (canaries.clone(), deployments.clone(), services.clone());
+    tokio::spawn(async move {
+        super::store_synced(&ready_canaries).await;
+        super::store_synced(&ready_deployments).await;
+        super::store_synced(&ready_services).await;
+        tracing::info!("canary controller: watch caches synced");
+        readiness.synced();
+    });
+
+    let by_deployment = canaries.clone();
+    let ctx = Arc::new(Ctx {
+        shared,
+        deployments,
+        services,
+        providers: Providers::new(),
+        http: reqwest::Client::new(),
+        default_prometheus,
+        min_interval: min_interval(),
+        last_tick: Mutex::default(),
+    });
+    controller
+        .watches_stream(deployment_events, move |deployment: Deployment| {
+            canaries_of(&by_deployment, &deployment)
+        })
+        // Services only need to be in the cache; their changes do not start a tick.
+        .watches_stream(
+            service_events.filter(|_| futures::future::ready(false)),
+            |_: Service| Vec::<ObjectRef<Canary>>::new(),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "canary reconcile");
+            }
+        })
+        .await;
+}
+
+/// The Canaries whose target (or primary) is this Deployment.
+fn canaries_of(store: &Store<Canary>, deployment: &Deployment) -> Vec<ObjectRef<Canary>> {
+    let namespace = deployment.namespace().unwrap_or_default();
+    let name = deployment.name_any();
+    let target = name.strip_suffix("-primary").unwrap_or(&name).to_string();
+    store
+        .state()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|c| c.spec.target_ref.name == name || c.spec.target_ref.name == target)
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+fn error_policy(canary: Arc<Canary>, error: &Error, _ctx: Arc<Ctx>) -> Requeue {
+    match error {
+        Error::Conflict { .. } => Requeue::requeue(Duration::from_millis(200)),
+        _ => {
+            tracing::warn!(canary = %canary.name_any(), namespace = ?canary.namespace(), %error, "canary tick failed");
+            Requeue::requeue(ERROR_REQUEUE)
+        }
+    }
+}
+
+/// The analysis interval: `analysis.interval` (default 60s), never below the controller minimum.
+fn interval(canary: &Canary, min: Duration) -> Duration {
+    canary
+        .analysis()
+        .and_then(|a| a.interval.as_deref())
+        .and_then(parse_go_duration)
+        .unwrap_or(crate::api::flagger::canary::DEFAULT_ANALYSIS_INTERVAL)
+        .max(min)
+}
+
+fn provider(canary: &Canary) -> String {
+    canary
+        .spec
+        .provider
+        .clone()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| DEFAULT_PROVIDER.to_string())
+}
+
+fn workload(deployment: &Deployment) -> Workload {
+    let status = deployment.status.clone().unwrap_or_default();
+    let conditions = status.conditions.unwrap_or_default();
+    let progress_deadline_exceeded = conditions.iter().any(|c| {
+        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    let unavailable_since = conditions
+        .iter()
+        .find(|c| {
+            c.type_ == "Available"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("MinimumReplicasUnavailable")
+        })
+        .and_then(|c| c.last_update_time.as_ref().map(|t| t.0));
+    Workload {
+        generation: deployment.metadata.generation.unwrap_or(0),
+        observed_generation: status.observed_generation.unwrap_or(0),
+        spec_replicas: deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1),
+        replicas: status.replicas.unwrap_or(0),
+        updated_replicas: status.updated_replicas.unwrap_or(0),
+        available_replicas: status.available_replicas.unwrap_or(0),
+        progress_deadline_exceeded,
+        unavailable_since,
+    }
+}
+
+fn template_hash(deployment: &Deployment) -> String {
+    let template = deployment
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    crate::engine::hash::pod_template_hash(&template, None)
+}
+
+fn key(canary: &Canary) -> (String, String) {
+    (canary.namespace().unwrap_or_default(), canary.name_any())
+}
+
+async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error> {
+    if canary.meta().deletion_timestamp.is_some() {
+        // The primary and the Services go with it (owner references).
+        if let Ok(mut ticks) = ctx.last_tick.lock() {
+            ticks.remove(&key(&canary));
+        }
+        return Ok(Requeue::await_change());
+    }
+    let namespace = canary.namespace().unwrap_or_default();
+    let name = canary.name_any();
+    let target_name = canary.spec.target_ref.name.clone();
+    let cached = |n: &str| ctx.deployments.get(&ObjectRef::new(n).within(&namespace));
+    let target = cached(&target_name);
+    let primary = cached(&format!("{target_name}-primary"));
+    let provider = provider(&canary);
+    let interval = interval(&canary, ctx.min_interval);
+    let last_tick = ctx
+        .last_tick
+        .lock()
+        .ok()
+        .and_then(|t| t.get(&key(&canary)).copied());
+    let mut observed = Observations {
+        now: Timestamp::now(),
+        last_tick,
+        target: target.as_ref().map(|d| Target {
+            template_hash: template_hash(d),
+            workload: workload(d),
+        }),
+        primary: primary.as_deref().map(workload),
+        configs: BTreeMap::new(),
+        router: None,
+        verdicts: BTreeMap::new(),
+    };
+
+    let mut plan: Option<Plan> = None;
+    for _ in 0..MAX_CHECKS {
+        let outcome = core::tick(&Input {
+            canary: &canary,
+            provider: &provider,
+            interval,
+            observed: &observed,
+        });
+        match outcome {
+            Outcome::Plan(p) => {
+                plan = Some(*p);
+                break;
+            }
+            Outcome::Need(check) => {
+                let verdict = ctx.check(&canary, &provider, check).await;
+                tracing::debug!(canary = %name, %namespace, ?check, ?verdict, "check");
+                observed.verdicts.insert(check, verdict);
+            }
+        }
+    }
+    let Some(plan) = plan else {
+        return Err(Error::TooManyChecks { namespace, name });
+    };
+
+    let status = canary.status.clone().unwrap_or_default();
+    if plan.status != status {
+        write_status(&canary, &plan.status, &ctx).await?;
+    }
+    if plan.ticked
+        && let Ok(mut ticks) = ctx.last_tick.lock()
+    {
+        ticks.insert(key(&canary), observed.now);
+    }
+    let mut failed = None;
+    for action in &plan.actions {
+        if let Err(error) = ctx.execute(&canary, &provider, &plan.status, action).await {
+            failed = Some(error);
+            break;
+        }
+    }
+    if let Some(error) = failed {
+        return Err(error);
+    }
+    Ok(match plan.requeue_after {
+        Some(after) => Requeue::requeue(after),
+        None => Requeue::await_change(),
+    })
+}
+
+async fn write_status(canary: &Canary, status: &CanaryStatus, ctx: &Ctx) -> Result<(), Error> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let name = canary.name_any();
+    let patch = json!({
+        "apiVersion": Canary::api_version(&()),
+        "kind": Canary::kind(&()),
+        "metadata": {"name": name, "resourceVersion": canary.resource_version()},
+        "status": status,
+    });
+    let api: Api<Canary> = Api::namespaced(ctx.shared.client.clone(), &namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api
+        .patch_status(&name, &params, &Patch::Apply(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Conflict { namespace, name }),
+        Err(source) => Err(Error::WriteStatus {
+            namespace,
+            name,
+            source,
+        }),
+    }
+}
+
+fn owner(canary: &Canary) -> Option<OwnerReference> {
+    canary.controller_owner_ref(&())
+}
+
+fn generated_annotations() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            FLUX_RECONCILE_ANNOTATION.to_string(),
+            "disabled".to_string(),
+        ),
+        (HELM_DRIFT_ANNOTATION.to_string(), "disabled".to_string()),
+    ])
+}
+
+/// The selector label Flagger uses and its value on the target.
+fn selector_label(target: &Deployment) -> Option<(String, String)> {
+    let labels = target
+        .spec
+        .as_ref()?
+        .selector
+        .match_labels
+        .clone()
+        .unwrap_or_default();
+    SELECTOR_LABELS
+        .iter()
+        .find_map(|l| labels.get(*l).map(|v| (l.to_string(), v.clone())))
+}
+
+impl Ctx {
+    fn target(&self, canary: &Canary) -> Option<Arc<Deployment>> {
+        let namespace = canary.namespace().unwrap_or_default();
+        self.deployments
+            .get(&ObjectRef::new(&canary.spec.target_ref.name).within(&namespace))
+    }
+
+    fn write_error(
+        canary: &Canary,
+        action: &'static str,
+        kind: &'static str,
+        name: &str,
+        source: kube::Error,
+    ) -> Error {
+        Error::Write {
+            action,
+            kind,
+            namespace: canary.namespace().unwrap_or_default(),
+            name: name.to_string(),
+            canary: canary.name_any(),
+            source,
+        }
+    }
+
+    fn no_selector(canary: &Canary) -> Error {
+        Error::NoSelectorLabel {
+            namespace: canary.namespace().unwrap_or_default(),
+            name: canary.name_any(),
+            target: canary.spec.target_ref.name.clone(),
+            labels: SELECTOR_LABELS,
+        }
+    }
+
+    async fn execute(
+        &self,
+        canary: &Canary,
+        provider: &str,
+        status: &CanaryStatus,
+        action: &Action,
+    ) -> Result<(), Error> {
+        let namespace = canary.namespace().unwrap_or_default();
+        match action {
+            Action::CreatePrimary => {
+                let primary = format!("{}-primary", canary.spec.target_ref.name);
+                let cached = self
+                    .deployments
+                    .get(&ObjectRef::new(&primary).within(&namespace));
+                if cached.is_none() {
+                    self.apply_primary(canary, None).await?;
+                }
+                Ok(())
+            }
+            Action::Promote => {
+                let replicas = self.target(canary).and_then(|t| t.spec.as_ref()?.replicas);
+                self.apply_primary(canary, replicas.filter(|r| *r > 0))
+                    .await
+            }
+            Action::EnsureServices => self.ensure_services(canary).await,
+            Action::ScaleTarget { replicas } => {
+                let Some(target) = self.target(canary) else {
+                    return Ok(());
+                };
+                let current = target.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                if current == *replicas {
+                    return Ok(());
+                }
+                let api: Api<Deployment> = Api::namespaced(self.shared.client.clone(), &namespace);
+                let name = target.name_any();
+                api.patch(
+                    &name,
+                    &PatchParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..Default::default()
+                    },
+                    &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+                )
+                .await
+                .map_err(|e| Self::write_error(canary, "scaling", "Deployment", &name, e))?;
+                Ok(())
+            }
+            Action::SetRoutes { .. } => {
+                // The kubernetes provider routes by the apex Service alone.
+                Ok(())
+            }
+            Action::RunHooks(hook) => {
+                let hooks: Vec<CanaryWebhook> = canary
+                    .analysis()
+                    .map(|a| a.webhooks_of(*hook).cloned().collect())
+                    .unwrap_or_default();
+                let phase = status.phase.unwrap_or(CanaryPhase::Unspecified);
+                for hook in hooks {
+                    if let Err(message) = self.call_webhook(canary, &hook, phase).await {
+                        tracing::info!(canary = %canary.name_any(), %namespace, hook = %hook.name, %message, "post-rollout hook failed (ignored)");
+                    }
+                }
+                Ok(())
+            }
+            Action::Event { warning, message } => {
+                self.event(canary, provider, status, *warning, message)
+                    .await;
+                Ok(())
+            }
+            Action::Alert {
+                severity, message, ..
+            } => {
+                // AlertProviders are not wired yet: the alert goes to the log.
+                tracing::info!(canary = %canary.name_any(), %namespace, ?severity, %message, "canary alert");
+                Ok(())
+            }
+        }
+    }
+
+    async fn event(
+        &self,
+        canary: &Canary,
+        _provider: &str,
+        status: &CanaryStatus,
+        warning: bool,
+        message: &str,
+    ) {
+        // Created directly rather than through kube's Recorder: it folds every Event with the same
+        // type, reason and action into one series keeping the first note, and Flagger gives all
+        // its Events the reason `Synced`.
+        let reference = canary.object_ref(&());
+        let name = canary.name_any();
+        let event = json!({
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"generateName": format!("{name}-"), "namespace": canary.namespace()},
+            "eventTime": MicroTime(Timestamp::now()),
+            "type": if warning { "Warning" } else { "Normal" },
+            "reason": "Synced",
+            "action": "Reconcile",
+            "note": message.chars().take(1000).collect::<String>(),
+            "regarding": reference,
+            "reportingController": "sluice",
+            "reportingInstance": std::env::var("POD_NAME").unwrap_or_else(|_| "sluice".into()),
+        });
+        let created = match serde_json::from_value::<EventV1>(event) {
+            Ok(event) => {
+                let api: Api<EventV1> = Api::namespaced(
+                    self.shared.client.clone(),
+                    &canary.namespace().unwrap_or_default(),
+                );
+                api.create(&PostParams::default(), &event)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = created {
+            tracing::warn!(canary = %name, %error, "recording an event");
+        }
+        let hooks: Vec<CanaryWebhook> = canary
+            .analysis()
+            .map(|a| a.webhooks_of(HookType::Event).cloned().collect())
+            .unwrap_or_default();
+        for hook in hooks {
+            let mut hook = hook;
+            let mut metadata = hook.metadata.take().unwrap_or_default();
+            metadata.insert("eventMessage".into(), message.into());
+            metadata.insert(
+                "eventType".into(),
+                if warning { "Warning" } else { "Normal" }.into(),
+            );
+            hook.metadata = Some(metadata);
+            let phase = status.phase.unwrap_or(CanaryPhase::Unspecified);
+            if let Err(message) = self.call_webhook(canary, &hook, phase).await {
+                tracing::debug!(canary = %canary.name_any(), hook = %hook.name, %message, "event webhook failed");
+            }
+        }
+    }
+
+    /// Server-side applies `<target>-primary` from the target: its template with the selector
+    /// label's value suffixed `-primary`, owned by the Canary.
+    async fn apply_primary(&self, canary: &Canary, replicas: Option<i32>) -> Result<(), Error> {
+        let Some(target) = self.target(canary) else {
+            return Ok(());
+        };
+        let namespace = canary.namespace().unwrap_or_default();
+        let (label, value) = selector_label(&target).ok_or_else(|| Self::no_selector(canary))?;
+        let primary_name = format!("{}-primary", target.name_any());
+        let primary_value = format!("{value}-primary");
+        let spec = target.spec.clone().unwrap_or_default();
+        let mut template = serde_json::to_value(&spec.template).unwrap_or(Value::Null);
+        template["metadata"]["labels"][&label] = json!(primary_value);
+        let mut match_labels = spec.selector.match_labels.clone().unwrap_or_default();
+        match_labels.insert(label.clone(), primary_value.clone());
+        let existing = self
+            .deployments
+            .get(&ObjectRef::new(&primary_name).within(&namespace));
+        let replicas = replicas
+            .or_else(|| existing.as_ref().and_then(|p| p.spec.as_ref()?.replicas))
+            .or(spec.replicas.filter(|r| *r > 0))
+            .unwrap_or(1);
+        let mut labels = target.labels().clone();
+        labels.insert(label.clone(), primary_value.clone());
+        let mut body = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": primary_name,
+                "namespace": namespace,
+                "labels": labels,
+                "annotations": generated_annotations(),
+                "ownerReferences": owner(canary).into_iter().collect::<Vec<_>>(),
+            },
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": match_labels},
+                "template": template,
+            },
+        });
+        for field in [
+            "minReadySeconds",
+            "revisionHistoryLimit",
+            "progressDeadlineSeconds",
+            "strategy",
+        ] {
+            if let Some(v) = serde_json::to_value(&spec)
+                .ok()
+                .and_then(|s| s.get(field).cloned())
+            {
+                body["spec"][field] = v;
+            }
+        }
+        let api: Api<Deployment> = Api::namespaced(self.shared.client.clone(), &namespace);
+        api.patch(
+            &primary_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|e| Self::write_error(canary, "applying", "Deployment", &primary_name, e))?;
+        Ok(())
+    }
+
+    /// The apex (→ primary), `-primary` and `-canary` Services, applied only when the cache
+    /// shows them different (an idle Canary makes no API request).
+    async fn ensure_services(&self, canary: &Canary) -> Result<(), Error> {
+        let Some(target) = self.target(canary) else {
+            return Ok(());
+        };
+        let Some(service) = canary.spec.service.as_ref() else {
+            return Ok(());
+        };
+        let namespace = canary.namespace().unwrap_or_default();
+        let (label, value) = selector_label(&target).ok_or_else(|| Self::no_selector(canary))?;
+        let (apex, primary, canary_svc) = canary.service_names();
+        let primary_value = format!("{value}-primary");
+        let mut port = json!({
+            "name": service.port_name.clone().unwrap_or_else(|| "http".into()),
+            "port": service.port,
+            "protocol": "TCP",
+            "targetPort": service
+                .target_port
+                .as_ref()
+                .map_or(json!(service.port), |p| serde_json::to_value(p).unwrap_or(json!(service.port))),
+        });
+        if let Some(app_protocol) = &service.app_protocol {
+            port["appProtocol"] = json!(app_protocol);
+        }
+        for (name, selector) in [
+            (apex, primary_value.clone()),
+            (primary, primary_value.clone()),
+            (canary_svc, value.clone()),
+        ] {
+            let cached = self.services.get(&ObjectRef::new(&name).within(&namespace));
+            let up_to_date = cached.as_ref().is_some_and(|s| {
+                let spec = s.spec.clone().unwrap_or_default();
+                spec.selector.unwrap_or_default().get(&label) == Some(&selector)
+                    && spec
+                        .ports
+                        .unwrap_or_default()
+                        .first()
+                        .is_some_and(|p| p.port == service.port)
+                    && s.annotations()
+                        .get(FLUX_RECONCILE_ANNOTATION)
+                        .map(String::as_str)
+                        == Some("disabled")
+            });
+            if up_to_date {
+                continue;
+            }
+            let body = json!({
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": {&label: name},
+                    "annotations": generated_annotations(),
+                    "ownerReferences": owner(canary).into_iter().collect::<Vec<_>>(),
+                },
+                "spec": {
+                    "type": "ClusterIP",
+                    "selector": {&label: selector},
+                    "ports": [port],
+                },
+            });
+            let api: Api<Service> = Api::namespaced(self.shared.client.clone(), &namespace);
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map_err(|e| Self::write_error(canary, "applying", "Service", &name, e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs one check the core asked for.
+    async fn check(&self, canary: &Canary, provider: &str, check: Check) -> Verdict {
+        let analysis = canary.analysis().cloned().unwrap_or_default();
+        let phase = canary
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or(CanaryPhase::Unspecified);
+        let hook_type = match check {
+            Check::ConfirmRollout => HookType::ConfirmRollout,
+            Check::PreRollout => HookType::PreRollout,
+            Check::Analysis => HookType::Rollout,
+            Check::ConfirmTrafficIncrease => HookType::ConfirmTrafficIncrease,
+            Check::ConfirmPromotion => HookType::ConfirmPromotion,
+            Check::Rollback => HookType::Rollback,
+        };
+        let hooks: Vec<CanaryWebhook> = analysis.webhooks_of(hook_type).cloned().collect();
+        if check == Check::Rollback {
+            for hook in &hooks {
+                if self.call_webhook(canary, hook, phase).await.is_ok() {
+                    return Verdict::pass();
+                }
+            }
+            return Verdict::fail("no rollback requested");
+        }
+        let hook_phase = if check == Check::ConfirmRollout {
+            CanaryPhase::Progressing
+        } else {
+            phase
+        };
+        for hook in &hooks {
+            if let Err(message) = self.call_webhook(canary, hook, hook_phase).await {
+                let what = match check {
+                    Check::Analysis => "external check",
+                    Check::PreRollout => "pre-rollout check",
+                    _ => "gate",
+                };
+                return Verdict::fail(format!(
+                    "Halt {}.{} advancement {what} {} failed {message}",
+                    canary.name_any(),
+                    canary.namespace().unwrap_or_default(),
+                    hook.name
+                ));
+            }
+        }
+        if check == Check::Analysis {
+            for metric in &analysis.metrics {
+                let verdict = self.metric(canary, provider, metric).await;
+                if !verdict.ok {
+                    return verdict;
+                }
+            }
+        }
+        Verdict::pass()
+    }
+
+    /// POSTs Flagger's payload to a webhook, with its timeout and retries; 200–202 passes.
+    async fn call_webhook(
+        &self,
+        canary: &Canary,
+        hook: &CanaryWebhook,
+        phase: CanaryPhase,
+    ) -> Result<(), String> {
+        let status = canary.status.clone().unwrap_or_default();
+        let checksum = {
+            let text = format!(
+                "{}{}",
+                status.last_applied_spec.unwrap_or_default(),
+                serde_json::to_string(&status.tracked_configs).unwrap_or_default()
+            );
+            crate::engine::hash::safe_encode(
+                &crate::engine::hash::fnv32a(text.as_bytes()).to_string(),
+            )
+        };
+        let payload = json!({
+            "name": canary.name_any(),
+            "namespace": canary.namespace().unwrap_or_default(),
+            "phase": core::phase_name(phase),
+            "checksum": checksum,
+            "metadata": hook.metadata.clone().unwrap_or_default(),
+        });
+        let attempts = hook.retries().max(0) + 1;
+        let mut last = String::new();
+        for _ in 0..attempts {
+            let request = self
+                .http
+                .post(&hook.url)
+                .timeout(hook.timeout())
+                .json(&payload)
+                .send()
+                .await;
+            match request {
+                Ok(response) if (200..=202).contains(&response.status().as_u16()) => return Ok(()),
+                Ok(response) => {
+                    let code = response.status();
+                    let body: String = response
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .chars()
+                        .take(200)
+                        .collect();
+                    last = format!("{} answered {code}: {body}", hook.url);
+                }
+                Err(error) if error.is_timeout() => {
+                    last = format!("{} did not answer within {:?}", hook.url, hook.timeout());
+                }
+                Err(error) => last = format!("calling {}: {error}", hook.url),
+            }
+        }
+        Err(last)
+    }
+
+    /// One metric check: a MetricTemplate, an inline query or a builtin, run on Prometheus and
+    /// judged as Flagger does.
+    async fn metric(&self, canary: &Canary, provider: &str, metric: &CanaryMetric) -> Verdict {
+        let namespace = canary.namespace().unwrap_or_default();
+        let vars = MetricVars::for_canary(canary, metric);
+        let server = canary.spec.metrics_server.clone().filter(|s| !s.is_empty());
+        let (query, address, builtin) = if let Some(reference) = &metric.template_ref {
+            let ns = reference.namespace.clone().unwrap_or(namespace.clone());
+            let api: Api<MetricTemplate> = Api::namespaced(self.shared.client.clone(), &ns);
+            let template = match api.get_opt(&reference.name).await {
+                Ok(Some(t)) => t,
+                Ok(None) => {
+                    return Verdict::fail(format!(
+                        "Halt advancement: MetricTemplate {ns}/{} of metric {} does not exist: create it or fix templateRef",
+                        reference.name, metric.name
+                    ));
+                }
+                Err(error) => {
+                    return Verdict::fail(format!(
+                        "Halt advancement: reading MetricTemplate {ns}/{}: {error}",
+                        reference.name
+                    ));
+                }
+            };
+            match render(&template.spec.query, &vars) {
+                Ok(q) => (q, template.spec.provider.address.clone().or(server), None),
+                Err(e) => {
+                    return Verdict::fail(format!(
+                        "Halt advancement: metric {} (MetricTemplate {ns}/{}): {e}",
+                        metric.name, reference.name
+                    ));
+                }
+            }
+        } else if let Some(query) = metric.query.as_deref().filter(|q| !q.trim().is_empty()) {
+            match render(query, &vars) {
+                Ok(q) => (q, server, None),
+                Err(e) => {
+                    return Verdict::fail(format!("Halt advancement: metric {}: {e}", metric.name));
+                }
+            }
+        } else {
+            match builtin_query(&metric.name, provider, &vars) {
+                Some(Ok(b)) => (b.query.clone(), server, Some(b)),
+                Some(Err(e)) => {
+                    return Verdict::fail(format!("Halt advancement: {e}"));
+                }
+                None => {
+                    return Verdict::fail(format!(
+                        "Halt advancement: metric {} has neither templateRef nor query and is not a builtin (request-success-rate, request-duration)",
+                        metric.name
+                    ));
+                }
+            }
+        };
+        let value = match self.prometheus(canary, &metric.name, &query, address).await {
+            Ok(v) => v,
+            Err(message) => {
+                return Verdict::fail(format!(
+                    "Halt advancement: metric {} query failed: {message}",
+                    metric.name
+                ));
+            }
+        };
+        let value = match (&builtin, value) {
+            (Some(b), Some(v)) => Some(b.check_value(v)),
+            (_, v) => v,
+        };
+        let verdict = judge(&MetricCheck::new(
+            metric,
+            &query,
+            value,
+            builtin.as_ref().map(|b| b.builtin),
+        ));
+        Verdict {
+            ok: verdict.passed,
+            message: verdict.message,
+        }
+    }
+
+    /// Runs a PromQL instant query through the Prometheus provider: `None` when it found no
+    /// values, an error when the query failed or returned several series.
+    async fn prometheus(
+        &self,
+        canary: &Canary,
+        metric: &str,
+        query: &str,
+        address: Option<String>,
+    ) -> Result<Option<f64>, String> {
+        let mut prometheus = json!({"query": query});
+        if let Some(address) = address {
+            prometheus["address"] = json!(address);
+        }
+        let metric: Metric = serde_json::from_value(json!({
+            "name": metric,
+            "provider": {"prometheus": prometheus},
+        }))
+        .map_err(|e| format!("building the query: {e}"))?;
+        let provider = self.providers.get(&metric).map_err(|e| e.to_string())?;
+        let ctx = MeasureContext {
+            client: self.shared.client.clone(),
+            namespace: canary.namespace().unwrap_or_default(),
+            run_name: canary.name_any(),
+            run_uid: canary.uid().unwrap_or_default(),
+            default_prometheus_address: self.default_prometheus.clone(),
+            now: Timestamp::now(),
+            measurement_number: 1,
+        };
+        match provider.run(&ctx, &metric, &metric).await {
+            Observed::Value { result, .. } => match result {
+                ExprValue::Number(n) => Ok(Some(n)),
+                ExprValue::List(items) => match items.as_slice() {
+                    [] => Ok(None),
+                    [ExprValue::Number(n)] => Ok(Some(*n)),
+                    [_] => Err("the query returned a value that is not a number".into()),
+                    _ => Err(format!(
+                        "the query returned {} series; Flagger metrics must return one",
+                        items.len()
+                    )),
+                },
+                ExprValue::Null => Ok(None),
+                other => Err(format!("the query returned {other:?}, not a number")),
+            },
+            Observed::Error { message, .. } => Err(message),
+            Observed::Judged { message, .. } | Observed::InProgress { message, .. } => {
+                Err(message.unwrap_or_else(|| "unexpected answer".into()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_label_prefers_app_then_name() {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "podinfo"},
+            "spec": {"selector": {"matchLabels": {"name": "x", "app": "podinfo"}},
+                     "template": {}},
+        }))
+        .unwrap();
+        assert_eq!(
+            selector_label(&d),
+            Some(("app".to_string(), "podinfo".to_string()))
+        );
+    }
+
+    #[test]
+    fn workload_reads_deadline_conditions() {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "podinfo", "generation": 3},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2,
+                "availableReplicas": 1, "conditions": [
+                    {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"},
+                    {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
+                     "lastUpdateTime": "2024-01-01T00:00:00Z"}]},
+        }))
+        .unwrap();
+        let w = workload(&d);
+        assert!(w.progress_deadline_exceeded);
+        assert_eq!(
+            w.unavailable_since.map(|t| t.as_second()),
+            Some(1_704_067_200)
+        );
+        assert_eq!(
+            (w.generation, w.spec_replicas, w.available_replicas),
+            (3, 2, 1)
+        );
+    }
+
+    #[test]
+    fn interval_honours_the_controller_minimum() {
+        let canary: Canary = serde_json::from_value(json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+            "metadata": {"name": "c"},
+            "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d"},
+                     "analysis": {"interval": "2s"}},
+        }))
+        .unwrap();
+        assert_eq!(
+            interval(&canary, Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            interval(&canary, Duration::from_secs(1)),
+            Duration::from_secs(2)
+        );
+    }
+}

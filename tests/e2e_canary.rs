@@ -1,0 +1,437 @@
+//! Canaries (Flagger `flagger.app/v1beta1`) on the real cluster, driven by `sluice controller`
+//! running as a process (one per test, limited to the test's namespace, analysis intervals down
+//! to 1s), with metrics from the real Prometheus (values served by a test exporter) and webhooks
+//! served by a local HTTP server.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::exporter::Exporter;
+use common::{TestEnv, eventually};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use sluice::api::flagger::canary::{Canary, CanaryPhase};
+use sluice::api::flagger::metric_template::MetricTemplate;
+
+/// `sluice controller` with a 1s minimum analysis interval; killed on drop.
+struct Ctl {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Ctl {
+    async fn start(env: &TestEnv, namespace: &str) -> Ctl {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let logs = env.dir.join("logs");
+        std::fs::create_dir_all(&logs).expect("log directory");
+        let log = logs.join(format!("controller-{namespace}-{port}.log"));
+        let file = std::fs::File::create(&log).expect("controller log");
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("controller")
+            .args(["--namespace", namespace])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--prometheus-address", &env.prometheus_url])
+            .args(["--leader-elect", "false"])
+            .env("KUBECONFIG", &env.kubeconfig)
+            .env("RUST_LOG", "info,sluice=debug")
+            .env("SLUICE_CANARY_MIN_INTERVAL", "1s")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
+            .spawn()
+            .expect("starting sluice controller");
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        eventually(Duration::from_secs(30), "sluice controller ready", || {
+            let url = url.clone();
+            async move {
+                let r = reqwest::get(&url).await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await;
+        Ctl { child, log }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Ctl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Fixture {
+    env: TestEnv,
+    ns: common::TestNamespace,
+}
+
+impl Fixture {
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.env.client.clone(), &self.ns.name)
+    }
+
+    fn canaries(&self) -> Api<Canary> {
+        Api::namespaced(self.env.client.clone(), &self.ns.name)
+    }
+
+    async fn create_target(&self, image: &str) {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "podinfo", "labels": {"app": "podinfo"}},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "podinfo"}},
+                "template": {
+                    "metadata": {"labels": {"app": "podinfo"}},
+                    "spec": {"containers": [{"name": "podinfo", "image": image,
+                        "ports": [{"containerPort": 9898, "name": "http"}]}]},
+                },
+            },
+        }))
+        .expect("Deployment JSON");
+        self.deployments()
+            .create(&PostParams::default(), &deployment)
+            .await
+            .expect("creating the target Deployment");
+    }
+
+    async fn set_image(&self, image: &str) {
+        self.deployments()
+            .patch(
+                "podinfo",
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                    {"name": "podinfo", "image": image}]}}}})),
+            )
+            .await
+            .expect("updating the target's image");
+    }
+
+    async fn create_canary(&self, analysis: serde_json::Value) {
+        let canary: Canary = serde_json::from_value(json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+            "metadata": {"name": "podinfo"},
+            "spec": {
+                "provider": "kubernetes",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+                "progressDeadlineSeconds": 60,
+                "service": {"port": 80, "targetPort": 9898},
+                "analysis": analysis,
+            },
+        }))
+        .expect("Canary JSON");
+        self.canaries()
+            .create(&PostParams::default(), &canary)
+            .await
+            .expect("creating the Canary");
+    }
+
+    async fn metric_template(&self, query: &str) {
+        let template: MetricTemplate = serde_json::from_value(json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "MetricTemplate",
+            "metadata": {"name": "success-rate"},
+            "spec": {"provider": {"type": "prometheus"}, "query": query},
+        }))
+        .expect("MetricTemplate JSON");
+        Api::<MetricTemplate>::namespaced(self.env.client.clone(), &self.ns.name)
+            .create(&PostParams::default(), &template)
+            .await
+            .expect("creating the MetricTemplate");
+    }
+
+    async fn wait_phase(&self, phase: CanaryPhase, timeout: Duration, ctl: &Ctl) -> Canary {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let canary = self
+                .canaries()
+                .get("podinfo")
+                .await
+                .expect("reading the Canary");
+            if canary.status.as_ref().and_then(|s| s.phase) == Some(phase) {
+                return canary;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "Canary not {phase:?} after {timeout:?}; status: {}\nevents: {:#?}\ncontroller log:\n{}",
+                    serde_json::to_string_pretty(&canary.status).unwrap_or_default(),
+                    self.events().await,
+                    ctl.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn image(&self, name: &str) -> String {
+        let d = self
+            .deployments()
+            .get(name)
+            .await
+            .expect("reading a Deployment");
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap_or_default()
+    }
+
+    async fn replicas(&self, name: &str) -> i32 {
+        let d = self
+            .deployments()
+            .get(name)
+            .await
+            .expect("reading a Deployment");
+        d.spec.unwrap().replicas.unwrap_or(1)
+    }
+
+    async fn events(&self) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.env.client.clone(), &self.ns.name);
+        let mut list: Vec<Event> = events
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        list.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+        list.into_iter()
+            .filter(|e| e.involved_object.kind.as_deref() == Some("Canary"))
+            .filter_map(|e| e.message)
+            .collect()
+    }
+}
+
+async fn fixture(prefix: &str) -> Option<Fixture> {
+    let env = common::test_env().await?;
+    let ns = env.namespace(prefix).await;
+    Some(Fixture { env, ns })
+}
+
+#[tokio::test]
+async fn initialise_then_new_revision_is_analysed_and_promoted() {
+    let Some(f) = fixture("canary-promote").await else {
+        return;
+    };
+    let exporter = Exporter::start(&f.env, "canary-ok").await;
+    exporter.set("rate", 99.5);
+    exporter.wait_scraped("rate", 99.5).await;
+    f.metric_template(&exporter.selector("rate")).await;
+    f.create_target("podinfo:6.0.0").await;
+    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({
+        "interval": "1s", "threshold": 2, "iterations": 3,
+        "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
+            "thresholdRange": {"min": 99}}],
+    }))
+    .await;
+
+    let canary = f
+        .wait_phase(CanaryPhase::Initialized, Duration::from_secs(60), &ctl)
+        .await;
+    let status = canary.status.unwrap();
+    let promoted = status.promoted_condition().expect("Promoted condition");
+    assert_eq!(
+        (promoted.status.as_str(), promoted.reason.as_str()),
+        ("True", "Initialized")
+    );
+    assert_eq!(status.last_applied_spec, status.last_promoted_spec);
+    assert_eq!(f.image("podinfo-primary").await, "podinfo:6.0.0");
+    eventually(Duration::from_secs(20), "target scaled to zero", || async {
+        (f.replicas("podinfo").await == 0).then_some(())
+    })
+    .await;
+    let primary = f.deployments().get("podinfo-primary").await.unwrap();
+    let annotations = primary.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("kustomize.toolkit.fluxcd.io/reconcile")
+            .map(String::as_str),
+        Some("disabled")
+    );
+    assert_eq!(
+        annotations
+            .get("helm.toolkit.fluxcd.io/driftDetection")
+            .map(String::as_str),
+        Some("disabled")
+    );
+    let services: Api<Service> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    for (name, selector) in [
+        ("podinfo", "podinfo-primary"),
+        ("podinfo-primary", "podinfo-primary"),
+        ("podinfo-canary", "podinfo"),
+    ] {
+        let svc = services
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("Service {name}: {e}"));
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.selector.unwrap()["app"], selector, "{name}");
+        assert_eq!(spec.ports.unwrap()[0].port, 80);
+    }
+
+    f.set_image("podinfo:6.0.1").await;
+    f.wait_phase(CanaryPhase::Progressing, Duration::from_secs(30), &ctl)
+        .await;
+    let canary = f
+        .wait_phase(CanaryPhase::Succeeded, Duration::from_secs(90), &ctl)
+        .await;
+    let status = canary.status.unwrap();
+    assert_eq!(f.image("podinfo-primary").await, "podinfo:6.0.1");
+    assert_eq!(status.last_promoted_spec, status.last_applied_spec);
+    let promoted = status.promoted_condition().unwrap();
+    assert_eq!(
+        (promoted.status.as_str(), promoted.reason.as_str()),
+        ("True", "Succeeded")
+    );
+    eventually(Duration::from_secs(20), "canary scaled to zero", || async {
+        (f.replicas("podinfo").await == 0).then_some(())
+    })
+    .await;
+    let events = f.events().await;
+    for expected in [
+        "Initialization done! podinfo.",
+        "New revision detected! Scaling up podinfo.",
+        "Advance podinfo.",
+        "Copying podinfo.",
+        "Promotion completed! Scaling down podinfo.",
+    ] {
+        assert!(
+            events.iter().any(|e| e.starts_with(expected)),
+            "no event {expected:?} in {events:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failing_metric_rolls_back_after_threshold_failed_checks() {
+    let Some(f) = fixture("canary-rollback").await else {
+        return;
+    };
+    let exporter = Exporter::start(&f.env, "canary-bad").await;
+    exporter.set("rate", 50.0);
+    exporter.wait_scraped("rate", 50.0).await;
+    f.metric_template(&exporter.selector("rate")).await;
+    f.create_target("podinfo:6.0.0").await;
+    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({
+        "interval": "1s", "threshold": 3, "iterations": 10,
+        "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
+            "thresholdRange": {"min": 99}}],
+    }))
+    .await;
+    f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60), &ctl)
+        .await;
+    f.set_image("podinfo:6.0.1").await;
+    let canary = f
+        .wait_phase(CanaryPhase::Failed, Duration::from_secs(90), &ctl)
+        .await;
+    let status = canary.status.unwrap();
+    let promoted = status.promoted_condition().unwrap();
+    assert_eq!(
+        (promoted.status.as_str(), promoted.reason.as_str()),
+        ("False", "Failed")
+    );
+    assert_eq!(status.canary_weight, Some(0));
+    assert_ne!(status.last_promoted_spec, status.last_applied_spec);
+    assert_eq!(
+        f.image("podinfo-primary").await,
+        "podinfo:6.0.0",
+        "not promoted"
+    );
+    eventually(Duration::from_secs(20), "canary scaled to zero", || async {
+        (f.replicas("podinfo").await == 0).then_some(())
+    })
+    .await;
+    let events = f.events().await;
+    let halts = events
+        .iter()
+        .filter(|e| e.starts_with("Halt advancement success 50.00 < 99.00"))
+        .count();
+    assert_eq!(halts, 3, "each failed check is explained: {events:#?}");
+    assert!(
+        events.iter().any(|e| e.starts_with("Rolling back podinfo.")
+            && e.ends_with("failed checks threshold reached 3")),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("Canary failed! Scaling down podinfo."))
+    );
+}
+
+#[tokio::test]
+async fn confirm_promotion_gate_holds_until_opened() {
+    let Some(f) = fixture("canary-gate").await else {
+        return;
+    };
+    let open = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (gate_open, gate_calls) = (open.clone(), calls.clone());
+    let app = axum::Router::new().route(
+        "/gate",
+        axum::routing::post(move |body: axum::Json<serde_json::Value>| {
+            let open = gate_open.clone();
+            let calls = gate_calls.clone();
+            async move {
+                assert_eq!(body["name"], "podinfo");
+                calls.fetch_add(1, Ordering::Relaxed);
+                if open.load(Ordering::Relaxed) {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::FORBIDDEN
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    f.create_target("podinfo:6.0.0").await;
+    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({
+        "interval": "1s", "iterations": 2,
+        "webhooks": [{"name": "approve", "type": "confirm-promotion",
+            "url": format!("http://{addr}/gate"), "timeout": "5s"}],
+    }))
+    .await;
+    f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60), &ctl)
+        .await;
+    f.set_image("podinfo:6.0.1").await;
+    let canary = f
+        .wait_phase(CanaryPhase::WaitingPromotion, Duration::from_secs(60), &ctl)
+        .await;
+    let promoted = canary.status.unwrap();
+    let promoted = promoted.promoted_condition().unwrap();
+    assert_eq!(promoted.message.as_deref(), Some("Waiting for approval."));
+    // Held: a few more ticks do not promote.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let canary = f.canaries().get("podinfo").await.unwrap();
+    assert_eq!(
+        canary.status.as_ref().and_then(|s| s.phase),
+        Some(CanaryPhase::WaitingPromotion)
+    );
+    assert_eq!(f.image("podinfo-primary").await, "podinfo:6.0.0");
+    assert!(
+        calls.load(Ordering::Relaxed) >= 2,
+        "the gate is polled every tick"
+    );
+
+    open.store(true, Ordering::Relaxed);
+    f.wait_phase(CanaryPhase::Succeeded, Duration::from_secs(60), &ctl)
+        .await;
+    assert_eq!(f.image("podinfo-primary").await, "podinfo:6.0.1");
+}
