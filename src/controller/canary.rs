@@ -519,8 +519,15 @@ impl Ctx {
                 .map_err(|e| Self::write_error(canary, "scaling", "Deployment", &name, e))?;
                 Ok(())
             }
-            Action::SetRoutes { .. } => {
-                // The kubernetes provider routes by the apex Service alone.
+            Action::SetRoutes { canary_weight, .. } => {
+                // The kubernetes provider routes by the apex Service alone; the routers of the
+                // other providers are not wired to Canaries yet, and the user must know.
+                if provider != KUBERNETES_PROVIDER {
+                    let message = format!(
+                        "provider {provider:?}: Sluice does not route Canary traffic through it yet, so canary weight {canary_weight} is not applied; use provider \"kubernetes\" (blue/green) for now"
+                    );
+                    self.event(canary, provider, status, true, &message).await;
+                }
                 Ok(())
             }
             Action::RunHooks(hook) => {
