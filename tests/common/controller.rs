@@ -17,6 +17,15 @@ pub struct ControllerProcess {
     pub log: PathBuf,
 }
 
+/// The `sluice` binary: the one cargo built for this test run, else (in the examples, which
+/// cargo gives no `CARGO_BIN_EXE_*`) `target/debug/sluice` from `cargo build --bin sluice`.
+pub fn sluice_bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_sluice") {
+        Some(p) => PathBuf::from(p),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/sluice"),
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -37,7 +46,7 @@ impl ControllerProcess {
         std::fs::create_dir_all(&logs).expect("creating the log directory");
         let log = logs.join(format!("controller-{namespace}-{port}.log"));
         let file = std::fs::File::create(&log).expect("creating the controller log");
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let child = Command::new(sluice_bin())
             .arg("controller")
             .args(["--namespace", namespace])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
