@@ -12,8 +12,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::controller::ControllerProcess;
@@ -21,88 +21,7 @@ use common::exporter::Exporter;
 use futures::StreamExt;
 use kube::api::{Api, PostParams};
 use sluice::api::argo::analysis::AnalysisRun;
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0
-}
-
-/// Resident set size of a process, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// The cumulative buckets of a histogram in Prometheus text format: upper bound -> count.
-fn histogram(metrics: &str, name: &str) -> BTreeMap<u64, f64> {
-    let prefix = format!("{name}_bucket{{le=\"");
-    metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            let le: f64 = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            // Keyed by microseconds so the map orders the bounds.
-            let key = if le.is_infinite() {
-                u64::MAX
-            } else {
-                (le * 1e6) as u64
-            };
-            Some((key, count.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// The q-quantile (seconds) of the observations between two snapshots of a histogram, linearly
-/// interpolated within its bucket.
-fn quantile(before: &BTreeMap<u64, f64>, after: &BTreeMap<u64, f64>, q: f64) -> Option<f64> {
-    let counts: Vec<(u64, f64)> = after
-        .iter()
-        .map(|(le, n)| (*le, n - before.get(le).copied().unwrap_or(0.0)))
-        .collect();
-    let total = counts.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let mut lower = (0u64, 0.0);
-    for (le, n) in counts {
-        if n >= rank {
-            if le == u64::MAX {
-                return Some(lower.0 as f64 / 1e6);
-            }
-            let span = (n - lower.1).max(1e-9);
-            let frac = (rank - lower.1) / span;
-            return Some((lower.0 as f64 + frac * (le - lower.0) as f64) / 1e6);
-        }
-        lower = (le, n);
-    }
-    None
-}
+use support::{cpu_seconds, env_or, histogram, quantile, rss_mib};
 
 async fn prometheus_queries(env: &common::TestEnv) -> f64 {
     let body: serde_json::Value = reqwest::Client::new()

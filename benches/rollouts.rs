@@ -1,0 +1,294 @@
+//! Benchmark: many Healthy Rollouts managed by `sluice controller` (the release binary) on the
+//! test environment's cluster, then a template change on all of them. Reports controller RSS idle
+//! and during the change, its CPU, and the reaction time from each change (the patch acknowledged
+//! by the apiserver) to the canary ReplicaSet appearing on a ReplicaSet watch this benchmark holds
+//! (timestamped here: `creationTimestamp` only has seconds).
+//!
+//! ```text
+//! tests/env/up
+//! cargo bench --bench rollouts                              # 1,000 Rollouts
+//! SLUICE_BENCH_ROLLOUTS=10000 cargo bench --bench rollouts
+//! ```
+//! `SLUICE_BENCH_REPLICAS` sets the pods per Rollout (default 1). Not part of the test suite:
+//! machines here are noisy, so figures are reported, not asserted.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::controller::ControllerProcess;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+use sluice::api::argo::rollout::{Rollout, RolloutPhase};
+use support::{cpu_seconds, env_or, histogram, quantile, rss_mib, sample_quantile};
+
+const PARALLEL: usize = 32;
+
+fn rollout(i: usize, replicas: i32, image: &str) -> Rollout {
+    serde_json::from_value(json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": format!("bench-{i}")},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": format!("bench-{i}")}},
+            "template": {
+                "metadata": {"labels": {"app": format!("bench-{i}")}},
+                "spec": {"containers": [{"name": "app", "image": image}]},
+            },
+            "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}},
+        },
+    }))
+    .expect("bench Rollout")
+}
+
+/// How many Rollouts are Healthy on their first revision.
+async fn healthy(api: &Api<Rollout>) -> usize {
+    let mut n = 0;
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let Ok(page) = api.list(&params).await else {
+            return n;
+        };
+        n += page
+            .items
+            .iter()
+            .filter(|r| {
+                r.status.as_ref().is_some_and(|s| {
+                    s.phase == Some(RolloutPhase::Healthy) && s.stable_rs == s.current_pod_hash
+                })
+            })
+            .count();
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return n,
+        }
+    }
+}
+
+/// Samples RSS every 250 ms until `stop` is set; returns (average, max).
+fn sample_rss(pid: u32, stop: Arc<Mutex<bool>>) -> tokio::task::JoinHandle<(f64, f64)> {
+    tokio::spawn(async move {
+        let (mut sum, mut n, mut max) = (0.0, 0.0, 0.0f64);
+        while !*stop.lock().expect("stop flag") {
+            let rss = rss_mib(pid);
+            sum += rss;
+            n += 1.0;
+            max = max.max(rss);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        (sum / f64::max(n, 1.0), max)
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    let count: usize = env_or("SLUICE_BENCH_ROLLOUTS", 1000);
+    let replicas: i32 = env_or("SLUICE_BENCH_REPLICAS", 1);
+    let Some(env) = common::test_env().await else {
+        eprintln!("no test environment: run tests/env/up first");
+        std::process::exit(2);
+    };
+    let ns = env.namespace("bench-rollouts").await;
+    let ctl = ControllerProcess::start_with(&env, &ns.name, &["--leader-elect=false"]).await;
+    let pid = ctl.pid();
+    let empty_rss = rss_mib(pid);
+    let api: Api<Rollout> = Api::namespaced(env.client.clone(), &ns.name);
+
+    println!(
+        "creating {count} Rollouts ({replicas} pod(s) each) in {}",
+        ns.name
+    );
+    let created = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let ro = rollout(i, replicas, "registry.invalid/app:1");
+                api.create(&PostParams::default(), &ro)
+                    .await
+                    .unwrap_or_else(|e| panic!("creating Rollout bench-{i}: {e}"));
+            }
+        })
+        .buffer_unordered(PARALLEL)
+        .collect::<Vec<_>>()
+        .await;
+    println!("created in {:.1}s", created.elapsed().as_secs_f64());
+    let deadline = Instant::now() + Duration::from_secs(60 + count as u64 / 5);
+    loop {
+        let n = healthy(&api).await;
+        if n == count {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "only {n} of {count} Rollouts became Healthy; log: {}",
+                ctl.log.display()
+            );
+            std::process::exit(1);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    println!("all Healthy after {:.1}s", created.elapsed().as_secs_f64());
+
+    // Idle: nothing changes for 15 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cpu_idle_before = cpu_seconds(pid);
+    let stop = Arc::new(Mutex::new(false));
+    let idle = sample_rss(pid, stop.clone());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    *stop.lock().expect("stop flag") = true;
+    let (idle_rss, idle_rss_max) = idle.await.expect("idle sampler");
+    let idle_cpu = (cpu_seconds(pid) - cpu_idle_before) / 10.0;
+
+    // Watch ReplicaSets and timestamp every new one as it arrives.
+    let sets: Api<ReplicaSet> = Api::namespaced(env.client.clone(), &ns.name);
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+    let watch = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut synced = Some(synced_tx);
+            let mut known: std::collections::HashSet<String> = Default::default();
+            let mut events = watcher(sets, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(Ok(event)) = events.next().await {
+                match event {
+                    watcher::Event::InitApply(rs) => {
+                        known.insert(rs.metadata.name.unwrap_or_default());
+                    }
+                    watcher::Event::InitDone => {
+                        if let Some(tx) = synced.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    watcher::Event::Apply(rs) => {
+                        let at = Instant::now();
+                        let name = rs.metadata.name.clone().unwrap_or_default();
+                        let owner = rs
+                            .metadata
+                            .owner_references
+                            .unwrap_or_default()
+                            .into_iter()
+                            .find(|o| o.kind == "Rollout")
+                            .map(|o| o.name);
+                        if let Some(owner) = owner
+                            && !known.contains(&name)
+                        {
+                            known.insert(name);
+                            seen.lock().expect("seen").entry(owner).or_insert(at);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    let _ = synced_rx.await;
+
+    let metrics_before = ctl.metrics().await;
+    let cpu_before = cpu_seconds(pid);
+    let stop = Arc::new(Mutex::new(false));
+    let during = sample_rss(pid, stop.clone());
+    let changed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let window = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            let changed = changed.clone();
+            async move {
+                let name = format!("bench-{i}");
+                let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.invalid/app:2"}]}}}});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .unwrap_or_else(|e| panic!("patching Rollout {name}: {e}"));
+                changed.lock().expect("changed").insert(name, Instant::now());
+            }
+        })
+        .buffer_unordered(PARALLEL)
+        .collect::<Vec<_>>()
+        .await;
+    let patched_in = window.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(120 + count as u64 / 10);
+    while seen.lock().expect("seen").len() < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all_created = window.elapsed().as_secs_f64();
+    // Let the resulting status writes and scale-ups finish inside the window.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let elapsed = window.elapsed().as_secs_f64();
+    *stop.lock().expect("stop flag") = true;
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let (rss_avg, rss_max) = during.await.expect("sampler");
+    let metrics_after = ctl.metrics().await;
+    watch.abort();
+
+    let changed = changed.lock().expect("changed").clone();
+    let seen = seen.lock().expect("seen").clone();
+    // A ReplicaSet seen before its patch was acknowledged reacted faster than we can tell: 0.
+    let reactions: Vec<f64> = changed
+        .iter()
+        .filter_map(|(name, at)| {
+            seen.get(name)
+                .map(|rs| rs.saturating_duration_since(*at).as_secs_f64())
+        })
+        .collect();
+    let reconciles = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("rollout_reconcile_count "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let ms = |v: Option<f64>| v.map_or("n/a".to_string(), |s| format!("{:.1} ms", s * 1000.0));
+
+    println!("\n=== rollouts: {count} Rollouts x {replicas} pod(s), template change on all ===");
+    println!("controller RSS before any Rollout    {empty_rss:.1} MiB");
+    println!("controller RSS idle (avg / max)      {idle_rss:.1} / {idle_rss_max:.1} MiB");
+    println!(
+        "controller CPU idle                  {:.1}% of one core",
+        100.0 * idle_cpu
+    );
+    println!("controller RSS during (avg / max)    {rss_avg:.1} / {rss_max:.1} MiB");
+    println!(
+        "controller CPU during               {:.1}% of one core ({cpu:.1} s over {elapsed:.1} s)",
+        100.0 * cpu / elapsed
+    );
+    println!(
+        "Rollout reconciles during            {:.0}",
+        reconciles(&metrics_after) - reconciles(&metrics_before)
+    );
+    println!("patches sent in                      {patched_in:.1} s ({PARALLEL} in parallel)");
+    println!(
+        "canary ReplicaSets created           {} of {count}, the last {all_created:.1} s after the first patch",
+        reactions.len()
+    );
+    println!(
+        "reaction p50 / p99 / max             {} / {} / {}",
+        ms(sample_quantile(&reactions, 0.5)),
+        ms(sample_quantile(&reactions, 0.99)),
+        ms(sample_quantile(&reactions, 1.0))
+    );
+    println!("(reaction: patch acknowledged -> canary ReplicaSet on this benchmark's watch)");
+    let (hb, ha) = (
+        histogram(&metrics_before, "rollout_reconcile"),
+        histogram(&metrics_after, "rollout_reconcile"),
+    );
+    println!(
+        "reconcile duration p50 / p99         {} / {} (Argo's buckets: 10, 150, 250, 500, 1000 ms)",
+        ms(quantile(&hb, &ha, 0.5)),
+        ms(quantile(&hb, &ha, 0.99))
+    );
+    println!(
+        "rollout workers                      {}",
+        std::env::var("SLUICE_ROLLOUT_WORKERS").unwrap_or_else(|_| "default".into())
+    );
+    println!("controller log: {}", ctl.log.display());
+}
