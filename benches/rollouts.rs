@@ -90,6 +90,12 @@ fn sample_rss(pid: u32, stop: Arc<Mutex<bool>>) -> tokio::task::JoinHandle<(f64,
 
 #[tokio::main]
 async fn main() {
+    // `cargo test --all-targets` also runs bench targets (without `--bench`): only `cargo bench`
+    // runs the benchmark.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("rollouts: a benchmark; run it with `cargo bench --bench rollouts`");
+        return;
+    }
     let count: usize = env_or("SLUICE_BENCH_ROLLOUTS", 1000);
     let replicas: i32 = env_or("SLUICE_BENCH_REPLICAS", 1);
     let Some(env) = common::test_env().await else {
