@@ -216,11 +216,13 @@ pub fn simulate(rollout: &Rollout, image: Option<&str>, verdict: Verdict) -> Str
             sim.set_run_phase(&run, phase, "simulated verdict");
             continue;
         }
-        if plan
-            .actions
-            .iter()
-            .any(|a| !matches!(a, crate::engine::Action::Event(_)))
-        {
+        // ReleaseTraffic is planned on every settled reconcile: only other actions change things.
+        if plan.actions.iter().any(|a| {
+            !matches!(
+                a,
+                crate::engine::Action::Event(_) | crate::engine::Action::ReleaseTraffic
+            )
+        }) {
             continue;
         }
         let waiting_for_user = sim.status.pause_conditions.iter().any(|c| {

@@ -70,7 +70,11 @@ impl Simulation {
         let mut plan = self.tick();
         for _ in 0..50 {
             let next = self.tick();
-            let quiet = next.actions.iter().all(|a| matches!(a, Action::Event(_)))
+            // ReleaseTraffic is planned on every settled reconcile (idempotent): not activity.
+            let quiet = next
+                .actions
+                .iter()
+                .all(|a| matches!(a, Action::Event(_) | Action::ReleaseTraffic))
                 && next.status == plan.status;
             plan = next;
             if quiet {
