@@ -388,13 +388,15 @@ async fn sigkill_right_after_a_step_change_does_not_go_back() {
             {"setWeight": 75}, {"pause": {"duration": "1s"}},
         ]}),
     );
-    t.deploy(&ro, &|| log(&ctl)).await;
+    let v1 = t.deploy(&ro, &|| log(&ctl)).await;
     let recorder = t.record();
     t.set_image("registry.invalid/web:2").await;
-    // Kill the moment the weight step after the first pause has been taken.
+    // Kill the moment the weight step after the first pause has been taken (of the update: the
+    // first revision's status also reads step 6 until the controller sees the new template).
     let r = t
         .wait("step 3 (after setWeight 50)", &|| log(&ctl), |r| {
-            status(r).current_step_index >= Some(3)
+            let s = status(r);
+            s.current_pod_hash != v1 && s.current_step_index >= Some(3)
         })
         .await;
     ctl.kill();
