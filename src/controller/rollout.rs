@@ -51,8 +51,22 @@ use crate::engine::analysis::args::ArgsError;
 use crate::engine::{self, Action, Input};
 use observe::{Caches, Indexes, SERVICE_NAME_LABEL};
 
-/// Rollouts reconciled at the same time (Argo's default worker count).
-const CONCURRENCY: u16 = 10;
+/// Rollouts reconciled at the same time.
+///
+/// Higher than Argo's 10 workers: a reconcile is async and mostly waits on the apiserver (status
+/// write, ReplicaSet create, Event), so with 10 a template change on 1,000 Rollouts queued for
+/// 10+ s at ~150 reconciles/s while the controller used 12% of a core. `SLUICE_ROLLOUT_WORKERS`
+/// overrides it.
+const CONCURRENCY: u16 = 64;
+
+/// [`CONCURRENCY`], or `SLUICE_ROLLOUT_WORKERS` when set to a positive number.
+fn concurrency() -> u16 {
+    std::env::var("SLUICE_ROLLOUT_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(CONCURRENCY)
+}
 /// Wait before planning again after an error (the engine's plan is idempotent, so retrying is safe).
 const ERROR_REQUEUE: Duration = Duration::from_secs(5);
 /// How often `rollout_info` series of deleted Rollouts are removed.
@@ -266,7 +280,7 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
     );
     tokio::spawn(pod_events.for_each(|_| async {}));
     let controller = Controller::for_stream(rollout_events, rollouts.clone())
-        .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
+        .with_config(ControllerConfig::default().concurrency(concurrency()));
     let caches = Caches {
         rollouts: rollouts.clone(),
         replica_sets,
@@ -466,7 +480,9 @@ async fn write_status(rollout: &Rollout, status: &RolloutStatus, ctx: &Ctx) -> R
         .patch_status(&name, &params, &Patch::Apply(&patch))
         .await
     {
-        Ok(updated) => {
+        Ok(mut updated) => {
+            // Kept until the watch catches up: without managedFields, like the cache.
+            updated.managed_fields_mut().clear();
             ctx.rollouts.wrote(
                 fresh::key(rollout),
                 rollout.resource_version(),

@@ -164,7 +164,9 @@ impl Target<'_> {
             ..Default::default()
         };
         match api.create(&pp, &rs).await {
-            Ok(created) => {
+            Ok(mut created) => {
+                // Kept until the watch catches up: without managedFields, like the cache.
+                created.managed_fields_mut().clear();
                 self.replica_sets
                     .wrote(fresh::key(&created), None, Some(created));
                 Ok(())
@@ -202,7 +204,8 @@ impl Target<'_> {
             .patch(&name, &Self::params(), &Patch::Merge(patch))
             .await
         {
-            Ok(patched) => {
+            Ok(mut patched) => {
+                patched.managed_fields_mut().clear();
                 let cached = self.cached_version(&key);
                 if cached != patched.resource_version() {
                     self.replica_sets.wrote(key, cached, Some(patched));
@@ -362,7 +365,8 @@ impl Target<'_> {
             ..Default::default()
         };
         match api.create(&pp, &run).await {
-            Ok(created) => {
+            Ok(mut created) => {
+                created.managed_fields_mut().clear();
                 self.analysis_runs.wrote(key, None, Some(created));
                 Ok(())
             }
