@@ -383,6 +383,9 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Ctx>) -> Result<Requeue, Erro
 }
 
 async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error> {
+    if !ctx.caches.synced() {
+        return Ok(Requeue::requeue(Duration::from_millis(100)));
+    }
     let key = fresh::key(rollout);
     if rollout.meta().deletion_timestamp.is_some() {
         // Its ReplicaSets and AnalysisRuns go with it (owner references): nothing to do.

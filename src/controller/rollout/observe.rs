@@ -47,6 +47,34 @@ pub struct Caches {
     pub index: Arc<Indexes>,
 }
 
+impl Caches {
+    /// Every cache has its first full list. Before that, a Rollout would be planned from a
+    /// partial view (no ReplicaSets yet, say) and could repeat what was already done — a second
+    /// AnalysisRun for the same step after a restart.
+    pub fn synced(&self) -> bool {
+        use futures::FutureExt;
+        self.rollouts.wait_until_ready().now_or_never().is_some()
+            && self
+                .replica_sets
+                .wait_until_ready()
+                .now_or_never()
+                .is_some()
+            && self.services.wait_until_ready().now_or_never().is_some()
+            && self
+                .endpoint_slices
+                .wait_until_ready()
+                .now_or_never()
+                .is_some()
+            && self
+                .analysis_runs
+                .wait_until_ready()
+                .now_or_never()
+                .is_some()
+            && self.deployments.wait_until_ready().now_or_never().is_some()
+            && self.pods.wait_until_ready().now_or_never().is_some()
+    }
+}
+
 /// The indexes over [`Caches`], fed by the same watch streams.
 pub struct Indexes {
     /// ReplicaSets by the name of their controlling Rollout.
