@@ -327,17 +327,9 @@ async fn measure(ctx: &Ctx, mcx: &MeasureContext, resolved: &Resolved, due: Due)
         .find(|(m, _)| m.name == due.metric);
     let mut observed = match found {
         None => Observed::error(format!("metric {} is not in the run's spec", due.metric)),
-        Some((metric, masked)) => match ctx.providers.for_metric(metric) {
-            None => Observed::error(format!(
-                "metric {}: provider {} is not supported by Sluice yet; use prometheus, web or job",
-                metric.name,
-                metric
-                    .provider
-                    .kind()
-                    .map(|k| k.wire_name())
-                    .unwrap_or("(none)")
-            )),
-            Some(provider) => match &due.kind {
+        Some((metric, masked)) => match ctx.providers.get(metric) {
+            Err(e) => Observed::error(format!("metric {}: {e}", metric.name)),
+            Ok(provider) => match &due.kind {
                 DueKind::New => provider.run(mcx, metric, masked).await,
                 DueKind::Resume(m) => provider.resume(mcx, metric, m).await,
                 DueKind::Terminate(m) => provider.terminate(mcx, metric, m).await,
