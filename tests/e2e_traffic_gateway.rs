@@ -94,30 +94,11 @@ fn ctx(env: &TestEnv, ns: &str) -> RouterContext {
     }
 }
 
-async fn create(env: &TestEnv, ns: &str, manifest: Value) {
-    let obj: DynamicObject = serde_json::from_value(manifest.clone()).expect("an object");
-    let types = obj.types.clone().expect("apiVersion and kind");
-    let (group, version) = types
-        .api_version
-        .rsplit_once('/')
-        .unwrap_or(("", &types.api_version));
-    let gvk = GroupVersionKind::gvk(group, version, &types.kind);
-    let (ar, _) = kube::discovery::pinned_kind(&env.client, &gvk)
-        .await
-        .expect("a served kind");
-    let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), ns, &ar);
-    api.create(&PostParams::default(), &obj)
-        .await
-        .unwrap_or_else(|e| panic!("creating {manifest}: {e}"));
-}
-
 /// Pods, Services, Gateway and the Git-owned HTTPRoute; waits until Traefik serves the route.
 async fn set_up(env: &TestEnv, gw: GatewayEnv, ns: &str) -> App {
     let host = format!("{ns}.sluice.test");
     for (track, i) in [("stable", 0), ("stable", 1), ("canary", 0), ("canary", 1)] {
-        create(
-            env,
-            ns,
+        env.create(ns,
             json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": format!("app-{track}-{i}"), "labels": {"app": "demo", "track": track}},
@@ -128,8 +109,7 @@ async fn set_up(env: &TestEnv, gw: GatewayEnv, ns: &str) -> App {
         .await;
     }
     for track in ["stable", "canary"] {
-        create(
-            env,
+        env.create(
             ns,
             json!({
                 "apiVersion": "v1", "kind": "Service",
@@ -140,8 +120,7 @@ async fn set_up(env: &TestEnv, gw: GatewayEnv, ns: &str) -> App {
         )
         .await;
     }
-    create(
-        env,
+    env.create(
         ns,
         json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
@@ -695,8 +674,7 @@ async fn a_rollout_shifts_real_traffic_step_by_step_and_switches_without_errors(
     let ns = ns.name.clone();
     let host = format!("{ns}.sluice.test");
     for track in ["stable", "canary"] {
-        create(
-            &env,
+        env.create(
             &ns,
             json!({
                 "apiVersion": "v1", "kind": "Service",
@@ -707,8 +685,7 @@ async fn a_rollout_shifts_real_traffic_step_by_step_and_switches_without_errors(
         )
         .await;
     }
-    create(
-        &env,
+    env.create(
         &ns,
         json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",

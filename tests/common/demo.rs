@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice::api::argo::rollout::Rollout;
 
 use crate::common::controller::ControllerProcess;
@@ -75,23 +75,6 @@ impl Outcome {
 fn say(msg: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stdout(), "{msg}");
-}
-
-async fn create(env: &TestEnv, ns: &str, manifest: Value) {
-    let obj: DynamicObject = serde_json::from_value(manifest.clone()).expect("an object");
-    let types = obj.types.clone().expect("apiVersion and kind");
-    let (group, version) = types
-        .api_version
-        .rsplit_once('/')
-        .unwrap_or(("", &types.api_version));
-    let gvk = GroupVersionKind::gvk(group, version, &types.kind);
-    let (ar, _) = kube::discovery::pinned_kind(&env.client, &gvk)
-        .await
-        .expect("a served kind");
-    let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), ns, &ar);
-    api.create(&PostParams::default(), &obj)
-        .await
-        .unwrap_or_else(|e| panic!("creating {manifest}: {e}"));
 }
 
 /// The faults file of the echo backend: `<pod-ip> <error-rate>` lines, shared by everyone using
@@ -197,8 +180,7 @@ pub async fn run(env: &TestEnv, gw: GatewayEnv) -> Outcome {
     say(&format!("namespace {ns}, host {host}"));
 
     for track in ["stable", "canary"] {
-        create(
-            env,
+        env.create(
             &ns,
             json!({
                 "apiVersion": "v1", "kind": "Service",
@@ -209,8 +191,7 @@ pub async fn run(env: &TestEnv, gw: GatewayEnv) -> Outcome {
         )
         .await;
     }
-    create(
-        env,
+    env.create(
         &ns,
         json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
@@ -221,8 +202,7 @@ pub async fn run(env: &TestEnv, gw: GatewayEnv) -> Outcome {
         }),
     )
     .await;
-    create(
-        env,
+    env.create(
         &ns,
         json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
@@ -248,8 +228,7 @@ pub async fn run(env: &TestEnv, gw: GatewayEnv) -> Outcome {
         "sum(rate(traefik_service_requests_total{{service=~\"{canary_svc}\",code!~\"5..\"}}[10s])) / \
          sum(rate(traefik_service_requests_total{{service=~\"{canary_svc}\"}}[10s]))"
     );
-    create(
-        env,
+    env.create(
         &ns,
         json!({
             "apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",

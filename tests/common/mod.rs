@@ -315,6 +315,24 @@ impl TestEnv {
         cmd
     }
 
+    /// Creates any namespaced manifest (`apiVersion`, `kind`, ...) in `ns`; panics on failure.
+    pub async fn create(&self, ns: &str, manifest: serde_json::Value) {
+        let obj: DynamicObject = serde_json::from_value(manifest.clone()).expect("an object");
+        let types = obj.types.clone().expect("apiVersion and kind");
+        let (group, version) = types
+            .api_version
+            .rsplit_once('/')
+            .unwrap_or(("", &types.api_version));
+        let gvk = GroupVersionKind::gvk(group, version, &types.kind);
+        let (ar, _) = discovery::pinned_kind(&self.client, &gvk)
+            .await
+            .expect("a served kind");
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &ar);
+        api.create(&PostParams::default(), &obj)
+            .await
+            .unwrap_or_else(|e| panic!("creating {manifest}: {e}"));
+    }
+
     /// Server-side dry-run create of any manifest (`apiVersion`, `kind`, ...). Namespaced objects
     /// go to `namespace`, whatever their manifest says. Returns the object as the apiserver
     /// would have stored it (defaults applied, unknown fields pruned), or the apiserver's error.
