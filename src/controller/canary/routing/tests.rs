@@ -1,0 +1,309 @@
+use serde_json::json;
+
+use super::*;
+
+fn canary(analysis: Value, provider: &str) -> Canary {
+    serde_json::from_value(json!({
+        "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+        "metadata": {"name": "podinfo", "namespace": "test", "uid": "u-1"},
+        "spec": {
+            "provider": provider,
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+            "service": {"port": 80, "hosts": ["app.example.com"],
+                        "gatewayRefs": [{"name": "gw", "namespace": "infra"}]},
+            "analysis": analysis,
+        },
+    }))
+    .expect("a Canary")
+}
+
+const GW: Provider = Provider::GatewayApi("v1");
+
+fn split(canary: i32) -> Split {
+    Split {
+        primary: 100 - canary,
+        canary,
+        mirrored: false,
+    }
+}
+
+#[test]
+fn providers_parse_like_upstream() {
+    assert_eq!(Provider::parse("kubernetes"), Parsed::NoRouter);
+    assert_eq!(Provider::parse("gatewayapi:v1"), Parsed::Routed(GW));
+    assert_eq!(Provider::parse("gatewayapi"), Parsed::Routed(GW));
+    assert_eq!(
+        Provider::parse("gatewayapi:v1beta1"),
+        Parsed::Routed(Provider::GatewayApi("v1beta1"))
+    );
+    assert_eq!(Provider::parse("istio"), Parsed::Routed(Provider::Istio));
+    assert_eq!(
+        Provider::parse("linkerd"),
+        Parsed::Routed(Provider::Smi("v1alpha2"))
+    );
+    assert_eq!(
+        Provider::parse("smi:v1alpha3"),
+        Parsed::Routed(Provider::Smi("v1alpha3"))
+    );
+    assert_eq!(
+        Provider::parse("traefik"),
+        Parsed::Routed(Provider::Traefik)
+    );
+    assert_eq!(Provider::parse("nginx"), Parsed::Unsupported);
+    assert_eq!(Provider::parse("smi:v1alpha1"), Parsed::Unsupported);
+}
+
+#[test]
+fn gateway_route_is_flaggers_shape_and_reads_back() {
+    let c = canary(json!({"stepWeight": 20}), "gatewayapi:v1");
+    let objects = render(&c, GW, split(20)).expect("rendered");
+    assert_eq!(objects.len(), 1);
+    let route = &objects[0];
+    assert_eq!(route["apiVersion"], "gateway.networking.k8s.io/v1");
+    assert_eq!(route["kind"], "HTTPRoute");
+    assert_eq!(route["metadata"]["name"], "podinfo");
+    assert_eq!(route["metadata"]["namespace"], "test");
+    assert_eq!(route["metadata"]["ownerReferences"][0]["kind"], "Canary");
+    assert_eq!(route["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(
+        route["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/reconcile"],
+        "disabled"
+    );
+    assert_eq!(
+        route["metadata"]["annotations"]["helm.toolkit.fluxcd.io/driftDetection"],
+        "disabled"
+    );
+    assert_eq!(
+        route["spec"]["parentRefs"],
+        json!([{"name": "gw", "namespace": "infra"}])
+    );
+    assert_eq!(route["spec"]["hostnames"], json!(["app.example.com"]));
+    assert_eq!(
+        route["spec"]["rules"],
+        json!([{
+            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+            "backendRefs": [
+                {"group": "", "kind": "Service", "name": "podinfo-primary", "port": 80, "weight": 80},
+                {"group": "", "kind": "Service", "name": "podinfo-canary", "port": 80, "weight": 20},
+            ],
+        }])
+    );
+    assert_eq!(
+        read(GW, route, "podinfo-primary", "podinfo-canary"),
+        Some(RouterWeights {
+            canary_weight: 20,
+            mirrored: false
+        })
+    );
+}
+
+#[test]
+fn checksum_follows_weights_and_spec() {
+    let c = canary(json!({"stepWeight": 20}), "gatewayapi:v1");
+    let sum = |c: &Canary, w| {
+        render(c, GW, split(w)).unwrap()[0]["metadata"]["annotations"][CHECKSUM_ANNOTATION].clone()
+    };
+    assert_eq!(sum(&c, 20), sum(&c, 20));
+    assert_ne!(sum(&c, 20), sum(&c, 40));
+    let mut other = c.clone();
+    other.spec.service.as_mut().unwrap().hosts = vec!["b.example.com".into()];
+    assert_ne!(sum(&c, 20), sum(&other, 20));
+}
+
+#[test]
+fn ab_testing_routes_matching_requests_by_a_first_rule() {
+    let c = canary(
+        json!({"iterations": 3, "match": [
+            {"headers": {"x-canary": {"exact": "insider"}}},
+            {"headers": {"cookie": {"prefix": "canary=1"}}},
+        ]}),
+        "gatewayapi:v1",
+    );
+    let route = &render(&c, GW, split(100)).unwrap()[0];
+    let rules = route["spec"]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 2);
+    assert_eq!(
+        rules[0]["matches"],
+        json!([
+            {"path": {"type": "PathPrefix", "value": "/"},
+             "headers": [{"name": "x-canary", "type": "Exact", "value": "insider"}]},
+            {"path": {"type": "PathPrefix", "value": "/"},
+             "headers": [{"name": "cookie", "type": "RegularExpression", "value": "^canary=1.*"}]},
+        ])
+    );
+    assert_eq!(rules[0]["backendRefs"][1]["weight"], 100);
+    assert_eq!(
+        rules[1],
+        json!({"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+               "backendRefs": [{"group": "", "kind": "Service", "name": "podinfo-primary",
+                                "port": 80, "weight": 100}]})
+    );
+    assert_eq!(
+        read(GW, route, "podinfo-primary", "podinfo-canary").map(|w| w.canary_weight),
+        Some(100)
+    );
+}
+
+#[test]
+fn blue_green_mirroring_adds_a_request_mirror_filter() {
+    let c = canary(json!({"iterations": 3, "mirror": true}), "gatewayapi:v1");
+    let mirrored = Split {
+        primary: 100,
+        canary: 0,
+        mirrored: true,
+    };
+    let route = &render(&c, GW, mirrored).unwrap()[0];
+    assert_eq!(
+        route["spec"]["rules"][0]["filters"],
+        json!([{"type": "RequestMirror", "requestMirror": {"backendRef":
+            {"group": "", "kind": "Service", "name": "podinfo-canary", "port": 80}}}])
+    );
+    assert_eq!(
+        read(GW, route, "podinfo-primary", "podinfo-canary"),
+        Some(RouterWeights {
+            canary_weight: 0,
+            mirrored: true
+        })
+    );
+    let plain = &render(&c, GW, split(0)).unwrap()[0];
+    assert!(plain["spec"]["rules"][0].get("filters").is_none());
+}
+
+#[test]
+fn gateway_needs_gateway_refs_and_supported_matches() {
+    let mut c = canary(json!({"stepWeight": 10}), "gatewayapi:v1");
+    c.spec.service.as_mut().unwrap().gateway_refs.clear();
+    let e = render(&c, GW, split(0)).unwrap_err();
+    assert!(e.contains("spec.service.gatewayRefs"), "{e}");
+    let c = canary(
+        json!({"iterations": 2, "match": [{"headers": {"x": {"suffix": "y"}}}]}),
+        "gatewayapi:v1",
+    );
+    let e = render(&c, GW, split(0)).unwrap_err();
+    assert!(e.contains("analysis.match[0].headers.x"), "{e}");
+}
+
+#[test]
+fn istio_virtual_service_and_destination_rules() {
+    let c = canary(
+        json!({"iterations": 2, "match": [{"headers": {"x-canary": {"exact": "1"}}}]}),
+        "istio",
+    );
+    let objects = render(&c, Provider::Istio, split(100)).unwrap();
+    let kinds: Vec<_> = objects
+        .iter()
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("VirtualService", "podinfo"),
+            ("DestinationRule", "podinfo-primary"),
+            ("DestinationRule", "podinfo-canary"),
+        ]
+    );
+    let vs = &objects[0];
+    assert_eq!(vs["spec"]["hosts"], json!(["app.example.com", "podinfo"]));
+    let http = vs["spec"]["http"].as_array().unwrap();
+    assert_eq!(
+        http[0]["match"],
+        json!([{"headers": {"x-canary": {"exact": "1"}}}])
+    );
+    assert_eq!(http[0]["route"][1]["destination"]["host"], "podinfo-canary");
+    assert_eq!(http[0]["route"][1]["weight"], 100);
+    assert_eq!(http[1]["route"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        read(Provider::Istio, vs, "podinfo-primary", "podinfo-canary").map(|w| w.canary_weight),
+        Some(100)
+    );
+}
+
+#[test]
+fn smi_and_traefik_split_and_refuse_what_they_cannot_route() {
+    let c = canary(json!({"stepWeight": 10}), "smi:v1alpha2");
+    let ts = &render(&c, Provider::Smi("v1alpha2"), split(30)).unwrap()[0];
+    assert_eq!(ts["apiVersion"], "split.smi-spec.io/v1alpha2");
+    assert_eq!(
+        ts["spec"],
+        json!({"service": "podinfo", "backends": [
+            {"service": "podinfo-primary", "weight": 70},
+            {"service": "podinfo-canary", "weight": 30}]})
+    );
+    assert_eq!(
+        read(
+            Provider::Smi("v1alpha2"),
+            ts,
+            "podinfo-primary",
+            "podinfo-canary"
+        )
+        .map(|w| w.canary_weight),
+        Some(30)
+    );
+    let t = &render(&c, Provider::Traefik, split(40)).unwrap()[0];
+    assert_eq!(t["spec"]["weighted"]["services"][1]["weight"], 40);
+    assert_eq!(
+        read(Provider::Traefik, t, "podinfo-primary", "podinfo-canary").map(|w| w.canary_weight),
+        Some(40)
+    );
+    let ab = canary(
+        json!({"iterations": 2, "match": [{"headers": {"x": {"exact": "1"}}}]}),
+        "smi:v1alpha2",
+    );
+    assert!(render(&ab, Provider::Smi("v1alpha2"), split(0)).is_err());
+    let mirror = canary(json!({"iterations": 2, "mirror": true}), "traefik");
+    assert!(render(&mirror, Provider::Traefik, split(0)).is_err());
+}
+
+#[test]
+fn relative_weights_read_as_a_share_of_100() {
+    let ts = json!({"spec": {"backends": [
+        {"service": "p", "weight": 3}, {"service": "c", "weight": 1}]}});
+    assert_eq!(
+        read(Provider::Smi("v1alpha3"), &ts, "p", "c").map(|w| w.canary_weight),
+        Some(25)
+    );
+    let empty = json!({"spec": {"backends": [
+        {"service": "p", "weight": 0}, {"service": "c", "weight": 0}]}});
+    assert_eq!(read(Provider::Smi("v1alpha3"), &empty, "p", "c"), None);
+    let other = json!({"spec": {"backends": [{"service": "x", "weight": 1}]}});
+    assert_eq!(read(Provider::Smi("v1alpha3"), &other, "p", "c"), None);
+}
+
+fn route(generation: i64, parents: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "podinfo", "generation": generation},
+        "spec": {}, "status": {"parents": parents},
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_route_is_applied_once_its_gateway_accepted_that_generation() {
+    let accepted = |generation: i64, status: &str| {
+        json!([{"parentRef": {"name": "gw"}, "controllerName": "traefik.io/gateway-controller",
+                "conditions": [{"type": "Accepted", "status": status,
+                                "observedGeneration": generation, "message": "nope"}]}])
+    };
+    assert!(not_applied(None, 1).is_some());
+    assert!(not_applied(Some(&route(1, accepted(1, "True"))), 2).is_some());
+    assert!(not_applied(Some(&route(2, json!([]))), 2).is_some());
+    let stale = not_applied(Some(&route(2, accepted(1, "True"))), 2).unwrap();
+    assert!(stale.contains("generation 1"), "{stale}");
+    let refused = not_applied(Some(&route(2, accepted(2, "False"))), 2).unwrap();
+    assert!(refused.contains("does not accept"), "{refused}");
+    assert_eq!(not_applied(Some(&route(2, accepted(2, "True"))), 2), None);
+    assert_eq!(not_applied(Some(&route(3, accepted(3, "True"))), 2), None);
+    let split: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "split.smi-spec.io/v1alpha2", "kind": "TrafficSplit",
+        "metadata": {"name": "podinfo", "generation": 4}, "spec": {},
+    }))
+    .unwrap();
+    assert_eq!(not_applied(Some(&split), 4), None);
+    assert!(not_applied(Some(&split), 5).is_some());
+}
