@@ -13,7 +13,8 @@ use std::time::Duration;
 use common::exporter::Exporter;
 use common::{TestEnv, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret, Service};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sluice::api::flagger::canary::{Canary, CanaryPhase};
@@ -88,6 +89,23 @@ impl Fixture {
     }
 
     async fn create_target(&self, image: &str) {
+        self.create_target_with(image, json!({})).await;
+    }
+
+    /// The target, with `pod` merged into its pod spec's first container (`env`, `envFrom`,
+    /// `volumeMounts`) and pod spec (`volumes`).
+    async fn create_target_with(&self, image: &str, pod: serde_json::Value) {
+        let mut container = json!({"name": "podinfo", "image": image,
+            "ports": [{"containerPort": 9898, "name": "http"}]});
+        let mut spec = json!({});
+        for (key, value) in pod.as_object().cloned().unwrap_or_default() {
+            if key == "volumes" {
+                spec[key] = value;
+            } else {
+                container[key] = value;
+            }
+        }
+        spec["containers"] = json!([container]);
         let deployment: Deployment = serde_json::from_value(json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "podinfo", "labels": {"app": "podinfo"}},
@@ -96,8 +114,7 @@ impl Fixture {
                 "selector": {"matchLabels": {"app": "podinfo"}},
                 "template": {
                     "metadata": {"labels": {"app": "podinfo"}},
-                    "spec": {"containers": [{"name": "podinfo", "image": image,
-                        "ports": [{"containerPort": 9898, "name": "http"}]}]},
+                    "spec": spec,
                 },
             },
         }))
@@ -434,4 +451,175 @@ async fn confirm_promotion_gate_holds_until_opened() {
     f.wait_phase(CanaryPhase::Succeeded, Duration::from_secs(60), &ctl)
         .await;
     assert_eq!(f.image("podinfo-primary").await, "podinfo:6.0.1");
+}
+
+#[tokio::test]
+async fn a_config_change_alone_starts_a_run_and_promotes_the_config() {
+    let Some(f) = fixture("canary-config").await else {
+        return;
+    };
+    let config_maps: Api<ConfigMap> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    let secrets: Api<Secret> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    let cm = |color: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": "podinfo-config",
+            "labels": {"team": "a"}}, "data": {"color": color}}))
+        .unwrap()
+    };
+    config_maps
+        .create(&PostParams::default(), &cm("blue"))
+        .await
+        .unwrap();
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "podinfo-token"},
+        "stringData": {"token": "s3cret"}}))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    // Opted out: referenced but neither tracked nor copied.
+    let ignored: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "podinfo-static",
+        "annotations": {"flagger.app/config-tracking": "disabled"}}, "data": {"a": "b"}}))
+    .unwrap();
+    config_maps
+        .create(&PostParams::default(), &ignored)
+        .await
+        .unwrap();
+    f.create_target_with(
+        "podinfo:6.0.0",
+        json!({
+            "env": [{"name": "COLOR", "valueFrom": {"configMapKeyRef": {"name": "podinfo-config", "key": "color"}}}],
+            "envFrom": [{"secretRef": {"name": "podinfo-token"}}],
+            "volumeMounts": [{"name": "static", "mountPath": "/etc/static"}],
+            "volumes": [{"name": "static", "configMap": {"name": "podinfo-static"}}],
+        }),
+    )
+    .await;
+    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({"interval": "1s", "iterations": 2}))
+        .await;
+    let canary = f
+        .wait_phase(CanaryPhase::Initialized, Duration::from_secs(60), &ctl)
+        .await;
+    let tracked = canary.status.unwrap().tracked_configs.unwrap_or_default();
+    assert_eq!(
+        tracked.keys().cloned().collect::<Vec<_>>(),
+        vec!["configmap/podinfo-config", "secret/podinfo-token"],
+        "{tracked:?}"
+    );
+    let copy = config_maps.get("podinfo-config-primary").await.unwrap();
+    assert_eq!(copy.data.as_ref().unwrap()["color"], "blue");
+    assert_eq!(copy.labels().get("team").map(String::as_str), Some("a"));
+    let owner = &copy.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Canary", "podinfo")
+    );
+    let secret_copy = secrets.get("podinfo-token-primary").await.unwrap();
+    assert_eq!(
+        secret_copy.data.unwrap()["token"].0,
+        b"s3cret".to_vec(),
+        "the Secret is copied too"
+    );
+    assert!(
+        config_maps
+            .get_opt("podinfo-static-primary")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let primary_pod = || async {
+        let d = f.deployments().get("podinfo-primary").await.unwrap();
+        d.spec.unwrap().template.spec.unwrap()
+    };
+    let pod = primary_pod().await;
+    let container = &pod.containers[0];
+    let env = container.env.as_ref().unwrap()[0]
+        .value_from
+        .clone()
+        .unwrap();
+    assert_eq!(
+        env.config_map_key_ref.unwrap().name,
+        "podinfo-config-primary"
+    );
+    assert_eq!(
+        container.env_from.as_ref().unwrap()[0]
+            .secret_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "podinfo-token-primary"
+    );
+    assert_eq!(
+        pod.volumes.as_ref().unwrap()[0]
+            .config_map
+            .as_ref()
+            .unwrap()
+            .name,
+        "podinfo-static",
+        "an opted-out config is referenced as it is"
+    );
+    let target = f.deployments().get("podinfo").await.unwrap();
+    let target_env = target.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert_eq!(
+        target_env[0]
+            .value_from
+            .clone()
+            .unwrap()
+            .config_map_key_ref
+            .unwrap()
+            .name,
+        "podinfo-config",
+        "the target is never rewritten"
+    );
+
+    // Only the ConfigMap's value changes: a run starts and promotes it.
+    config_maps
+        .replace("podinfo-config", &PostParams::default(), &{
+            let mut c = config_maps.get("podinfo-config").await.unwrap();
+            c.data = cm("green").data;
+            c
+        })
+        .await
+        .unwrap();
+    f.wait_phase(CanaryPhase::Progressing, Duration::from_secs(30), &ctl)
+        .await;
+    assert_eq!(
+        config_maps
+            .get("podinfo-config-primary")
+            .await
+            .unwrap()
+            .data
+            .unwrap()["color"],
+        "blue",
+        "the primary keeps the old config during the run"
+    );
+    let canary = f
+        .wait_phase(CanaryPhase::Succeeded, Duration::from_secs(90), &ctl)
+        .await;
+    let status = canary.status.unwrap();
+    assert_ne!(
+        status.tracked_configs.unwrap_or_default(),
+        tracked,
+        "the new checksum is recorded"
+    );
+    assert_eq!(status.last_applied_spec, status.last_promoted_spec);
+    assert_eq!(
+        config_maps
+            .get("podinfo-config-primary")
+            .await
+            .unwrap()
+            .data
+            .unwrap()["color"],
+        "green"
+    );
+    let events = f.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("New revision detected! Scaling up podinfo.")),
+        "{events:#?}"
+    );
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::events::v1::Event as EventV1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -54,6 +54,8 @@ use crate::engine::flagger::{
     self as core, Action, Check, Input, KUBERNETES_PROVIDER, Observations, Outcome, Plan, Target,
     Verdict, Workload,
 };
+
+mod config_tracking;
 
 /// Canaries ticked at the same time.
 const CONCURRENCY: u16 = 10;
@@ -113,6 +115,7 @@ pub struct Ctx {
     shared: Shared,
     deployments: Store<Deployment>,
     services: Store<Service>,
+    configs: config_tracking::Caches,
     providers: Providers,
     http: reqwest::Client,
     default_prometheus: Option<String>,
@@ -175,23 +178,34 @@ pub async fn run(
         .modify(|s: &mut Service| s.managed_fields_mut().clear()),
     )
     .touched_objects();
+    let (configs, config_map_events, secret_events) = config_tracking::Caches::new(&shared);
 
     let readiness = shared.ready.clone();
-    let (ready_canaries, ready_deployments, ready_services) =
-        (canaries.clone(), deployments.clone(), services.clone());
+    let (ready_canaries, ready_deployments, ready_services, ready_configs) = (
+        canaries.clone(),
+        deployments.clone(),
+        services.clone(),
+        configs.clone(),
+    );
     tokio::spawn(async move {
         super::store_synced(&ready_canaries).await;
         super::store_synced(&ready_deployments).await;
         super::store_synced(&ready_services).await;
+        while !ready_configs.ready() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         tracing::info!("canary controller: watch caches synced");
         readiness.synced();
     });
 
     let by_deployment = canaries.clone();
+    let (cm_canaries, cm_deployments) = (canaries.clone(), deployments.clone());
+    let (secret_canaries, secret_deployments) = (canaries.clone(), deployments.clone());
     let ctx = Arc::new(Ctx {
         shared,
         deployments,
         services,
+        configs,
         providers: Providers::new(),
         http: reqwest::Client::new(),
         default_prometheus,
@@ -201,6 +215,26 @@ pub async fn run(
     controller
         .watches_stream(deployment_events, move |deployment: Deployment| {
             canaries_of(&by_deployment, &deployment)
+        })
+        .watches_stream(config_map_events, move |cm: ConfigMap| {
+            let namespace = cm.namespace().unwrap_or_default();
+            config_tracking::Caches::canaries_using(
+                &cm_canaries,
+                &cm_deployments,
+                config_tracking::CONFIG_MAP,
+                &namespace,
+                &cm.name_any(),
+            )
+        })
+        .watches_stream(secret_events, move |secret: Secret| {
+            let namespace = secret.namespace().unwrap_or_default();
+            config_tracking::Caches::canaries_using(
+                &secret_canaries,
+                &secret_deployments,
+                config_tracking::SECRET,
+                &namespace,
+                &secret.name_any(),
+            )
         })
         // Services only need to be in the cache; their changes do not start a tick.
         .watches_stream(
@@ -311,6 +345,10 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
         }
         return Ok(Requeue::await_change());
     }
+    if !ctx.configs.ready() {
+        // A config not cached yet would look removed and start a run.
+        return Ok(Requeue::requeue(Duration::from_secs(1)));
+    }
     let namespace = canary.namespace().unwrap_or_default();
     let name = canary.name_any();
     let target_name = canary.spec.target_ref.name.clone();
@@ -332,7 +370,12 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
             workload: workload(d),
         }),
         primary: primary.as_deref().map(workload),
-        configs: BTreeMap::new(),
+        configs: ctx.configs.observe(
+            &namespace,
+            target
+                .as_ref()
+                .and_then(|d| d.spec.as_ref()?.template.spec.as_ref()),
+        ),
         router: None,
         verdicts: BTreeMap::new(),
     };
@@ -631,7 +674,16 @@ impl Ctx {
         let primary_name = format!("{}-primary", target.name_any());
         let primary_value = format!("{value}-primary");
         let spec = target.spec.clone().unwrap_or_default();
-        let mut template = serde_json::to_value(&spec.template).unwrap_or(Value::Null);
+        // The configs it references are copied as `-primary` and the copy references those.
+        let configs = self
+            .configs
+            .observe(&namespace, spec.template.spec.as_ref());
+        config_tracking::copy_to_primary(&self.shared, canary, &configs).await?;
+        let mut pod_template = spec.template.clone();
+        if let Some(pod) = pod_template.spec.as_mut() {
+            config_tracking::rewrite(pod, &configs);
+        }
+        let mut template = serde_json::to_value(&pod_template).unwrap_or(Value::Null);
         template["metadata"]["labels"][&label] = json!(primary_value);
         let mut match_labels = spec.selector.match_labels.clone().unwrap_or_default();
         match_labels.insert(label.clone(), primary_value.clone());
