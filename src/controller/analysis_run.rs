@@ -8,6 +8,10 @@
 //! measurement are the provider's own and one status patch (plus a Secret read for runs with
 //! `secretKeyRef` arguments).
 //!
+//! Its Prometheus series (`analysis_run_info`, `analysis_run_metric_phase`,
+//! `sluice_analysis_measurement_value`, …) are computed from the watch cache at scrape time
+//! ([`Metrics::watch_analysis_runs`]), so they follow each run's status and vanish with the run.
+//!
 //! This module must never judge a measurement or compute a phase (that is
 //! `crate::engine::analysis::run`), and never log a secret argument's value.
 
@@ -111,6 +115,9 @@ pub async fn run(
         .default_backoff()
         .modify(|run: &mut AnalysisRun| run.managed_fields_mut().clear());
     let trigger = reflector::reflector(writer, events).applied_objects();
+    // The `analysis_run_*` series are read from this cache at scrape time, so a deleted run's
+    // series disappear with it (no per-run state in the metrics to clean up).
+    ctx.metrics.watch_analysis_runs(store.clone());
     let ready = store.clone();
     tokio::spawn(async move {
         super::store_synced(&ready).await;
