@@ -623,3 +623,102 @@ async fn a_config_change_alone_starts_a_run_and_promotes_the_config() {
         "{events:#?}"
     );
 }
+
+#[tokio::test]
+async fn revert_on_deletion_hands_the_target_back() {
+    let Some(f) = fixture("canary-revert").await else {
+        return;
+    };
+    f.create_target("podinfo:6.0.0").await;
+    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    let canary: Canary = serde_json::from_value(json!({
+        "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+        "metadata": {"name": "podinfo"},
+        "spec": {
+            "provider": "kubernetes",
+            "revertOnDeletion": true,
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+            "progressDeadlineSeconds": 60,
+            "service": {"port": 80, "targetPort": 9898},
+            "analysis": {"interval": "1s", "iterations": 2},
+        },
+    }))
+    .unwrap();
+    f.canaries()
+        .create(&PostParams::default(), &canary)
+        .await
+        .unwrap();
+    let canary = f
+        .wait_phase(CanaryPhase::Initialized, Duration::from_secs(60), &ctl)
+        .await;
+    assert!(
+        canary
+            .finalizers()
+            .iter()
+            .any(|x| x == "finalizer.flagger.app"),
+        "{:?}",
+        canary.finalizers()
+    );
+    eventually(Duration::from_secs(20), "target scaled to zero", || async {
+        (f.replicas("podinfo").await == 0).then_some(())
+    })
+    .await;
+    let services: Api<Service> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    let selector = |svc: Service| svc.spec.unwrap().selector.unwrap()["app"].clone();
+    assert_eq!(
+        selector(services.get("podinfo").await.unwrap()),
+        "podinfo-primary"
+    );
+
+    f.canaries()
+        .delete("podinfo", &Default::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "the Canary gone", || async {
+        f.canaries()
+            .get_opt("podinfo")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        f.replicas("podinfo").await,
+        2,
+        "scaled back to the primary's replicas"
+    );
+    let target = f.deployments().get("podinfo").await.unwrap();
+    assert_eq!(
+        target.status.unwrap().available_replicas,
+        Some(2),
+        "the target serves before the Canary goes"
+    );
+    let apex = services.get("podinfo").await.unwrap();
+    assert!(
+        apex.owner_references().is_empty(),
+        "the apex Service outlives the Canary: {:?}",
+        apex.owner_references()
+    );
+    assert_eq!(selector(apex), "podinfo", "the apex routes to the target");
+    eventually(
+        Duration::from_secs(60),
+        "generated objects collected",
+        || async {
+            let primary = f.deployments().get_opt("podinfo-primary").await.unwrap();
+            let canary_svc = services.get_opt("podinfo-canary").await.unwrap();
+            (primary.is_none() && canary_svc.is_none()).then_some(())
+        },
+    )
+    .await;
+    let events = f.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("deleted: podinfo handed back")),
+        "{events:#?}"
+    );
+    // Still served: the apex is never deleted afterwards.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(services.get_opt("podinfo").await.unwrap().is_some());
+}

@@ -56,6 +56,7 @@ use crate::engine::flagger::{
 };
 
 mod config_tracking;
+mod finalizer;
 
 /// Canaries ticked at the same time.
 const CONCURRENCY: u16 = 10;
@@ -338,11 +339,16 @@ fn key(canary: &Canary) -> (String, String) {
 }
 
 async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error> {
+    if canary.meta().deletion_timestamp.is_some()
+        && let Ok(mut ticks) = ctx.last_tick.lock()
+    {
+        ticks.remove(&key(&canary));
+    }
+    // revertOnDeletion; the primary and the Services go with the Canary (owner references).
+    if let Some(requeue) = ctx.finalizer(&canary).await? {
+        return Ok(requeue);
+    }
     if canary.meta().deletion_timestamp.is_some() {
-        // The primary and the Services go with it (owner references).
-        if let Ok(mut ticks) = ctx.last_tick.lock() {
-            ticks.remove(&key(&canary));
-        }
         return Ok(Requeue::await_change());
     }
     if !ctx.configs.ready() {
