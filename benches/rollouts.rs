@@ -9,7 +9,10 @@
 //! cargo bench --bench rollouts                              # 1,000 Rollouts
 //! SLUICE_BENCH_ROLLOUTS=10000 cargo bench --bench rollouts
 //! ```
-//! `SLUICE_BENCH_REPLICAS` sets the pods per Rollout (default 1). Not part of the test suite:
+//! `SLUICE_BENCH_REPLICAS` sets the pods per Rollout (default 1). `SLUICE_BENCH_RATE=N` sends the
+//! template changes paced at N per second (as a GitOps sync applies them) instead of all at once
+//! (32 in flight), to measure the reaction of a controller that is not queueing behind a burst.
+//! Not part of the test suite:
 //! machines here are noisy, so figures are reported, not asserted.
 
 #[path = "../tests/common/mod.rs"]
@@ -98,6 +101,7 @@ async fn main() {
     }
     let count: usize = env_or("SLUICE_BENCH_ROLLOUTS", 1000);
     let replicas: i32 = env_or("SLUICE_BENCH_REPLICAS", 1);
+    let rate: f64 = env_or("SLUICE_BENCH_RATE", 0.0);
     let Some(env) = common::test_env().await else {
         eprintln!("no test environment: run tests/env/up first");
         std::process::exit(2);
@@ -206,22 +210,36 @@ async fn main() {
     let during = sample_rss(pid, stop.clone());
     let changed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let window = Instant::now();
-    futures::stream::iter(0..count)
-        .map(|i| {
-            let api = api.clone();
-            let changed = changed.clone();
-            async move {
-                let name = format!("bench-{i}");
-                let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.invalid/app:2"}]}}}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .unwrap_or_else(|e| panic!("patching Rollout {name}: {e}"));
-                changed.lock().expect("changed").insert(name, Instant::now());
-            }
-        })
-        .buffer_unordered(PARALLEL)
-        .collect::<Vec<_>>()
-        .await;
+    let change = |i: usize| {
+        let api = api.clone();
+        let changed = changed.clone();
+        async move {
+            let name = format!("bench-{i}");
+            let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.invalid/app:2"}]}}}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap_or_else(|e| panic!("patching Rollout {name}: {e}"));
+            changed.lock().expect("changed").insert(name, Instant::now());
+        }
+    };
+    if rate > 0.0 {
+        // Paced: one change every 1/rate s, as a GitOps sync applies them, each on its own task.
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        let mut tasks = Vec::with_capacity(count);
+        for i in 0..count {
+            tick.tick().await;
+            tasks.push(tokio::spawn(change(i)));
+        }
+        for task in tasks {
+            task.await.expect("patch task");
+        }
+    } else {
+        futures::stream::iter(0..count)
+            .map(change)
+            .buffer_unordered(PARALLEL)
+            .collect::<Vec<_>>()
+            .await;
+    }
     let patched_in = window.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(120 + count as u64 / 10);
     while seen.lock().expect("seen").len() < count && Instant::now() < deadline {
@@ -271,7 +289,11 @@ async fn main() {
         "Rollout reconciles during            {:.0}",
         reconciles(&metrics_after) - reconciles(&metrics_before)
     );
-    println!("patches sent in                      {patched_in:.1} s ({PARALLEL} in parallel)");
+    if rate > 0.0 {
+        println!("patches sent in                      {patched_in:.1} s (paced, {rate} per second)");
+    } else {
+        println!("patches sent in                      {patched_in:.1} s (burst, {PARALLEL} in parallel)");
+    }
     println!(
         "canary ReplicaSets created           {} of {count}, the last {all_created:.1} s after the first patch",
         reactions.len()

@@ -1307,3 +1307,100 @@ async fn restart_at_replaces_every_pod_one_at_a_time() {
         "{events:?}"
     );
 }
+
+/// A Rollout that Argo Rollouts deployed (its ReplicaSet named by Argo's hash, its status written
+/// by Argo) is taken over without a new revision: the ReplicaSet whose pod template is the
+/// Rollout's is adopted (compared with Kubernetes' defaults applied), and the next update runs
+/// the steps from it as usual.
+#[tokio::test]
+async fn a_rollout_migrated_from_argo_keeps_its_replica_set() {
+    let Some(env) = test_env().await else {
+        return;
+    };
+    let ns = env.namespace("ro-migrate").await;
+    let rollouts: Api<Rollout> = Api::namespaced(env.client.clone(), &ns.name);
+    let ro = rollout(
+        "web",
+        3,
+        json!({"steps": [{"setWeight": 34}, {"pause": {}}]}),
+    );
+    let created = rollouts
+        .create(&PostParams::default(), &ro)
+        .await
+        .expect("creating the Rollout");
+    // What Argo Rollouts left: its ReplicaSet (hash label and name from Argo's hash) and status.
+    let argo_hash = "6f9d8c7b5";
+    let mut rs_template = template("registry.invalid/web:1", json!({}));
+    rs_template["metadata"]["labels"]["rollouts-pod-template-hash"] = json!(argo_hash);
+    let argo_rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("web-{argo_hash}"),
+            "labels": {"app": "web", "rollouts-pod-template-hash": argo_hash},
+            "annotations": {"rollout.argoproj.io/revision": "1"},
+            "ownerReferences": [{
+                "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "web",
+                "uid": created.metadata.uid, "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web", "rollouts-pod-template-hash": argo_hash}},
+            "template": rs_template,
+        },
+    }))
+    .expect("Argo's ReplicaSet");
+    let sets: Api<ReplicaSet> = Api::namespaced(env.client.clone(), &ns.name);
+    sets.create(&PostParams::default(), &argo_rs)
+        .await
+        .expect("creating Argo's ReplicaSet");
+    let argo_status = json!({"status": {
+        "phase": "Healthy", "currentPodHash": argo_hash, "stableRS": argo_hash,
+        "currentStepIndex": 2, "observedGeneration": "1", "replicas": 3,
+        "updatedReplicas": 3, "readyReplicas": 3, "availableReplicas": 3,
+        "selector": format!("app=web,rollouts-pod-template-hash={argo_hash}"),
+    }});
+    rollouts
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&argo_status))
+        .await
+        .expect("writing Argo's status");
+
+    let ctl = ControllerProcess::start_with(&env, &ns.name, &["--leader-elect=false"]).await;
+    let f = Fixture {
+        env,
+        ns,
+        ctl,
+        rollouts,
+    };
+    let adopted = f
+        .wait("web", "the Argo ReplicaSet adopted", |r| {
+            let s = status(r);
+            s.current_pod_hash == argo_hash
+                && s.stable_rs == argo_hash
+                && s.phase == Some(RolloutPhase::Healthy)
+                && r.metadata.generation.map(|g| g.to_string()) == Some(s.observed_generation)
+        })
+        .await;
+    let rs = sets.get(&format!("web-{argo_hash}")).await.expect("Argo's ReplicaSet");
+    let annotations = rs.metadata.annotations.unwrap_or_default();
+    assert!(
+        annotations.contains_key("sluice.dev/template-hash"),
+        "adoption is recorded on the ReplicaSet: {annotations:?}\n{}",
+        f.dump(&adopted)
+    );
+    // No second ReplicaSet for the same template, and it keeps its replicas.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = f.replica_sets().await;
+    assert_eq!(all.len(), 1, "no new revision: {all:?}\n{}", f.dump(&adopted));
+    assert_eq!(all.get(argo_hash), Some(&(3, 3)));
+
+    // The next update starts from it like any other.
+    f.set_image("web", "registry.invalid/web:2").await;
+    let paused = f.wait("web", "paused at step 1", |r| paused_at(r, 1)).await;
+    let canary = status(&paused).current_pod_hash;
+    assert_ne!(canary, argo_hash);
+    assert_eq!(f.replicas_of(&canary).await.0, 1, "34% of 3 is 1 canary pod");
+    assert_eq!(f.replicas_of(argo_hash).await.0, 2);
+    f.intent("web", Intent::Promote).await;
+    f.wait_healthy("web").await;
+    assert_eq!(f.wait_replicas(argo_hash, 0).await, 0);
+}

@@ -8,17 +8,23 @@
 //!   AnalysisRuns, Deployments)                                        4. requeue_after
 //! ```
 //!
-//! The status goes first, conditioned on the resourceVersion the plan was made from: a user's
+//! The status goes first (only a new ReplicaSet, idempotent by name, is created before it),
+//! conditioned on the resourceVersion the plan was made from: a user's
 //! patch (abort, promote) that lands meanwhile makes the write fail and the plan is made again,
 //! instead of being overwritten; and an AnalysisRun is only created once the status that names
 //! it is stored, so a crash in between is safe (the engine adopts runs the status references).
 //! What this controller wrote is used over an older cached copy until the watch shows it, so a
 //! quick second reconcile never repeats an action or an Event.
 //!
+//! While a Rollout's routers carry a canary share it holds the `sluice.dev/traffic` finalizer
+//! ([`finalizer`]), so deleting it mid-way gives its routes back before its pods go.
+//!
 //! This module must never decide what a Rollout does next (that is [`crate::engine`]), and never
 //! read an object through the API per reconcile (templates are read once per run creation).
 
+mod adopt;
 mod execute;
+mod finalizer;
 mod index;
 mod observe;
 mod traffic;
@@ -172,6 +178,23 @@ pub enum Error {
         name: String,
         source: kube::Error,
     },
+    #[error(
+        "comparing the pod template of Rollout {namespace}/{name} with its existing ReplicaSets: {source}"
+    )]
+    Adopt {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error(
+        "updating the finalizer {finalizer} of Rollout {namespace}/{name}: {source} (if Sluice is gone, remove the finalizer by hand)",
+        finalizer = finalizer::TRAFFIC_FINALIZER
+    )]
+    Finalizer {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
 }
 
 /// State shared by every reconcile.
@@ -186,11 +209,12 @@ pub struct Ctx {
     last_sweep: Mutex<Instant>,
 }
 
-/// A watch cache fed by `events` (managed fields and last-applied annotations dropped to save
-/// memory), and the stream that feeds it, which also triggers reconciles. `index` sees every
-/// event after the store has applied it.
+/// A watch cache fed by `events` (managed fields, last-applied annotations and whatever `slim`
+/// removes dropped to save memory), and the stream that feeds it, which also triggers reconciles.
+/// `index` sees every event after the store has applied it.
 fn cache<K>(
     events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    slim: impl Fn(&mut K) + Send + Sync + 'static,
     index: impl Fn(&watcher::Event<K>) + Send + 'static,
 ) -> (
     Store<K>,
@@ -206,11 +230,12 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let events = events.default_backoff().modify(|object: &mut K| {
+    let events = events.default_backoff().modify(move |object: &mut K| {
         object.managed_fields_mut().clear();
         object
             .annotations_mut()
             .remove("kubectl.kubernetes.io/last-applied-configuration");
+        slim(object);
     });
     let stream = reflector::reflector(writer, events)
         .inspect(move |event| {
@@ -238,10 +263,14 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
     let index = Arc::new(Indexes::default());
     let config = || watcher::Config::default().any_semantic();
     let idx = index.clone();
-    let (rollouts, rollout_events) = cache(watcher(api::<Rollout>(&shared), config()), move |e| {
-        idx.rollouts_by_service.apply(e);
-        idx.rollouts_by_deployment.apply(e);
-    });
+    let (rollouts, rollout_events) = cache(
+        watcher(api::<Rollout>(&shared), config()),
+        |_| {},
+        move |e| {
+            idx.rollouts_by_service.apply(e);
+            idx.rollouts_by_deployment.apply(e);
+        },
+    );
     // Only ReplicaSets a Rollout made (Argo's label-filtered informer): Deployments' are ignored.
     let idx = index.clone();
     let (replica_sets, rs_events) = cache(
@@ -249,24 +278,42 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
             api::<ReplicaSet>(&shared),
             config().labels(POD_TEMPLATE_HASH_LABEL),
         ),
+        // Only labels, owner, replicas and status are read: the pod spec is most of the object.
+        // It is kept for ReplicaSets another controller made, to compare before adopting them.
+        |rs: &mut ReplicaSet| {
+            let ours = rs
+                .annotations()
+                .contains_key(observe::TEMPLATE_HASH_ANNOTATION);
+            if let Some(template) = rs.spec.as_mut().and_then(|s| s.template.as_mut())
+                && ours
+            {
+                template.spec = None;
+            }
+        },
         move |e| idx.replica_sets.apply(e),
     );
-    let (services, service_events) = cache(watcher(api::<Service>(&shared), config()), |_| {});
+    let (services, service_events) =
+        cache(watcher(api::<Service>(&shared), config()), |_| {}, |_| {});
     let idx = index.clone();
     let (endpoint_slices, slice_events) = cache(
         watcher(
             api::<EndpointSlice>(&shared),
             config().labels(SERVICE_NAME_LABEL),
         ),
+        |_| {},
         move |e| idx.endpoint_slices.apply(e),
     );
     let idx = index.clone();
-    let (analysis_runs, run_events) =
-        cache(watcher(api::<AnalysisRun>(&shared), config()), move |e| {
-            idx.analysis_runs.apply(e)
-        });
-    let (deployments, deployment_events) =
-        cache(watcher(api::<Deployment>(&shared), config()), |_| {});
+    let (analysis_runs, run_events) = cache(
+        watcher(api::<AnalysisRun>(&shared), config()),
+        |_| {},
+        move |e| idx.analysis_runs.apply(e),
+    );
+    let (deployments, deployment_events) = cache(
+        watcher(api::<Deployment>(&shared), config()),
+        |_| {},
+        |_| {},
+    );
     // Pods are only read while a restart is asked for, and only their metadata is kept. Their
     // changes trigger nothing: a restart in progress looks again on its own (and ReplicaSet
     // status changes wake it).
@@ -276,6 +323,7 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
             api::<PartialObjectMeta<Pod>>(&shared),
             config().labels(POD_TEMPLATE_HASH_LABEL),
         ),
+        |_| {},
         move |e| idx.pods.apply(e),
     );
     tokio::spawn(pod_events.for_each(|_| async {}));
@@ -388,13 +436,33 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
     }
     let key = fresh::key(rollout);
     if rollout.meta().deletion_timestamp.is_some() {
-        // Its ReplicaSets and AnalysisRuns go with it (owner references): nothing to do.
+        // Its ReplicaSets and AnalysisRuns go with it (owner references); its routes are given
+        // back first, while the canary's pods still serve.
+        if finalizer::has(rollout) {
+            release_before_deletion(rollout, ctx).await?;
+        }
         ctx.rollouts.forget(&key);
         ctx.drop_info(&key);
         return Ok(Requeue::await_change());
     }
     let (spec, workload) = observe::resolve_spec(rollout, &ctx.caches);
     let replica_sets = observe::replica_sets(rollout, &spec, &ctx.caches, &ctx.replica_sets);
+    // A Rollout migrated from Argo Rollouts runs ReplicaSets named by Argo's hash.
+    if adopt::adopt(
+        &ctx.shared.client,
+        rollout,
+        &spec,
+        &replica_sets,
+        &ctx.replica_sets,
+    )
+    .await
+    .map_err(|source| Error::Adopt {
+        namespace: rollout.namespace().unwrap_or_default(),
+        name: rollout.name_any(),
+        source,
+    })? {
+        return Ok(Requeue::requeue(Duration::ZERO));
+    }
     let mut observed = observe::observations(
         rollout,
         &spec,
@@ -431,10 +499,24 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         observed.now,
     );
 
-    if plan.status != status {
-        write_status(rollout, &plan.status, ctx).await?;
+    // The finalizer goes on before the first traffic action and comes off once the routes are
+    // released (the engine plans ReleaseTraffic only then).
+    let hold_traffic = routers.is_some() && !plan.actions.contains(&Action::ReleaseTraffic);
+    if hold_traffic && !finalizer::has(rollout) {
+        let updated = finalizer::add(&ctx.shared.client, rollout)
+            .await
+            .map_err(|source| match source {
+                kube::Error::Api(e) if e.code == 409 => Error::Conflict {
+                    namespace: rollout.namespace().unwrap_or_default(),
+                    name: rollout.name_any(),
+                },
+                source => finalizer_error(rollout, source),
+            })?;
+        ctx.rollouts
+            .wrote(key, rollout.resource_version(), Some(updated));
+        // Plan again from the version that carries it (the status write is conditioned on it).
+        return Ok(Requeue::requeue(Duration::ZERO));
     }
-    ctx.export_info(rollout, &plan.status);
 
     let target = execute::Target {
         client: &ctx.shared.client,
@@ -446,17 +528,37 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         analysis_run_cache: &ctx.caches.analysis_runs,
         traffic: routers.as_ref(),
     };
+    // A new ReplicaSet is what a template change waits for, and creating it is idempotent (its
+    // name is the template's hash; an existing one of ours is adopted), so it does not wait for
+    // the status write. Everything else follows the status, as the module doc explains.
+    let (first, then): (Vec<&Action>, Vec<&Action>) = plan
+        .actions
+        .iter()
+        .partition(|a| matches!(a, Action::CreateReplicaSet { .. }));
+    for action in first {
+        target.execute(action).await?;
+    }
+    if plan.status != status {
+        write_status(rollout, &plan.status, ctx).await?;
+    }
+    ctx.export_info(rollout, &plan.status);
+
     let mut failed = None;
-    for action in &plan.actions {
+    for action in then {
         if let Err(error) = target.execute(action).await {
             failed = Some(error);
             break;
         }
     }
     // Events describe the status just stored, so they go out even if an action failed.
-    publish(rollout, &plan.actions, ctx).await;
+    publish(rollout, &plan.actions, ctx);
     if let Some(error) = failed {
         return Err(error);
+    }
+    if !hold_traffic && finalizer::has(rollout) {
+        finalizer::remove(&ctx.shared.client, rollout)
+            .await
+            .map_err(|source| finalizer_error(rollout, source))?;
     }
     ctx.sweep_info();
     Ok(match plan.requeue_after {
@@ -516,27 +618,75 @@ fn status_body(status: &RolloutStatus) -> serde_json::Value {
     body
 }
 
-async fn publish(rollout: &Rollout, actions: &[Action], ctx: &Ctx) {
+/// Records the plan's Events in the background, in order: they are not on the path from a change
+/// to the reaction (each is one more apiserver write).
+fn publish(rollout: &Rollout, actions: &[Action], ctx: &Ctx) {
+    let events: Vec<KubeEvent> = actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Event(event) => Some(KubeEvent {
+                type_: if event.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: event.reason.to_string(),
+                note: Some(event.message.clone()),
+                action: "Reconcile".to_string(),
+                secondary: None,
+            }),
+            _ => None,
+        })
+        .collect();
+    if events.is_empty() {
+        return;
+    }
     let reference = rollout.object_ref(&());
-    for action in actions {
-        let Action::Event(event) = action else {
-            continue;
-        };
-        let ev = KubeEvent {
-            type_: if event.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: event.reason.to_string(),
-            note: Some(event.message.clone()),
-            action: "Reconcile".to_string(),
-            secondary: None,
-        };
-        if let Err(error) = ctx.shared.recorder.publish(&ev, &reference).await {
-            tracing::warn!(rollout = %rollout.name_any(), %error, "recording an event");
+    let recorder = ctx.shared.recorder.clone();
+    let name = rollout.name_any();
+    tokio::spawn(async move {
+        for event in events {
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                tracing::warn!(rollout = %name, %error, "recording an event");
+            }
+        }
+    });
+}
+
+fn finalizer_error(rollout: &Rollout, source: kube::Error) -> Error {
+    Error::Finalizer {
+        namespace: rollout.namespace().unwrap_or_default(),
+        name: rollout.name_any(),
+        source,
+    }
+}
+
+/// A Rollout being deleted while its routes still carry a canary share or Sluice's routes: give
+/// every route object back as its manifest declares it, then let the deletion proceed. A Rollout
+/// whose routers cannot be built any more (its spec names an unsupported one) has nothing Sluice
+/// could release: the finalizer comes off with a warning.
+async fn release_before_deletion(rollout: &Rollout, ctx: &Ctx) -> Result<(), Error> {
+    let (spec, _) = observe::resolve_spec(rollout, &ctx.caches);
+    match traffic::Traffic::new(&ctx.shared.client, rollout, &spec) {
+        Ok(Some(routers)) => {
+            routers
+                .execute(&Action::ReleaseTraffic)
+                .await
+                .map_err(|source| Error::Traffic {
+                    namespace: rollout.namespace().unwrap_or_default(),
+                    name: rollout.name_any(),
+                    source,
+                })?;
+            tracing::info!(rollout = %rollout.name_any(), namespace = ?rollout.namespace(), "routes released before deletion");
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(rollout = %rollout.name_any(), %error, "cannot build the routers to release them; deleting anyway");
         }
     }
+    finalizer::remove(&ctx.shared.client, rollout)
+        .await
+        .map_err(|source| finalizer_error(rollout, source))
 }
 
 impl Ctx {

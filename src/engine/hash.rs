@@ -29,8 +29,9 @@ pub fn safe_encode(s: &str) -> String {
 ///
 /// FNV-32a over the template's canonical JSON (keys sorted), then the collision count, encoded
 /// like Kubernetes does. Argo hashes a Go-specific dump of the struct instead, so values differ
-/// from Argo's; the controller adopts an existing ReplicaSet whose template matches, so a
-/// Rollout migrated from Argo does not start a needless update.
+/// from Argo's; the controller adopts an existing ReplicaSet whose template matches
+/// (`controller::rollout::adopt`), so a Rollout migrated from Argo does not start a needless
+/// update.
 pub fn pod_template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
     // serde_json::Value keeps object keys sorted, which makes the bytes canonical.
     let canonical = serde_json::to_value(template).expect("a PodTemplateSpec serializes");

@@ -19,6 +19,7 @@ use serde_json::json;
 
 use super::Error;
 use super::fresh::{self, Fresh};
+use super::observe::TEMPLATE_HASH_ANNOTATION;
 use crate::api::argo::analysis::{
     AnalysisRun, AnalysisTemplate, AnalysisTemplateRef, AnalysisTemplateSpec,
     ClusterAnalysisTemplate,
@@ -43,6 +44,50 @@ pub struct Target<'a> {
     pub analysis_run_cache: &'a Store<AnalysisRun>,
     /// The Rollout's traffic routers, if it names any.
     pub traffic: Option<&'a super::traffic::Traffic>,
+}
+
+/// The ReplicaSet of `spec`'s pod template with hash `hash`, named, labelled and owned as Argo
+/// Rollouts makes it (plus Sluice's template-hash annotation).
+pub fn replica_set(
+    rollout: &Rollout,
+    spec: &RolloutSpec,
+    hash: &str,
+    replicas: i32,
+    revision: i64,
+) -> ReplicaSet {
+    let mut template = spec.template.clone().unwrap_or_default();
+    let meta = template.metadata.get_or_insert_with(Default::default);
+    let mut labels = meta.labels.clone().unwrap_or_default();
+    labels.insert(POD_TEMPLATE_HASH_LABEL.into(), hash.into());
+    meta.labels = Some(labels.clone());
+    let mut selector = spec.selector.clone().unwrap_or_default();
+    selector
+        .match_labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(POD_TEMPLATE_HASH_LABEL.into(), hash.into());
+    ReplicaSet {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-{hash}", rollout.name_any())),
+            namespace: rollout.namespace(),
+            labels: Some(labels),
+            annotations: Some(
+                [
+                    (REVISION_ANNOTATION.to_string(), revision.to_string()),
+                    (TEMPLATE_HASH_ANNOTATION.to_string(), hash.to_string()),
+                ]
+                .into(),
+            ),
+            owner_references: rollout.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(replicas),
+            min_ready_seconds: spec.min_ready_seconds,
+            selector,
+            template: Some(template),
+        }),
+        status: None,
+    }
 }
 
 impl Target<'_> {
@@ -130,34 +175,7 @@ impl Target<'_> {
     ) -> Result<(), Error> {
         let namespace = self.namespace();
         let name = self.rs_name(hash);
-        let mut template = self.spec.template.clone().unwrap_or_default();
-        let meta = template.metadata.get_or_insert_with(Default::default);
-        let mut labels = meta.labels.clone().unwrap_or_default();
-        labels.insert(POD_TEMPLATE_HASH_LABEL.into(), hash.into());
-        meta.labels = Some(labels.clone());
-        let mut selector = self.spec.selector.clone().unwrap_or_default();
-        selector
-            .match_labels
-            .get_or_insert_with(BTreeMap::new)
-            .insert(POD_TEMPLATE_HASH_LABEL.into(), hash.into());
-        let owner = self.rollout.controller_owner_ref(&());
-        let rs = ReplicaSet {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(namespace.clone()),
-                labels: Some(labels),
-                annotations: Some([(REVISION_ANNOTATION.to_string(), revision.to_string())].into()),
-                owner_references: owner.map(|o| vec![o]),
-                ..Default::default()
-            },
-            spec: Some(ReplicaSetSpec {
-                replicas: Some(replicas),
-                min_ready_seconds: self.spec.min_ready_seconds,
-                selector,
-                template: Some(template),
-            }),
-            status: None,
-        };
+        let rs = replica_set(self.rollout, self.spec, hash, replicas, revision);
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &namespace);
         let pp = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),

@@ -377,12 +377,27 @@ fn pods(
         .collect()
 }
 
+/// Sluice's hash of the Rollout template a ReplicaSet runs: set on every ReplicaSet Sluice creates
+/// (equal to its `rollouts-pod-template-hash` label) and on one another controller made once its
+/// template is found equal (`super::adopt`).
+pub const TEMPLATE_HASH_ANNOTATION: &str = "sluice.dev/template-hash";
+
+/// Whether `rs` runs the template whose hash is `hash`: by its label, or as adopted.
+pub fn runs_template(rs: &ReplicaSet, hash: &str) -> bool {
+    rs.labels().get(POD_TEMPLATE_HASH_LABEL).map(String::as_str) == Some(hash)
+        || rs
+            .annotations()
+            .get(TEMPLATE_HASH_ANNOTATION)
+            .map(String::as_str)
+            == Some(hash)
+}
+
 fn replica_set(rs: &ReplicaSet, current_hash: Option<&str>) -> Option<ReplicaSetObservation> {
     let hash = rs.labels().get(POD_TEMPLATE_HASH_LABEL)?.clone();
     let annotations = rs.annotations();
     let status = rs.status.as_ref();
     Some(ReplicaSetObservation {
-        matches_current_template: current_hash == Some(hash.as_str()),
+        matches_current_template: current_hash.is_some_and(|c| runs_template(rs, c)),
         replicas: rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
         status_replicas: status.map_or(0, |s| s.replicas),
         ready_replicas: status.and_then(|s| s.ready_replicas).unwrap_or(0),

@@ -1,0 +1,152 @@
+//! Adopting the ReplicaSets another controller made for a Rollout — Argo Rollouts, before a team
+//! switched to Sluice. Argo names them with its own hash of the pod template (FNV over a
+//! Go-specific dump of the struct, which Sluice does not reproduce), so without this a migrated
+//! Rollout would start a needless update. Like Argo's `FindNewReplicaSet`, a ReplicaSet whose pod
+//! template equals the Rollout's (ignoring the hash label, with Kubernetes' defaults applied) is
+//! the Rollout's current one.
+//!
+//! The defaults are applied by the apiserver itself, through a server-side dry-run create of the
+//! ReplicaSet Sluice would make, instead of being re-implemented. A match is recorded on the
+//! ReplicaSet as the `sluice.dev/template-hash` annotation (Sluice sets it on every ReplicaSet it
+//! creates too), so each migrated template costs one dry-run and one patch, once.
+//!
+//! This module only decides whether two pod templates are equal; what the Rollout then does with
+//! the ReplicaSet is the engine's decision.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use super::execute;
+use super::fresh::{self, Fresh};
+use super::observe::{TEMPLATE_HASH_ANNOTATION, runs_template};
+use crate::api::argo::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutSpec};
+use crate::controller::FIELD_MANAGER;
+use crate::engine::hash::pod_template_hash;
+
+/// Finds a ReplicaSet of `rollout` made by another controller whose pod template is `spec`'s, and
+/// marks it as running `spec`'s template. Returns whether one was adopted (plan again then).
+pub async fn adopt(
+    client: &kube::Client,
+    rollout: &Rollout,
+    spec: &RolloutSpec,
+    replica_sets: &[Arc<ReplicaSet>],
+    written: &Fresh<ReplicaSet>,
+) -> Result<bool, kube::Error> {
+    let Some(template) = &spec.template else {
+        return Ok(false);
+    };
+    let status = rollout.status.clone().unwrap_or_default();
+    let current = pod_template_hash(template, status.collision_count);
+    if replica_sets.iter().any(|rs| runs_template(rs, &current)) {
+        return Ok(false);
+    }
+    // Made elsewhere (no annotation) and kept whole in the cache for this comparison.
+    let mut foreign: Vec<&Arc<ReplicaSet>> = replica_sets
+        .iter()
+        .filter(|rs| !rs.annotations().contains_key(TEMPLATE_HASH_ANNOTATION))
+        .filter(|rs| template_of(rs).is_some_and(|t| t.spec.is_some()))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(false);
+    }
+    // The one the status names first, then the newest.
+    foreign.sort_by_key(|rs| {
+        (
+            rs.labels().get(POD_TEMPLATE_HASH_LABEL) != Some(&status.current_pod_hash),
+            std::cmp::Reverse(rs.creation_timestamp()),
+        )
+    });
+
+    let namespace = rollout.namespace().unwrap_or_default();
+    let api: Api<ReplicaSet> = Api::namespaced(client.clone(), &namespace);
+    let desired = execute::replica_set(rollout, spec, &current, 0, 0);
+    let params = PostParams {
+        dry_run: true,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    let defaulted = match api.create(&params, &desired).await {
+        Ok(rs) => rs,
+        // A ReplicaSet of that name exists but is not this Rollout's: creating it will say so.
+        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let Some(wanted) = template_of(&defaulted).map(comparable) else {
+        return Ok(false);
+    };
+    let Some(found) = foreign
+        .into_iter()
+        .find(|rs| template_of(rs).map(comparable).as_ref() == Some(&wanted))
+    else {
+        return Ok(false);
+    };
+    let patch = json!({"metadata": {"annotations": {TEMPLATE_HASH_ANNOTATION: current}}});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let mut updated = api
+        .patch(&found.name_any(), &params, &Patch::Merge(&patch))
+        .await?;
+    updated.managed_fields_mut().clear();
+    tracing::info!(rollout = %rollout.name_any(), %namespace, replica_set = %found.name_any(), "adopted a ReplicaSet whose pod template is the Rollout's");
+    written.wrote(
+        fresh::key(found.as_ref()),
+        found.resource_version(),
+        Some(updated),
+    );
+    Ok(true)
+}
+
+fn template_of(rs: &ReplicaSet) -> Option<&PodTemplateSpec> {
+    rs.spec.as_ref()?.template.as_ref()
+}
+
+/// A pod template as compared: JSON, without the hash label (Argo's `PodTemplateEqualIgnoreHash`).
+fn comparable(template: &PodTemplateSpec) -> Value {
+    let mut value = serde_json::to_value(template).unwrap_or_default();
+    if let Some(labels) = value
+        .pointer_mut("/metadata/labels")
+        .and_then(Value::as_object_mut)
+    {
+        labels.remove(POD_TEMPLATE_HASH_LABEL);
+        if labels.is_empty() {
+            value["metadata"]
+                .as_object_mut()
+                .map(|m| m.remove("labels"));
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_label_is_ignored_and_nothing_else() {
+        let with = |labels: Value| -> PodTemplateSpec {
+            serde_json::from_value(json!({
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+            }))
+            .unwrap()
+        };
+        let argo = with(json!({"app": "a", POD_TEMPLATE_HASH_LABEL: "5d4f8c"}));
+        let ours = with(json!({"app": "a", POD_TEMPLATE_HASH_LABEL: "x7b9z"}));
+        assert_eq!(comparable(&argo), comparable(&ours));
+        let other = with(json!({"app": "b", POD_TEMPLATE_HASH_LABEL: "x7b9z"}));
+        assert_ne!(comparable(&argo), comparable(&other));
+        let only_hash = with(json!({POD_TEMPLATE_HASH_LABEL: "x7b9z"}));
+        let none: PodTemplateSpec = serde_json::from_value(json!({
+            "metadata": {},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+        }))
+        .unwrap();
+        assert_eq!(comparable(&only_hash), comparable(&none));
+    }
+}
