@@ -722,3 +722,115 @@ async fn revert_on_deletion_hands_the_target_back() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(services.get_opt("podinfo").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_rollback_webhook_rolls_back_and_event_webhooks_see_every_event() {
+    let Some(f) = fixture("canary-rollback-hook").await else {
+        return;
+    };
+    let roll_back = Arc::new(AtomicBool::new(false));
+    let events_seen = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let (flag, seen) = (roll_back.clone(), events_seen.clone());
+    let app = axum::Router::new()
+        .route(
+            "/rollback",
+            axum::routing::post(move || {
+                let flag = flag.clone();
+                async move {
+                    if flag.load(Ordering::Relaxed) {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::NOT_FOUND
+                    }
+                }
+            }),
+        )
+        .route(
+            "/events",
+            axum::routing::post(move |body: axum::Json<serde_json::Value>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(body.0);
+                    axum::http::StatusCode::ACCEPTED
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    f.create_target("podinfo:6.0.0").await;
+    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({
+        "interval": "1s", "iterations": 30,
+        "webhooks": [
+            {"name": "manual", "type": "rollback", "url": format!("http://{addr}/rollback"), "timeout": "5s"},
+            {"name": "audit", "type": "event", "url": format!("http://{addr}/events"),
+             "metadata": {"team": "a"}},
+        ],
+    }))
+    .await;
+    f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60), &ctl)
+        .await;
+    f.set_image("podinfo:6.0.1").await;
+    f.wait_phase(CanaryPhase::Progressing, Duration::from_secs(30), &ctl)
+        .await;
+    // Not requested: the run goes on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let canary = f.canaries().get("podinfo").await.unwrap();
+    assert_eq!(
+        canary.status.as_ref().and_then(|s| s.phase),
+        Some(CanaryPhase::Progressing)
+    );
+    roll_back.store(true, Ordering::Relaxed);
+    let canary = f
+        .wait_phase(CanaryPhase::Failed, Duration::from_secs(30), &ctl)
+        .await;
+    assert!(
+        canary.status.unwrap().iterations.unwrap_or(0) < 30,
+        "rolled back before the run ended"
+    );
+    assert_eq!(
+        f.image("podinfo-primary").await,
+        "podinfo:6.0.0",
+        "not promoted"
+    );
+    eventually(Duration::from_secs(20), "canary scaled to zero", || async {
+        (f.replicas("podinfo").await == 0).then_some(())
+    })
+    .await;
+    let events = f.events().await;
+    assert!(
+        events.iter().any(
+            |e| e.starts_with("Rolling back podinfo.") && e.ends_with("manual webhook invoked")
+        ),
+        "{events:#?}"
+    );
+    let seen = events_seen.lock().unwrap().clone();
+    let message = |p: &serde_json::Value| {
+        p["metadata"]["eventMessage"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    for payload in &seen {
+        assert_eq!(payload["name"], "podinfo");
+        assert_eq!(payload["namespace"], f.ns.name.as_str());
+        assert_eq!(
+            payload["metadata"]["team"], "a",
+            "the hook's own metadata is kept"
+        );
+    }
+    let new_revision = seen
+        .iter()
+        .find(|p| message(p).starts_with("New revision detected! Scaling up podinfo."))
+        .unwrap_or_else(|| panic!("no new-revision event in {seen:#?}"));
+    assert_eq!(new_revision["metadata"]["eventType"], "Normal");
+    let rolled_back = seen
+        .iter()
+        .find(|p| message(p).ends_with("manual webhook invoked"))
+        .unwrap_or_else(|| panic!("no rollback event in {seen:#?}"));
+    assert_eq!(rolled_back["metadata"]["eventType"], "Warning");
+}
