@@ -49,7 +49,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::fresh::{self, Fresh};
-use super::metrics::RolloutInfoLabels;
+use super::metrics::{RolloutInfoLabels, RolloutReplicas};
 use super::{FIELD_MANAGER, Shared};
 use crate::api::argo::analysis::AnalysisRun;
 use crate::api::argo::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus};
@@ -690,8 +690,22 @@ async fn release_before_deletion(rollout: &Rollout, ctx: &Ctx) -> Result<(), Err
 }
 
 impl Ctx {
-    /// Sets `rollout_info` for one Rollout, replacing its previous series.
+    /// Sets `rollout_info` for one Rollout, replacing its previous series, and its weight and
+    /// replica gauges.
     fn export_info(&self, rollout: &Rollout, status: &RolloutStatus) {
+        let (namespace, name) = (rollout.namespace().unwrap_or_default(), rollout.name_any());
+        let metrics = &self.shared.metrics;
+        metrics.set_rollout_weight(&namespace, &name, i64::from(canary_weight(status)));
+        metrics.set_rollout_replicas(
+            &namespace,
+            &name,
+            RolloutReplicas {
+                desired: i64::from(rollout.spec.replicas.unwrap_or(1)),
+                updated: i64::from(status.updated_replicas),
+                available: i64::from(status.available_replicas),
+                unavailable: i64::from(status.replicas - status.available_replicas),
+            },
+        );
         let phase = status.phase.unwrap_or(RolloutPhase::Progressing);
         let labels = RolloutInfoLabels {
             namespace: rollout.namespace().unwrap_or_default(),
@@ -725,6 +739,7 @@ impl Ctx {
     }
 
     fn drop_info(&self, key: &fresh::Key) {
+        self.shared.metrics.remove_rollout(&key.0, &key.1);
         if let Ok(mut info) = self.info.lock()
             && let Some(old) = info.remove(key)
         {
@@ -759,6 +774,19 @@ impl Ctx {
             self.rollouts.forget(&key);
         }
     }
+}
+
+/// The canary's share of traffic for `sluice_rollout_canary_weight`: what the routers report
+/// applied, or without a router the canary's share of available pods (Argo's "actual weight").
+fn canary_weight(status: &RolloutStatus) -> i32 {
+    if let Some(weights) = &status.canary.weights {
+        return weights.canary.weight;
+    }
+    if status.stable_rs == status.current_pod_hash || status.available_replicas <= 0 {
+        return 0;
+    }
+    (100 * status.updated_replicas.min(status.available_replicas) / status.available_replicas)
+        .clamp(0, 100)
 }
 
 /// Argo's `traffic_router` label: the router kinds configured, or empty.
