@@ -44,6 +44,46 @@ fn exported_names(exposition: &str) -> BTreeSet<String> {
     names
 }
 
+/// Whether the exposition has a sample of `metric` carrying every one of `labels` (`key="value"`)
+/// with `value` (compared as numbers: a float gauge writes `1.0`).
+fn has_sample(exposition: &str, metric: &str, labels: &[&str], value: &str) -> bool {
+    exposition.lines().any(|line| {
+        line.strip_prefix(metric)
+            .and_then(|rest| rest.strip_prefix('{'))
+            .and_then(|rest| rest.rsplit_once("} "))
+            .is_some_and(|(set, v)| {
+                v.trim().parse::<f64>().ok() == value.parse::<f64>().ok()
+                    && labels.iter().all(|l| set.split(',').any(|p| p == *l))
+            })
+    })
+}
+
+/// Scrapes the controller until `ready` holds; on timeout, panics showing the samples that carry
+/// `label` (the test's namespace).
+async fn scrape_until(
+    ctl: &ControllerProcess,
+    label: &str,
+    timeout: Duration,
+    ready: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let text = ctl.metrics().await;
+        if ready(&text) {
+            return text;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let ours: Vec<&str> = text.lines().filter(|l| l.contains(label)).collect();
+            panic!(
+                "timed out after {timeout:?}; the scrape's samples with {label}:\n{}\ncontroller log:\n{}",
+                ours.join("\n"),
+                ctl.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Every `expr` (panel targets) and templating `query` of a dashboard.
 fn expressions(value: &Value, out: &mut Vec<String>) {
     match value {
@@ -164,8 +204,8 @@ async fn every_dashboard_expression_uses_only_exported_metrics() {
     };
     let ns = env.namespace("dashboards").await;
     let ctl = ControllerProcess::start_with(&env, &ns.name, &["--leader-elect=false"]).await;
-    // Families without series are not exposed: give rollout_info a Rollout and the measurement
-    // counter one measurement.
+    // Families without series are not exposed: give the per-Rollout gauges a Rollout, and the
+    // per-run gauges and the measurement counter a run with one measurement.
     let rollout: Rollout = serde_json::from_value(json!({
         "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
         "spec": {
@@ -193,16 +233,59 @@ async fn every_dashboard_expression_uses_only_exported_metrics() {
         .create(&PostParams::default(), &run)
         .await
         .expect("creating an AnalysisRun");
-    let exported = common::eventually(
-        Duration::from_secs(60),
-        "rollout_info and sluice_analysis_measurements_total on /metrics",
-        || async {
-            let names = exported_names(&ctl.metrics().await);
-            (names.contains("rollout_info") && names.contains("sluice_analysis_measurements_total"))
-                .then_some(names)
-        },
-    )
+    // The per-run series must really be there, with the run's values, not only their families.
+    let probe = |metric: &'static str, labels: &'static [&'static str], value: &'static str| {
+        (metric, labels, value)
+    };
+    let wanted = [
+        probe("sluice_rollout_canary_weight", &[r#"name="web""#], "0"),
+        probe("rollout_info_replicas_desired", &[r#"name="web""#], "1"),
+        probe(
+            "analysis_run_info",
+            &[r#"name="probe""#, r#"phase="Successful""#],
+            "1",
+        ),
+        probe(
+            "analysis_run_metric_phase",
+            &[
+                r#"metric="up""#,
+                r#"type="Prometheus""#,
+                r#"phase="Successful""#,
+            ],
+            "1",
+        ),
+        probe(
+            "analysis_run_metric_phase",
+            &[r#"metric="up""#, r#"phase="Failed""#],
+            "0",
+        ),
+        probe(
+            "analysis_run_metric_type",
+            &[r#"metric="up""#, r#"type="Prometheus""#],
+            "1",
+        ),
+        probe(
+            "sluice_analysis_measurement_value",
+            &[r#"name="probe""#, r#"metric="up""#],
+            "1",
+        ),
+    ];
+    let ns_label = format!("namespace=\"{}\"", ns.name);
+    let text = scrape_until(&ctl, &ns_label, Duration::from_secs(60), |text| {
+        let names = exported_names(text);
+        names.contains("rollout_info")
+            && names.contains("sluice_analysis_measurements_total")
+            && wanted.iter().all(|(metric, labels, value)| {
+                has_sample(
+                    text,
+                    metric,
+                    &[&[ns_label.as_str()], *labels].concat(),
+                    value,
+                )
+            })
+    })
     .await;
+    let exported = exported_names(&text);
     assert!(
         exported.contains("rollout_info") && exported.contains("sluice_leader"),
         "the scrape lacks Sluice's metrics: {exported:?}"
@@ -250,4 +333,72 @@ async fn every_dashboard_expression_uses_only_exported_metrics() {
         "{}\nexported: {exported:?}",
         failures.join("\n")
     );
+}
+
+/// The per-AnalysisRun series follow the run and go away with it, so the controller's memory does
+/// not grow with every run ever made.
+#[tokio::test]
+async fn analysis_run_series_vanish_with_the_run() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let ns = env.namespace("run-series").await;
+    let ctl = ControllerProcess::start_with(&env, &ns.name, &["--leader-elect=false"]).await;
+    let run: AnalysisRun = serde_json::from_value(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisRun", "metadata": {"name": "gone"},
+        "spec": {"metrics": [{
+            "name": "ratio", "count": 1, "successCondition": "result[0] > 1",
+            "provider": {"prometheus": {"address": env.prometheus_url, "query": "vector(0.25)"}},
+        }]},
+    }))
+    .unwrap();
+    let api = Api::<AnalysisRun>::namespaced(env.client.clone(), &ns.name);
+    api.create(&PostParams::default(), &run)
+        .await
+        .expect("creating an AnalysisRun");
+    let ns_label = format!("namespace=\"{}\"", ns.name);
+    let labels = [ns_label.as_str(), r#"name="gone""#];
+    common::eventually(
+        Duration::from_secs(60),
+        "the failed run's verdict and value on /metrics",
+        || async {
+            let text = ctl.metrics().await;
+            (has_sample(
+                &text,
+                "analysis_run_info",
+                &[&labels[..], &[r#"phase="Failed""#]].concat(),
+                "1",
+            ) && has_sample(
+                &text,
+                "analysis_run_metric_phase",
+                &[&labels[..], &[r#"metric="ratio""#, r#"phase="Failed""#]].concat(),
+                "1",
+            ) && has_sample(
+                &text,
+                "sluice_analysis_measurement_value",
+                &[&labels[..], &[r#"metric="ratio""#]].concat(),
+                "0.25",
+            ))
+            .then_some(())
+        },
+    )
+    .await;
+    api.delete("gone", &Default::default())
+        .await
+        .expect("deleting the AnalysisRun");
+    common::eventually(
+        Duration::from_secs(30),
+        "no series of the deleted run on /metrics",
+        || async {
+            let text = ctl.metrics().await;
+            let left: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    !l.starts_with('#') && l.contains(&ns_label) && l.contains(r#"name="gone""#)
+                })
+                .collect();
+            left.is_empty().then_some(())
+        },
+    )
+    .await;
 }
