@@ -965,6 +965,12 @@ fn invalid_specs_get_an_invalid_spec_condition_naming_the_field() {
             json!({"trafficRouting": {"alb": {"servicePort": 80}}, "canaryService": "c", "stableService": "s"}),
             "spec.strategy.canary.trafficRouting.alb",
         ),
+        (
+            json!({"trafficRouting": {"istio": {"virtualService": {"name": "vs"}},
+                                      "maxTrafficWeight": 1000},
+                   "canaryService": "c", "stableService": "s"}),
+            "spec.strategy.canary.trafficRouting.maxTrafficWeight",
+        ),
     ];
     for (canary, field) in cases {
         let mut world = World::new(spec(2, canary.clone()));

@@ -210,6 +210,19 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
         }
     }
     let max_weight = canary.max_traffic_weight();
+    // Argo's Istio router writes `100 - weight` for stable and its validation refuses
+    // maxTrafficWeight without NGINX or a plugin; Sluice's writes `max - weight`, which only
+    // Istio versions with relative weights honour. Refuse it rather than split wrongly.
+    if routing.is_some_and(|r| r.istio.is_some()) && max_weight != 100 {
+        errors.push(err(
+            format!("{base}.trafficRouting.maxTrafficWeight"),
+            format!(
+                "maxTrafficWeight {max_weight} is not supported with the istio traffic router \
+                 (VirtualService weights are percentages, as in Argo Rollouts): remove \
+                 maxTrafficWeight and give setWeight in percent"
+            ),
+        ));
+    }
     let managed: Vec<&str> = routing
         .and_then(|r| r.managed_routes.as_ref())
         .map(|m| m.iter().map(|r| r.name.as_str()).collect())

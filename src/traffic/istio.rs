@@ -20,6 +20,9 @@
 //!   step's matches, the split route's destinations, `mirror` = the canary and
 //!   `mirrorPercentage`. Managed routes go first, in `managedRoutes` order, before the user's.
 //!   A step without matches removes its route.
+//! - **maxTrafficWeight**: only 100. Weights are percentages, as upstream (whose Istio router
+//!   writes `100 - weight` for stable and whose validation refuses `maxTrafficWeight` for Istio);
+//!   `crate::engine::validate` reports any other value as `InvalidSpec`.
 //! - **Observed weight**: the canary weight on every split route of every VirtualService when
 //!   they all agree (and the DestinationRule's subsets carry the expected hashes); else `None`.
 //!
@@ -679,6 +682,7 @@ impl Router for IstioRouter {
     }
 
     async fn set_weight(&self, ctx: &RouterContext, w: &Weights) -> Result<(), TrafficError> {
+        percent_weights(w)?;
         let t = Targets::new(&self.config, w);
         // Subsets first: a weight must never reach a subset that selects the wrong pods.
         if let Some(dr) = &self.config.destination_rule {
@@ -878,6 +882,23 @@ impl Router for IstioRouter {
     }
 }
 
+/// Istio weights are percentages here, as in Argo Rollouts (its Istio router writes
+/// `100 - weight` for stable, and its validation refuses `maxTrafficWeight` for Istio); the
+/// engine reports another `maxTrafficWeight` as `InvalidSpec`, so this only guards the router.
+pub fn percent_weights(w: &Weights) -> Result<(), TrafficError> {
+    if w.max_weight == 100 {
+        return Ok(());
+    }
+    Err(TrafficError::Unsupported {
+        router: ROUTER,
+        what: format!(
+            "maxTrafficWeight {} (VirtualService weights are percentages; remove \
+             trafficRouting.maxTrafficWeight)",
+            w.max_weight
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -911,6 +932,25 @@ mod tests {
                 {"name": "other", "route": [{"destination": {"host": "elsewhere"}}]},
             ]
         })
+    }
+
+    #[test]
+    fn weights_are_percentages_only() {
+        let mut w = Weights {
+            canary: 30,
+            max_weight: 100,
+            canary_service: "canary".into(),
+            stable_service: "stable".into(),
+            canary_hash: "c".into(),
+            stable_hash: "s".into(),
+        };
+        assert!(percent_weights(&w).is_ok());
+        w.max_weight = 1000;
+        let err = percent_weights(&w).unwrap_err().to_string();
+        assert!(
+            err.contains("maxTrafficWeight 1000") && err.contains("istio"),
+            "{err}"
+        );
     }
 
     #[test]
