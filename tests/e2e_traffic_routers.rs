@@ -12,8 +12,6 @@ mod common;
 
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
-use kube::discovery;
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
 
@@ -28,125 +26,7 @@ use sluice::traffic::smi::SmiRouter;
 use sluice::traffic::traefik::TraefikRouter;
 use sluice::traffic::{HeaderRoute, MirrorRoute, Router, RouterContext, Weights};
 
-const GITOPS: &str = "argocd-controller";
-
-async fn api_for(client: &kube::Client, ns: &str, manifest: &Value) -> Api<DynamicObject> {
-    let api_version = manifest["apiVersion"].as_str().expect("apiVersion");
-    let kind = manifest["kind"].as_str().expect("kind");
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    let (ar, _) = discovery::pinned_kind(client, &gvk)
-        .await
-        .unwrap_or_else(|e| panic!("the cluster serves no {kind} {api_version}: {e}"));
-    Api::namespaced_with(client.clone(), ns, &ar)
-}
-
-fn name_of(manifest: &Value) -> &str {
-    manifest["metadata"]["name"]
-        .as_str()
-        .expect("metadata.name")
-}
-
-/// Applies `manifest` as Argo CD with server-side apply would; returns the stored object.
-async fn gitops_apply(client: &kube::Client, ns: &str, manifest: &Value) -> DynamicObject {
-    let api = api_for(client, ns, manifest).await;
-    api.patch(
-        name_of(manifest),
-        &PatchParams::apply(GITOPS).force(),
-        &Patch::Apply(manifest),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("applying {} as {GITOPS}: {e}", name_of(manifest)))
-}
-
-fn strip_times(obj: &DynamicObject) -> Vec<Value> {
-    obj.metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .map(|e| {
-            let mut v = serde_json::to_value(e).expect("managedFields entry");
-            if let Some(m) = v.as_object_mut() {
-                m.remove("time");
-            }
-            v
-        })
-        .collect()
-}
-
-/// After release: the object is its manifest again and Git's manager alone owns its spec.
-async fn assert_as_declared(
-    client: &kube::Client,
-    ns: &str,
-    manifest: &Value,
-    original: &DynamicObject,
-) {
-    let api = api_for(client, ns, manifest).await;
-    let name = name_of(manifest);
-    let live = api.get(name).await.expect("the object after release");
-    assert_eq!(
-        live.data["spec"], original.data["spec"],
-        "{name}: spec restored"
-    );
-    // `original` may be a snapshot taken mid-rollout (Git re-synced): without Sluice's parts.
-    let expected_annotations = original
-        .metadata
-        .annotations
-        .clone()
-        .map(|mut a| {
-            a.remove(sluice::traffic::ownership::ORIGINALS_ANNOTATION);
-            a
-        })
-        .filter(|a| !a.is_empty());
-    assert_eq!(
-        live.metadata.annotations, expected_annotations,
-        "{name}: annotations restored"
-    );
-    assert_eq!(live.metadata.labels, original.metadata.labels);
-    for entry in live.metadata.managed_fields.iter().flatten() {
-        let manager = entry.manager.clone().unwrap_or_default();
-        assert_ne!(manager, "sluice", "{name}: Sluice still owns {entry:?}");
-        let owns_spec = entry
-            .fields_v1
-            .as_ref()
-            .is_some_and(|f| f.0.get("f:spec").is_some());
-        assert!(
-            !owns_spec || manager == GITOPS,
-            "{name}: {manager} owns spec fields: {entry:?}"
-        );
-    }
-    let expected_fields: Vec<Value> = strip_times(original)
-        .into_iter()
-        .filter(|e| e["manager"] != "sluice")
-        .collect();
-    assert_eq!(
-        strip_times(&live),
-        expected_fields,
-        "{name}: managedFields as after Git's apply"
-    );
-    let dry = api
-        .patch(
-            name,
-            &PatchParams {
-                dry_run: true,
-                ..PatchParams::apply(GITOPS).force()
-            },
-            &Patch::Apply(manifest),
-        )
-        .await
-        .expect("dry-run apply of the manifest");
-    assert_eq!(dry.data["spec"], live.data["spec"], "{name}: dry-run diff");
-    assert_eq!(dry.metadata.annotations, live.metadata.annotations);
-    assert_eq!(
-        strip_times(&dry),
-        strip_times(&live),
-        "{name}: dry-run managedFields"
-    );
-    assert_eq!(
-        dry.metadata.resource_version, live.metadata.resource_version,
-        "{name}: a dry-run apply of the manifest would change the object"
-    );
-}
+use common::traffic::{api_for, assert_as_declared, gitops_apply, name_of, strip_times};
 
 /// An inert Rollout (no controller watches the test namespace): the owner of generated objects.
 async fn owner_rollout(client: &kube::Client, ns: &str, name: &str) -> String {

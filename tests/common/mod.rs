@@ -20,6 +20,7 @@
 
 pub mod controller;
 pub mod exporter;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

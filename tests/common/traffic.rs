@@ -1,0 +1,174 @@
+//! Route objects as a GitOps agent owns them, for the router end-to-end tests
+//! (`e2e_traffic_routers`, `e2e_rollout_routers`): apply a manifest the way Argo CD does
+//! (server-side apply under [`GITOPS`]), and check after a rollout that the object is exactly
+//! what the manifest declares again (Argo Rollouts #3854): same spec, annotations and
+//! managedFields as after Git's own apply, no Sluice entry, no other manager owning a spec field,
+//! and a server-side dry-run apply of the manifest under [`GITOPS`] that changes nothing.
+
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery;
+use pretty_assertions::assert_eq;
+use serde_json::Value;
+
+use super::eventually;
+
+/// The GitOps agent's field manager.
+pub const GITOPS: &str = "argocd-controller";
+
+/// The API of `manifest`'s kind in `ns` (the kind must be served).
+pub async fn api_for(client: &kube::Client, ns: &str, manifest: &Value) -> Api<DynamicObject> {
+    let api_version = manifest["apiVersion"].as_str().expect("apiVersion");
+    let kind = manifest["kind"].as_str().expect("kind");
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (ar, _) = discovery::pinned_kind(client, &gvk)
+        .await
+        .unwrap_or_else(|e| panic!("the cluster serves no {kind} {api_version}: {e}"));
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+pub fn name_of(manifest: &Value) -> &str {
+    manifest["metadata"]["name"]
+        .as_str()
+        .expect("metadata.name")
+}
+
+/// Applies `manifest` as Argo CD with server-side apply would; returns the stored object.
+pub async fn gitops_apply(client: &kube::Client, ns: &str, manifest: &Value) -> DynamicObject {
+    let api = api_for(client, ns, manifest).await;
+    api.patch(
+        name_of(manifest),
+        &PatchParams::apply(GITOPS).force(),
+        &Patch::Apply(manifest),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {} as {GITOPS}: {e}", name_of(manifest)))
+}
+
+/// The managedFields entries without their timestamps.
+pub fn strip_times(obj: &DynamicObject) -> Vec<Value> {
+    obj.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .map(|e| {
+            let mut v = serde_json::to_value(e).expect("managedFields entry");
+            if let Some(m) = v.as_object_mut() {
+                m.remove("time");
+            }
+            v
+        })
+        .collect()
+}
+
+/// Whether Sluice's field manager still has an entry on the object.
+pub fn sluice_owns_something(obj: &DynamicObject) -> bool {
+    obj.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|e| e.manager.as_deref() == Some(sluice::traffic::FIELD_MANAGER))
+}
+
+/// Waits until the object `manifest` names has no managedFields entry of Sluice's any more
+/// (the controller released it), and returns it.
+pub async fn wait_released(
+    client: &kube::Client,
+    ns: &str,
+    manifest: &Value,
+    timeout: Duration,
+) -> DynamicObject {
+    let api = api_for(client, ns, manifest).await;
+    let name = name_of(manifest);
+    eventually(
+        timeout,
+        &format!("{name} to be released by Sluice"),
+        || async {
+            let live = api.get(name).await.ok()?;
+            (!sluice_owns_something(&live)).then_some(live)
+        },
+    )
+    .await
+}
+
+/// After release: the object is its manifest again and Git's manager alone owns its spec.
+/// `original` is the object as Git's last apply stored it.
+pub async fn assert_as_declared(
+    client: &kube::Client,
+    ns: &str,
+    manifest: &Value,
+    original: &DynamicObject,
+) {
+    let api = api_for(client, ns, manifest).await;
+    let name = name_of(manifest);
+    let live = api.get(name).await.expect("the object after release");
+    assert_eq!(
+        live.data["spec"], original.data["spec"],
+        "{name}: spec restored"
+    );
+    // `original` may be a snapshot taken mid-rollout (Git re-synced): without Sluice's parts.
+    let expected_annotations = original
+        .metadata
+        .annotations
+        .clone()
+        .map(|mut a| {
+            a.remove(sluice::traffic::ownership::ORIGINALS_ANNOTATION);
+            a
+        })
+        .filter(|a| !a.is_empty());
+    assert_eq!(
+        live.metadata.annotations, expected_annotations,
+        "{name}: annotations restored"
+    );
+    assert_eq!(live.metadata.labels, original.metadata.labels);
+    for entry in live.metadata.managed_fields.iter().flatten() {
+        let manager = entry.manager.clone().unwrap_or_default();
+        assert_ne!(
+            manager,
+            sluice::traffic::FIELD_MANAGER,
+            "{name}: Sluice still owns {entry:?}"
+        );
+        let owns_spec = entry
+            .fields_v1
+            .as_ref()
+            .is_some_and(|f| f.0.get("f:spec").is_some());
+        assert!(
+            !owns_spec || manager == GITOPS,
+            "{name}: {manager} owns spec fields: {entry:?}"
+        );
+    }
+    let expected_fields: Vec<Value> = strip_times(original)
+        .into_iter()
+        .filter(|e| e["manager"] != sluice::traffic::FIELD_MANAGER)
+        .collect();
+    assert_eq!(
+        strip_times(&live),
+        expected_fields,
+        "{name}: managedFields as after Git's apply"
+    );
+    let dry = api
+        .patch(
+            name,
+            &PatchParams {
+                dry_run: true,
+                ..PatchParams::apply(GITOPS).force()
+            },
+            &Patch::Apply(manifest),
+        )
+        .await
+        .expect("dry-run apply of the manifest");
+    assert_eq!(dry.data["spec"], live.data["spec"], "{name}: dry-run diff");
+    assert_eq!(dry.metadata.annotations, live.metadata.annotations);
+    assert_eq!(
+        strip_times(&dry),
+        strip_times(&live),
+        "{name}: dry-run managedFields"
+    );
+    assert_eq!(
+        dry.metadata.resource_version, live.metadata.resource_version,
+        "{name}: a dry-run apply of the manifest would change the object"
+    );
+}
