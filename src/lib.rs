@@ -3,6 +3,7 @@
 //! Data flows one way: `api` (wire types) → `engine` (pure decisions) → `controller` (I/O).
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod analysis;
 pub mod api;
 pub mod cli;

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret, Service};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use sluice::api::flagger::alert_provider::AlertProvider;
 use sluice::api::flagger::canary::{Canary, CanaryPhase};
 use sluice::api::flagger::metric_template::MetricTemplate;
 
@@ -833,4 +834,161 @@ async fn a_rollback_webhook_rolls_back_and_event_webhooks_see_every_event() {
         .find(|p| message(p).ends_with("manual webhook invoked"))
         .unwrap_or_else(|| panic!("no rollback event in {seen:#?}"));
     assert_eq!(rolled_back["metadata"]["eventType"], "Warning");
+}
+
+/// What an alert listener received: (path, authorization header, body).
+type Received = Arc<std::sync::Mutex<Vec<(String, Option<String>, serde_json::Value)>>>;
+
+#[tokio::test]
+async fn alerts_reach_slack_and_webhook_providers_by_severity() {
+    let Some(f) = fixture("canary-alerts").await else {
+        return;
+    };
+    let received: Received = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/{path}",
+        axum::routing::post(
+            move |axum::extract::Path(path): axum::extract::Path<String>,
+                  headers: axum::http::HeaderMap,
+                  body: axum::Json<serde_json::Value>| {
+                let sink = sink.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    sink.lock().unwrap().push((path, auth, body.0));
+                    axum::http::StatusCode::OK
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "hook-address"},
+        "stringData": {"address": format!("http://{addr}/generic"), "token": "t0ken"}}))
+    .unwrap();
+    Api::<Secret>::namespaced(f.env.client.clone(), &f.ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let providers: Api<AlertProvider> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    for provider in [
+        json!({"apiVersion": "flagger.app/v1beta1", "kind": "AlertProvider",
+            "metadata": {"name": "slack"},
+            "spec": {"type": "slack", "channel": "ops", "address": format!("http://{addr}/slack")}}),
+        json!({"apiVersion": "flagger.app/v1beta1", "kind": "AlertProvider",
+            "metadata": {"name": "hook"},
+            "spec": {"type": "webhook", "secretRef": {"name": "hook-address"}}}),
+    ] {
+        let provider: AlertProvider = serde_json::from_value(provider).unwrap();
+        providers
+            .create(&PostParams::default(), &provider)
+            .await
+            .unwrap();
+    }
+
+    let exporter = Exporter::start(&f.env, "canary-alerts").await;
+    exporter.set("rate", 50.0);
+    exporter.wait_scraped("rate", 50.0).await;
+    f.metric_template(&exporter.selector("rate")).await;
+    f.create_target("podinfo:6.0.0").await;
+    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({
+        "interval": "1s", "threshold": 2, "iterations": 10,
+        "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
+            "thresholdRange": {"min": 99}}],
+        "alerts": [
+            {"name": "team", "severity": "info", "providerRef": {"name": "slack"}},
+            {"name": "pager", "severity": "error", "providerRef": {"name": "hook"}},
+            {"name": "lost", "severity": "error", "providerRef": {"name": "missing"}},
+        ],
+    }))
+    .await;
+    f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60), &ctl)
+        .await;
+    f.set_image("podinfo:6.0.1").await;
+    f.wait_phase(CanaryPhase::Failed, Duration::from_secs(90), &ctl)
+        .await;
+    // Alerts go out after the status is written.
+    let received = eventually(Duration::from_secs(15), "the rollback alerts", || {
+        let received = received.clone();
+        async move {
+            let all = received.lock().unwrap().clone();
+            (all.iter().filter(|(p, ..)| p == "generic").count() >= 1
+                && all.iter().filter(|(p, ..)| p == "slack").count() >= 3)
+                .then_some(all)
+        }
+    })
+    .await;
+    let slack: Vec<&serde_json::Value> = received
+        .iter()
+        .filter(|(p, ..)| p == "slack")
+        .map(|(_, _, b)| b)
+        .collect();
+    let text = |b: &serde_json::Value| {
+        b["attachments"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let texts: Vec<String> = slack.iter().map(|b| text(b)).collect();
+    assert_eq!(
+        texts,
+        vec![
+            "New Deployment detected, initialization completed.",
+            "New revision detected, progressing canary analysis.",
+            "Failed checks threshold reached 2",
+        ],
+        "every alert, in order, to the info subscription"
+    );
+    let init = slack[0];
+    assert_eq!(init["channel"], "ops");
+    assert_eq!(init["username"], "flagger");
+    assert_eq!(init["icon_emoji"], ":rocket:");
+    let attachment = &init["attachments"][0];
+    assert_eq!(attachment["color"], "good");
+    assert_eq!(
+        attachment["author_name"],
+        format!("podinfo.{}", f.ns.name).as_str()
+    );
+    assert_eq!(attachment["mrkdwn_in"], json!(["text"]));
+    assert_eq!(
+        attachment["fields"],
+        json!([
+            {"title": "Target", "value": format!("Deployment/podinfo.{}", f.ns.name), "short": false},
+            {"title": "Failed checks threshold", "value": "2", "short": false},
+            {"title": "Progress deadline", "value": "60s", "short": false},
+            {"title": "Traffic routing", "value": "Blue/Green", "short": false},
+        ])
+    );
+    assert_eq!(slack[2]["attachments"][0]["color"], "danger");
+    assert_eq!(slack[2]["attachments"][0]["fields"], json!([]));
+
+    let generic: Vec<_> = received.iter().filter(|(p, ..)| p == "generic").collect();
+    assert_eq!(
+        generic.len(),
+        1,
+        "only errors to the error subscription: {generic:#?}"
+    );
+    let (_, auth, body) = generic[0];
+    assert_eq!(auth.as_deref(), Some("Bearer t0ken"), "the Secret's token");
+    assert_eq!(
+        body,
+        &json!({"name": "podinfo", "namespace": f.ns.name, "severity": "error",
+            "message": "Failed checks threshold reached 2", "fields": []})
+    );
+    let events = f.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("Alert lost not sent: AlertProvider")
+                && e.contains("missing")
+                && e.contains("does not exist")),
+        "a failed alert is an Event: {events:#?}"
+    );
 }

@@ -55,6 +55,7 @@ use crate::engine::flagger::{
     Verdict, Workload,
 };
 
+mod alerts;
 mod config_tracking;
 mod finalizer;
 
@@ -598,10 +599,12 @@ impl Ctx {
                 Ok(())
             }
             Action::Alert {
-                severity, message, ..
+                severity,
+                message,
+                metadata,
             } => {
-                // AlertProviders are not wired yet: the alert goes to the log.
-                tracing::info!(canary = %canary.name_any(), %namespace, ?severity, %message, "canary alert");
+                self.alert(canary, status, *severity, message, *metadata)
+                    .await;
                 Ok(())
             }
         }

@@ -70,6 +70,9 @@ pub enum AlertProviderType {
     Rocket,
     /// Google Chat.
     Gchat,
+    /// **Sluice addition**: any HTTP endpoint, POSTed a plain JSON alert (`name`, `namespace`,
+    /// `message`, `severity`, `fields`); Flagger has no such type.
+    Webhook,
 }
 
 /// Status of an AlertProvider (upstream declares the subresource; nothing writes it today).

@@ -15,10 +15,10 @@
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::{Resource, ResourceExt};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::{Ctx, Error, FIELD_MANAGER, selector_label, workload};
