@@ -1197,4 +1197,49 @@ mod tests {
         let back: Vec<ManagedRoute> = serde_json::from_str(&text).expect("parses");
         assert_eq!(back, managed);
     }
+    #[test]
+    fn grpc_routes_get_weights_and_header_rules_on_their_method_matches() {
+        let grpc = vec![json!({
+            "matches": [{"method": {"type": "Exact", "service": "demo.Echo", "method": "Say"}}],
+            "backendRefs": [
+                {"name": "app-stable", "port": 9090, "weight": 100},
+                {"name": "app-canary", "port": 9090, "weight": 0},
+            ],
+        })];
+        let w = weights(30);
+        let weighted = render_weights(&grpc, &w).expect("renders");
+        assert_eq!(weighted[0]["backendRefs"][0]["weight"], json!(70));
+        assert_eq!(weighted[0]["backendRefs"][1]["weight"], json!(30));
+        assert_eq!(weighted[0]["matches"], grpc[0]["matches"]);
+        let header = ManagedRoute::Header {
+            name: "h".into(),
+            matches: vec![HeaderRoutingMatch {
+                header_name: "x-canary".into(),
+                header_value: StringMatch {
+                    exact: Some("yes".into()),
+                    ..Default::default()
+                },
+            }],
+        };
+        let out = render_rules(RouteKind::Grpc, weighted.clone(), &w, &[header]).expect("renders");
+        assert_eq!(
+            out[1],
+            json!({
+                "matches": [{
+                    "method": {"type": "Exact", "service": "demo.Echo", "method": "Say"},
+                    "headers": [{"name": "x-canary", "type": "Exact", "value": "yes"}],
+                }],
+                "backendRefs": [{"group": "", "kind": "Service", "name": "app-canary", "port": 9090}],
+            })
+        );
+        assert_eq!(observe_rules(&out[..1], &w), Ok(30));
+        // GRPCRoute has no RequestMirror filter: a mirror route is refused, naming the kind.
+        let mirror = ManagedRoute::Mirror {
+            name: "m".into(),
+            matches: vec![],
+            percentage: None,
+        };
+        let err = render_rules(RouteKind::Grpc, weighted, &w, &[mirror]).unwrap_err();
+        assert!(err.contains("GRPCRoute"), "{err}");
+    }
 }
