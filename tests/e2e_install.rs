@@ -329,6 +329,23 @@ async fn rbac_is_least_privilege() {
             }
         }
     }
+    // Flagger config tracking of Secrets adds exactly what it needs, still only where granted.
+    let tracking = render_chart(
+        &helm,
+        "sluice-system",
+        false,
+        &["secrets.namespaces={apps}", "secrets.configTracking=true"],
+    );
+    let secret_rules: Vec<(String, Value)> = rules(&documents(&tracking))
+        .into_iter()
+        .filter(|(_, r)| r["resources"].to_string().contains("secrets"))
+        .collect();
+    assert_eq!(secret_rules.len(), 1, "{secret_rules:?}");
+    assert_eq!(secret_rules[0].0, "sluice-secrets");
+    assert_eq!(
+        secret_rules[0].1["verbs"],
+        serde_json::json!(["get", "list", "watch", "create", "update", "patch"])
+    );
     let default_rules = rules(&documents(&install));
     assert!(
         !default_rules
@@ -338,6 +355,9 @@ async fn rbac_is_least_privilege() {
     );
     // What the controller does, resource by resource (a missing one only shows up in a cluster).
     for needed in [
+        "canaries",
+        "configmaps",
+        "horizontalpodautoscalers",
         "rollouts",
         "rollouts/status",
         "analysisruns",
@@ -376,4 +396,508 @@ async fn rbac_is_least_privilege() {
         serde_json::json!(["events.k8s.io"]),
         "Events go through events.k8s.io (kube's Recorder)"
     );
+}
+
+// === The chart's RBAC, really used ===
+
+/// Cluster-scoped objects a test applied (`kind/name` for kubectl), deleted again on drop, also
+/// while the test unwinds; cluster-scoped names are unique per test so parallel runs never clash.
+struct ClusterScoped {
+    kubectl: Command,
+    objects: Vec<String>,
+}
+
+impl Drop for ClusterScoped {
+    fn drop(&mut self) {
+        if self.objects.is_empty() {
+            return;
+        }
+        let _ = self
+            .kubectl
+            .args(["delete", "--ignore-not-found", "--wait=false"])
+            .args(&self.objects)
+            .output();
+    }
+}
+
+/// `sluice controller` authenticated as the chart's ServiceAccount (a TokenRequest token in its
+/// own kubeconfig, no admin credentials anywhere in its environment); killed on drop.
+struct SaController {
+    child: std::process::Child,
+    log: PathBuf,
+    http_url: String,
+}
+
+impl SaController {
+    async fn start(env: &TestEnv, namespace: &str, kubeconfig: &Path) -> SaController {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let logs = env.dir.join("logs");
+        std::fs::create_dir_all(&logs).expect("log directory");
+        let log = logs.join(format!("controller-{namespace}-{port}.log"));
+        let file = std::fs::File::create(&log).expect("controller log");
+        // Leader election stays on: the Lease Role of the chart is part of what is proven.
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("controller")
+            .args(["--namespace", namespace])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--prometheus-address", &env.prometheus_url])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,sluice=debug")
+            .env("SLUICE_CANARY_MIN_INTERVAL", "1s")
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
+            .spawn()
+            .expect("starting sluice controller");
+        let ctl = SaController {
+            child,
+            log,
+            http_url: format!("http://127.0.0.1:{port}"),
+        };
+        let url = format!("{}/readyz", ctl.http_url);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sluice controller (as the ServiceAccount) not ready after 30s; log:\n{}",
+                ctl.log_text()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        ctl
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SaController {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A copy of the test cluster's kubeconfig whose every context uses `token` and nothing else.
+fn token_kubeconfig(env: &TestEnv, token: &str, path: &Path) {
+    let admin: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(&env.kubeconfig).expect("reading the test kubeconfig"),
+    )
+    .expect("the test kubeconfig parses");
+    let mut config = admin.clone();
+    config["users"] = serde_json::json!([{"name": "sluice-sa", "user": {"token": token}}]);
+    for context in config["contexts"].as_array_mut().expect("contexts") {
+        context["context"]["user"] = Value::from("sluice-sa");
+    }
+    std::fs::write(path, serde_yaml::to_string(&config).unwrap()).expect("writing the kubeconfig");
+}
+
+/// Polls `read` until `done` accepts its value; on timeout panics with the value and the log.
+async fn until<T: std::fmt::Debug, F, Fut>(
+    what: &str,
+    timeout: std::time::Duration,
+    ctl: &SaController,
+    mut read: F,
+    done: impl Fn(&T) -> bool,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let value = read().await;
+        if done(&value) {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let log = ctl.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; last seen: {value:#?}\ncontroller log (tail):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// The chart's ServiceAccount, Roles, ClusterRoles and bindings applied for real (release
+/// namespace = the test namespace, `controller.watchNamespace` = it too), then `sluice controller`
+/// authenticated only as that ServiceAccount (a TokenRequest token) takes a Rollout with an
+/// analysis step (Prometheus) and a Flagger Canary through a new revision to completion, electing
+/// itself leader on the chart's Lease Role. Any missing permission is a 403 in the log or a stuck
+/// object: either fails the test.
+#[tokio::test]
+async fn the_charts_service_account_can_run_a_rollout_and_a_canary() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+    use serde_json::json;
+    use sluice::api::argo::analysis::{AnalysisPhase, AnalysisRun};
+    use sluice::api::argo::rollout::{Rollout, RolloutPhase};
+    use sluice::api::flagger::canary::{Canary, CanaryPhase};
+    use std::time::Duration;
+
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let Some(helm) = helm_or_skip(&env) else {
+        return;
+    };
+    let ns = env.namespace("rbac").await;
+    let release = common::unique_name("rbac");
+    let mut cmd = Command::new(&helm);
+    cmd.args(["template", &release])
+        .arg(root().join("deploy/helm/sluice"))
+        .args(["--namespace", &ns.name])
+        .args(["--set", &format!("controller.watchNamespace={}", ns.name)])
+        // Secrets opted in where the Canary lives, so config tracking may watch and copy them
+        // (without it, the default, Sluice reads no Secret at all).
+        .args(["--set", &format!("secrets.namespaces={{{}}}", ns.name)])
+        .args(["--set", "secrets.configTracking=true"]);
+    let rendered = run(&mut cmd, "helm template (RBAC)");
+    let docs: Vec<Value> = documents(&rendered)
+        .into_iter()
+        .filter(|d| {
+            [
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+            ]
+            .contains(&d["kind"].as_str().unwrap_or_default())
+        })
+        .collect();
+    let account = docs
+        .iter()
+        .find(|d| d["kind"] == "ServiceAccount")
+        .and_then(|d| d["metadata"]["name"].as_str())
+        .expect("the chart renders a ServiceAccount")
+        .to_string();
+    let mut cluster_scoped = ClusterScoped {
+        kubectl: env.kubectl(),
+        objects: Vec::new(),
+    };
+    for d in &docs {
+        let kind = d["kind"].as_str().unwrap_or_default();
+        let name = d["metadata"]["name"].as_str().unwrap_or_default();
+        if kind.starts_with("Cluster") {
+            assert!(
+                name.starts_with(&release),
+                "cluster-scoped {kind} {name} is not named after the release"
+            );
+            cluster_scoped
+                .objects
+                .push(format!("{}/{name}", kind.to_lowercase()));
+        }
+    }
+    assert!(
+        cluster_scoped.objects.len() >= 3,
+        "expected the ClusterRoles and the cluster binding: {:?}",
+        cluster_scoped.objects
+    );
+    let dir = env.dir.join("install-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join(format!("{release}-rbac.yaml"));
+    let yaml: String = docs
+        .iter()
+        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .collect();
+    std::fs::write(&manifest, yaml).unwrap();
+    run(
+        env.kubectl()
+            .args([
+                "apply",
+                "--server-side",
+                "--field-manager",
+                common::FIELD_MANAGER,
+                "-f",
+            ])
+            .arg(&manifest),
+        "applying the chart's RBAC",
+    );
+    let _ = std::fs::remove_file(&manifest);
+
+    // A real token for the ServiceAccount, and nothing else in the controller's kubeconfig.
+    let token = Api::<ServiceAccount>::namespaced(env.client.clone(), &ns.name)
+        .create_token_request(
+            &account,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    expiration_seconds: Some(3600),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a TokenRequest for the chart's ServiceAccount")
+        .status
+        .expect("a token")
+        .token;
+    let kubeconfig = dir.join(format!("{release}.kubeconfig"));
+    token_kubeconfig(&env, &token, &kubeconfig);
+    // The kubeconfig really is the ServiceAccount: it is who the apiserver sees, and it may not
+    // do what the chart does not grant.
+    let whoami = run(
+        Command::new(&env.kubectl)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args([
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username}",
+            ]),
+        "kubectl auth whoami as the ServiceAccount",
+    );
+    assert_eq!(
+        whoami,
+        format!("system:serviceaccount:{}:{account}", ns.name)
+    );
+    let can = |args: &[&str]| {
+        let out = Command::new(&env.kubectl)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["auth", "can-i"])
+            .args(args)
+            .output()
+            .expect("kubectl auth can-i");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(can(&["list", "secrets", "-n", "default"]), "no");
+    assert_eq!(can(&["delete", "secrets", "-n", &ns.name]), "no");
+    assert_eq!(
+        can(&["list", "rollouts.argoproj.io", "-n", "default"]),
+        "no"
+    );
+    assert_eq!(
+        can(&["list", "rollouts.argoproj.io", "-n", &ns.name]),
+        "yes"
+    );
+
+    // What the controller drives: an AnalysisTemplate on the env's Prometheus, a Rollout with
+    // canary/stable Services and an analysis step; a Deployment with a Canary and a MetricTemplate.
+    let client = env.client.clone();
+    let create = |manifest: Value| {
+        let env = &env;
+        let ns = ns.name.clone();
+        async move { env.create(&ns, manifest).await }
+    };
+    for name in ["web-stable", "web-canary"] {
+        create(json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }))
+        .await;
+    }
+    create(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": "passes"},
+        "spec": {"metrics": [{
+            "name": "probe", "count": 2, "interval": "1s",
+            "successCondition": "result[0] >= 1",
+            "provider": {"prometheus": {"address": env.prometheus_url, "query": "vector(1)"}},
+        }]},
+    }))
+    .await;
+    let rollout = |image: &str| {
+        json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                             "spec": {"containers": [{"name": "web", "image": image}]}},
+                "strategy": {"canary": {
+                    "canaryService": "web-canary", "stableService": "web-stable",
+                    "steps": [
+                        {"setWeight": 50},
+                        {"analysis": {"templates": [{"templateName": "passes"}]}},
+                    ],
+                }},
+            },
+        })
+    };
+    create(rollout("registry.invalid/web:1")).await;
+    create(json!({
+        "apiVersion": "flagger.app/v1beta1", "kind": "MetricTemplate",
+        "metadata": {"name": "success-rate"},
+        "spec": {"provider": {"type": "prometheus", "address": env.prometheus_url},
+                 "query": "vector(99.5)"},
+    }))
+    .await;
+    create(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "podinfo", "labels": {"app": "podinfo"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "podinfo"}},
+            "template": {"metadata": {"labels": {"app": "podinfo"}},
+                         "spec": {"containers": [{"name": "podinfo", "image": "podinfo:6.0.0",
+                                                  "ports": [{"containerPort": 9898}]}]}},
+        },
+    }))
+    .await;
+    create(json!({
+        "apiVersion": "flagger.app/v1beta1", "kind": "Canary", "metadata": {"name": "podinfo"},
+        "spec": {
+            "provider": "kubernetes",
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+            "progressDeadlineSeconds": 60,
+            "service": {"port": 80, "targetPort": 9898},
+            "analysis": {
+                "interval": "1s", "threshold": 2, "iterations": 2,
+                "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
+                             "thresholdRange": {"min": 99}}],
+            },
+        },
+    }))
+    .await;
+
+    let ctl = SaController::start(&env, &ns.name, &kubeconfig).await;
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let canaries: Api<Canary> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let healthy = |r: &Option<Rollout>| {
+        r.as_ref().and_then(|r| r.status.as_ref()).is_some_and(|s| {
+            s.phase == Some(RolloutPhase::Healthy)
+                && !s.current_pod_hash.is_empty()
+                && s.stable_rs == s.current_pod_hash
+        })
+    };
+    let canary_phase = |c: &Option<Canary>| {
+        c.as_ref()
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.phase)
+    };
+    let timeout = Duration::from_secs(90);
+
+    // First revisions: the Rollout is Healthy at once, the Canary initialised.
+    let first = until(
+        "the Rollout Healthy",
+        timeout,
+        &ctl,
+        || async { rollouts.get_opt("web").await.ok().flatten() },
+        healthy,
+    )
+    .await;
+    until(
+        "the Canary Initialized",
+        timeout,
+        &ctl,
+        || async { canaries.get_opt("podinfo").await.ok().flatten() },
+        |c| canary_phase(c) == Some(CanaryPhase::Initialized),
+    )
+    .await;
+
+    // New revisions of both, driven to completion.
+    let image = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "web", "image": "registry.invalid/web:2"}]}}}});
+    rollouts
+        .patch("web", &PatchParams::default(), &Patch::Merge(&image))
+        .await
+        .expect("a new Rollout revision");
+    deployments
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "podinfo", "image": "podinfo:6.0.1"}]}}}})),
+        )
+        .await
+        .expect("a new Canary revision");
+    let first_hash = first
+        .and_then(|r| r.status)
+        .map(|s| s.stable_rs)
+        .unwrap_or_default();
+    let promoted = until(
+        "the Rollout's second revision promoted through its analysis",
+        Duration::from_secs(120),
+        &ctl,
+        || async { rollouts.get_opt("web").await.ok().flatten() },
+        |r| {
+            healthy(r)
+                && r.as_ref()
+                    .and_then(|r| r.status.as_ref())
+                    .is_some_and(|s| s.stable_rs != first_hash && s.current_step_index == Some(2))
+        },
+    )
+    .await;
+    assert!(promoted.is_some());
+    let runs = Api::<AnalysisRun>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await
+        .expect("listing AnalysisRuns")
+        .items;
+    assert_eq!(runs.len(), 1, "one run for the analysis step: {runs:#?}");
+    assert_eq!(
+        runs[0].status.as_ref().and_then(|s| s.phase),
+        Some(AnalysisPhase::Successful),
+        "{:#?}",
+        runs[0].status
+    );
+    until(
+        "the Canary's new revision promoted",
+        Duration::from_secs(120),
+        &ctl,
+        || async { canaries.get_opt("podinfo").await.ok().flatten() },
+        |c| canary_phase(c) == Some(CanaryPhase::Succeeded),
+    )
+    .await;
+    let primary = deployments
+        .get("podinfo-primary")
+        .await
+        .expect("the Canary's primary Deployment");
+    assert_eq!(
+        primary.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("podinfo:6.0.1")
+    );
+
+    // Nothing was refused on the way (a 403 that only delayed something is an RBAC bug too).
+    let log = ctl.log_text();
+    // Every 403 of the apiserver says "forbidden" (its reason, and in its message).
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.to_lowercase().contains("forbidden"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the controller was refused as the chart's ServiceAccount:\n{}",
+        refused.join("\n")
+    );
+    // It led through the chart's Lease Role.
+    let lease =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns.name)
+            .get("sluice-controller")
+            .await
+            .expect("the leader Lease in the release namespace");
+    assert!(
+        lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .is_some_and(|h| !h.is_empty()),
+        "the Lease has no holder"
+    );
+    let _ = std::fs::remove_file(&kubeconfig);
+    drop(ctl);
+    drop(cluster_scoped);
 }

@@ -26,3 +26,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Verbs on Secrets where they are granted: get for analysis args and alert providers; with
+secrets.configTracking also what Flagger config tracking needs (watch, and -primary copies). */}}
+{{- define "sluice.secretVerbs" -}}
+{{- if .Values.secrets.configTracking -}}
+["get", "list", "watch", "create", "update", "patch"]
+{{- else -}}
+["get"]
+{{- end -}}
+{{- end -}}
