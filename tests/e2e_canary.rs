@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::exporter::Exporter;
 use common::{TestEnv, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret, Service};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -991,4 +992,82 @@ async fn alerts_reach_slack_and_webhook_providers_by_severity() {
                 && e.contains("does not exist")),
         "a failed alert is an Event: {events:#?}"
     );
+}
+
+#[tokio::test]
+async fn the_primary_gets_a_copy_of_the_targets_hpa() {
+    let Some(f) = fixture("canary-hpa").await else {
+        return;
+    };
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "metadata": {"name": "podinfo-hpa", "labels": {"team": "a"}},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+            "minReplicas": 2, "maxReplicas": 4,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 50}}}],
+        },
+    }))
+    .unwrap();
+    hpas.create(&PostParams::default(), &hpa).await.unwrap();
+    f.create_target("podinfo:6.0.0").await;
+    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    let canary: Canary = serde_json::from_value(json!({
+        "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+        "metadata": {"name": "podinfo"},
+        "spec": {
+            "provider": "kubernetes",
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+            "autoscalerRef": {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                "name": "podinfo-hpa", "primaryScalerReplicas": {"minReplicas": 3}},
+            "progressDeadlineSeconds": 60,
+            "service": {"port": 80, "targetPort": 9898},
+            "analysis": {"interval": "1s", "iterations": 2},
+        },
+    }))
+    .unwrap();
+    f.canaries()
+        .create(&PostParams::default(), &canary)
+        .await
+        .unwrap();
+    f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60), &ctl)
+        .await;
+    let primary = hpas.get("podinfo-hpa-primary").await.unwrap();
+    let spec = primary.spec.clone().unwrap();
+    assert_eq!(spec.scale_target_ref.name, "podinfo-primary");
+    assert_eq!(spec.scale_target_ref.kind, "Deployment");
+    assert_eq!(
+        (spec.min_replicas, spec.max_replicas),
+        (Some(3), 4),
+        "primaryScalerReplicas overrides the minimum only"
+    );
+    assert_eq!(spec.metrics, hpa.spec.clone().unwrap().metrics);
+    assert_eq!(primary.labels().get("team").map(String::as_str), Some("a"));
+    let owner = &primary.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Canary", "podinfo")
+    );
+    let target = hpas.get("podinfo-hpa").await.unwrap();
+    assert_eq!(
+        target.spec.unwrap().scale_target_ref.name,
+        "podinfo",
+        "the target's HPA is left alone"
+    );
+
+    // An edit to the target's HPA reaches the primary with the next release.
+    hpas.patch(
+        "podinfo-hpa",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"maxReplicas": 6}})),
+    )
+    .await
+    .unwrap();
+    f.set_image("podinfo:6.0.1").await;
+    f.wait_phase(CanaryPhase::Succeeded, Duration::from_secs(90), &ctl)
+        .await;
+    let spec = hpas.get("podinfo-hpa-primary").await.unwrap().spec.unwrap();
+    assert_eq!((spec.min_replicas, spec.max_replicas), (Some(3), 6));
+    assert_eq!(spec.scale_target_ref.name, "podinfo-primary");
 }

@@ -58,6 +58,7 @@ use crate::engine::flagger::{
 mod alerts;
 mod config_tracking;
 mod finalizer;
+mod hpa;
 
 /// Canaries ticked at the same time.
 const CONCURRENCY: u16 = 10;
@@ -538,13 +539,19 @@ impl Ctx {
                     .get(&ObjectRef::new(&primary).within(&namespace));
                 if cached.is_none() {
                     self.apply_primary(canary, None).await?;
+                    self.reconcile_primary_scaler(canary, status).await?;
                 }
                 Ok(())
             }
             Action::Promote => {
-                let replicas = self.target(canary).and_then(|t| t.spec.as_ref()?.replicas);
+                // With an autoscaler the primary's HPA owns its replicas.
+                let replicas = self
+                    .target(canary)
+                    .and_then(|t| t.spec.as_ref()?.replicas)
+                    .filter(|_| canary.spec.autoscaler_ref.is_none());
                 self.apply_primary(canary, replicas.filter(|r| *r > 0))
-                    .await
+                    .await?;
+                self.reconcile_primary_scaler(canary, status).await
             }
             Action::EnsureServices => self.ensure_services(canary).await,
             Action::ScaleTarget { replicas } => {
