@@ -59,6 +59,7 @@ mod alerts;
 mod config_tracking;
 mod finalizer;
 mod hpa;
+mod routing;
 
 /// Canaries ticked at the same time.
 const CONCURRENCY: u16 = 10;
@@ -111,6 +112,8 @@ pub enum Error {
         "the scheduling core asked for more than {MAX_CHECKS} checks in one tick of Canary {namespace}/{name}"
     )]
     TooManyChecks { namespace: String, name: String },
+    #[error(transparent)]
+    Routing(#[from] routing::RoutingError),
 }
 
 /// State shared by every tick.
@@ -119,6 +122,8 @@ pub struct Ctx {
     deployments: Store<Deployment>,
     services: Store<Service>,
     configs: config_tracking::Caches,
+    /// Route watch caches and writes not yet seen applied (`routing`).
+    routing: routing::Routing,
     providers: Providers,
     http: reqwest::Client,
     default_prometheus: Option<String>,
@@ -201,6 +206,8 @@ pub async fn run(
         readiness.synced();
     });
 
+    let (routing, route_events) =
+        routing::Routing::start(shared.client.clone(), shared.namespace.clone()).await;
     let by_deployment = canaries.clone();
     let (cm_canaries, cm_deployments) = (canaries.clone(), deployments.clone());
     let (secret_canaries, secret_deployments) = (canaries.clone(), deployments.clone());
@@ -209,6 +216,7 @@ pub async fn run(
         deployments,
         services,
         configs,
+        routing,
         providers: Providers::new(),
         http: reqwest::Client::new(),
         default_prometheus,
@@ -216,6 +224,8 @@ pub async fn run(
         last_tick: Mutex::default(),
     });
     controller
+        // A route's change (its Gateway accepting a write) ticks the Canary owning it.
+        .reconcile_on(route_events)
         .watches_stream(deployment_events, move |deployment: Deployment| {
             canaries_of(&by_deployment, &deployment)
         })
@@ -370,6 +380,14 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
         .lock()
         .ok()
         .and_then(|t| t.get(&key(&canary)).copied());
+    // A step never advances before the route reports the last write applied.
+    let router = match ctx.routing.observe(&canary, &provider).await? {
+        routing::Observation::Ready(weights) => weights,
+        routing::Observation::Pending(reason) => {
+            tracing::debug!(canary = %name, %namespace, %reason, "waiting for the route");
+            return Ok(Requeue::requeue(Duration::from_secs(1)));
+        }
+    };
     let mut observed = Observations {
         now: Timestamp::now(),
         last_tick,
@@ -384,7 +402,7 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
                 .as_ref()
                 .and_then(|d| d.spec.as_ref()?.template.spec.as_ref()),
         ),
-        router: None,
+        router,
         verdicts: BTreeMap::new(),
     };
 
@@ -576,16 +594,27 @@ impl Ctx {
                 .map_err(|e| Self::write_error(canary, "scaling", "Deployment", &name, e))?;
                 Ok(())
             }
-            Action::SetRoutes { canary_weight, .. } => {
-                // The kubernetes provider routes by the apex Service alone; the routers of the
-                // other providers are not wired to Canaries yet, and the user must know.
-                if provider != KUBERNETES_PROVIDER {
-                    let message = format!(
-                        "provider {provider:?}: Sluice does not route Canary traffic through it yet, so canary weight {canary_weight} is not applied; use provider \"kubernetes\" (blue/green) for now"
-                    );
-                    self.event(canary, provider, status, true, &message).await;
+            Action::SetRoutes {
+                primary_weight,
+                canary_weight,
+                mirrored,
+            } => {
+                let split = routing::Split {
+                    primary: *primary_weight,
+                    canary: *canary_weight,
+                    mirrored: *mirrored,
+                };
+                match self.routing.set_routes(canary, provider, split).await {
+                    // Not routed: the analysis runs, and the user must know the weight is not.
+                    Err(routing::RoutingError::Unsupported { .. }) => {
+                        let message = format!(
+                            "provider {provider:?}: Sluice does not route Canary traffic through it yet, so canary weight {canary_weight} is not applied; use gatewayapi:v1, istio, smi:v1alpha2/3, linkerd, traefik or kubernetes"
+                        );
+                        self.event(canary, provider, status, true, &message).await;
+                        Ok(())
+                    }
+                    other => Ok(other?),
                 }
-                Ok(())
             }
             Action::RunHooks(hook) => {
                 let hooks: Vec<CanaryWebhook> = canary

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `gatewayapi`, `gatewayapi:v1`, `gatewayapi:v1beta1` | HTTPRoute `<apex>` |
 //! | `istio` | VirtualService `<apex>`, DestinationRules `<apex>-primary`, `<apex>-canary` |
-//! | `smi:v1alpha2`, `smi:v1alpha3`, `linkerd` | TrafficSplit `<apex>` |
+//! | `smi:v1alpha2`, `smi:v1alpha3`, `smi:v1alpha4`, `linkerd` | TrafficSplit `<apex>`, in the version the cluster serves (v1alpha4, v1alpha3 or v1alpha2: the same `service` / `backends` shape) |
 //! | `traefik` | TraefikService `<apex>` |
 //!
 //! The shapes follow upstream (`pkg/router` of fluxcd/flagger): a weighted rule from
@@ -59,12 +59,14 @@ use crate::engine::flagger::RouterWeights;
 pub const CHECKSUM_ANNOTATION: &str = "sluice.dev/route-checksum";
 /// Total weight.
 const TOTAL: i32 = 100;
+/// How long a tick waits for a route watch cache's first list.
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a Canary's routes could not be rendered, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
     #[error(
-        "Canary {namespace}/{name}: provider {provider:?} is not routed by Sluice yet; use gatewayapi:v1, gatewayapi:v1beta1, istio, smi:v1alpha2, smi:v1alpha3, linkerd, traefik or kubernetes"
+        "Canary {namespace}/{name}: provider {provider:?} is not routed by Sluice yet; use gatewayapi:v1, gatewayapi:v1beta1, istio, smi:v1alpha2/3/4, linkerd, traefik or kubernetes"
     )]
     Unsupported {
         namespace: String,
@@ -94,7 +96,7 @@ pub enum RoutingError {
         namespace: String,
         object: String,
         canary: String,
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -115,34 +117,46 @@ impl RouteKind {
         RouteKind::TraefikService,
     ];
 
-    /// Group, version watched, kind, plural.
-    fn watched(self) -> (&'static str, &'static str, &'static str, &'static str) {
+    /// Group, kind, plural and the versions that may be watched, preferred first (SMI's
+    /// versions share the TrafficSplit shape Sluice writes; a cluster often serves only one).
+    fn watched(
+        self,
+    ) -> (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static [&'static str],
+    ) {
         match self {
-            RouteKind::HttpRoute => ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+            RouteKind::HttpRoute => (
+                "gateway.networking.k8s.io",
+                "HTTPRoute",
+                "httproutes",
+                &["v1"],
+            ),
             RouteKind::VirtualService => (
                 "networking.istio.io",
-                "v1beta1",
                 "VirtualService",
                 "virtualservices",
+                &["v1beta1"],
             ),
             RouteKind::TrafficSplit => (
                 "split.smi-spec.io",
-                "v1alpha2",
                 "TrafficSplit",
                 "trafficsplits",
+                &["v1alpha4", "v1alpha3", "v1alpha2"],
             ),
             RouteKind::TraefikService => (
                 "traefik.io",
-                "v1alpha1",
                 "TraefikService",
                 "traefikservices",
+                &["v1alpha1"],
             ),
         }
     }
 
-    fn api_resource(self) -> ApiResource {
-        let (group, version, kind, plural) = self.watched();
-        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+    fn kind_name(self) -> &'static str {
+        self.watched().1
     }
 }
 
@@ -177,6 +191,7 @@ impl Provider {
             ("istio", _) => Parsed::Routed(Provider::Istio),
             ("smi", "v1alpha2") | ("linkerd", _) => Parsed::Routed(Provider::Smi("v1alpha2")),
             ("smi", "v1alpha3") => Parsed::Routed(Provider::Smi("v1alpha3")),
+            ("smi", "v1alpha4") => Parsed::Routed(Provider::Smi("v1alpha4")),
             ("traefik", _) => Parsed::Routed(Provider::Traefik),
             _ => Parsed::Unsupported,
         }
@@ -698,9 +713,7 @@ pub fn read(
             let name = "/destination/host";
             let weights = http.iter().find_map(|r| {
                 let routes = r.get("route")?.as_array()?;
-                (routes.len() == 2)
-                    .then(|| pair(routes, name, 0))
-                    .flatten()
+                (routes.len() == 2).then(|| pair(routes, name, 0)).flatten()
             })?;
             let mirrored = http
                 .iter()
@@ -748,10 +761,17 @@ struct Expected {
     generation: i64,
 }
 
+/// The watch cache of one route kind, in the version the cluster serves.
+struct Cache {
+    version: &'static str,
+    resource: ApiResource,
+    store: Store<DynamicObject>,
+}
+
 /// The route watch caches and the writes not yet seen applied.
 pub struct Routing {
     client: kube::Client,
-    caches: BTreeMap<RouteKind, Store<DynamicObject>>,
+    caches: BTreeMap<RouteKind, Cache>,
     expected: Mutex<HashMap<(String, String), Expected>>,
 }
 
@@ -768,19 +788,32 @@ impl Routing {
         let mut caches = BTreeMap::new();
         let mut streams = Vec::new();
         for kind in RouteKind::ALL {
-            let (group, version, name, _) = kind.watched();
-            let gvk = GroupVersionKind::gvk(group, version, name);
-            if let Err(error) = kube::discovery::pinned_kind(&client, &gvk).await {
-                tracing::info!(%group, %version, kind = %name, %error, "canary routing: kind not served, Canaries cannot route through it");
-                continue;
+            let (group, name, plural, versions) = kind.watched();
+            let mut served = None;
+            for version in versions {
+                let gvk = GroupVersionKind::gvk(group, version, name);
+                if kube::discovery::pinned_kind(&client, &gvk).await.is_ok() {
+                    served = Some((*version, ApiResource::from_gvk_with_plural(&gvk, plural)));
+                    break;
+                }
             }
-            let ar = kind.api_resource();
+            let Some((version, ar)) = served else {
+                tracing::info!(%group, kind = %name, ?versions, "canary routing: kind not served, Canaries cannot route through it");
+                continue;
+            };
             let api: Api<DynamicObject> = match &namespace {
                 Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
                 None => Api::all_with(client.clone(), &ar),
             };
             let writer = Writer::new(ar.clone());
-            caches.insert(kind, writer.as_reader());
+            caches.insert(
+                kind,
+                Cache {
+                    version,
+                    resource: ar.clone(),
+                    store: writer.as_reader(),
+                },
+            );
             let events = reflector::reflector(
                 writer,
                 watcher(api, watcher::Config::default().any_semantic())
@@ -802,20 +835,38 @@ impl Routing {
     }
 
     fn cached(&self, kind: RouteKind, namespace: &str, name: &str) -> Option<DynamicObject> {
-        let store = self.caches.get(&kind)?;
-        store
-            .get(&ObjectRef::new_with(name, kind.api_resource()).within(namespace))
+        let cache = self.caches.get(&kind)?;
+        cache
+            .store
+            .get(&ObjectRef::new_with(name, cache.resource.clone()).within(namespace))
             .map(|o| (*o).clone())
     }
 
+    /// The provider as this cluster serves it: SMI in the TrafficSplit version watched.
+    fn served(
+        &self,
+        canary: &Canary,
+        name: &str,
+        provider: Provider,
+    ) -> Result<Provider, RoutingError> {
+        let kind = provider.route_kind();
+        let Some(cache) = self.caches.get(&kind) else {
+            return Err(Self::not_served(canary, name, kind));
+        };
+        Ok(match provider {
+            Provider::Smi(_) => Provider::Smi(cache.version),
+            other => other,
+        })
+    }
+
     fn not_served(canary: &Canary, provider: &str, kind: RouteKind) -> RoutingError {
-        let (group, version, name, _) = kind.watched();
+        let (group, name, _, versions) = kind.watched();
         RoutingError::NotServed {
             namespace: canary.namespace().unwrap_or_default(),
             name: canary.name_any(),
             provider: provider.into(),
             kind: name,
-            api_version: format!("{group}/{version}"),
+            api_version: format!("{group}/{}", versions.join(" | ")),
         }
     }
 
@@ -839,11 +890,18 @@ impl Routing {
         let Parsed::Routed(provider) = Provider::parse(provider_name) else {
             return Ok(Observation::Ready(None));
         };
+        let provider = self.served(canary, provider_name, provider)?;
         let kind = provider.route_kind();
-        let Some(store) = self.caches.get(&kind) else {
-            return Err(Self::not_served(canary, provider_name, kind));
-        };
-        let _ = store.wait_until_ready().await;
+        let cache = &self.caches[&kind];
+        // Before its first list a missing route would look deleted; never wait unbounded.
+        let synced = tokio::time::timeout(CACHE_WAIT, cache.store.wait_until_ready()).await;
+        if !matches!(synced, Ok(Ok(()))) {
+            return Ok(Observation::Pending(format!(
+                "the {} ({}) watch cache has not synced yet (can sluice list and watch them?)",
+                kind.kind_name(),
+                cache.resource.api_version
+            )));
+        }
         let namespace = canary.namespace().unwrap_or_default();
         let (apex, primary, canary_svc) = canary.service_names();
         let key = (namespace.clone(), canary.name_any());
@@ -855,7 +913,7 @@ impl Routing {
             if let Some(reason) = not_applied(object.as_ref(), expected.generation) {
                 return Ok(Observation::Pending(format!(
                     "{} {namespace}/{}: {reason}",
-                    expected.kind.watched().2,
+                    expected.kind.kind_name(),
                     expected.name
                 )));
             }
@@ -906,7 +964,7 @@ impl Routing {
             self.apply(canary, provider_name, provider, objects).await?;
             return Ok(Observation::Pending(format!(
                 "{} {namespace}/{apex} rewritten",
-                kind.watched().2
+                kind.kind_name()
             )));
         }
         Ok(Observation::Ready(weights))
@@ -931,13 +989,7 @@ impl Routing {
             }
             Parsed::Routed(p) => p,
         };
-        if !self.caches.contains_key(&provider.route_kind()) {
-            return Err(Self::not_served(
-                canary,
-                provider_name,
-                provider.route_kind(),
-            ));
-        }
+        let provider = self.served(canary, provider_name, provider)?;
         let objects = render(canary, provider, split)
             .map_err(|r| Self::spec_error(canary, provider_name, r))?;
         self.apply(canary, provider_name, provider, objects).await
@@ -974,7 +1026,7 @@ impl Routing {
                     namespace: namespace.clone(),
                     object: name.to_string(),
                     canary: canary.name_any(),
-                    source,
+                    source: Box::new(source),
                 })?;
             if i == 0 {
                 generation = written.metadata.generation;

@@ -49,6 +49,10 @@ fn providers_parse_like_upstream() {
         Provider::parse("traefik"),
         Parsed::Routed(Provider::Traefik)
     );
+    assert_eq!(
+        Provider::parse("smi:v1alpha4"),
+        Parsed::Routed(Provider::Smi("v1alpha4"))
+    );
     assert_eq!(Provider::parse("nginx"), Parsed::Unsupported);
     assert_eq!(Provider::parse("smi:v1alpha1"), Parsed::Unsupported);
 }
