@@ -1,0 +1,1134 @@
+//! Flagger Canaries routed through real traffic routers: `sluice controller` (one process per
+//! test, limited to the test's namespace, analysis intervals down to 1s) generates the routing
+//! objects Flagger generates and shifts weights through them.
+//!
+//! With provider `gatewayapi:v1` the HTTPRoute is served by the real Traefik data plane of the
+//! test environment (`tests/env/README.md`): kwok pods answer through the echo backend with their
+//! pod IP, so every request tells whether it reached a `-primary` pod or a canary pod. The
+//! weighted test holds each weight with a `confirm-traffic-increase` webhook that approves only
+//! weights the test has verified, and checks the canary's share of 400 real requests lies in the
+//! exact 99.9% binomial interval; A/B checks header-matched requests reach the canary and the
+//! others the primary; Blue/Green counts its iterations with all traffic on the primary. Istio,
+//! SMI and Traefik (TraefikService) have no data plane here: their generated objects are checked
+//! on the real CRDs.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::exporter::Exporter;
+use common::{GatewayEnv, TestEnv, eventually};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
+use serde_json::{Value, json};
+use sluice::api::flagger::canary::{Canary, CanaryPhase};
+use sluice::api::flagger::metric_template::MetricTemplate;
+
+/// Requests per measurement: the 99.9% interval at p = 0.4 is about ±32 of 400.
+const N: usize = 400;
+
+/// `sluice controller` with a 1s minimum analysis interval; killed on drop.
+struct Ctl {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Ctl {
+    async fn start(env: &TestEnv, namespace: &str) -> Ctl {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let logs = env.dir.join("logs");
+        std::fs::create_dir_all(&logs).expect("log directory");
+        let log = logs.join(format!("controller-{namespace}-{port}.log"));
+        let file = std::fs::File::create(&log).expect("controller log");
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("controller")
+            .args(["--namespace", namespace])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--prometheus-address", &env.prometheus_url])
+            .args(["--leader-elect", "false"])
+            .env("KUBECONFIG", &env.kubeconfig)
+            .env("RUST_LOG", "info,sluice=debug")
+            .env("SLUICE_CANARY_MIN_INTERVAL", "1s")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
+            .spawn()
+            .expect("starting sluice controller");
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        eventually(Duration::from_secs(30), "sluice controller ready", || {
+            let url = url.clone();
+            async move {
+                let r = reqwest::get(&url).await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await;
+        Ctl { child, log }
+    }
+}
+
+impl Drop for Ctl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Webhooks the test answers: `/promote` (confirm-promotion, open once `promote` is set) and
+/// `/traffic` (confirm-traffic-increase, open only at a canary weight in `approved`, read from
+/// the Canary's status when called).
+struct Hooks {
+    url: String,
+    promote: Arc<AtomicBool>,
+    approved: Arc<Mutex<BTreeSet<i32>>>,
+}
+
+impl Hooks {
+    async fn start(canaries: Api<Canary>) -> Hooks {
+        let promote = Arc::new(AtomicBool::new(false));
+        let approved: Arc<Mutex<BTreeSet<i32>>> = Arc::default();
+        let (p, a) = (promote.clone(), approved.clone());
+        let app = axum::Router::new()
+            .route(
+                "/promote",
+                axum::routing::post(move || {
+                    let open = p.load(Ordering::SeqCst);
+                    async move {
+                        if open {
+                            axum::http::StatusCode::OK
+                        } else {
+                            axum::http::StatusCode::FORBIDDEN
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/traffic",
+                axum::routing::post(move |body: axum::Json<Value>| {
+                    let (approved, canaries) = (a.clone(), canaries.clone());
+                    async move {
+                        let name = body["name"].as_str().unwrap_or_default().to_string();
+                        let weight = canaries
+                            .get(&name)
+                            .await
+                            .ok()
+                            .and_then(|c| c.status?.canary_weight)
+                            .unwrap_or(-1);
+                        let open = approved
+                            .lock()
+                            .map(|a| a.contains(&weight))
+                            .unwrap_or(false);
+                        if open {
+                            axum::http::StatusCode::OK
+                        } else {
+                            axum::http::StatusCode::FORBIDDEN
+                        }
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a webhook port");
+        let addr = listener.local_addr().expect("its address");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Hooks {
+            url: format!("http://{addr}"),
+            promote,
+            approved,
+        }
+    }
+
+    fn approve(&self, weight: i32) {
+        self.approved.lock().expect("approvals").insert(weight);
+    }
+}
+
+struct Fixture {
+    env: TestEnv,
+    ns: common::TestNamespace,
+    ctl: Option<Ctl>,
+}
+
+impl Fixture {
+    async fn new(prefix: &str) -> Option<Fixture> {
+        let env = common::test_env().await?;
+        let ns = env.namespace(prefix).await;
+        Some(Fixture { env, ns, ctl: None })
+    }
+
+    fn name(&self) -> &str {
+        &self.ns.name
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.env.client.clone(), self.name())
+    }
+
+    fn canaries(&self) -> Api<Canary> {
+        Api::namespaced(self.env.client.clone(), self.name())
+    }
+
+    fn dynamic(&self, api_version: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        Api::namespaced_with(
+            self.env.client.clone(),
+            self.name(),
+            &ApiResource::from_gvk_with_plural(&gvk, plural),
+        )
+    }
+
+    fn routes(&self) -> Api<DynamicObject> {
+        self.dynamic("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes")
+    }
+
+    async fn start_controller(&mut self) {
+        self.ctl = Some(Ctl::start(&self.env, &self.ns.name).await);
+    }
+
+    fn log(&self) -> String {
+        self.ctl
+            .as_ref()
+            .map(|c| std::fs::read_to_string(&c.log).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    async fn create_target(&self, image: &str, port: u16) {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "podinfo", "labels": {"app": "podinfo"}},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "podinfo"}},
+                "template": {
+                    "metadata": {"labels": {"app": "podinfo"}},
+                    "spec": {"containers": [{"name": "podinfo", "image": image,
+                        "ports": [{"containerPort": port, "name": "http"}]}]},
+                },
+            },
+        }))
+        .expect("Deployment JSON");
+        self.deployments()
+            .create(&PostParams::default(), &deployment)
+            .await
+            .expect("creating the target Deployment");
+    }
+
+    async fn set_image(&self, image: &str) {
+        self.deployments()
+            .patch(
+                "podinfo",
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                    {"name": "podinfo", "image": image}]}}}})),
+            )
+            .await
+            .expect("updating the target's image");
+    }
+
+    async fn image(&self, name: &str) -> String {
+        let d = self.deployments().get(name).await.expect("a Deployment");
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap_or_default()
+    }
+
+    async fn create_canary(&self, provider: &str, service: Value, analysis: Value) {
+        let canary: Canary = serde_json::from_value(json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+            "metadata": {"name": "podinfo"},
+            "spec": {
+                "provider": provider,
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+                "progressDeadlineSeconds": 120,
+                "service": service,
+                "analysis": analysis,
+            },
+        }))
+        .expect("Canary JSON");
+        self.canaries()
+            .create(&PostParams::default(), &canary)
+            .await
+            .expect("creating the Canary");
+    }
+
+    async fn metric_template(&self, query: &str) {
+        let template: MetricTemplate = serde_json::from_value(json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "MetricTemplate",
+            "metadata": {"name": "success-rate"},
+            "spec": {"provider": {"type": "prometheus"}, "query": query},
+        }))
+        .expect("MetricTemplate JSON");
+        Api::<MetricTemplate>::namespaced(self.env.client.clone(), self.name())
+            .create(&PostParams::default(), &template)
+            .await
+            .expect("creating the MetricTemplate");
+    }
+
+    async fn events(&self) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.env.client.clone(), self.name());
+        let mut list: Vec<Event> = events
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        list.sort_by_key(|e| {
+            e.event_time
+                .clone()
+                .map(|t| t.0)
+                .or(e.metadata.creation_timestamp.clone().map(|t| t.0))
+        });
+        list.into_iter()
+            .filter(|e| e.involved_object.kind.as_deref() == Some("Canary"))
+            .filter_map(|e| e.message)
+            .collect()
+    }
+
+    /// Waits until `check` holds for the Canary; panics with its status, Events and the log.
+    async fn wait(&self, what: &str, timeout: Duration, check: impl Fn(&Canary) -> bool) -> Canary {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let canary = self.canaries().get("podinfo").await.expect("the Canary");
+            if check(&canary) {
+                return canary;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; status: {}\nevents: {:#?}\ncontroller log:\n{}",
+                    serde_json::to_string_pretty(&canary.status).unwrap_or_default(),
+                    self.events().await,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn wait_phase(&self, phase: CanaryPhase, timeout: Duration) -> Canary {
+        self.wait(&format!("phase {phase:?}"), timeout, |c| {
+            c.status.as_ref().and_then(|s| s.phase) == Some(phase)
+        })
+        .await
+    }
+}
+
+fn phase(c: &Canary) -> Option<CanaryPhase> {
+    c.status.as_ref().and_then(|s| s.phase)
+}
+
+/// A Gateway of the data plane's class with a listener for `host`, the target Deployment
+/// serving the echo backend's port, a controller, and the Canary's service block.
+async fn gateway_fixture(prefix: &str) -> Option<(Fixture, GatewayEnv, Client)> {
+    let mut f = Fixture::new(prefix).await?;
+    let gw = f.env.gateway_or_skip()?;
+    let host = format!("{}.sluice.test", f.name());
+    f.env
+        .create(
+            f.name(),
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                "metadata": {"name": "gw"},
+                "spec": {"gatewayClassName": gw.class, "listeners": [
+                    {"name": "web", "protocol": "HTTP", "port": gw.port, "hostname": host},
+                ]},
+            }),
+        )
+        .await;
+    f.create_target("podinfo:1", gw.echo_port).await;
+    f.start_controller().await;
+    let client = Client {
+        ns: f.name().to_string(),
+        host,
+        gw: gw.clone(),
+        env_client: f.env.client.clone(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("an HTTP client"),
+    };
+    Some((f, gw, client))
+}
+
+fn gateway_service(c: &Client) -> Value {
+    json!({"port": 80, "targetPort": c.gw.echo_port, "hosts": [c.host],
+           "gatewayRefs": [{"name": "gw"}]})
+}
+
+/// Sends requests through Traefik and tells primary from canary answers by pod IP.
+struct Client {
+    ns: String,
+    host: String,
+    gw: GatewayEnv,
+    env_client: kube::Client,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// Pod IP → "primary" / "canary" for the namespace's pods now.
+    async fn tracks(&self) -> BTreeMap<String, &'static str> {
+        let pods: Api<Pod> = Api::namespaced(self.env_client.clone(), &self.ns);
+        pods.list(&ListParams::default())
+            .await
+            .expect("listing pods")
+            .items
+            .into_iter()
+            .filter_map(|p| {
+                let app = p.metadata.labels?.get("app")?.clone();
+                let ip = p.status?.pod_ip?;
+                let track = match app.as_str() {
+                    "podinfo-primary" => "primary",
+                    "podinfo" => "canary",
+                    _ => return None,
+                };
+                Some((ip, track))
+            })
+            .collect()
+    }
+
+    /// `n` requests (with `headers`): (primary, canary) answers.
+    async fn sample(&self, n: usize, headers: &[(&str, &str)]) -> Result<(usize, usize), String> {
+        let tracks = self.tracks().await;
+        let (mut primary, mut canary) = (0, 0);
+        for _ in 0..n {
+            let mut req = self
+                .http
+                .get(format!("{}/", self.gw.url))
+                .header(reqwest::header::HOST, &self.host);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let resp = req.send().await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = resp.text().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("{status}: {body}"));
+            }
+            match tracks.get(body.trim()) {
+                Some(&"canary") => canary += 1,
+                Some(_) => primary += 1,
+                None => return Err(format!("answer from an unknown pod IP '{body}'")),
+            }
+        }
+        Ok((primary, canary))
+    }
+
+    /// Traefik's weights for the route's weighted rule: (primary, canary).
+    async fn traefik_weights(&self) -> Option<(i64, i64)> {
+        let services: Vec<Value> = reqwest::get(format!("{}/api/http/services", self.gw.api_url))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let prefix = format!("httproute-{}-podinfo-", self.ns);
+        services.iter().find_map(|s| {
+            let name = s.get("name")?.as_str()?;
+            let list = s.pointer("/weighted/services")?.as_array()?;
+            if !name.starts_with(&prefix) {
+                return None;
+            }
+            let weight_of = |svc: &str| {
+                list.iter()
+                    .find(|x| {
+                        x.get("name")
+                            .and_then(Value::as_str)
+                            .is_some_and(|n| n.contains(&format!("{}-{svc}-", self.ns)))
+                    })
+                    .map(|x| x.get("weight").and_then(Value::as_i64).unwrap_or(1))
+            };
+            Some((weight_of("podinfo-primary")?, weight_of("podinfo-canary")?))
+        })
+    }
+
+    async fn wait_for_traefik(&self, canary: i64) {
+        eventually(
+            Duration::from_secs(30),
+            &format!("Traefik to apply canary weight {canary}"),
+            || async {
+                let (p, c) = self.traefik_weights().await?;
+                (c == canary && p == 100 - canary).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Waits until `n` requests in a row (with `headers`) give exactly `want`.
+    async fn settle(&self, what: &str, headers: &[(&str, &str)], want: (usize, usize)) {
+        let n = want.0 + want.1;
+        eventually(Duration::from_secs(30), what, || async {
+            (self.sample(n, headers).await.ok()? == want).then_some(())
+        })
+        .await;
+    }
+}
+
+/// ln C(n, k).
+fn ln_choose(n: usize, k: usize) -> f64 {
+    let ln_fact = |m: usize| (1..=m).map(|i| (i as f64).ln()).sum::<f64>();
+    ln_fact(n) - ln_fact(k) - ln_fact(n - k)
+}
+
+/// The central 99.9% interval [lo, hi] of Binomial(n, p).
+fn binomial_interval(n: usize, p: f64) -> (usize, usize) {
+    if p <= 0.0 {
+        return (0, 0);
+    }
+    if p >= 1.0 {
+        return (n, n);
+    }
+    let pmf: Vec<f64> = (0..=n)
+        .map(|k| (ln_choose(n, k) + k as f64 * p.ln() + (n - k) as f64 * (1.0 - p).ln()).exp())
+        .collect();
+    let tail = 0.0005;
+    let (mut lo, mut acc) = (0, 0.0);
+    while lo < n && acc + pmf[lo] <= tail {
+        acc += pmf[lo];
+        lo += 1;
+    }
+    let (mut hi, mut acc) = (n, 0.0);
+    while hi > 0 && acc + pmf[hi] <= tail {
+        acc += pmf[hi];
+        hi -= 1;
+    }
+    (lo, hi)
+}
+
+#[test]
+fn binomial_interval_is_sane() {
+    let (lo, hi) = binomial_interval(400, 0.4);
+    assert!(
+        (125..=135).contains(&lo) && (185..=195).contains(&hi),
+        "{lo}..{hi}"
+    );
+    assert_eq!(binomial_interval(400, 1.0), (400, 400));
+    assert_eq!(binomial_interval(400, 0.0), (0, 0));
+}
+
+/// The route's (primary, canary) weights of its two-backend rule, read from the API.
+fn route_weights(route: &DynamicObject) -> Option<(i64, i64)> {
+    let rules = route.data.pointer("/spec/rules")?.as_array()?;
+    rules.iter().find_map(|r| {
+        let refs = r.get("backendRefs")?.as_array()?;
+        if refs.len() != 2 {
+            return None;
+        }
+        let w = |name: &str| {
+            refs.iter()
+                .find(|b| b["name"] == name)
+                .and_then(|b| b["weight"].as_i64())
+        };
+        Some((w("podinfo-primary")?, w("podinfo-canary")?))
+    })
+}
+
+/// Every parent of the route accepted its current generation.
+fn route_accepted(route: &DynamicObject) -> bool {
+    let generation = route.metadata.generation.unwrap_or(0);
+    let parents = route
+        .data
+        .pointer("/status/parents")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    !parents.is_empty()
+        && parents.iter().all(|p| {
+            p["conditions"].as_array().into_iter().flatten().any(|c| {
+                c["type"] == "Accepted"
+                    && c["status"] == "True"
+                    && c["observedGeneration"].as_i64() == Some(generation)
+            })
+        })
+}
+
+/// A weighted Canary through Gateway API and real Traefik: at every weight the canary's share
+/// of real requests matches it, the weight is never reported before the route is accepted, and
+/// the promotion switches back to the (updated) primary with zero failed requests.
+#[tokio::test]
+async fn gateway_api_canary_shifts_real_traffic_and_promotes_without_errors() {
+    let Some((f, _gw, client)) = gateway_fixture("cr-weighted").await else {
+        return;
+    };
+    let exporter = Exporter::start(&f.env, "cr-weighted").await;
+    exporter.set("rate", 99.5);
+    exporter.wait_scraped("rate", 99.5).await;
+    f.metric_template(&exporter.selector("rate")).await;
+    let hooks = Hooks::start(f.canaries()).await;
+    f.create_canary(
+        "gatewayapi:v1",
+        gateway_service(&client),
+        json!({
+            "interval": "1s", "threshold": 2, "stepWeight": 20, "maxWeight": 60,
+            "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
+                         "thresholdRange": {"min": 99}}],
+            "webhooks": [{"name": "step-gate", "type": "confirm-traffic-increase",
+                          "url": format!("{}/traffic", hooks.url), "timeout": "5s"}],
+        }),
+    )
+    .await;
+    f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60))
+        .await;
+
+    // The generated HTTPRoute: Flagger's shape, owned by the Canary, no-drift annotations.
+    // Initialized is written before the tick's actions: the route follows at once.
+    let route = eventually(
+        Duration::from_secs(30),
+        "the generated HTTPRoute",
+        || async { f.routes().get_opt("podinfo").await.ok()? },
+    )
+    .await;
+    let owner = &route.metadata.owner_references.clone().unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Canary", "podinfo")
+    );
+    assert_eq!(owner.controller, Some(true));
+    let annotations = route.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("kustomize.toolkit.fluxcd.io/reconcile")
+            .map(String::as_str),
+        Some("disabled")
+    );
+    assert_eq!(
+        annotations
+            .get("helm.toolkit.fluxcd.io/driftDetection")
+            .map(String::as_str),
+        Some("disabled")
+    );
+    assert_eq!(route.data["spec"]["hostnames"], json!([client.host]));
+    assert_eq!(route.data["spec"]["parentRefs"][0]["name"], "gw");
+    assert_eq!(route_weights(&route), Some((100, 0)));
+    let sluice_managed =
+        route.metadata.managed_fields.iter().flatten().any(|m| {
+            m.manager.as_deref() == Some("sluice") && m.operation.as_deref() == Some("Apply")
+        });
+    assert!(sluice_managed, "written with server-side apply by sluice");
+    client.wait_for_traefik(0).await;
+    client
+        .settle("all traffic on the primary", &[], (20, 0))
+        .await;
+
+    f.set_image("podinfo:2").await;
+    hooks.approve(0);
+    for weight in [20, 40, 60] {
+        let canary = f
+            .wait(
+                &format!("canary weight {weight}"),
+                Duration::from_secs(90),
+                |c| {
+                    phase(c) == Some(CanaryPhase::Progressing)
+                        && c.status.as_ref().and_then(|s| s.canary_weight) == Some(weight)
+                },
+            )
+            .await;
+        assert_eq!(canary.status.unwrap().failed_checks, Some(0));
+        // Held by the gate: the route carries the weight and Traefik accepted it.
+        let route = eventually(
+            Duration::from_secs(30),
+            &format!("the route to be accepted at weight {weight}"),
+            || async {
+                let r = f.routes().get("podinfo").await.ok()?;
+                (route_weights(&r) == Some((i64::from(100 - weight), i64::from(weight)))
+                    && route_accepted(&r))
+                .then_some(r)
+            },
+        )
+        .await;
+        assert!(route_accepted(&route));
+        client.wait_for_traefik(i64::from(weight)).await;
+        let (primary, canary) = client
+            .sample(N, &[])
+            .await
+            .unwrap_or_else(|e| panic!("requests through the gateway failed: {e}"));
+        let (lo, hi) = binomial_interval(N, f64::from(weight) / 100.0);
+        eprintln!(
+            "weight {weight}: {canary}/{N} on the canary (99.9% interval {lo}..={hi}), {primary} on the primary"
+        );
+        assert!(
+            (lo..=hi).contains(&canary),
+            "weight {weight}: {canary} of {N} requests reached the canary, outside the 99.9% interval {lo}..={hi}"
+        );
+        // Still held at this weight while the test measured.
+        let now = f.canaries().get("podinfo").await.expect("the Canary");
+        assert_eq!(now.status.and_then(|s| s.canary_weight), Some(weight));
+        hooks.approve(weight);
+    }
+
+    // The final switch: requests keep flowing while the primary takes over; none may fail.
+    let errors = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (errors, sent, stop) = (errors.clone(), sent.clone(), stop.clone());
+        let (http, url, host) = (
+            client.http.clone(),
+            client.gw.url.clone(),
+            client.host.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let ok = http
+                    .get(format!("{url}/"))
+                    .header(reqwest::header::HOST, &host)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                sent.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let done = f
+        .wait_phase(CanaryPhase::Succeeded, Duration::from_secs(90))
+        .await;
+    client.wait_for_traefik(0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.await;
+    let (sent, errors) = (sent.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+    eprintln!("final switch: {sent} requests, {errors} errors");
+    assert!(
+        sent > 50,
+        "only {sent} requests were sent during the switch"
+    );
+    assert_eq!(errors, 0, "requests failed during the final switch");
+
+    assert_eq!(f.image("podinfo-primary").await, "podinfo:2");
+    let status = done.status.unwrap();
+    assert_eq!(status.canary_weight, Some(0));
+    let route = f.routes().get("podinfo").await.expect("the route");
+    assert_eq!(route_weights(&route), Some((100, 0)));
+    let events = f.events().await;
+    let position = |prefix: &str| {
+        events
+            .iter()
+            .position(|e| e.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no event {prefix:?} in {events:#?}"))
+    };
+    // The primary is updated before traffic goes back to it.
+    assert!(position("Copying podinfo.") < position("Routing all traffic to primary"));
+    for w in [20, 40, 60] {
+        position(&format!("Advance podinfo.{} canary weight {w}", f.name()));
+    }
+    // Everything on the promoted primary now.
+    client
+        .settle("all traffic on the promoted primary", &[], (50, 0))
+        .await;
+}
+
+/// A/B testing through Gateway API: during the iterations requests with the header reach the
+/// canary and the others the primary; after promotion every request reaches the primary.
+#[tokio::test]
+async fn gateway_api_ab_testing_routes_by_header_then_promotes() {
+    let Some((f, _gw, client)) = gateway_fixture("cr-ab").await else {
+        return;
+    };
+    let hooks = Hooks::start(f.canaries()).await;
+    f.create_canary(
+        "gatewayapi:v1",
+        gateway_service(&client),
+        json!({
+            "interval": "1s", "threshold": 2, "iterations": 3,
+            "match": [{"headers": {"x-canary": {"exact": "insider"}}}],
+            "webhooks": [{"name": "approve", "type": "confirm-promotion",
+                          "url": format!("{}/promote", hooks.url), "timeout": "5s"}],
+        }),
+    )
+    .await;
+    f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60))
+        .await;
+    let route = eventually(
+        Duration::from_secs(30),
+        "the generated HTTPRoute",
+        || async { f.routes().get_opt("podinfo").await.ok()? },
+    )
+    .await;
+    let rules = route.data["spec"]["rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rules.len(), 2, "an A/B rule and a primary rule: {rules:#?}");
+    assert_eq!(
+        rules[0]["matches"][0]["headers"],
+        json!([{"name": "x-canary", "type": "Exact", "value": "insider"}])
+    );
+    client
+        .settle(
+            "all traffic on the primary",
+            &[("x-canary", "insider")],
+            (20, 0),
+        )
+        .await;
+
+    f.set_image("podinfo:2").await;
+    let canary = f
+        .wait_phase(CanaryPhase::WaitingPromotion, Duration::from_secs(90))
+        .await;
+    assert_eq!(canary.status.unwrap().failed_checks, Some(0));
+    let events = f.events().await;
+    for i in 1..=3 {
+        let prefix = format!("Advance podinfo.{} canary iteration {i}/3", f.name());
+        assert!(
+            events.iter().any(|e| e.starts_with(&prefix)),
+            "{prefix:?} in {events:#?}"
+        );
+    }
+    client.wait_for_traefik(100).await;
+    client
+        .settle(
+            "insiders on the canary",
+            &[("x-canary", "insider")],
+            (0, 20),
+        )
+        .await;
+    let with = client
+        .sample(N, &[("x-canary", "insider")])
+        .await
+        .expect("requests with the header");
+    assert_eq!(with, (0, N), "requests with the header");
+    let other = client
+        .sample(N, &[("x-canary", "outsider")])
+        .await
+        .expect("requests with another value");
+    assert_eq!(other, (N, 0), "requests with another header value");
+    let without = client
+        .sample(N, &[])
+        .await
+        .expect("requests without the header");
+    assert_eq!(without, (N, 0), "requests without the header");
+
+    hooks.promote.store(true, Ordering::SeqCst);
+    f.wait_phase(CanaryPhase::Succeeded, Duration::from_secs(90))
+        .await;
+    assert_eq!(f.image("podinfo-primary").await, "podinfo:2");
+    client.wait_for_traefik(0).await;
+    client
+        .settle(
+            "insiders on the promoted primary",
+            &[("x-canary", "insider")],
+            (50, 0),
+        )
+        .await;
+}
+
+/// Blue/Green with iterations through Gateway API: the iterations are counted with every
+/// request on the primary, then all traffic moves to the canary and it is promoted.
+#[tokio::test]
+async fn gateway_api_blue_green_counts_iterations_then_promotes() {
+    let Some((f, _gw, client)) = gateway_fixture("cr-bg").await else {
+        return;
+    };
+    let hooks = Hooks::start(f.canaries()).await;
+    f.create_canary(
+        "gatewayapi:v1",
+        gateway_service(&client),
+        json!({
+            "interval": "1s", "threshold": 2, "iterations": 4,
+            "webhooks": [{"name": "approve", "type": "confirm-promotion",
+                          "url": format!("{}/promote", hooks.url), "timeout": "5s"}],
+        }),
+    )
+    .await;
+    f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60))
+        .await;
+    f.set_image("podinfo:2").await;
+
+    // Every iteration is seen, one at a time, with all traffic still on the primary.
+    let mut seen = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let c = f.canaries().get("podinfo").await.expect("the Canary");
+        let s = c.status.clone().unwrap_or_default();
+        if s.phase == Some(CanaryPhase::Progressing) {
+            seen.insert(s.iterations.unwrap_or(0));
+            assert_eq!(s.canary_weight, Some(0), "Blue/Green keeps the weight at 0");
+        }
+        if s.phase == Some(CanaryPhase::WaitingPromotion) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no WaitingPromotion; status {s:?}\n{}",
+            f.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = f.events().await;
+    for i in 1..=4 {
+        let prefix = format!("Advance podinfo.{} canary iteration {i}/4", f.name());
+        assert!(
+            events.iter().any(|e| e.starts_with(&prefix)),
+            "{prefix:?} in {events:#?}"
+        );
+    }
+    assert!(
+        seen.len() >= 3,
+        "iterations observed while Progressing: {seen:?}"
+    );
+    let route = f.routes().get("podinfo").await.expect("the route");
+    assert_eq!(route_weights(&route), Some((100, 0)));
+    let (primary, canary) = client.sample(N, &[]).await.expect("requests");
+    assert_eq!(
+        (primary, canary),
+        (N, 0),
+        "all traffic on the primary while waiting"
+    );
+
+    hooks.promote.store(true, Ordering::SeqCst);
+    f.wait_phase(CanaryPhase::Succeeded, Duration::from_secs(90))
+        .await;
+    let events = f.events().await;
+    let position = |prefix: &str| {
+        events
+            .iter()
+            .position(|e| e.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no event {prefix:?} in {events:#?}"))
+    };
+    assert!(position("Routing all traffic to canary") < position("Copying podinfo."));
+    assert!(position("Copying podinfo.") < position("Routing all traffic to primary"));
+    assert_eq!(f.image("podinfo-primary").await, "podinfo:2");
+    client.wait_for_traefik(0).await;
+    client
+        .settle("all traffic on the promoted primary", &[], (50, 0))
+        .await;
+}
+
+/// One provider without a data plane here: the generated object at every stage.
+struct ObjectCase {
+    provider: &'static str,
+    api_version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    /// (primary, canary) weights of the object.
+    weights: fn(&Value) -> Option<(i64, i64)>,
+}
+
+fn weights_by(list: Option<&Vec<Value>>, name: &str, weight: &str) -> Option<(i64, i64)> {
+    let list = list?;
+    let w = |svc: &str| {
+        list.iter()
+            .find(|e| e.pointer(name).and_then(Value::as_str) == Some(svc))
+            .and_then(|e| e.pointer(weight).and_then(Value::as_i64))
+    };
+    Some((w("podinfo-primary")?, w("podinfo-canary")?))
+}
+
+async fn object_case(prefix: &str, case: ObjectCase) {
+    let Some(mut f) = Fixture::new(prefix).await else {
+        return;
+    };
+    f.create_target("podinfo:1", 9898).await;
+    f.start_controller().await;
+    let hooks = Hooks::start(f.canaries()).await;
+    f.create_canary(
+        case.provider,
+        json!({"port": 80, "targetPort": 9898}),
+        json!({
+            "interval": "1s", "threshold": 2, "stepWeight": 25, "maxWeight": 50,
+            "webhooks": [{"name": "approve", "type": "confirm-promotion",
+                          "url": format!("{}/promote", hooks.url), "timeout": "5s"}],
+        }),
+    )
+    .await;
+    f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60))
+        .await;
+    let api = f.dynamic(case.api_version, case.kind, case.plural);
+    let object = eventually(
+        Duration::from_secs(30),
+        &format!("the generated {}", case.kind),
+        || async { api.get_opt("podinfo").await.ok()? },
+    )
+    .await;
+    assert_eq!(
+        object.types.as_ref().map(|t| t.api_version.as_str()),
+        Some(case.api_version)
+    );
+    let owner = &object.metadata.owner_references.clone().unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Canary", "podinfo")
+    );
+    assert_eq!(
+        object
+            .metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .get("kustomize.toolkit.fluxcd.io/reconcile")
+            .map(String::as_str),
+        Some("disabled")
+    );
+    assert_eq!((case.weights)(&object.data), Some((100, 0)));
+
+    f.set_image("podinfo:2").await;
+    let canary = f
+        .wait_phase(CanaryPhase::WaitingPromotion, Duration::from_secs(90))
+        .await;
+    assert_eq!(canary.status.and_then(|s| s.canary_weight), Some(50));
+    let object = api.get("podinfo").await.expect("the object");
+    assert_eq!(
+        (case.weights)(&object.data),
+        Some((50, 50)),
+        "held at maxWeight"
+    );
+    let events = f.events().await;
+    for w in [25, 50] {
+        let prefix = format!("Advance podinfo.{} canary weight {w}", f.name());
+        assert!(
+            events.iter().any(|e| e.starts_with(&prefix)),
+            "{prefix:?} in {events:#?}"
+        );
+    }
+
+    // Someone deletes the generated object: it is generated again at the weight in effect.
+    api.delete("podinfo", &Default::default())
+        .await
+        .expect("deleting the object");
+    let object = eventually(
+        Duration::from_secs(30),
+        "the object to come back",
+        || async {
+            let o = api.get_opt("podinfo").await.ok()??;
+            (o.metadata.deletion_timestamp.is_none()).then_some(o)
+        },
+    )
+    .await;
+    assert_eq!((case.weights)(&object.data), Some((50, 50)));
+
+    hooks.promote.store(true, Ordering::SeqCst);
+    f.wait_phase(CanaryPhase::Succeeded, Duration::from_secs(90))
+        .await;
+    let object = api.get("podinfo").await.expect("the object");
+    assert_eq!((case.weights)(&object.data), Some((100, 0)));
+    assert_eq!(f.image("podinfo-primary").await, "podinfo:2");
+}
+
+#[tokio::test]
+async fn istio_virtual_service_is_generated_and_weighted() {
+    object_case(
+        "cr-istio",
+        ObjectCase {
+            provider: "istio",
+            api_version: "networking.istio.io/v1beta1",
+            kind: "VirtualService",
+            plural: "virtualservices",
+            weights: |o| {
+                let http = o.pointer("/spec/http")?.as_array()?;
+                weights_by(
+                    http[0].get("route")?.as_array(),
+                    "/destination/host",
+                    "/weight",
+                )
+            },
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn istio_destination_rules_are_generated() {
+    let Some(mut f) = Fixture::new("cr-istio-dr").await else {
+        return;
+    };
+    f.create_target("podinfo:1", 9898).await;
+    f.start_controller().await;
+    f.create_canary(
+        "istio",
+        json!({"port": 80, "hosts": ["podinfo.example.com"], "gateways": ["public-gw"],
+               "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+        json!({"interval": "1s", "stepWeight": 50}),
+    )
+    .await;
+    f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60))
+        .await;
+    let services = f.dynamic(
+        "networking.istio.io/v1beta1",
+        "VirtualService",
+        "virtualservices",
+    );
+    let vs = eventually(Duration::from_secs(30), "the VirtualService", || async {
+        services.get_opt("podinfo").await.ok()?
+    })
+    .await;
+    assert_eq!(
+        vs.data["spec"]["hosts"],
+        json!(["podinfo.example.com", "podinfo"])
+    );
+    assert_eq!(vs.data["spec"]["gateways"], json!(["public-gw"]));
+    let rules = f.dynamic(
+        "networking.istio.io/v1beta1",
+        "DestinationRule",
+        "destinationrules",
+    );
+    for name in ["podinfo-primary", "podinfo-canary"] {
+        let dr = rules
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("DestinationRule {name}: {e}"));
+        assert_eq!(dr.data["spec"]["host"], name);
+        assert_eq!(
+            dr.data["spec"]["trafficPolicy"]["tls"]["mode"],
+            "ISTIO_MUTUAL"
+        );
+        let owner = &dr.metadata.owner_references.clone().unwrap_or_default()[0];
+        assert_eq!(owner.kind, "Canary");
+    }
+}
+
+#[tokio::test]
+async fn smi_traffic_split_is_generated_and_weighted() {
+    object_case(
+        "cr-smi",
+        ObjectCase {
+            // Flagger's name; the test cluster serves TrafficSplit only in v1alpha4.
+            provider: "smi:v1alpha2",
+            api_version: "split.smi-spec.io/v1alpha4",
+            kind: "TrafficSplit",
+            plural: "trafficsplits",
+            weights: |o| {
+                weights_by(
+                    o.pointer("/spec/backends")?.as_array(),
+                    "/service",
+                    "/weight",
+                )
+            },
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn traefik_service_is_generated_and_weighted() {
+    object_case(
+        "cr-traefik",
+        ObjectCase {
+            provider: "traefik",
+            api_version: "traefik.io/v1alpha1",
+            kind: "TraefikService",
+            plural: "traefikservices",
+            weights: |o| {
+                weights_by(
+                    o.pointer("/spec/weighted/services")?.as_array(),
+                    "/name",
+                    "/weight",
+                )
+            },
+        },
+    )
+    .await;
+}
