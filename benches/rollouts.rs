@@ -204,6 +204,7 @@ async fn main() {
     };
     let _ = synced_rx.await;
 
+    let apiserver_before = apiserver_metrics(&env.client).await;
     let metrics_before = ctl.metrics().await;
     let cpu_before = cpu_seconds(pid);
     let stop = Arc::new(Mutex::new(false));
@@ -219,7 +220,10 @@ async fn main() {
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .unwrap_or_else(|e| panic!("patching Rollout {name}: {e}"));
-            changed.lock().expect("changed").insert(name, Instant::now());
+            changed
+                .lock()
+                .expect("changed")
+                .insert(name, Instant::now());
         }
     };
     if rate > 0.0 {
@@ -253,6 +257,7 @@ async fn main() {
     let cpu = cpu_seconds(pid) - cpu_before;
     let (rss_avg, rss_max) = during.await.expect("sampler");
     let metrics_after = ctl.metrics().await;
+    let apiserver_after = apiserver_metrics(&env.client).await;
     watch.abort();
 
     let changed = changed.lock().expect("changed").clone();
@@ -290,9 +295,13 @@ async fn main() {
         reconciles(&metrics_after) - reconciles(&metrics_before)
     );
     if rate > 0.0 {
-        println!("patches sent in                      {patched_in:.1} s (paced, {rate} per second)");
+        println!(
+            "patches sent in                      {patched_in:.1} s (paced, {rate} per second)"
+        );
     } else {
-        println!("patches sent in                      {patched_in:.1} s (burst, {PARALLEL} in parallel)");
+        println!(
+            "patches sent in                      {patched_in:.1} s (burst, {PARALLEL} in parallel)"
+        );
     }
     println!(
         "canary ReplicaSets created           {} of {count}, the last {all_created:.1} s after the first patch",
@@ -314,9 +323,63 @@ async fn main() {
         ms(quantile(&hb, &ha, 0.5)),
         ms(quantile(&hb, &ha, 0.99))
     );
+    let (rb, ra) = (
+        histogram(&metrics_before, "sluice_rollout_reaction_seconds"),
+        histogram(&metrics_after, "sluice_rollout_reaction_seconds"),
+    );
+    println!(
+        "controller's share p50 / p99         {} / {} (sluice_rollout_reaction_seconds: change seen on the watch -> ReplicaSet created)",
+        ms(quantile(&rb, &ra, 0.5)),
+        ms(quantile(&rb, &ra, 0.99))
+    );
     println!(
         "rollout workers                      {}",
         std::env::var("SLUICE_ROLLOUT_WORKERS").unwrap_or_else(|_| "default".into())
     );
+    println!("apiserver, mean over the change window (the machine's share of the reaction):");
+    for (what, series) in [
+        (
+            "POST replicasets",
+            r#"apiserver_request_duration_seconds_{}{component="apiserver",dry_run="",group="apps",resource="replicasets",scope="resource",subresource="",verb="POST",version="v1"}"#,
+        ),
+        (
+            "PATCH rollouts (the change)",
+            r#"apiserver_request_duration_seconds_{}{component="apiserver",dry_run="",group="argoproj.io",resource="rollouts",scope="resource",subresource="",verb="PATCH",version="v1alpha1"}"#,
+        ),
+        (
+            "APPLY rollouts/status",
+            r#"apiserver_request_duration_seconds_{}{component="apiserver",dry_run="",group="argoproj.io",resource="rollouts",scope="resource",subresource="status",verb="APPLY",version="v1alpha1"}"#,
+        ),
+        (
+            "etcd create replicasets",
+            r#"etcd_request_duration_seconds_{}{operation="create",type="replicasets.apps"}"#,
+        ),
+    ] {
+        let delta = |suffix: &str| {
+            let key = series.replace("{}", suffix);
+            let value = |m: &str| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix(&key))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            value(&apiserver_after) - value(&apiserver_before)
+        };
+        let (sum, n) = (delta("sum"), delta("count"));
+        if n > 0.0 {
+            println!(
+                "  {what:<34} {:.1} ms over {n:.0} requests",
+                1000.0 * sum / n
+            );
+        }
+    }
     println!("controller log: {}", ctl.log.display());
+}
+
+/// The apiserver's own /metrics (empty if it cannot be read).
+async fn apiserver_metrics(client: &kube::Client) -> String {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a GET request");
+    client.request_text(request).await.unwrap_or_default()
 }

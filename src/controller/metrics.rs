@@ -139,6 +139,9 @@ pub struct Metrics {
     pub rollout_reconcile: Histogram,
     /// `rollout_reconcile_error`: Rollout reconciles that ended in an error.
     pub rollout_reconcile_error: Counter,
+    /// `sluice_rollout_reaction_seconds`: from a Rollout's new generation arriving on the watch
+    /// to its new ReplicaSet created (the controller's own share of reacting to a change).
+    pub rollout_reaction: Histogram,
     /// `sluice_leader`: 1 while this process is the elected leader (always 1 without election).
     pub leader: Gauge,
     /// `sluice_rollout_canary_weight`: the canary weight of each Rollout, from its status.
@@ -249,6 +252,12 @@ impl Metrics {
             "Rollout reconciliation performance.",
             rollout_reconcile.clone(),
         );
+        let rollout_reaction = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "sluice_rollout_reaction_seconds",
+            "From a Rollout's new generation seen on the watch to its new ReplicaSet created",
+            rollout_reaction.clone(),
+        );
         let rollout_reconcile_error = Counter::default();
         registry.register(
             "rollout_reconcile_error",
@@ -329,6 +338,7 @@ impl Metrics {
             rollout_info,
             rollout_reconcile,
             rollout_reconcile_error,
+            rollout_reaction,
             leader,
             rollout_weight,
             rollout_replicas,

@@ -207,6 +207,40 @@ pub struct Ctx {
     /// The `rollout_info` labels last exported per Rollout, to replace them when they change.
     info: Mutex<HashMap<fresh::Key, RolloutInfoLabels>>,
     last_sweep: Mutex<Instant>,
+    changes: Arc<Changes>,
+}
+
+/// When each Rollout's not-yet-observed generation arrived on the watch, for
+/// `sluice_rollout_reaction_seconds`. Only Rollouts with a change pending have an entry.
+#[derive(Default)]
+struct Changes(Mutex<HashMap<fresh::Key, Instant>>);
+
+impl Changes {
+    fn apply(&self, event: &watcher::Event<Rollout>) {
+        let Ok(mut pending) = self.0.lock() else {
+            return;
+        };
+        match event {
+            watcher::Event::Apply(r) | watcher::Event::InitApply(r) => {
+                let observed = r.status.as_ref().map(|s| s.observed_generation.as_str());
+                let generation = r.metadata.generation.map(|g| g.to_string());
+                if observed.is_some() && observed != generation.as_deref() {
+                    pending.entry(fresh::key(r)).or_insert_with(Instant::now);
+                } else {
+                    pending.remove(&fresh::key(r));
+                }
+            }
+            watcher::Event::Delete(r) => {
+                pending.remove(&fresh::key(r));
+            }
+            _ => {}
+        }
+    }
+
+    /// How long ago the pending change of `key` arrived (taken: observed once).
+    fn take(&self, key: &fresh::Key) -> Option<Duration> {
+        self.0.lock().ok()?.remove(key).map(|at| at.elapsed())
+    }
 }
 
 /// A watch cache fed by `events` (managed fields, last-applied annotations and whatever `slim`
@@ -263,12 +297,15 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
     let index = Arc::new(Indexes::default());
     let config = || watcher::Config::default().any_semantic();
     let idx = index.clone();
+    let changes = Arc::new(Changes::default());
+    let seen = changes.clone();
     let (rollouts, rollout_events) = cache(
         watcher(api::<Rollout>(&shared), config()),
         |_| {},
         move |e| {
             idx.rollouts_by_service.apply(e);
             idx.rollouts_by_deployment.apply(e);
+            seen.apply(e);
         },
     );
     // Only ReplicaSets a Rollout made (Argo's label-filtered informer): Deployments' are ignored.
@@ -365,6 +402,7 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
         analysis_runs: Fresh::default(),
         info: Mutex::default(),
         last_sweep: Mutex::new(Instant::now()),
+        changes,
     });
     controller
         .owns_stream(rs_events)
@@ -535,8 +573,16 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         .actions
         .iter()
         .partition(|a| matches!(a, Action::CreateReplicaSet { .. }));
-    for action in first {
-        target.execute(action).await?;
+    if !first.is_empty() {
+        for action in first {
+            target.execute(action).await?;
+        }
+        if let Some(reaction) = ctx.changes.take(&key) {
+            ctx.shared
+                .metrics
+                .rollout_reaction
+                .observe(reaction.as_secs_f64());
+        }
     }
     if plan.status != status {
         write_status(rollout, &plan.status, ctx).await?;
