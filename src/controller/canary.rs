@@ -14,8 +14,11 @@
 //! the Canary and carry Flux's "reconcile disabled" and Helm's "drift detection disabled"
 //! annotations, as Flagger's do, so a GitOps tool does not fight over them.
 //!
-//! Today the `kubernetes` provider (Blue/Green by switching the apex Service) is implemented;
-//! other providers run the same analysis but do not shift traffic yet (a Warning Event says so).
+//! Providers: `kubernetes` (Blue/Green by switching the apex Service alone); `gatewayapi`,
+//! `istio`, `smi` / `linkerd` and `traefik` through the routing objects `canary::routing` generates
+//! (owned by the Canary, weights read back from watch caches; a tick waits until the last route
+//! write is applied). Other providers run the same analysis but do not shift traffic (a Warning
+//! Event says so).
 //!
 //! This module must never decide what a Canary does next (that is the engine), never write a
 //! field of the user's target Deployment other than `spec.replicas`, and never read an object
