@@ -26,6 +26,8 @@ use sluice::api::flagger::metric_template::MetricTemplate;
 struct Ctl {
     child: Child,
     log: std::path::PathBuf,
+    /// Base URL of `/metrics`.
+    url: String,
 }
 
 impl Ctl {
@@ -61,7 +63,21 @@ impl Ctl {
             }
         })
         .await;
-        Ctl { child, log }
+        Ctl {
+            child,
+            log,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// The `/metrics` text.
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .expect("scraping /metrics")
+            .text()
+            .await
+            .expect("reading /metrics")
     }
 
     fn log_text(&self) -> String {
@@ -316,6 +332,67 @@ async fn initialise_then_new_revision_is_analysed_and_promoted() {
         (f.replicas("podinfo").await == 0).then_some(())
     })
     .await;
+    // Flagger's metric names, for Flagger's dashboards.
+    let metrics = ctl.metrics().await;
+    let ns = format!("namespace=\"{}\"", f.ns.name);
+    let sample = |name: &str, labels: &[&str]| -> Option<String> {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    && l.contains(&ns)
+                    && labels.iter().all(|x| l.contains(x))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    };
+    let weight = |workload: &str| {
+        sample(
+            "flagger_canary_weight",
+            &[&format!("workload=\"{workload}\"")],
+        )
+    };
+    assert_eq!(
+        weight("podinfo-primary").as_deref(),
+        Some("100"),
+        "{metrics}"
+    );
+    assert_eq!(weight("podinfo").as_deref(), Some("0"), "{metrics}");
+    assert_eq!(
+        sample("flagger_canary_status", &["name=\"podinfo\""]).as_deref(),
+        Some("1")
+    );
+    assert_eq!(sample("flagger_canary_total", &[]).as_deref(), Some("1"));
+    assert_eq!(
+        sample(
+            "flagger_canary_metric_analysis",
+            &["name=\"podinfo\"", "metric=\"success\""]
+        )
+        .as_deref(),
+        Some("99.5")
+    );
+    assert_eq!(
+        sample(
+            "flagger_canary_successes_total",
+            &[
+                "deployment_strategy=\"blue-green\"",
+                "analysis_status=\"completed\""
+            ]
+        )
+        .as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            "flagger_canary_duration_seconds_count",
+            &["name=\"podinfo\""]
+        )
+        .and_then(|v| v.parse::<f64>().ok())
+        .is_some_and(|n| n >= 3.0),
+        "every tick is timed: {metrics}"
+    );
+
     let events = f.events().await;
     for expected in [
         "Initialization done! podinfo.",

@@ -62,6 +62,7 @@ mod alerts;
 mod config_tracking;
 mod finalizer;
 mod hpa;
+mod recording;
 mod routing;
 
 /// Canaries ticked at the same time.
@@ -133,6 +134,9 @@ pub struct Ctx {
     min_interval: Duration,
     /// When each Canary last ticked (a restart ticks at once, as Flagger does).
     last_tick: Mutex<HashMap<(String, String), Timestamp>>,
+    canaries: Store<Canary>,
+    /// The Canaries (namespace, target) that have metric series (`recording`).
+    recorded: Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 fn api<K>(shared: &Shared) -> Api<K>
@@ -225,6 +229,8 @@ pub async fn run(
         default_prometheus,
         min_interval: min_interval(),
         last_tick: Mutex::default(),
+        canaries: canaries.clone(),
+        recorded: Mutex::default(),
     });
     controller
         // A route's change (its Gateway accepting a write) ticks the Canary owning it.
@@ -370,6 +376,7 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
         // A config not cached yet would look removed and start a run.
         return Ok(Requeue::requeue(Duration::from_secs(1)));
     }
+    let started = std::time::Instant::now();
     let namespace = canary.namespace().unwrap_or_default();
     let name = canary.name_any();
     let target_name = canary.spec.target_ref.name.clone();
@@ -437,6 +444,8 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     if plan.status != status {
         write_status(&canary, &plan.status, &ctx).await?;
     }
+    let elapsed = plan.ticked.then(|| started.elapsed());
+    ctx.record(&canary, &provider, &status, &plan.status, elapsed);
     if plan.ticked
         && let Ok(mut ticks) = ctx.last_tick.lock()
     {
@@ -1039,6 +1048,12 @@ impl Ctx {
             (Some(b), Some(v)) => Some(b.check_value(v)),
             (_, v) => v,
         };
+        if let Some(v) = value {
+            let target = &canary.spec.target_ref.name;
+            self.shared
+                .metrics
+                .set_canary_metric_analysis(&namespace, target, &metric.name, v);
+        }
         let verdict = judge(&MetricCheck::new(
             metric,
             &query,
