@@ -1380,7 +1380,10 @@ async fn a_rollout_migrated_from_argo_keeps_its_replica_set() {
                 && r.metadata.generation.map(|g| g.to_string()) == Some(s.observed_generation)
         })
         .await;
-    let rs = sets.get(&format!("web-{argo_hash}")).await.expect("Argo's ReplicaSet");
+    let rs = sets
+        .get(&format!("web-{argo_hash}"))
+        .await
+        .expect("Argo's ReplicaSet");
     let annotations = rs.metadata.annotations.unwrap_or_default();
     assert!(
         annotations.contains_key("sluice.dev/template-hash"),
@@ -1390,7 +1393,12 @@ async fn a_rollout_migrated_from_argo_keeps_its_replica_set() {
     // No second ReplicaSet for the same template, and it keeps its replicas.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let all = f.replica_sets().await;
-    assert_eq!(all.len(), 1, "no new revision: {all:?}\n{}", f.dump(&adopted));
+    assert_eq!(
+        all.len(),
+        1,
+        "no new revision: {all:?}\n{}",
+        f.dump(&adopted)
+    );
     assert_eq!(all.get(argo_hash), Some(&(3, 3)));
 
     // The next update starts from it like any other.
@@ -1398,9 +1406,58 @@ async fn a_rollout_migrated_from_argo_keeps_its_replica_set() {
     let paused = f.wait("web", "paused at step 1", |r| paused_at(r, 1)).await;
     let canary = status(&paused).current_pod_hash;
     assert_ne!(canary, argo_hash);
-    assert_eq!(f.replicas_of(&canary).await.0, 1, "34% of 3 is 1 canary pod");
+    assert_eq!(
+        f.replicas_of(&canary).await.0,
+        1,
+        "34% of 3 is 1 canary pod"
+    );
     assert_eq!(f.replicas_of(argo_hash).await.0, 2);
     f.intent("web", Intent::Promote).await;
     f.wait_healthy("web").await;
     assert_eq!(f.wait_replicas(argo_hash, 0).await, 0);
+}
+
+/// A traffic router Sluice cannot build (here an unknown plugin) is an InvalidSpec naming
+/// `trafficRouting`, with an Event, and nothing is touched: not an error retried in the log.
+#[tokio::test]
+async fn an_unknown_traffic_router_plugin_is_an_invalid_spec() {
+    let Some(f) = fixture("ro-bad-router").await else {
+        return;
+    };
+    let ro = rollout(
+        "web",
+        2,
+        json!({"steps": [{"setWeight": 50}, {"pause": {}}]}),
+    );
+    let stable = deployed(&f, &ro).await;
+    let before = f.replica_sets().await;
+    let patch = json!({"spec": {
+        "template": template("registry.invalid/web:2", json!({})),
+        "strategy": {"canary": {
+            "canaryService": "web-canary", "stableService": "web-stable",
+            "trafficRouting": {"plugins": {"example.com/not-a-router": {}}},
+        }},
+    }});
+    f.rollouts
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patching the router");
+    let r = f
+        .wait("web", "InvalidSpec naming trafficRouting", |r| {
+            status(r).conditions.iter().any(|c| {
+                c.type_ == reason::INVALID_SPEC
+                    && c.status == "True"
+                    && c.message.contains("spec.strategy.canary.trafficRouting")
+                    && c.message.contains("example.com/not-a-router")
+            })
+        })
+        .await;
+    assert_eq!(health(&r), Health::Degraded);
+    assert!(
+        f.events().await.iter().any(|e| e == "InvalidSpec"),
+        "an InvalidSpec Event"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(f.replica_sets().await, before, "nothing touched");
+    assert_eq!(status(&f.get("web").await).stable_rs, stable);
 }

@@ -509,13 +509,12 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         &ctx.caches,
         Timestamp::now(),
     );
-    let routers = traffic::Traffic::new(&ctx.shared.client, rollout, &spec).map_err(|source| {
-        Error::Traffic {
-            namespace: rollout.namespace().unwrap_or_default(),
-            name: rollout.name_any(),
-            source,
-        }
-    })?;
+    // Routers that cannot be built are a spec error: InvalidSpec, like any other.
+    let routers =
+        traffic::Traffic::new(&ctx.shared.client, rollout, &spec).unwrap_or_else(|error| {
+            observed.traffic_config_error = Some(error.to_string());
+            None
+        });
     if let Some(routers) = &routers {
         // The routers' objects are not watched: read back what they apply (one read per router).
         observed.traffic = routers.observe().await;
@@ -601,7 +600,8 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
     if let Some(error) = failed {
         return Err(error);
     }
-    if !hold_traffic && finalizer::has(rollout) {
+    // Routers that cannot be built cannot say whether they still shift traffic: keep it then.
+    if !hold_traffic && finalizer::has(rollout) && observed.traffic_config_error.is_none() {
         finalizer::remove(&ctx.shared.client, rollout)
             .await
             .map_err(|source| finalizer_error(rollout, source))?;

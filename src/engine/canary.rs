@@ -237,6 +237,9 @@ impl<'a> Planner<'a> {
                 workload.name.as_deref().unwrap_or_default()
             )];
         }
+        if let Some(error) = &self.observed.traffic_config_error {
+            errors.push(format!("spec.strategy.canary.trafficRouting: {error}"));
+        }
         if !errors.is_empty() {
             let message = errors.join("; ");
             let known = self

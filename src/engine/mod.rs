@@ -63,6 +63,9 @@ pub struct Observations {
     pub workload: Option<WorkloadObservation>,
     /// Pods of the Rollout's ReplicaSets (only read while `spec.restartAt` asks for a restart).
     pub pods: Vec<PodObservation>,
+    /// Why the traffic routers `trafficRouting` names cannot be used (an unknown plugin, a router
+    /// without its object): the plan is InvalidSpec.
+    pub traffic_config_error: Option<String>,
 }
 
 impl Observations {
@@ -77,6 +80,7 @@ impl Observations {
             analysis_runs: Vec::new(),
             workload: None,
             pods: Vec::new(),
+            traffic_config_error: None,
         }
     }
 }

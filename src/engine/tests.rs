@@ -1001,6 +1001,46 @@ fn invalid_specs_get_an_invalid_spec_condition_naming_the_field() {
 }
 
 #[test]
+fn routers_the_controller_cannot_build_are_an_invalid_spec() {
+    let mut world = World::new(spec(2, json!({"steps": [{"setWeight": 50}]})));
+    world.tick();
+    world.spec.template = Some(template("app:2"));
+    world.observed.traffic_config_error =
+        Some("plugins: traffic router plugin 'x/y' is not supported".into());
+    let plan = world.tick();
+    let condition = plan
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "InvalidSpec")
+        .expect("InvalidSpec");
+    assert!(
+        condition
+            .message
+            .contains("spec.strategy.canary.trafficRouting: plugins: traffic router plugin 'x/y'"),
+        "{}",
+        condition.message
+    );
+    assert!(
+        plan.actions
+            .iter()
+            .all(|a| matches!(a, Action::Event(e) if e.reason == "InvalidSpec")),
+        "nothing is touched: {:?}",
+        plan.actions
+    );
+    world.observed.traffic_config_error = None;
+    let plan = world.tick();
+    assert!(
+        !plan
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "InvalidSpec"),
+        "fixed routers clear it"
+    );
+}
+
+#[test]
 fn invalid_template_and_selector_are_reported() {
     let mut s = spec(1, json!({}));
     s.selector = Some(LabelSelector {

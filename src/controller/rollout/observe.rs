@@ -335,6 +335,7 @@ pub fn observations(
         analysis_runs,
         workload,
         pods,
+        traffic_config_error: None,
     }
 }
 
