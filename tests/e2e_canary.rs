@@ -1148,3 +1148,78 @@ async fn the_primary_gets_a_copy_of_the_targets_hpa() {
     assert_eq!((spec.min_replicas, spec.max_replicas), (Some(3), 6));
     assert_eq!(spec.scale_target_ref.name, "podinfo-primary");
 }
+
+#[tokio::test]
+async fn a_controller_restart_mid_run_continues_where_it_was() {
+    let Some(f) = fixture("canary-restart").await else {
+        return;
+    };
+    f.create_target("podinfo:6.0.0").await;
+    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({"interval": "1s", "iterations": 8}))
+        .await;
+    f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60), &ctl)
+        .await;
+    f.set_image("podinfo:6.0.1").await;
+    let before = eventually(Duration::from_secs(60), "a few iterations", || async {
+        let canary = f.canaries().get("podinfo").await.ok()?;
+        let status = canary.status?;
+        (status.phase == Some(CanaryPhase::Progressing) && status.iterations.unwrap_or(0) >= 3)
+            .then_some(status)
+    })
+    .await;
+    drop(ctl); // SIGKILL mid-run
+    let killed_at = before.iterations.unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    // Sample the status until it ends: the run goes on from where it was, never from the start.
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let canary = f.canaries().get("podinfo").await.unwrap();
+        let status = canary.status.unwrap_or_default();
+        seen.push((status.phase, status.iterations.unwrap_or(0)));
+        if status.phase == Some(CanaryPhase::Succeeded) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not Succeeded after the restart: {seen:?}\n{}",
+            ctl.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (phase, iterations) in &seen {
+        if *phase == Some(CanaryPhase::Progressing) {
+            assert!(
+                *iterations >= killed_at,
+                "iterations went back from {killed_at}: {seen:?}"
+            );
+        }
+    }
+    assert!(
+        seen.iter().all(|(p, _)| !matches!(
+            p,
+            Some(CanaryPhase::Initialized | CanaryPhase::Initializing | CanaryPhase::Failed)
+        )),
+        "{seen:?}"
+    );
+    assert_eq!(f.image("podinfo-primary").await, "podinfo:6.0.1");
+    let events = f.events().await;
+    let count = |prefix: &str| events.iter().filter(|e| e.starts_with(prefix)).count();
+    assert_eq!(
+        count("New revision detected! Scaling up podinfo."),
+        1,
+        "{events:#?}"
+    );
+    assert_eq!(
+        count("Starting canary analysis for podinfo."),
+        1,
+        "{events:#?}"
+    );
+    assert_eq!(
+        count("Promotion completed! Scaling down podinfo."),
+        1,
+        "{events:#?}"
+    );
+}
