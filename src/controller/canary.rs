@@ -20,10 +20,15 @@
 //! write is applied). Other providers run the same analysis but do not shift traffic (a Warning
 //! Event says so).
 //!
+//! Submodules: `config_tracking` (ConfigMaps/Secrets the target references: checksums in
+//! `status.trackedConfigs`, `-primary` copies), `finalizer` (`revertOnDeletion`), `hpa` (the
+//! `-primary` HorizontalPodAutoscaler), `alerts` (AlertProviders, through [`crate::alert`]),
+//! `recording` (Flagger's `flagger_canary_*` metrics).
+//!
 //! This module must never decide what a Canary does next (that is the engine), never write a
 //! field of the user's target Deployment other than `spec.replicas`, and never read an object
-//! through the API per reconcile while the Canary is idle (MetricTemplates and AlertProviders are
-//! read only while a run needs them).
+//! through the API per reconcile while the Canary is idle (MetricTemplates, AlertProviders, the
+//! target's HPA and the data of tracked configs are read only when a run needs them).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
