@@ -9,10 +9,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::controller::ControllerProcess;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use sluice::api::argo::analysis::AnalysisRun;
 use sluice::api::argo::rollout::Rollout;
+use sluice::api::flagger::canary::{Canary, CanaryPhase};
 
 /// Every series name the exposition can produce: `# TYPE` lines give families (a family with no
 /// samples yet still has one), expanded with the suffixes of their type.
@@ -58,29 +60,98 @@ fn has_sample(exposition: &str, metric: &str, labels: &[&str], value: &str) -> b
     })
 }
 
-/// Scrapes the controller until `ready` holds; on timeout, panics showing the samples that carry
-/// `label` (the test's namespace).
+/// Scrapes the controller at `http_url` until `ready` holds; on timeout, panics showing the
+/// samples that carry `label` (the test's namespace) and the controller's log.
 async fn scrape_until(
-    ctl: &ControllerProcess,
+    http_url: &str,
+    log: &Path,
     label: &str,
     timeout: Duration,
     ready: impl Fn(&str) -> bool,
 ) -> String {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let text = ctl.metrics().await;
+        let text = scrape(http_url).await;
         if ready(&text) {
             return text;
         }
         if tokio::time::Instant::now() > deadline {
             let ours: Vec<&str> = text.lines().filter(|l| l.contains(label)).collect();
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
             panic!(
-                "timed out after {timeout:?}; the scrape's samples with {label}:\n{}\ncontroller log:\n{}",
+                "timed out after {timeout:?}; the scrape's samples with {label}:\n{}\ncontroller log (tail):\n{}",
                 ours.join("\n"),
-                ctl.log_text()
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn scrape(http_url: &str) -> String {
+    reqwest::get(format!("{http_url}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+/// `sluice controller` limited to `namespace` with Canary analysis intervals down to 1s (which
+/// [`ControllerProcess`] cannot set); killed on drop.
+struct FastController {
+    child: std::process::Child,
+    http_url: String,
+    log: std::path::PathBuf,
+}
+
+impl FastController {
+    async fn start(env: &common::TestEnv, namespace: &str) -> FastController {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let logs = env.dir.join("logs");
+        std::fs::create_dir_all(&logs).expect("log directory");
+        let log = logs.join(format!("controller-{namespace}-{port}.log"));
+        let file = std::fs::File::create(&log).expect("controller log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("controller")
+            .args(["--namespace", namespace])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--prometheus-address", &env.prometheus_url])
+            .args(["--leader-elect", "false"])
+            .env("KUBECONFIG", &env.kubeconfig)
+            .env("RUST_LOG", "info,sluice=debug")
+            .env("SLUICE_CANARY_MIN_INTERVAL", "1s")
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
+            .spawn()
+            .expect("starting sluice controller");
+        let ctl = FastController {
+            child,
+            http_url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let url = format!("{}/readyz", ctl.http_url);
+        common::eventually(Duration::from_secs(30), "sluice controller ready", || {
+            let url = url.clone();
+            async move {
+                let r = reqwest::get(&url).await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await;
+        ctl
+    }
+}
+
+impl Drop for FastController {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -203,9 +274,10 @@ async fn every_dashboard_expression_uses_only_exported_metrics() {
         return;
     };
     let ns = env.namespace("dashboards").await;
-    let ctl = ControllerProcess::start_with(&env, &ns.name, &["--leader-elect=false"]).await;
-    // Families without series are not exposed: give the per-Rollout gauges a Rollout, and the
-    // per-run gauges and the measurement counter a run with one measurement.
+    let ctl = FastController::start(&env, &ns.name).await;
+    // Families without series are not exposed: give the per-Rollout gauges a Rollout, the
+    // per-run gauges and the measurement counter a run with one measurement, and Flagger's
+    // families a Canary promoted once.
     let rollout: Rollout = serde_json::from_value(json!({
         "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
         "spec": {
@@ -233,12 +305,80 @@ async fn every_dashboard_expression_uses_only_exported_metrics() {
         .create(&PostParams::default(), &run)
         .await
         .expect("creating an AnalysisRun");
-    // The per-run series must really be there, with the run's values, not only their families.
+    for manifest in [
+        json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "MetricTemplate",
+            "metadata": {"name": "success-rate"},
+            "spec": {"provider": {"type": "prometheus", "address": env.prometheus_url},
+                     "query": "vector(99.5)"},
+        }),
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "podinfo"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "podinfo"}},
+                "template": {"metadata": {"labels": {"app": "podinfo"}},
+                             "spec": {"containers": [{"name": "podinfo", "image": "podinfo:6.0.0"}]}},
+            },
+        }),
+        json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "Canary", "metadata": {"name": "podinfo"},
+            "spec": {
+                "provider": "kubernetes",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+                "service": {"port": 80, "targetPort": 9898},
+                "analysis": {
+                    "interval": "1s", "threshold": 1, "iterations": 1,
+                    "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
+                                 "thresholdRange": {"min": 99}}],
+                },
+            },
+        }),
+    ] {
+        env.create(&ns.name, manifest).await;
+    }
+    let canaries: Api<Canary> = Api::namespaced(env.client.clone(), &ns.name);
+    common::eventually(
+        Duration::from_secs(60),
+        "the Canary Initialized",
+        || async {
+            let c = canaries.get("podinfo").await.ok()?;
+            (c.status?.phase? == CanaryPhase::Initialized).then_some(())
+        },
+    )
+    .await;
+    Api::<Deployment>::namespaced(env.client.clone(), &ns.name)
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "podinfo", "image": "podinfo:6.0.1"}]}}}})),
+        )
+        .await
+        .expect("a new revision of the Canary's target");
+    // The per-object series must really be there, with their values, not only their families.
     let probe = |metric: &'static str, labels: &'static [&'static str], value: &'static str| {
         (metric, labels, value)
     };
     let wanted = [
         probe("sluice_rollout_canary_weight", &[r#"name="web""#], "0"),
+        probe("flagger_canary_total", &[], "1"),
+        probe("flagger_canary_status", &[r#"name="podinfo""#], "1"),
+        probe(
+            "flagger_canary_weight",
+            &[r#"workload="podinfo-primary""#],
+            "100",
+        ),
+        probe(
+            "flagger_canary_metric_analysis",
+            &[r#"name="podinfo""#, r#"metric="success""#],
+            "99.5",
+        ),
+        probe(
+            "flagger_canary_successes_total",
+            &[r#"name="podinfo""#, r#"analysis_status="completed""#],
+            "1",
+        ),
         probe("rollout_info_replicas_desired", &[r#"name="web""#], "1"),
         probe(
             "analysis_run_info",
@@ -271,19 +411,25 @@ async fn every_dashboard_expression_uses_only_exported_metrics() {
         ),
     ];
     let ns_label = format!("namespace=\"{}\"", ns.name);
-    let text = scrape_until(&ctl, &ns_label, Duration::from_secs(60), |text| {
-        let names = exported_names(text);
-        names.contains("rollout_info")
-            && names.contains("sluice_analysis_measurements_total")
-            && wanted.iter().all(|(metric, labels, value)| {
-                has_sample(
-                    text,
-                    metric,
-                    &[&[ns_label.as_str()], *labels].concat(),
-                    value,
-                )
-            })
-    })
+    let text = scrape_until(
+        &ctl.http_url,
+        &ctl.log,
+        &ns_label,
+        Duration::from_secs(90),
+        |text| {
+            let names = exported_names(text);
+            names.contains("rollout_info")
+                && names.contains("sluice_analysis_measurements_total")
+                && wanted.iter().all(|(metric, labels, value)| {
+                    has_sample(
+                        text,
+                        metric,
+                        &[&[ns_label.as_str()], *labels].concat(),
+                        value,
+                    )
+                })
+        },
+    )
     .await;
     let exported = exported_names(&text);
     assert!(
