@@ -247,7 +247,18 @@ impl Fixture {
     }
 
     async fn create_canary(&self, provider: &str, service: Value, analysis: Value) {
-        let canary: Canary = serde_json::from_value(json!({
+        self.create_canary_with(provider, service, analysis, None)
+            .await;
+    }
+
+    async fn create_canary_with(
+        &self,
+        provider: &str,
+        service: Value,
+        analysis: Value,
+        ingress: Option<&str>,
+    ) {
+        let mut canary = json!({
             "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
             "metadata": {"name": "podinfo"},
             "spec": {
@@ -257,8 +268,12 @@ impl Fixture {
                 "service": service,
                 "analysis": analysis,
             },
-        }))
-        .expect("Canary JSON");
+        });
+        if let Some(ingress) = ingress {
+            canary["spec"]["ingressRef"] = json!(
+                {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": ingress});
+        }
+        let canary: Canary = serde_json::from_value(canary).expect("Canary JSON");
         self.canaries()
             .create(&PostParams::default(), &canary)
             .await
@@ -914,8 +929,12 @@ struct ObjectCase {
     api_version: &'static str,
     kind: &'static str,
     plural: &'static str,
-    /// (primary, canary) weights of the object.
+    /// The generated object's name.
+    name: &'static str,
+    /// (primary, canary) weights of the object (as JSON, metadata included).
     weights: fn(&Value) -> Option<(i64, i64)>,
+    /// The user's Ingress (`spec.ingressRef`), created first.
+    ingress: Option<Value>,
 }
 
 fn weights_by(list: Option<&Vec<Value>>, name: &str, weight: &str) -> Option<(i64, i64)> {
@@ -935,7 +954,16 @@ async fn object_case(prefix: &str, case: ObjectCase) {
     f.create_target("podinfo:1", 9898).await;
     f.start_controller().await;
     let hooks = Hooks::start(f.canaries()).await;
-    f.create_canary(
+    if let Some(ingress) = &case.ingress {
+        f.env.create(f.name(), ingress.clone()).await;
+    }
+    let ingress_name = case.ingress.as_ref().map(|i| {
+        i["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    });
+    f.create_canary_with(
         case.provider,
         json!({"port": 80, "targetPort": 9898}),
         json!({
@@ -943,15 +971,17 @@ async fn object_case(prefix: &str, case: ObjectCase) {
             "webhooks": [{"name": "approve", "type": "confirm-promotion",
                           "url": format!("{}/promote", hooks.url), "timeout": "5s"}],
         }),
+        ingress_name.as_deref(),
     )
     .await;
+    let weights = |o: &DynamicObject| (case.weights)(&serde_json::to_value(o).unwrap_or_default());
     f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60))
         .await;
     let api = f.dynamic(case.api_version, case.kind, case.plural);
     let object = eventually(
         Duration::from_secs(30),
         &format!("the generated {}", case.kind),
-        || async { api.get_opt("podinfo").await.ok()? },
+        || async { api.get_opt(case.name).await.ok()? },
     )
     .await;
     assert_eq!(
@@ -973,19 +1003,15 @@ async fn object_case(prefix: &str, case: ObjectCase) {
             .map(String::as_str),
         Some("disabled")
     );
-    assert_eq!((case.weights)(&object.data), Some((100, 0)));
+    assert_eq!(weights(&object), Some((100, 0)));
 
     f.set_image("podinfo:2").await;
     let canary = f
         .wait_phase(CanaryPhase::WaitingPromotion, Duration::from_secs(90))
         .await;
     assert_eq!(canary.status.and_then(|s| s.canary_weight), Some(50));
-    let object = api.get("podinfo").await.expect("the object");
-    assert_eq!(
-        (case.weights)(&object.data),
-        Some((50, 50)),
-        "held at maxWeight"
-    );
+    let object = api.get(case.name).await.expect("the object");
+    assert_eq!(weights(&object), Some((50, 50)), "held at maxWeight");
     let events = f.events().await;
     for w in [25, 50] {
         let prefix = format!("Advance podinfo.{} canary weight {w}", f.name());
@@ -996,25 +1022,25 @@ async fn object_case(prefix: &str, case: ObjectCase) {
     }
 
     // Someone deletes the generated object: it is generated again at the weight in effect.
-    api.delete("podinfo", &Default::default())
+    api.delete(case.name, &Default::default())
         .await
         .expect("deleting the object");
     let object = eventually(
         Duration::from_secs(30),
         "the object to come back",
         || async {
-            let o = api.get_opt("podinfo").await.ok()??;
+            let o = api.get_opt(case.name).await.ok()??;
             (o.metadata.deletion_timestamp.is_none()).then_some(o)
         },
     )
     .await;
-    assert_eq!((case.weights)(&object.data), Some((50, 50)));
+    assert_eq!(weights(&object), Some((50, 50)));
 
     hooks.promote.store(true, Ordering::SeqCst);
     f.wait_phase(CanaryPhase::Succeeded, Duration::from_secs(90))
         .await;
-    let object = api.get("podinfo").await.expect("the object");
-    assert_eq!((case.weights)(&object.data), Some((100, 0)));
+    let object = api.get(case.name).await.expect("the object");
+    assert_eq!(weights(&object), Some((100, 0)));
     assert_eq!(f.image("podinfo-primary").await, "podinfo:2");
 }
 
@@ -1027,6 +1053,8 @@ async fn istio_virtual_service_is_generated_and_weighted() {
             api_version: "networking.istio.io/v1beta1",
             kind: "VirtualService",
             plural: "virtualservices",
+            name: "podinfo",
+            ingress: None,
             weights: |o| {
                 let http = o.pointer("/spec/http")?.as_array()?;
                 weights_by(
@@ -1100,6 +1128,8 @@ async fn smi_traffic_split_is_generated_and_weighted() {
             api_version: "split.smi-spec.io/v1alpha4",
             kind: "TrafficSplit",
             plural: "trafficsplits",
+            name: "podinfo",
+            ingress: None,
             weights: |o| {
                 weights_by(
                     o.pointer("/spec/backends")?.as_array(),
@@ -1121,12 +1151,51 @@ async fn traefik_service_is_generated_and_weighted() {
             api_version: "traefik.io/v1alpha1",
             kind: "TraefikService",
             plural: "traefikservices",
+            name: "podinfo",
+            ingress: None,
             weights: |o| {
                 weights_by(
                     o.pointer("/spec/weighted/services")?.as_array(),
                     "/name",
                     "/weight",
                 )
+            },
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn nginx_canary_ingress_is_generated_and_weighted() {
+    object_case(
+        "cr-nginx",
+        ObjectCase {
+            provider: "nginx",
+            api_version: "networking.k8s.io/v1",
+            kind: "Ingress",
+            plural: "ingresses",
+            name: "web-canary",
+            ingress: Some(json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "web", "annotations": {
+                    "nginx.ingress.kubernetes.io/proxy-body-size": "8m"}},
+                "spec": {"ingressClassName": "nginx", "rules": [{"host": "web.example.com",
+                    "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend":
+                        {"service": {"name": "podinfo", "port": {"number": 80}}}}]}}]},
+            })),
+            weights: |o| {
+                let annotations = o.pointer("/metadata/annotations")?;
+                if annotations["nginx.ingress.kubernetes.io/canary"] != "true"
+                    || o.pointer("/spec/rules/0/http/paths/0/backend/service/name")?
+                        != "podinfo-canary"
+                {
+                    return None;
+                }
+                let w: i64 = annotations["nginx.ingress.kubernetes.io/canary-weight"]
+                    .as_str()?
+                    .parse()
+                    .ok()?;
+                Some((100 - w, w))
             },
         },
     )

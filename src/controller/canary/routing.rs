@@ -7,6 +7,7 @@
 //! | `istio` | VirtualService `<apex>`, DestinationRules `<apex>-primary`, `<apex>-canary` |
 //! | `smi:v1alpha2`, `smi:v1alpha3`, `smi:v1alpha4`, `linkerd` | TrafficSplit `<apex>`, in the version the cluster serves (v1alpha4, v1alpha3 or v1alpha2: the same `service` / `backends` shape) |
 //! | `traefik` | TraefikService `<apex>` |
+//! | `nginx` | Ingress `<ingressRef>-canary`: a copy of `spec.ingressRef` whose backends name `<apex>-canary`, with `nginx.ingress.kubernetes.io/canary*` annotations |
 //!
 //! The shapes follow upstream (`pkg/router` of fluxcd/flagger): a weighted rule from
 //! `service.match` (default: path prefix `/`) with `<apex>-primary` / `<apex>-canary` backends;
@@ -66,7 +67,7 @@ const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
     #[error(
-        "Canary {namespace}/{name}: provider {provider:?} is not routed by Sluice yet; use gatewayapi:v1, gatewayapi:v1beta1, istio, smi:v1alpha2/3/4, linkerd, traefik or kubernetes"
+        "Canary {namespace}/{name}: provider {provider:?} is not routed by Sluice yet; use gatewayapi:v1, gatewayapi:v1beta1, istio, smi:v1alpha2/3/4, linkerd, traefik, nginx or kubernetes"
     )]
     Unsupported {
         namespace: String,
@@ -103,6 +104,7 @@ pub enum RoutingError {
 /// A kind of routing object Sluice generates and watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RouteKind {
+    Ingress,
     HttpRoute,
     VirtualService,
     TrafficSplit,
@@ -110,7 +112,8 @@ pub enum RouteKind {
 }
 
 impl RouteKind {
-    const ALL: [RouteKind; 4] = [
+    const ALL: [RouteKind; 5] = [
+        RouteKind::Ingress,
         RouteKind::HttpRoute,
         RouteKind::VirtualService,
         RouteKind::TrafficSplit,
@@ -128,6 +131,7 @@ impl RouteKind {
         &'static [&'static str],
     ) {
         match self {
+            RouteKind::Ingress => ("networking.k8s.io", "Ingress", "ingresses", &["v1"]),
             RouteKind::HttpRoute => (
                 "gateway.networking.k8s.io",
                 "HTTPRoute",
@@ -169,6 +173,8 @@ pub enum Provider {
     /// TrafficSplit in this version (`v1alpha2` or `v1alpha3`).
     Smi(&'static str),
     Traefik,
+    /// A `<ingressRef>-canary` Ingress with NGINX's canary annotations.
+    Nginx,
 }
 
 /// What parsing a provider name gives.
@@ -193,6 +199,7 @@ impl Provider {
             ("smi", "v1alpha3") => Parsed::Routed(Provider::Smi("v1alpha3")),
             ("smi", "v1alpha4") => Parsed::Routed(Provider::Smi("v1alpha4")),
             ("traefik", _) => Parsed::Routed(Provider::Traefik),
+            ("nginx", _) => Parsed::Routed(Provider::Nginx),
             _ => Parsed::Unsupported,
         }
     }
@@ -204,6 +211,7 @@ impl Provider {
             Provider::Istio => RouteKind::VirtualService,
             Provider::Smi(_) => RouteKind::TrafficSplit,
             Provider::Traefik => RouteKind::TraefikService,
+            Provider::Nginx => RouteKind::Ingress,
         }
     }
 }
@@ -226,9 +234,23 @@ impl Split {
     }
 }
 
+/// The name of the object that carries the weights.
+pub fn route_name(canary: &Canary, provider: Provider) -> String {
+    match (provider, &canary.spec.ingress_ref) {
+        (Provider::Nginx, Some(ingress)) => format!("{}-canary", ingress.name),
+        _ => canary.service_names().0,
+    }
+}
+
 /// Renders every object `provider` generates for `canary` at `split`; the first carries the
-/// weights. Pure: errors name the field to fix.
-pub fn render(canary: &Canary, provider: Provider, split: Split) -> Result<Vec<Value>, String> {
+/// weights. `source` is the user's Ingress (`spec.ingressRef`) for NGINX. Pure: errors name the
+/// field to fix.
+pub fn render(
+    canary: &Canary,
+    provider: Provider,
+    split: Split,
+    source: Option<&Value>,
+) -> Result<Vec<Value>, String> {
     let service = canary
         .spec
         .service
@@ -274,12 +296,19 @@ pub fn render(canary: &Canary, provider: Provider, split: Split) -> Result<Vec<V
                 ]}},
             })]
         }
+        Provider::Nginx => vec![nginx(canary, source, &apex, &canary_svc, split)?],
     };
     let namespace = canary.namespace().unwrap_or_default();
     let owner = canary.controller_owner_ref(&());
     let apex_meta = service.apex.clone().unwrap_or_default();
     for object in &mut objects {
         let mut annotations = apex_meta.annotations.clone().unwrap_or_default();
+        // The object's own annotations (NGINX's canary ones) win over the apex metadata.
+        if let Some(own) = object["metadata"]["annotations"].as_object() {
+            for (k, v) in own {
+                annotations.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+            }
+        }
         annotations.insert(FLUX_RECONCILE_ANNOTATION.into(), "disabled".into());
         annotations.insert(HELM_DRIFT_ANNOTATION.into(), "disabled".into());
         let meta = &mut object["metadata"];
@@ -294,6 +323,110 @@ pub fn render(canary: &Canary, provider: Provider, split: Split) -> Result<Vec<V
         object["metadata"]["annotations"][CHECKSUM_ANNOTATION] = json!(checksum);
     }
     Ok(objects)
+}
+
+/// NGINX annotations of the canary Ingress.
+const NGINX_PREFIX: &str = "nginx.ingress.kubernetes.io/";
+const NGINX_CANARY: &str = "nginx.ingress.kubernetes.io/canary";
+
+/// Upstream's NGINX router: a copy of the user's Ingress whose backends naming the apex Service
+/// name the canary Service, with `canary: "true"` and the weight or (A/B) header annotations.
+/// Only the Ingress's `nginx.ingress.kubernetes.io/*` annotations are copied (upstream copies
+/// all, GitOps tracking annotations included, so Argo CD would claim the copy).
+fn nginx(
+    canary: &Canary,
+    source: Option<&Value>,
+    apex: &str,
+    canary_svc: &str,
+    split: Split,
+) -> Result<Value, String> {
+    let analysis = canary.analysis().cloned().unwrap_or_default();
+    if analysis.mirror() {
+        return Err(
+            "analysis.mirror cannot be routed by provider nginx: use gatewayapi or istio, or remove it"
+                .into(),
+        );
+    }
+    let reference = canary
+        .spec
+        .ingress_ref
+        .as_ref()
+        .ok_or("spec.ingressRef is required with provider nginx")?;
+    let ingress = source.ok_or_else(|| {
+        format!(
+            "spec.ingressRef: Ingress {} does not exist in the Canary's namespace",
+            reference.name
+        )
+    })?;
+    let mut spec = ingress.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let mut found = false;
+    let mut retarget = |backend: Option<&mut Value>| {
+        if let Some(name) = backend.and_then(|b| b.pointer_mut("/service/name"))
+            && name.as_str() == Some(apex)
+        {
+            *name = json!(canary_svc);
+            found = true;
+        }
+    };
+    retarget(spec.get_mut("defaultBackend"));
+    if let Some(rules) = spec.get_mut("rules").and_then(Value::as_array_mut) {
+        for rule in rules {
+            if let Some(paths) = rule
+                .pointer_mut("/http/paths")
+                .and_then(Value::as_array_mut)
+            {
+                for path in paths {
+                    retarget(path.get_mut("backend"));
+                }
+            }
+        }
+    }
+    if !found {
+        return Err(format!(
+            "spec.ingressRef: Ingress {} has no backend naming Service {apex}: point it at the apex Service",
+            reference.name
+        ));
+    }
+    let mut annotations: BTreeMap<String, String> = ingress
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(NGINX_PREFIX) && !k.starts_with(NGINX_CANARY))
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .collect();
+    annotations.insert(NGINX_CANARY.into(), "true".into());
+    let key = |suffix: &str| format!("{NGINX_CANARY}-{suffix}");
+    if split.canary > 0 && !analysis.r#match.is_empty() {
+        // A/B: matching requests only (NGINX prefers the header and cookie over the weight).
+        annotations.insert(key("weight"), "0".into());
+        for m in &analysis.r#match {
+            for (name, value) in m.headers.iter().flatten() {
+                if name == "cookie" {
+                    if let Some(exact) = &value.exact {
+                        annotations.insert(key("by-cookie"), exact.clone());
+                    }
+                    continue;
+                }
+                annotations.insert(key("by-header"), name.clone());
+                if let Some(exact) = &value.exact {
+                    annotations.insert(key("by-header-value"), exact.clone());
+                } else if let Some(regex) = &value.regex {
+                    annotations.insert(key("by-header-pattern"), regex.clone());
+                } else if let Some(prefix) = &value.prefix {
+                    annotations.insert(key("by-header-pattern"), prefix_regex(prefix));
+                }
+            }
+        }
+    } else {
+        annotations.insert(key("weight"), split.canary.to_string());
+    }
+    Ok(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": format!("{}-canary", reference.name), "annotations": annotations},
+        "spec": spec,
+    }))
 }
 
 fn checksum(object: &Value) -> String {
@@ -676,6 +809,27 @@ pub fn read(
     primary: &str,
     canary: &str,
 ) -> Option<RouterWeights> {
+    if provider == Provider::Nginx {
+        let annotations = object.pointer("/metadata/annotations")?.as_object()?;
+        let get = |suffix: &str| annotations.get(suffix).and_then(Value::as_str);
+        if get(NGINX_CANARY) != Some("true") {
+            return None;
+        }
+        let by_match = ["by-header", "by-cookie"]
+            .iter()
+            .any(|s| get(&format!("{NGINX_CANARY}-{s}")).is_some());
+        let weight = get(&format!("{NGINX_CANARY}-weight"))
+            .and_then(|w| w.parse::<i32>().ok())
+            .unwrap_or(0);
+        return Some(RouterWeights {
+            canary_weight: if by_match {
+                TOTAL
+            } else {
+                weight.clamp(0, TOTAL)
+            },
+            mirrored: false,
+        });
+    }
     let spec = object.get("spec")?;
     let pair = |entries: &[Value], name: &str, default: i64| {
         let weight = |wanted: &str| {
@@ -730,6 +884,7 @@ pub fn read(
             let name = "/name";
             (pair(services, name, 1)?, false)
         }
+        Provider::Nginx => return None,
     };
     let (p, c) = weights;
     let total = p + c;
@@ -759,6 +914,7 @@ struct Expected {
     kind: RouteKind,
     name: String,
     generation: i64,
+    checksum: Option<String>,
 }
 
 /// The watch cache of one route kind, in the version the cluster serves.
@@ -903,14 +1059,19 @@ impl Routing {
             )));
         }
         let namespace = canary.namespace().unwrap_or_default();
-        let (apex, primary, canary_svc) = canary.service_names();
+        let (_, primary, canary_svc) = canary.service_names();
         let key = (namespace.clone(), canary.name_any());
-        let cached = self.cached(kind, &namespace, &apex);
+        let route = route_name(canary, provider);
+        let cached = self.cached(kind, &namespace, &route);
 
         let expected = self.expected.lock().ok().and_then(|e| e.get(&key).cloned());
         if let Some(expected) = expected {
             let object = self.cached(expected.kind, &namespace, &expected.name);
-            if let Some(reason) = not_applied(object.as_ref(), expected.generation) {
+            if let Some(reason) = not_applied(
+                object.as_ref(),
+                expected.generation,
+                expected.checksum.as_deref(),
+            ) {
                 return Ok(Observation::Pending(format!(
                     "{} {namespace}/{}: {reason}",
                     expected.kind.kind_name(),
@@ -948,7 +1109,8 @@ impl Routing {
                 mirrored: false,
             }
         });
-        let objects = render(canary, provider, split)
+        let source = self.source(canary, provider);
+        let objects = render(canary, provider, split, source.as_ref())
             .map_err(|r| Self::spec_error(canary, provider_name, r))?;
         let wanted = objects[0]
             .pointer(&format!(
@@ -960,10 +1122,10 @@ impl Routing {
             .as_ref()
             .and_then(|o| o.annotations().get(CHECKSUM_ANNOTATION).cloned());
         if have.map(Value::String) != wanted {
-            tracing::info!(canary = %canary.name_any(), %namespace, route = %apex, "canary routing: route missing or out of date, rewriting it at the weights in effect");
+            tracing::info!(canary = %canary.name_any(), %namespace, %route, "canary routing: route missing or out of date, rewriting it at the weights in effect");
             self.apply(canary, provider_name, provider, objects).await?;
             return Ok(Observation::Pending(format!(
-                "{} {namespace}/{apex} rewritten",
+                "{} {namespace}/{route} rewritten",
                 kind.kind_name()
             )));
         }
@@ -990,9 +1152,21 @@ impl Routing {
             Parsed::Routed(p) => p,
         };
         let provider = self.served(canary, provider_name, provider)?;
-        let objects = render(canary, provider, split)
+        let source = self.source(canary, provider);
+        let objects = render(canary, provider, split, source.as_ref())
             .map_err(|r| Self::spec_error(canary, provider_name, r))?;
         self.apply(canary, provider_name, provider, objects).await
+    }
+
+    /// The user's Ingress an NGINX canary copies, from the watch cache.
+    fn source(&self, canary: &Canary, provider: Provider) -> Option<Value> {
+        let reference = canary.spec.ingress_ref.as_ref()?;
+        if provider != Provider::Nginx {
+            return None;
+        }
+        let namespace = canary.namespace().unwrap_or_default();
+        let ingress = self.cached(RouteKind::Ingress, &namespace, &reference.name)?;
+        serde_json::to_value(ingress).ok()
     }
 
     /// Server-side applies `objects` (in reverse: the weighted route last, after what it
@@ -1006,6 +1180,9 @@ impl Routing {
     ) -> Result<(), RoutingError> {
         let namespace = canary.namespace().unwrap_or_default();
         let mut generation = None;
+        let checksum = objects[0]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
+            .as_str()
+            .map(str::to_owned);
         for (i, object) in objects.iter().enumerate().rev() {
             let api_version = object["apiVersion"].as_str().unwrap_or_default();
             let kind = object["kind"].as_str().unwrap_or_default();
@@ -1044,6 +1221,7 @@ impl Routing {
                     kind,
                     name,
                     generation,
+                    checksum,
                 },
             );
         }
@@ -1062,9 +1240,15 @@ fn owners(object: &DynamicObject) -> Vec<ObjectRef<Canary>> {
         .collect()
 }
 
-/// Why the cached `object` does not show generation `generation` applied; `None` when it does.
-/// HTTPRoutes also need every parent to report `Accepted=True` for that generation.
-pub fn not_applied(object: Option<&DynamicObject>, generation: i64) -> Option<String> {
+/// Why the cached `object` does not show the write of `generation` (carrying `checksum`)
+/// applied; `None` when it does. The checksum catches writes that do not bump the generation
+/// (annotations: NGINX's weights); a later generation means someone wrote after us. HTTPRoutes
+/// also need every parent to report `Accepted=True` for that generation.
+pub fn not_applied(
+    object: Option<&DynamicObject>,
+    generation: i64,
+    checksum: Option<&str>,
+) -> Option<String> {
     let Some(object) = object else {
         return Some("not in the watch cache yet".into());
     };
@@ -1073,6 +1257,13 @@ pub fn not_applied(object: Option<&DynamicObject>, generation: i64) -> Option<St
         return Some(format!(
             "the watch cache shows generation {seen}, waiting for {generation}"
         ));
+    }
+    let cached_sum = object
+        .annotations()
+        .get(CHECKSUM_ANNOTATION)
+        .map(String::as_str);
+    if seen == generation && checksum.is_some() && cached_sum != checksum {
+        return Some("the watch cache does not show the last write yet".into());
     }
     let is_route = object.types.as_ref().is_some_and(|t| t.kind == "HTTPRoute");
     if !is_route {

@@ -53,14 +53,15 @@ fn providers_parse_like_upstream() {
         Provider::parse("smi:v1alpha4"),
         Parsed::Routed(Provider::Smi("v1alpha4"))
     );
-    assert_eq!(Provider::parse("nginx"), Parsed::Unsupported);
+    assert_eq!(Provider::parse("nginx"), Parsed::Routed(Provider::Nginx));
+    assert_eq!(Provider::parse("contour"), Parsed::Unsupported);
     assert_eq!(Provider::parse("smi:v1alpha1"), Parsed::Unsupported);
 }
 
 #[test]
 fn gateway_route_is_flaggers_shape_and_reads_back() {
     let c = canary(json!({"stepWeight": 20}), "gatewayapi:v1");
-    let objects = render(&c, GW, split(20)).expect("rendered");
+    let objects = render(&c, GW, split(20), None).expect("rendered");
     assert_eq!(objects.len(), 1);
     let route = &objects[0];
     assert_eq!(route["apiVersion"], "gateway.networking.k8s.io/v1");
@@ -105,7 +106,8 @@ fn gateway_route_is_flaggers_shape_and_reads_back() {
 fn checksum_follows_weights_and_spec() {
     let c = canary(json!({"stepWeight": 20}), "gatewayapi:v1");
     let sum = |c: &Canary, w| {
-        render(c, GW, split(w)).unwrap()[0]["metadata"]["annotations"][CHECKSUM_ANNOTATION].clone()
+        render(c, GW, split(w), None).unwrap()[0]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
+            .clone()
     };
     assert_eq!(sum(&c, 20), sum(&c, 20));
     assert_ne!(sum(&c, 20), sum(&c, 40));
@@ -123,7 +125,7 @@ fn ab_testing_routes_matching_requests_by_a_first_rule() {
         ]}),
         "gatewayapi:v1",
     );
-    let route = &render(&c, GW, split(100)).unwrap()[0];
+    let route = &render(&c, GW, split(100), None).unwrap()[0];
     let rules = route["spec"]["rules"].as_array().unwrap();
     assert_eq!(rules.len(), 2);
     assert_eq!(
@@ -156,7 +158,7 @@ fn blue_green_mirroring_adds_a_request_mirror_filter() {
         canary: 0,
         mirrored: true,
     };
-    let route = &render(&c, GW, mirrored).unwrap()[0];
+    let route = &render(&c, GW, mirrored, None).unwrap()[0];
     assert_eq!(
         route["spec"]["rules"][0]["filters"],
         json!([{"type": "RequestMirror", "requestMirror": {"backendRef":
@@ -169,7 +171,7 @@ fn blue_green_mirroring_adds_a_request_mirror_filter() {
             mirrored: true
         })
     );
-    let plain = &render(&c, GW, split(0)).unwrap()[0];
+    let plain = &render(&c, GW, split(0), None).unwrap()[0];
     assert!(plain["spec"]["rules"][0].get("filters").is_none());
 }
 
@@ -177,13 +179,13 @@ fn blue_green_mirroring_adds_a_request_mirror_filter() {
 fn gateway_needs_gateway_refs_and_supported_matches() {
     let mut c = canary(json!({"stepWeight": 10}), "gatewayapi:v1");
     c.spec.service.as_mut().unwrap().gateway_refs.clear();
-    let e = render(&c, GW, split(0)).unwrap_err();
+    let e = render(&c, GW, split(0), None).unwrap_err();
     assert!(e.contains("spec.service.gatewayRefs"), "{e}");
     let c = canary(
         json!({"iterations": 2, "match": [{"headers": {"x": {"suffix": "y"}}}]}),
         "gatewayapi:v1",
     );
-    let e = render(&c, GW, split(0)).unwrap_err();
+    let e = render(&c, GW, split(0), None).unwrap_err();
     assert!(e.contains("analysis.match[0].headers.x"), "{e}");
 }
 
@@ -193,7 +195,7 @@ fn istio_virtual_service_and_destination_rules() {
         json!({"iterations": 2, "match": [{"headers": {"x-canary": {"exact": "1"}}}]}),
         "istio",
     );
-    let objects = render(&c, Provider::Istio, split(100)).unwrap();
+    let objects = render(&c, Provider::Istio, split(100), None).unwrap();
     let kinds: Vec<_> = objects
         .iter()
         .map(|o| {
@@ -230,7 +232,7 @@ fn istio_virtual_service_and_destination_rules() {
 #[test]
 fn smi_and_traefik_split_and_refuse_what_they_cannot_route() {
     let c = canary(json!({"stepWeight": 10}), "smi:v1alpha2");
-    let ts = &render(&c, Provider::Smi("v1alpha2"), split(30)).unwrap()[0];
+    let ts = &render(&c, Provider::Smi("v1alpha2"), split(30), None).unwrap()[0];
     assert_eq!(ts["apiVersion"], "split.smi-spec.io/v1alpha2");
     assert_eq!(
         ts["spec"],
@@ -248,7 +250,7 @@ fn smi_and_traefik_split_and_refuse_what_they_cannot_route() {
         .map(|w| w.canary_weight),
         Some(30)
     );
-    let t = &render(&c, Provider::Traefik, split(40)).unwrap()[0];
+    let t = &render(&c, Provider::Traefik, split(40), None).unwrap()[0];
     assert_eq!(t["spec"]["weighted"]["services"][1]["weight"], 40);
     assert_eq!(
         read(Provider::Traefik, t, "podinfo-primary", "podinfo-canary").map(|w| w.canary_weight),
@@ -258,9 +260,9 @@ fn smi_and_traefik_split_and_refuse_what_they_cannot_route() {
         json!({"iterations": 2, "match": [{"headers": {"x": {"exact": "1"}}}]}),
         "smi:v1alpha2",
     );
-    assert!(render(&ab, Provider::Smi("v1alpha2"), split(0)).is_err());
+    assert!(render(&ab, Provider::Smi("v1alpha2"), split(0), None).is_err());
     let mirror = canary(json!({"iterations": 2, "mirror": true}), "traefik");
-    assert!(render(&mirror, Provider::Traefik, split(0)).is_err());
+    assert!(render(&mirror, Provider::Traefik, split(0), None).is_err());
 }
 
 #[test]
@@ -294,20 +296,139 @@ fn a_route_is_applied_once_its_gateway_accepted_that_generation() {
                 "conditions": [{"type": "Accepted", "status": status,
                                 "observedGeneration": generation, "message": "nope"}]}])
     };
-    assert!(not_applied(None, 1).is_some());
-    assert!(not_applied(Some(&route(1, accepted(1, "True"))), 2).is_some());
-    assert!(not_applied(Some(&route(2, json!([]))), 2).is_some());
-    let stale = not_applied(Some(&route(2, accepted(1, "True"))), 2).unwrap();
+    assert!(not_applied(None, 1, None).is_some());
+    assert!(not_applied(Some(&route(1, accepted(1, "True"))), 2, None).is_some());
+    assert!(not_applied(Some(&route(2, json!([]))), 2, None).is_some());
+    let stale = not_applied(Some(&route(2, accepted(1, "True"))), 2, None).unwrap();
     assert!(stale.contains("generation 1"), "{stale}");
-    let refused = not_applied(Some(&route(2, accepted(2, "False"))), 2).unwrap();
+    let refused = not_applied(Some(&route(2, accepted(2, "False"))), 2, None).unwrap();
     assert!(refused.contains("does not accept"), "{refused}");
-    assert_eq!(not_applied(Some(&route(2, accepted(2, "True"))), 2), None);
-    assert_eq!(not_applied(Some(&route(3, accepted(3, "True"))), 2), None);
+    assert_eq!(
+        not_applied(Some(&route(2, accepted(2, "True"))), 2, None),
+        None
+    );
+    assert_eq!(
+        not_applied(Some(&route(3, accepted(3, "True"))), 2, None),
+        None
+    );
     let split: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "split.smi-spec.io/v1alpha2", "kind": "TrafficSplit",
         "metadata": {"name": "podinfo", "generation": 4}, "spec": {},
     }))
     .unwrap();
-    assert_eq!(not_applied(Some(&split), 4), None);
-    assert!(not_applied(Some(&split), 5).is_some());
+    assert_eq!(not_applied(Some(&split), 4, None), None);
+    assert!(not_applied(Some(&split), 5, None).is_some());
+}
+
+fn nginx_canary(analysis: Value) -> Canary {
+    let mut c = canary(analysis, "nginx");
+    c.spec.ingress_ref = serde_json::from_value(json!(
+        {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": "web"}
+    ))
+    .unwrap();
+    c
+}
+
+fn user_ingress() -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "web", "annotations": {
+            "argocd.argoproj.io/tracking-id": "app:networking.k8s.io/Ingress:test/web",
+            "nginx.ingress.kubernetes.io/proxy-body-size": "8m",
+            "nginx.ingress.kubernetes.io/canary-weight": "5"}},
+        "spec": {"ingressClassName": "nginx", "rules": [{"host": "app.example.com", "http": {
+            "paths": [{"path": "/", "pathType": "Prefix",
+                       "backend": {"service": {"name": "podinfo", "port": {"number": 80}}}}]}}]},
+    })
+}
+
+#[test]
+fn nginx_canary_ingress_copies_the_users_and_carries_the_weight() {
+    let c = nginx_canary(json!({"stepWeight": 10}));
+    let source = user_ingress();
+    let ingress = &render(&c, Provider::Nginx, split(30), Some(&source)).unwrap()[0];
+    assert_eq!(ingress["metadata"]["name"], "web-canary");
+    assert_eq!(route_name(&c, Provider::Nginx), "web-canary");
+    assert_eq!(
+        ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"],
+        "podinfo-canary"
+    );
+    assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
+    let annotations = &ingress["metadata"]["annotations"];
+    assert_eq!(annotations["nginx.ingress.kubernetes.io/canary"], "true");
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/canary-weight"],
+        "30"
+    );
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/proxy-body-size"],
+        "8m"
+    );
+    assert!(annotations.get("argocd.argoproj.io/tracking-id").is_none());
+    assert_eq!(
+        read(
+            Provider::Nginx,
+            ingress,
+            "podinfo-primary",
+            "podinfo-canary"
+        ),
+        Some(RouterWeights {
+            canary_weight: 30,
+            mirrored: false
+        })
+    );
+    assert!(render(&c, Provider::Nginx, split(30), None).is_err());
+}
+
+#[test]
+fn nginx_ab_testing_uses_header_and_cookie_annotations() {
+    let c = nginx_canary(json!({"iterations": 2, "match": [
+        {"headers": {"x-canary": {"exact": "insider"}}},
+        {"headers": {"cookie": {"exact": "canary"}}},
+    ]}));
+    let source = user_ingress();
+    let ingress = &render(&c, Provider::Nginx, split(100), Some(&source)).unwrap()[0];
+    let annotations = &ingress["metadata"]["annotations"];
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/canary-by-header"],
+        "x-canary"
+    );
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/canary-by-header-value"],
+        "insider"
+    );
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/canary-by-cookie"],
+        "canary"
+    );
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/canary-weight"],
+        "0"
+    );
+    assert_eq!(
+        read(Provider::Nginx, ingress, "p", "c").map(|w| w.canary_weight),
+        Some(100)
+    );
+    let back = &render(&c, Provider::Nginx, split(0), Some(&source)).unwrap()[0];
+    assert!(
+        back["metadata"]["annotations"]
+            .get("nginx.ingress.kubernetes.io/canary-by-header")
+            .is_none()
+    );
+    assert_eq!(
+        read(Provider::Nginx, back, "p", "c").map(|w| w.canary_weight),
+        Some(0)
+    );
+}
+
+#[test]
+fn an_annotation_only_write_is_seen_by_its_checksum() {
+    let ingress: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "web-canary", "generation": 1,
+                     "annotations": {CHECKSUM_ANNOTATION: "old"}},
+    }))
+    .unwrap();
+    assert!(not_applied(Some(&ingress), 1, Some("new")).is_some());
+    assert_eq!(not_applied(Some(&ingress), 1, Some("old")), None);
 }
