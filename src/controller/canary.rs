@@ -15,10 +15,10 @@
 //! annotations, as Flagger's do, so a GitOps tool does not fight over them.
 //!
 //! Providers: `kubernetes` (Blue/Green by switching the apex Service alone); `gatewayapi`,
-//! `istio`, `smi` / `linkerd` and `traefik` through the routing objects `canary::routing` generates
-//! (owned by the Canary, weights read back from watch caches; a tick waits until the last route
-//! write is applied). Other providers run the same analysis but do not shift traffic (a Warning
-//! Event says so).
+//! `istio`, `smi` / `linkerd`, `traefik` and `nginx` through the routing objects
+//! `canary::routing` generates (owned by the Canary, weights read back from watch caches; a tick
+//! waits until the last route write is applied). Other providers run the same analysis but do
+//! not shift traffic (a Warning Event says so).
 //!
 //! Submodules: `config_tracking` (ConfigMaps/Secrets the target references: checksums in
 //! `status.trackedConfigs`, `-primary` copies), `finalizer` (`revertOnDeletion`), `hpa` (the
@@ -625,7 +625,7 @@ impl Ctx {
                     // Not routed: the analysis runs, and the user must know the weight is not.
                     Err(routing::RoutingError::Unsupported { .. }) => {
                         let message = format!(
-                            "provider {provider:?}: Sluice does not route Canary traffic through it yet, so canary weight {canary_weight} is not applied; use gatewayapi:v1, istio, smi:v1alpha2/3, linkerd, traefik or kubernetes"
+                            "provider {provider:?}: Sluice does not route Canary traffic through it yet, so canary weight {canary_weight} is not applied; use gatewayapi:v1, istio, smi, linkerd, traefik, nginx or kubernetes"
                         );
                         self.event(canary, provider, status, true, &message).await;
                         Ok(())
