@@ -242,7 +242,7 @@ impl Metrics {
         let rollout_weight = Family::<ObjectLabels, Gauge>::default();
         registry.register(
             "sluice_rollout_canary_weight",
-            "The canary weight of a Rollout (status.canary.weights.canary.weight, or its current step's setWeight), percent",
+            "The canary weight of a Rollout, percent: what its traffic routers applied, else the canary's share of available pods",
             rollout_weight.clone(),
         );
         // Argo's buckets for rollout_reconcile.
