@@ -121,13 +121,40 @@ const DEFAULT_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// A counter exported under its own name, as Argo Rollouts' Go client does: prometheus-client
+/// appends `_total` to every counter, which would rename Argo's `rollout_reconcile_error` and
+/// break the dashboards and alerts written for it.
+#[derive(Clone, Debug, Default)]
+pub struct PlainCounter(Counter);
+
+impl PlainCounter {
+    pub fn inc(&self) {
+        self.0.inc();
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl EncodeMetric for PlainCounter {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> std::fmt::Result {
+        // The gauge encoding writes the sample under the family's name, with no suffix.
+        encoder.encode_gauge(&self.0.get())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
 /// Every metric the controller exports.
 pub struct Metrics {
     registry: Registry,
     /// `analysis_run_reconcile`: seconds per AnalysisRun reconcile, measurements included.
     pub analysis_run_reconcile: Histogram,
     /// `analysis_run_reconcile_error`: reconciles that ended in an error.
-    pub analysis_run_reconcile_error: Counter,
+    pub analysis_run_reconcile_error: PlainCounter,
     /// `sluice_analysis_measurements_total`: measurements taken, by provider and verdict.
     pub measurements: Family<MeasurementLabels, Counter>,
     /// `sluice_analysis_measurement_delay_seconds`: how late a measurement started compared with its
@@ -138,7 +165,7 @@ pub struct Metrics {
     /// `rollout_reconcile`: seconds per Rollout reconcile.
     pub rollout_reconcile: Histogram,
     /// `rollout_reconcile_error`: Rollout reconciles that ended in an error.
-    pub rollout_reconcile_error: Counter,
+    pub rollout_reconcile_error: PlainCounter,
     /// `sluice_rollout_reaction_seconds`: from a Rollout's new generation arriving on the watch
     /// to its new ReplicaSet created (the controller's own share of reacting to a change).
     pub rollout_reaction: Histogram,
@@ -192,7 +219,7 @@ impl Metrics {
             "AnalysisRun reconciliation performance (seconds)",
             analysis_run_reconcile.clone(),
         );
-        let analysis_run_reconcile_error = Counter::default();
+        let analysis_run_reconcile_error = PlainCounter::default();
         registry.register(
             "analysis_run_reconcile_error",
             "Error occurring during the analysisrun",
@@ -258,7 +285,7 @@ impl Metrics {
             "From a Rollout's new generation seen on the watch to its new ReplicaSet created",
             rollout_reaction.clone(),
         );
-        let rollout_reconcile_error = Counter::default();
+        let rollout_reconcile_error = PlainCounter::default();
         registry.register(
             "rollout_reconcile_error",
             "Error occurring during the rollout",
@@ -825,6 +852,24 @@ impl Collector for AnalysisRunCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argo_counters_keep_argo_names() {
+        let m = Metrics::new();
+        m.rollout_reconcile_error.inc();
+        m.rollout_reconcile_error.inc();
+        m.analysis_run_reconcile_error.inc();
+        let text = m.encode();
+        assert!(
+            text.contains("# TYPE rollout_reconcile_error counter\nrollout_reconcile_error 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nanalysis_run_reconcile_error 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("reconcile_error_total"), "{text}");
+    }
 
     #[test]
     fn numeric_values_are_plain_numbers_or_one_element_vectors() {
