@@ -8,6 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+use super::health::reason;
 use super::intent::Intent;
 use super::tests::{World, spec};
 use super::*;
@@ -151,7 +152,13 @@ fn check_plan(world: &World, before: &RolloutStatus, plan: &Plan) -> Result<(), 
                         .any(|s| s.as_ref().is_some_and(|s| s.name == r.name))
                 });
                 let observed = world.observed.traffic.map_or(0, |t| t.canary_weight);
-                if failed && before.stable_rs != before.current_pod_hash {
+                // Unless the user retries: the failed run already aborted the update, and a retry
+                // replaces it with a new run (with no steps left, the canary gets full weight).
+                let retried = plan
+                    .actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Event(e) if e.reason == reason::ROLLOUT_RETRY));
+                if failed && !retried && before.stable_rs != before.current_pod_hash {
                     prop_assert!(
                         *canary_weight <= observed,
                         "weight raised from {observed} to {canary_weight} on a failed analysis"
