@@ -536,9 +536,20 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         observed.now,
     );
 
-    // The finalizer goes on before the first traffic action and comes off once the routes are
-    // released (the engine plans ReleaseTraffic only then).
-    let hold_traffic = routers.is_some() && !plan.actions.contains(&Action::ReleaseTraffic);
+    // The finalizer goes on when an update starts, before its first traffic action, and comes
+    // off once the routes are released (the engine plans ReleaseTraffic only then). An invalid
+    // Rollout is not acted on: it neither takes the finalizer nor gives it up (its routes may
+    // still carry the share they had when the spec broke).
+    let invalid = plan
+        .status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == engine::health::reason::INVALID_SPEC && c.status == "True");
+    let updating = plan.status.stable_rs != plan.status.current_pod_hash;
+    let hold_traffic = routers.is_some()
+        && !invalid
+        && (updating || finalizer::has(rollout))
+        && !plan.actions.contains(&Action::ReleaseTraffic);
     if hold_traffic && !finalizer::has(rollout) {
         let updated = finalizer::add(&ctx.shared.client, rollout)
             .await
@@ -600,8 +611,7 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
     if let Some(error) = failed {
         return Err(error);
     }
-    // Routers that cannot be built cannot say whether they still shift traffic: keep it then.
-    if !hold_traffic && finalizer::has(rollout) && observed.traffic_config_error.is_none() {
+    if !hold_traffic && !invalid && finalizer::has(rollout) {
         finalizer::remove(&ctx.shared.client, rollout)
             .await
             .map_err(|source| finalizer_error(rollout, source))?;
