@@ -171,7 +171,26 @@ impl Fixture {
             .collect()
     }
 
-    /// The reasons of the Events recorded on Rollouts, one per occurrence.
+    /// The reasons of the Events recorded on Rollouts, one per occurrence, once each of
+    /// `expected` (reason, occurrences) is there or 20 s have passed, then 1 s more so that a
+    /// duplicate would show: the controller records Events in the background, after the status
+    /// they describe.
+    async fn events_after(&self, expected: &[(&str, usize)]) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let events = self.events().await;
+            let count = |reason: &str| events.iter().filter(|e| *e == reason).count();
+            if expected.iter().all(|(r, n)| count(r) >= *n)
+                || tokio::time::Instant::now() > deadline
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.events().await
+    }
+
     async fn events(&self) -> Vec<String> {
         let api: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(self.env.client.clone(), &self.ns.name);
@@ -350,7 +369,14 @@ async fn basic_canary_completes_through_every_step() {
     );
 
     // One Event per transition, none twice.
-    let events = f.events().await;
+    let events = f
+        .events_after(&[
+            ("RolloutStepCompleted", 4),
+            ("RolloutCompleted", 1),
+            ("RolloutUpdated", 2),
+            ("RolloutPaused", 2),
+        ])
+        .await;
     let count = |reason: &str| events.iter().filter(|r| r.as_str() == reason).count();
     assert_eq!(count("RolloutStepCompleted"), 4, "{events:?}");
     assert_eq!(count("RolloutCompleted"), 1, "{events:?}");
@@ -763,7 +789,10 @@ async fn invalid_after(prefix: &str, patch: Value, says: &[&str]) {
     assert_eq!(status(&r).phase, Some(RolloutPhase::Degraded));
     assert_eq!(health(&r), Health::Degraded);
     assert!(
-        f.events().await.iter().any(|e| e == "InvalidSpec"),
+        f.events_after(&[("InvalidSpec", 1)])
+            .await
+            .iter()
+            .any(|e| e == "InvalidSpec"),
         "an InvalidSpec Event"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1051,7 +1080,7 @@ async fn a_successful_analysis_step_advances() {
     assert_eq!(runs.len(), 1, "one run for the analysis step: {runs:?}");
     assert_eq!(run_phase(&runs[0]), "Successful");
     assert_eq!(run_label(&runs[0], "rollout-type"), "Step");
-    let events = f.events().await;
+    let events = f.events_after(&[("RolloutStepCompleted", 3)]).await;
     assert_eq!(
         events
             .iter()
@@ -1218,7 +1247,12 @@ async fn progress_deadline_abort_returns_to_stable() {
     assert_eq!(health(&r), Health::Degraded);
     f.wait_replicas(&status(&r).current_pod_hash, 0).await;
     f.wait_replicas(&stable, 2).await;
-    let events = f.events().await;
+    let events = f
+        .events_after(&[
+            (reason::PROGRESS_DEADLINE_EXCEEDED, 1),
+            ("RolloutAborted", 1),
+        ])
+        .await;
     assert!(
         events
             .iter()
@@ -1330,7 +1364,7 @@ async fn restart_at_replaces_every_pod_one_at_a_time() {
     let r = f.wait_healthy("web").await;
     assert_eq!(status(&r).stable_rs, stable, "no new revision");
     assert_eq!(f.replica_sets().await.len(), 1, "no new ReplicaSet");
-    let events = f.events().await;
+    let events = f.events_after(&[("RolloutRestarted", 1)]).await;
     assert_eq!(
         events.iter().filter(|e| *e == "RolloutRestarted").count(),
         1,

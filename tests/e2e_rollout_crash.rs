@@ -190,6 +190,9 @@ impl Test {
 
     /// How many times each Event reason was recorded on the Rollout (series counts included).
     async fn events(&self) -> BTreeMap<String, usize> {
+        // The controller records Events in the background after the status they describe: let
+        // any duplicate land before counting.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let api: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(self.env.client.clone(), &self.ns.name);
         let mut counts = BTreeMap::new();

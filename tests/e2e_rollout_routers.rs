@@ -550,9 +550,27 @@ impl Harness {
     /// the canary nothing.
     async fn assert_given_back(&self, kinds: &[Kind]) {
         let client = &self.env.client;
+        let mut released = Vec::new();
         for (manifest, original) in &self.originals {
-            wait_released(client, &self.ns.name, manifest, TIMEOUT).await;
+            let live = wait_released(client, &self.ns.name, manifest, TIMEOUT).await;
             assert_as_declared(client, &self.ns.name, manifest, original).await;
+            released.push((manifest, live.metadata.resource_version));
+        }
+        // Given back for good: nothing writes them again (a router that reads the released
+        // object as "not applied" would take it back, release it, and so on).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for (manifest, version) in released {
+            let api = api_for(client, &self.ns.name, manifest).await;
+            let live = api
+                .get(name_of(manifest))
+                .await
+                .expect("the released object");
+            assert_eq!(
+                live.metadata.resource_version,
+                version,
+                "{} was written again after its release",
+                name_of(manifest)
+            );
         }
         let r = self.rollouts.get_opt(ROLLOUT).await.expect("get");
         if kinds.contains(&Kind::Nginx) {

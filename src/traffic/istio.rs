@@ -797,7 +797,11 @@ impl Router for IstioRouter {
                 format!("destinationRule/{}", dr.name),
                 if ok { "hashes set" } else { "hashes not set" }.into(),
             );
-            if !ok {
+            // Subsets decide which pods a share reaches, so a weight above 0 is only verified
+            // with the hashes in place. At 0 every request goes to the stable subset: the
+            // DestinationRule as its manifest declares it (after a release) is fine, and asking
+            // for the hashes again would re-write what was just given back, over and over.
+            if !ok && canary != Some(0) {
                 canary = None;
             }
         }
