@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::exporter::Exporter;
+use common::traffic::binomial_interval;
 use common::{GatewayEnv, TestEnv, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -488,37 +489,6 @@ impl Client {
         })
         .await;
     }
-}
-
-/// ln C(n, k).
-fn ln_choose(n: usize, k: usize) -> f64 {
-    let ln_fact = |m: usize| (1..=m).map(|i| (i as f64).ln()).sum::<f64>();
-    ln_fact(n) - ln_fact(k) - ln_fact(n - k)
-}
-
-/// The central 99.9% interval [lo, hi] of Binomial(n, p).
-fn binomial_interval(n: usize, p: f64) -> (usize, usize) {
-    if p <= 0.0 {
-        return (0, 0);
-    }
-    if p >= 1.0 {
-        return (n, n);
-    }
-    let pmf: Vec<f64> = (0..=n)
-        .map(|k| (ln_choose(n, k) + k as f64 * p.ln() + (n - k) as f64 * (1.0 - p).ln()).exp())
-        .collect();
-    let tail = 0.0005;
-    let (mut lo, mut acc) = (0, 0.0);
-    while lo < n && acc + pmf[lo] <= tail {
-        acc += pmf[lo];
-        lo += 1;
-    }
-    let (mut hi, mut acc) = (n, 0.0);
-    while hi > 0 && acc + pmf[hi] <= tail {
-        acc += pmf[hi];
-        hi -= 1;
-    }
-    (lo, hi)
 }
 
 #[test]
