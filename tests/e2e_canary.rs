@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::controller::ControllerProcess;
 use common::exporter::Exporter;
 use common::{TestEnv, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -21,76 +21,6 @@ use serde_json::json;
 use sluice::api::flagger::alert_provider::AlertProvider;
 use sluice::api::flagger::canary::{Canary, CanaryPhase};
 use sluice::api::flagger::metric_template::MetricTemplate;
-
-/// `sluice controller` with a 1s minimum analysis interval; killed on drop.
-struct Ctl {
-    child: Child,
-    log: std::path::PathBuf,
-    /// Base URL of `/metrics`.
-    url: String,
-}
-
-impl Ctl {
-    async fn start(env: &TestEnv, namespace: &str) -> Ctl {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let logs = env.dir.join("logs");
-        std::fs::create_dir_all(&logs).expect("log directory");
-        let log = logs.join(format!("controller-{namespace}-{port}.log"));
-        let file = std::fs::File::create(&log).expect("controller log");
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("controller")
-            .args(["--namespace", namespace])
-            .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .args(["--prometheus-address", &env.prometheus_url])
-            .args(["--leader-elect", "false"])
-            .env("KUBECONFIG", &env.kubeconfig)
-            .env("RUST_LOG", "info,sluice=debug")
-            .env("SLUICE_CANARY_MIN_INTERVAL", "1s")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log handle"))
-            .stderr(file)
-            .spawn()
-            .expect("starting sluice controller");
-        let url = format!("http://127.0.0.1:{port}/readyz");
-        eventually(Duration::from_secs(30), "sluice controller ready", || {
-            let url = url.clone();
-            async move {
-                let r = reqwest::get(&url).await.ok()?;
-                r.status().is_success().then_some(())
-            }
-        })
-        .await;
-        Ctl {
-            child,
-            log,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// The `/metrics` text.
-    async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .expect("scraping /metrics")
-            .text()
-            .await
-            .expect("reading /metrics")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Ctl {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Fixture {
     env: TestEnv,
@@ -187,7 +117,12 @@ impl Fixture {
             .expect("creating the MetricTemplate");
     }
 
-    async fn wait_phase(&self, phase: CanaryPhase, timeout: Duration, ctl: &Ctl) -> Canary {
+    async fn wait_phase(
+        &self,
+        phase: CanaryPhase,
+        timeout: Duration,
+        ctl: &ControllerProcess,
+    ) -> Canary {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let canary = self
@@ -262,7 +197,7 @@ async fn initialise_then_new_revision_is_analysed_and_promoted() {
     exporter.wait_scraped("rate", 99.5).await;
     f.metric_template(&exporter.selector("rate")).await;
     f.create_target("podinfo:6.0.0").await;
-    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
     f.create_canary(json!({
         "interval": "1s", "threshold": 2, "iterations": 3,
         "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
@@ -418,7 +353,7 @@ async fn a_failing_metric_rolls_back_after_threshold_failed_checks() {
     exporter.wait_scraped("rate", 50.0).await;
     f.metric_template(&exporter.selector("rate")).await;
     f.create_target("podinfo:6.0.0").await;
-    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
     f.create_canary(json!({
         "interval": "1s", "threshold": 3, "iterations": 10,
         "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
@@ -497,7 +432,7 @@ async fn confirm_promotion_gate_holds_until_opened() {
     });
 
     f.create_target("podinfo:6.0.0").await;
-    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
     f.create_canary(json!({
         "interval": "1s", "iterations": 2,
         "webhooks": [{"name": "approve", "type": "confirm-promotion",
@@ -573,7 +508,7 @@ async fn a_config_change_alone_starts_a_run_and_promotes_the_config() {
         }),
     )
     .await;
-    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
     f.create_canary(json!({"interval": "1s", "iterations": 2}))
         .await;
     let canary = f
@@ -709,7 +644,7 @@ async fn revert_on_deletion_hands_the_target_back() {
         return;
     };
     f.create_target("podinfo:6.0.0").await;
-    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
     let canary: Canary = serde_json::from_value(json!({
         "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
         "metadata": {"name": "podinfo"},
@@ -841,7 +776,7 @@ async fn a_rollback_webhook_rolls_back_and_event_webhooks_see_every_event() {
     });
 
     f.create_target("podinfo:6.0.0").await;
-    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
     f.create_canary(json!({
         "interval": "1s", "iterations": 30,
         "webhooks": [
@@ -975,7 +910,7 @@ async fn alerts_reach_slack_and_webhook_providers_by_severity() {
     exporter.wait_scraped("rate", 50.0).await;
     f.metric_template(&exporter.selector("rate")).await;
     f.create_target("podinfo:6.0.0").await;
-    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
     f.create_canary(json!({
         "interval": "1s", "threshold": 2, "iterations": 10,
         "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
@@ -1089,7 +1024,7 @@ async fn the_primary_gets_a_copy_of_the_targets_hpa() {
     .unwrap();
     hpas.create(&PostParams::default(), &hpa).await.unwrap();
     f.create_target("podinfo:6.0.0").await;
-    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
     let canary: Canary = serde_json::from_value(json!({
         "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
         "metadata": {"name": "podinfo"},
@@ -1155,7 +1090,7 @@ async fn a_controller_restart_mid_run_continues_where_it_was() {
         return;
     };
     f.create_target("podinfo:6.0.0").await;
-    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
     f.create_canary(json!({"interval": "1s", "iterations": 8}))
         .await;
     f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60), &ctl)
@@ -1171,7 +1106,7 @@ async fn a_controller_restart_mid_run_continues_where_it_was() {
     drop(ctl); // SIGKILL mid-run
     let killed_at = before.iterations.unwrap_or(0);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let ctl = Ctl::start(&f.env, &f.ns.name).await;
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
     // Sample the status until it ends: the run goes on from where it was, never from the start.
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

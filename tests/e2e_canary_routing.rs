@@ -15,11 +15,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::controller::ControllerProcess;
 use common::exporter::Exporter;
 use common::traffic::binomial_interval;
 use common::{GatewayEnv, TestEnv, eventually};
@@ -34,56 +34,6 @@ use sluice::api::flagger::metric_template::MetricTemplate;
 
 /// Requests per measurement: the 99.9% interval at p = 0.4 is about ±32 of 400.
 const N: usize = 400;
-
-/// `sluice controller` with a 1s minimum analysis interval; killed on drop.
-struct Ctl {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Ctl {
-    async fn start(env: &TestEnv, namespace: &str) -> Ctl {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let logs = env.dir.join("logs");
-        std::fs::create_dir_all(&logs).expect("log directory");
-        let log = logs.join(format!("controller-{namespace}-{port}.log"));
-        let file = std::fs::File::create(&log).expect("controller log");
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("controller")
-            .args(["--namespace", namespace])
-            .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .args(["--prometheus-address", &env.prometheus_url])
-            .args(["--leader-elect", "false"])
-            .env("KUBECONFIG", &env.kubeconfig)
-            .env("RUST_LOG", "info,sluice=debug")
-            .env("SLUICE_CANARY_MIN_INTERVAL", "1s")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log handle"))
-            .stderr(file)
-            .spawn()
-            .expect("starting sluice controller");
-        let url = format!("http://127.0.0.1:{port}/readyz");
-        eventually(Duration::from_secs(30), "sluice controller ready", || {
-            let url = url.clone();
-            async move {
-                let r = reqwest::get(&url).await.ok()?;
-                r.status().is_success().then_some(())
-            }
-        })
-        .await;
-        Ctl { child, log }
-    }
-}
-
-impl Drop for Ctl {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Webhooks the test answers: `/promote` (confirm-promotion, open once `promote` is set) and
 /// `/traffic` (confirm-traffic-increase, open only at a canary weight in `approved`, read from
@@ -159,7 +109,7 @@ impl Hooks {
 struct Fixture {
     env: TestEnv,
     ns: common::TestNamespace,
-    ctl: Option<Ctl>,
+    ctl: Option<ControllerProcess>,
 }
 
 impl Fixture {
@@ -196,7 +146,7 @@ impl Fixture {
     }
 
     async fn start_controller(&mut self) {
-        self.ctl = Some(Ctl::start(&self.env, &self.ns.name).await);
+        self.ctl = Some(ControllerProcess::start(&self.env, &self.ns.name).await);
     }
 
     fn log(&self) -> String {

@@ -54,6 +54,8 @@ impl ControllerProcess {
             .args(extra)
             .env("KUBECONFIG", &env.kubeconfig)
             .env("RUST_LOG", "info,sluice=debug")
+            // Canary tests run analysis intervals of 1s (the production minimum is 10s).
+            .env("SLUICE_CANARY_MIN_INTERVAL", "1s")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
