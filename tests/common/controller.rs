@@ -46,7 +46,18 @@ impl ControllerProcess {
         std::fs::create_dir_all(&logs).expect("creating the log directory");
         let log = logs.join(format!("controller-{namespace}-{port}.log"));
         let file = std::fs::File::create(&log).expect("creating the controller log");
-        let child = Command::new(sluice_bin())
+        // A profiler to run the controller under (benchmarks): `SLUICE_CONTROLLER_WRAPPER="heaptrack -o /tmp/h"`.
+        let wrapper = std::env::var("SLUICE_CONTROLLER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(words).arg(sluice_bin());
+                c
+            }
+            None => Command::new(sluice_bin()),
+        };
+        let child = command
             .arg("controller")
             .args(["--namespace", namespace])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
