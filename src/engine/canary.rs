@@ -1335,7 +1335,18 @@ impl<'a> Planner<'a> {
             .observed
             .traffic
             .is_some_and(|t| t.verified && t.canary_weight == weight);
-        if applied && weight == 0 && (self.promoted() || self.status.abort) {
+        // Released only once the stable ReplicaSet is the only one with pods: a released object is
+        // the user's again, and its selectors (Istio DestinationRule subsets without Sluice's hash
+        // label) may then reach every pod of the app, the aborted canary's or the old stable's
+        // kept for scaleDownDelaySeconds included.
+        let only_stable_has_pods = self
+            .observed
+            .replica_sets
+            .iter()
+            .filter(|rs| rs.pod_template_hash != stable)
+            .all(|rs| rs.replicas == 0 && rs.status_replicas == 0);
+        if applied && weight == 0 && (self.promoted() || self.status.abort) && only_stable_has_pods
+        {
             self.actions.push(Action::ReleaseTraffic);
         }
         if !applied {

@@ -854,8 +854,52 @@ fn route_objects_are_released_once_traffic_is_settled_on_stable() {
     }
     assert_eq!(world.status.stable_rs, world.status.current_pod_hash);
     assert!(
+        !actions.contains(&Action::ReleaseTraffic),
+        "promoted, but the old stable pods are kept for scaleDownDelaySeconds: a released \
+         route could reach them again: {actions:?}"
+    );
+    world.advance(31);
+    let mut actions = Vec::new();
+    for _ in 0..10 {
+        actions.extend(world.tick().actions);
+    }
+    assert!(
         actions.contains(&Action::ReleaseTraffic),
-        "promoted, weight back to 0: the routes go back to their owners: {actions:?}"
+        "promoted, weight back to 0, old pods gone: the routes go back to their owners: {actions:?}"
+    );
+}
+
+#[test]
+fn an_aborted_canary_keeps_its_routes_pinned_until_its_pods_are_gone() {
+    let (mut world, stable) = deployed(routed(2, json!([{"setWeight": 50}, {"pause": {}}])));
+    world.set_image("demo:2");
+    for _ in 0..10 {
+        world.tick();
+    }
+    let canary = world.status.current_pod_hash.clone();
+    world.intent(Intent::Abort);
+    let mut actions = Vec::new();
+    for _ in 0..10 {
+        actions.extend(world.tick().actions);
+    }
+    assert!(
+        world.replicas(&canary) > 0,
+        "kept for abortScaleDownDelaySeconds"
+    );
+    assert!(
+        !actions.contains(&Action::ReleaseTraffic),
+        "aborted canary pods still run: the routes stay pinned on stable: {actions:?}"
+    );
+    world.advance(31);
+    let mut actions = Vec::new();
+    for _ in 0..10 {
+        actions.extend(world.tick().actions);
+    }
+    assert_eq!(world.replicas(&canary), 0);
+    assert_eq!(world.status.stable_rs, stable);
+    assert!(
+        actions.contains(&Action::ReleaseTraffic),
+        "canary pods gone: the routes go back to their owners: {actions:?}"
     );
 }
 
