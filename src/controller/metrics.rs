@@ -171,6 +171,12 @@ pub struct Metrics {
     pub rollout_reaction: Histogram,
     /// `sluice_leader`: 1 while this process is the elected leader (always 1 without election).
     pub leader: Gauge,
+    /// `sluice_alerts_dropped_total`: Canary alerts dropped because the queue to the alert sender
+    /// was full (the senders are slower than the alerts being raised).
+    pub alerts_dropped: Counter,
+    /// `controller_clientset_k8s_request_total{kind,verb,status_code}`: the controller's own API
+    /// requests, counted by [`super::client_metrics::CountLayer`] on its kube client.
+    pub api_requests: super::client_metrics::RequestCounts,
     /// `sluice_rollout_canary_weight`: the canary weight of each Rollout, from its status.
     rollout_weight: Family<ObjectLabels, Gauge>,
     /// `rollout_info_replicas_{available,unavailable,desired,updated}`.
@@ -297,6 +303,19 @@ impl Metrics {
             "1 while this controller is the elected leader",
             leader.clone(),
         );
+        // prometheus-client appends `_total` to counters.
+        let alerts_dropped = Counter::default();
+        registry.register(
+            "sluice_alerts_dropped",
+            "Canary alerts dropped because the queue to the alert sender was full",
+            alerts_dropped.clone(),
+        );
+        let api_requests = super::client_metrics::RequestCounts::default();
+        registry.register(
+            super::client_metrics::FAMILY,
+            super::client_metrics::HELP,
+            api_requests.clone(),
+        );
 
         // Flagger's families, under Flagger's names (its `controller` subsystem is `flagger`).
         let flagger_info = Family::<FlaggerInfoLabels, Gauge>::default();
@@ -367,6 +386,8 @@ impl Metrics {
             rollout_reconcile_error,
             rollout_reaction,
             leader,
+            alerts_dropped,
+            api_requests,
             rollout_weight,
             rollout_replicas,
             analysis_runs,

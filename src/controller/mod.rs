@@ -10,6 +10,7 @@
 pub mod analysis_run;
 pub mod analysis_template;
 pub mod canary;
+pub mod client_metrics;
 pub mod fresh;
 pub mod http;
 pub mod leader;
@@ -132,10 +133,24 @@ async fn shutdown_signal() {
     }
 }
 
+/// The kube client every controller shares (kubeconfig or in-cluster config, as
+/// `Client::try_default`), with each request counted on `/metrics`
+/// (`controller_clientset_k8s_request_total`).
+async fn counted_client(metrics: &metrics::Metrics) -> Result<Client, Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| Error::Client(kube::Error::InferConfig(e)))?;
+    let layer = client_metrics::CountLayer::new(metrics.api_requests.clone());
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(Error::Client)?
+        .with_layer(&layer)
+        .build())
+}
+
 /// Runs every controller until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> Result<(), Error> {
-    let client = Client::try_default().await.map_err(Error::Client)?;
     let metrics = Arc::new(metrics::Metrics::new());
+    let client = counted_client(&metrics).await?;
     let health = Arc::new(http::Health {
         metrics: metrics.clone(),
         ready: Default::default(),
