@@ -1480,3 +1480,71 @@ async fn a_rollout_migrated_from_argo_keeps_its_replica_set() {
     f.wait_healthy("web").await;
     assert_eq!(f.wait_replicas(argo_hash, 0).await, 0);
 }
+
+/// The name the template's hash gives is already taken by a ReplicaSet the Rollout does not
+/// control: the collision is counted in `status.collisionCount` (which changes the hash, as
+/// Argo Rollouts and Deployments do) and the Rollout comes up under the next name; the other
+/// ReplicaSet is left alone.
+#[tokio::test]
+async fn a_replica_set_name_taken_by_someone_else_is_a_counted_collision() {
+    let Some(f) = fixture("ro-collision").await else {
+        return;
+    };
+    let ro = rollout("web", 1, json!({"steps": [{"pause": {}}]}));
+    let template = ro
+        .spec
+        .template
+        .clone()
+        .expect("the Rollout has a template");
+    let taken = format!(
+        "web-{}",
+        sluice::engine::hash::pod_template_hash(&template, None)
+    );
+    let foreign: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": taken, "labels": {"owner": "someone-else"}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "other"}},
+            "template": {
+                "metadata": {"labels": {"app": "other"}},
+                "spec": {"containers": [{"name": "other", "image": "registry.invalid/other:1"}]},
+            },
+        },
+    }))
+    .expect("the foreign ReplicaSet");
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    let foreign = replica_sets
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("creating the foreign ReplicaSet");
+
+    f.create(&ro).await;
+    let r = f.wait_healthy("web").await;
+    let s = status(&r);
+    assert_eq!(s.collision_count, Some(1), "{}", f.dump(&r));
+    assert_eq!(
+        s.current_pod_hash,
+        sluice::engine::hash::pod_template_hash(&template, Some(1))
+    );
+    assert_ne!(format!("web-{}", s.current_pod_hash), taken);
+    assert_eq!(f.replicas_of(&s.stable_rs).await, (1, 1));
+    // Only kube-controller-manager writes it (its status): Sluice neither adopts nor changes it.
+    let after = replica_sets
+        .get(&taken)
+        .await
+        .expect("the foreign ReplicaSet");
+    assert_eq!(after.spec, foreign.spec);
+    assert_eq!(after.metadata.labels, foreign.metadata.labels);
+    assert_eq!(after.metadata.owner_references, None);
+    let managers: Vec<_> = after
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        !managers.iter().any(|m| m == "sluice"),
+        "Sluice wrote the ReplicaSet that is not the Rollout's: {managers:?}"
+    );
+}

@@ -104,9 +104,14 @@ pub enum Error {
         source: kube::Error,
     },
     #[error(
-        "ReplicaSet {namespace}/{name} exists but is not controlled by this Rollout: delete or rename it so the Rollout can create its own"
+        "Rollout {namespace}/{name}: ReplicaSet {replica_set} exists but is not controlled by this Rollout, and counting the collision in status.collisionCount failed: {source}"
     )]
-    ReplicaSetTaken { namespace: String, name: String },
+    CollisionCount {
+        namespace: String,
+        name: String,
+        replica_set: String,
+        source: kube::Error,
+    },
     #[error("patching ReplicaSet {namespace}/{name}: {source}")]
     PatchReplicaSet {
         namespace: String,

@@ -167,6 +167,42 @@ impl Target<'_> {
         }
     }
 
+    /// The name the template's hash gives is taken by a ReplicaSet that is not ours: count a
+    /// collision in `status.collisionCount`, which changes the hash (as Argo Rollouts and
+    /// Deployments do), and plan again. The write is conditioned on the resourceVersion planned
+    /// from, so a stale cache can never count the same collision twice.
+    async fn bump_collision_count(&self, taken: &str) -> Result<(), Error> {
+        let (namespace, name) = (self.namespace(), self.name());
+        let count = self
+            .rollout
+            .status
+            .as_ref()
+            .and_then(|s| s.collision_count)
+            .unwrap_or(0)
+            + 1;
+        tracing::info!(rollout = %name, %namespace, replica_set = %taken, collision_count = count,
+            "the ReplicaSet name is taken by one this Rollout does not control: counting a hash collision");
+        let patch = json!({
+            "metadata": {"resourceVersion": self.rollout.resource_version()},
+            "status": {"collisionCount": count},
+        });
+        let api: Api<Rollout> = Api::namespaced(self.client.clone(), &namespace);
+        match api
+            .patch_status(&name, &Self::params(), &Patch::Merge(&patch))
+            .await
+        {
+            // Either way the Rollout is planned again, from the version that counts it.
+            Ok(_) => Err(Error::Conflict { namespace, name }),
+            Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Conflict { namespace, name }),
+            Err(source) => Err(Error::CollisionCount {
+                namespace,
+                name,
+                replica_set: taken.to_string(),
+                source,
+            }),
+        }
+    }
+
     async fn create_replica_set(
         &self,
         hash: &str,
@@ -202,7 +238,7 @@ impl Target<'_> {
                         })?;
                 match existing {
                     Some(rs) if super::observe::controlled_by(&rs, self.rollout) => Ok(()),
-                    _ => Err(Error::ReplicaSetTaken { namespace, name }),
+                    _ => self.bump_collision_count(&name).await,
                 }
             }
             Err(source) => Err(Error::CreateReplicaSet {
