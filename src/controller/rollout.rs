@@ -555,22 +555,6 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         && !invalid
         && (updating || finalizer::has(rollout))
         && !plan.actions.contains(&Action::ReleaseTraffic);
-    if hold_traffic && !finalizer::has(rollout) {
-        let updated = finalizer::add(&ctx.shared.client, rollout)
-            .await
-            .map_err(|source| match source {
-                kube::Error::Api(e) if e.code == 409 => Error::Conflict {
-                    namespace: rollout.namespace().unwrap_or_default(),
-                    name: rollout.name_any(),
-                },
-                source => finalizer_error(rollout, source),
-            })?;
-        ctx.rollouts
-            .wrote(key, rollout.resource_version(), Some(updated));
-        // Plan again from the version that carries it (the status write is conditioned on it).
-        return Ok(Requeue::requeue(Duration::ZERO));
-    }
-
     let target = execute::Target {
         client: &ctx.shared.client,
         rollout,
@@ -598,6 +582,23 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
                 .rollout_reaction
                 .observe(reaction.as_secs_f64());
         }
+    }
+    // The new ReplicaSet (no traffic yet) does not wait for the finalizer: one round trip less
+    // between a template change and its canary.
+    if hold_traffic && !finalizer::has(rollout) {
+        let updated = finalizer::add(&ctx.shared.client, rollout)
+            .await
+            .map_err(|source| match source {
+                kube::Error::Api(e) if e.code == 409 => Error::Conflict {
+                    namespace: rollout.namespace().unwrap_or_default(),
+                    name: rollout.name_any(),
+                },
+                source => finalizer_error(rollout, source),
+            })?;
+        ctx.rollouts
+            .wrote(key, rollout.resource_version(), Some(updated));
+        // Plan again from the version that carries it (the status write is conditioned on it).
+        return Ok(Requeue::requeue(Duration::ZERO));
     }
     if plan.status != status {
         write_status(rollout, &plan.status, ctx).await?;
