@@ -1,6 +1,6 @@
-//! The `sluice.dev/traffic` finalizer: held on a Rollout only while its traffic routers carry a
-//! canary share or routes Sluice added, so that deleting a Rollout mid-way first gives every route
-//! object back as its manifest declares it. Without it the route would keep sending the canary's
+//! The `sluice.dev/traffic` finalizer: held on a routed Rollout from the start of an update (before
+//! its first traffic action) until its routes are released, so that deleting a Rollout mid-way
+//! first gives every route object back as its manifest declares it. Without it the route would keep sending the canary's
 //! share to a Service whose pods are being garbage-collected (Argo Rollouts has no such step).
 //! A settled Rollout carries no finalizer, so uninstalling Sluice never blocks deleting one.
 //!
