@@ -87,6 +87,9 @@ pub const HELM_DRIFT_ANNOTATION: &str = "helm.toolkit.fluxcd.io/driftDetection";
 const SELECTOR_LABELS: [&str; 3] = ["app", "name", "app.kubernetes.io/name"];
 /// Checks in one tick at most (there are six kinds; more means a bug).
 const MAX_CHECKS: usize = 8;
+/// How often readiness looks at the watch caches, and how soon a Canary reconciled before they
+/// have synced is looked at again.
+const CACHE_POLL: Duration = Duration::from_millis(100);
 
 /// Why one tick of a Canary failed; it is ticked again after [`ERROR_REQUEUE`].
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +145,10 @@ pub struct Ctx {
     canaries: Store<Canary>,
     /// The Canaries (namespace, target) that have metric series (`recording`).
     recorded: Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// Alerts waiting for the background sender (`alerts`).
+    alerts: alerts::Queue,
+    /// Warnings already given, by Canary uid and what they were about ([`Ctx::warn_once`]).
+    warned: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 fn api<K>(shared: &Shared) -> Api<K>
@@ -198,31 +205,15 @@ pub async fn run(
         .modify(|s: &mut Service| s.managed_fields_mut().clear()),
     )
     .touched_objects();
-    let (configs, config_map_events, secret_events) = config_tracking::Caches::new(&shared);
-
-    let readiness = shared.ready.clone();
-    let (ready_canaries, ready_deployments, ready_services, ready_configs) = (
-        canaries.clone(),
-        deployments.clone(),
-        services.clone(),
-        configs.clone(),
-    );
-    tokio::spawn(async move {
-        super::store_synced(&ready_canaries).await;
-        super::store_synced(&ready_deployments).await;
-        super::store_synced(&ready_services).await;
-        while !ready_configs.ready() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tracing::info!("canary controller: watch caches synced");
-        readiness.synced();
-    });
+    let (configs, config_map_events, secret_events) = config_tracking::Caches::new(&shared).await;
 
     let (routing, route_events) =
         routing::Routing::start(shared.client.clone(), shared.namespace.clone()).await;
     let by_deployment = canaries.clone();
     let (cm_canaries, cm_deployments) = (canaries.clone(), deployments.clone());
     let (secret_canaries, secret_deployments) = (canaries.clone(), deployments.clone());
+    let (alert_queue, alert_receiver) = alerts::Queue::new();
+    let metrics = shared.metrics.clone();
     let ctx = Arc::new(Ctx {
         shared,
         deployments,
@@ -236,7 +227,20 @@ pub async fn run(
         last_tick: Mutex::default(),
         canaries: canaries.clone(),
         recorded: Mutex::default(),
+        alerts: alert_queue,
+        warned: Mutex::default(),
     });
+    tokio::spawn(alerts::run(Arc::downgrade(&ctx), alert_receiver, metrics));
+    // `/readyz` and every tick wait for the same thing: all watch caches listed once.
+    let ready = ctx.clone();
+    tokio::spawn(async move {
+        while !ready.synced() {
+            tokio::time::sleep(CACHE_POLL).await;
+        }
+        tracing::info!("canary controller: watch caches synced");
+        ready.shared.ready.synced();
+    });
+    let after = ctx.clone();
     controller
         // A route's change (its Gateway accepting a write) ticks the Canary owning it.
         .reconcile_on(route_events)
@@ -275,6 +279,11 @@ pub async fn run(
                 tracing::debug!(%error, "canary reconcile");
             }
         })
+        .await;
+    // The last ticks' alerts still go out, within one send timeout.
+    after
+        .alerts
+        .drain(crate::alert::SEND_TIMEOUT + Duration::from_secs(1))
         .await;
 }
 
@@ -365,6 +374,11 @@ fn key(canary: &Canary) -> (String, String) {
 }
 
 async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error> {
+    // Planned from a partial view (a primary or a config not listed yet), a Canary could be
+    // initialised again or start a run; nothing is written (not even a finalizer) before.
+    if !ctx.synced() {
+        return Ok(Requeue::requeue(CACHE_POLL));
+    }
     if canary.meta().deletion_timestamp.is_some()
         && let Ok(mut ticks) = ctx.last_tick.lock()
     {
@@ -377,9 +391,16 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     if canary.meta().deletion_timestamp.is_some() {
         return Ok(Requeue::await_change());
     }
-    if !ctx.configs.ready() {
-        // A config not cached yet would look removed and start a run.
-        return Ok(Requeue::requeue(Duration::from_secs(1)));
+    // An autoscaler Sluice cannot copy: acting would fight it over the target's replicas.
+    if let Some(message) = hpa::unsupported(&canary) {
+        ctx.warn_once(
+            &canary,
+            &format!("autoscaler:{}", canary.meta().generation.unwrap_or(0)),
+            "InvalidSpec",
+            &message,
+        )
+        .await;
+        return Ok(Requeue::await_change());
     }
     let started = std::time::Instant::now();
     let namespace = canary.namespace().unwrap_or_default();
@@ -387,6 +408,7 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     let target_name = canary.spec.target_ref.name.clone();
     let cached = |n: &str| ctx.deployments.get(&ObjectRef::new(n).within(&namespace));
     let target = cached(&target_name);
+    ctx.warn_untracked_secrets(&canary, target.as_deref()).await;
     let primary = cached(&format!("{target_name}-primary"));
     let provider = provider(&canary);
     let interval = interval(&canary, ctx.min_interval);
@@ -525,7 +547,81 @@ fn selector_label(target: &Deployment) -> Option<(String, String)> {
         .find_map(|l| labels.get(*l).map(|v| (l.to_string(), v.clone())))
 }
 
+/// The store has its first full list.
+fn listed<K>(store: &Store<K>) -> bool
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt;
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
 impl Ctx {
+    /// Every watch cache has its first list: Canaries, Deployments, Services, the tracked configs
+    /// (or their kind is disabled) and the routes.
+    fn synced(&self) -> bool {
+        listed(&self.canaries)
+            && listed(&self.deployments)
+            && listed(&self.services)
+            && self.configs.ready()
+            && self.routing.synced()
+    }
+
+    /// A Warning Event about `what`, once per Canary (and controller process), not per tick.
+    async fn warn_once(&self, canary: &Canary, what: &str, reason: &str, message: &str) {
+        let uid = canary.uid().unwrap_or_default();
+        {
+            let Ok(mut warned) = self.warned.lock() else {
+                return;
+            };
+            if !warned.insert((uid.clone(), what.to_string())) {
+                return;
+            }
+            // Forget the Canaries that are gone.
+            let present: std::collections::HashSet<String> = self
+                .canaries
+                .state()
+                .iter()
+                .filter_map(|c| c.uid())
+                .collect();
+            warned.retain(|(u, _)| *u == uid || present.contains(u));
+        }
+        tracing::warn!(canary = %canary.name_any(), namespace = ?canary.namespace(), %reason, %message, "canary warning");
+        let status = canary.status.clone().unwrap_or_default();
+        self.event_with_reason(canary, &status, true, reason, message)
+            .await;
+    }
+
+    /// Tells a Canary once that the Secrets its target references are not tracked, and why.
+    async fn warn_untracked_secrets(&self, canary: &Canary, target: Option<&Deployment>) {
+        if !self.configs.secrets_disabled() {
+            return;
+        }
+        let Some(target) = target else {
+            return;
+        };
+        let Some(pod) = target.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+            return;
+        };
+        let secrets = config_tracking::references(pod).secrets;
+        if secrets.is_empty() {
+            return;
+        }
+        let names: Vec<String> = secrets.into_iter().collect();
+        let target = target.name_any();
+        let message = format!(
+            "Secrets of {target} are not tracked ({}): the controller's ServiceAccount may not list/watch Secrets, so a change to them does not start a run and {target}-primary uses them as they are (no -primary copies); {} to track them",
+            names.join(", "),
+            config_tracking::SECRETS_GRANT
+        );
+        self.warn_once(canary, "untracked-secrets", "SecretsNotTracked", &message)
+            .await;
+    }
+
     fn target(&self, canary: &Canary) -> Option<Arc<Deployment>> {
         let namespace = canary.namespace().unwrap_or_default();
         self.deployments
@@ -574,7 +670,7 @@ impl Ctx {
                     .get(&ObjectRef::new(&primary).within(&namespace));
                 if cached.is_none() {
                     self.apply_primary(canary, None).await?;
-                    self.reconcile_primary_scaler(canary, status).await?;
+                    self.reconcile_primary_scaler(canary).await?;
                 }
                 Ok(())
             }
@@ -586,7 +682,7 @@ impl Ctx {
                     .filter(|_| canary.spec.autoscaler_ref.is_none());
                 self.apply_primary(canary, replicas.filter(|r| *r > 0))
                     .await?;
-                self.reconcile_primary_scaler(canary, status).await
+                self.reconcile_primary_scaler(canary).await
             }
             Action::EnsureServices => self.ensure_services(canary).await,
             Action::ScaleTarget { replicas } => {
@@ -656,8 +752,7 @@ impl Ctx {
                 message,
                 metadata,
             } => {
-                self.alert(canary, status, *severity, message, *metadata)
-                    .await;
+                self.alert(canary, status, *severity, message, *metadata);
                 Ok(())
             }
         }
@@ -671,6 +766,19 @@ impl Ctx {
         warning: bool,
         message: &str,
     ) {
+        self.event_with_reason(canary, status, warning, "Synced", message)
+            .await;
+    }
+
+    /// An Event with its own reason (Flagger's are all `Synced`), also sent to the event webhooks.
+    async fn event_with_reason(
+        &self,
+        canary: &Canary,
+        status: &CanaryStatus,
+        warning: bool,
+        reason: &str,
+        message: &str,
+    ) {
         // Created directly rather than through kube's Recorder: it folds every Event with the same
         // type, reason and action into one series keeping the first note, and Flagger gives all
         // its Events the reason `Synced`.
@@ -682,7 +790,7 @@ impl Ctx {
             "metadata": {"generateName": format!("{name}-"), "namespace": canary.namespace()},
             "eventTime": MicroTime(Timestamp::now()),
             "type": if warning { "Warning" } else { "Normal" },
-            "reason": "Synced",
+            "reason": reason,
             "action": "Reconcile",
             "note": message.chars().take(1000).collect::<String>(),
             "regarding": reference,

@@ -15,9 +15,12 @@
 //! Checksums are FNV-64a over the data's JSON, not upstream's SHA-256 prefix: a Canary taken over
 //! from Flagger runs once after the takeover.
 //!
-//! If the controller may not list ConfigMaps or Secrets (RBAC), that kind is not tracked and a
-//! warning is logged; a cache that is still loading holds every Canary's tick back, so a restart
-//! never mistakes a config it has not seen yet for a removed one.
+//! If the controller may not list and watch ConfigMaps or Secrets (RBAC; the Helm chart grants
+//! Secrets only through `secrets.configTracking`), that kind is disabled: asked once at start with
+//! SelfSubjectAccessReviews (and a 403 on the first list disables it too), one warning is logged,
+//! no watch retries, and the cache counts as ready; the controller tells each Canary whose target
+//! references such a config once, with a Warning Event. A cache that is still loading holds every
+//! Canary's tick back, so a restart never mistakes a config it has not seen yet for a removed one.
 //!
 //! This module never writes the user's ConfigMaps or Secrets, only their `-primary` copies.
 
@@ -25,10 +28,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, Secret};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -227,22 +234,96 @@ fn tracked<K: Resource>(object: &K) -> Option<String> {
 pub struct Caches {
     config_maps: Store<ConfigMap>,
     secrets: Store<Secret>,
-    config_maps_forbidden: Arc<AtomicBool>,
-    secrets_forbidden: Arc<AtomicBool>,
+    config_maps_disabled: Arc<AtomicBool>,
+    secrets_disabled: Arc<AtomicBool>,
 }
 
-/// One watch cache that records whether listing was forbidden.
-fn cache<K>(
-    api: Api<K>,
+/// A cache's change stream.
+pub type Changes<K> = BoxStream<'static, Result<K, watcher::Error>>;
+
+/// One tracked kind: its resource name for RBAC and what to tell the operator when the controller
+/// may not watch it.
+struct Kind {
+    /// `ConfigMap` or `Secret`.
+    name: &'static str,
+    /// The core-group resource (`configmaps`, `secrets`).
+    resource: &'static str,
+    /// How to grant the permission.
+    grant: &'static str,
+}
+
+const CONFIG_MAP_KIND: Kind = Kind {
+    name: "ConfigMap",
+    resource: "configmaps",
+    grant: "grant list and watch on configmaps (the Helm chart does by default)",
+};
+
+const SECRET_KIND: Kind = Kind {
+    name: "Secret",
+    resource: "secrets",
+    grant: SECRETS_GRANT,
+};
+
+/// The chart values that let the controller watch Secrets.
+pub const SECRETS_GRANT: &str = "enable the Helm value secrets.configTracking (with the namespaces in secrets.namespaces, or secrets.clusterWide)";
+
+/// Whether the controller may list and watch `resource` (core group) where it watches, asked with
+/// SelfSubjectAccessReviews: `None` when the apiserver could not be asked.
+async fn may_watch(shared: &Shared, resource: &str) -> Option<bool> {
+    let api: Api<SelfSubjectAccessReview> = Api::all(shared.client.clone());
+    for verb in ["list", "watch"] {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: shared.namespace.clone(),
+                    verb: Some(verb.to_string()),
+                    group: Some(String::new()),
+                    resource: Some(resource.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &review).await {
+            Ok(review) => {
+                if !review.status.is_some_and(|s| s.allowed) {
+                    return Some(false);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%resource, %error, "config tracking: could not ask whether the controller may watch; the first list will tell");
+                return None;
+            }
+        }
+    }
+    Some(true)
+}
+
+fn disable(kind: &Kind, disabled: &AtomicBool) {
+    if !disabled.swap(true, Ordering::AcqRel) {
+        tracing::warn!(
+            kind = %kind.name,
+            "{} tracking disabled: the controller's ServiceAccount may not list/watch {}; {} to track {}s",
+            kind.name,
+            kind.resource,
+            kind.grant,
+            kind.name
+        );
+    }
+}
+
+/// One watch cache of a tracked kind. Not started when the controller may not list and watch the
+/// kind; stopped when its first list is refused (403) anyway. Either way the kind is disabled: one
+/// warning, and the cache counts as ready (empty) instead of retrying forever.
+async fn cache<K>(
+    shared: &Shared,
     strip: fn(&mut K),
-    forbidden: Arc<AtomicBool>,
-    kind: &'static str,
-) -> (
-    Store<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
+    kind: &'static Kind,
+    disabled: Arc<AtomicBool>,
+) -> (Store<K>, Changes<K>)
 where
-    K: Resource<DynamicType = ()>
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
@@ -251,80 +332,88 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
+    if may_watch(shared, kind.resource).await == Some(false) {
+        disable(kind, &disabled);
+        return (store, futures::stream::empty().boxed());
+    }
+    let listed = Arc::new(AtomicBool::new(false));
     let events = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default().any_semantic())
+        watcher(api::<K>(shared), watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(strip),
     )
-    .touched_objects()
-    .inspect(move |result| {
-        if let Err(
-            watcher::Error::InitialListFailed(kube::Error::Api(status))
-            | watcher::Error::WatchStartFailed(kube::Error::Api(status)),
-        ) = result
-            && status.code == 403
-            && !forbidden.swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!(%kind, message = %status.message, "config tracking: may not list {kind}s, so changes to them do not start Canary runs; grant list and watch on {kind}s");
+    .take_while(move |event| {
+        let refused_first_list = match event {
+            Ok(watcher::Event::InitDone) => {
+                listed.store(true, Ordering::Release);
+                false
+            }
+            Err(
+                watcher::Error::InitialListFailed(kube::Error::Api(status))
+                | watcher::Error::WatchStartFailed(kube::Error::Api(status)),
+            ) => status.code == 403 && !listed.load(Ordering::Acquire),
+            _ => false,
+        };
+        if refused_first_list {
+            disable(kind, &disabled);
         }
-    });
+        futures::future::ready(!refused_first_list)
+    })
+    .touched_objects()
+    .boxed();
     (store, events)
 }
 
 impl Caches {
     /// The caches and their change streams (ConfigMaps, Secrets).
-    pub fn new(
-        shared: &Shared,
-    ) -> (
-        Self,
-        impl Stream<Item = Result<ConfigMap, watcher::Error>> + Send + 'static,
-        impl Stream<Item = Result<Secret, watcher::Error>> + Send + 'static,
-    ) {
-        let config_maps_forbidden = Arc::new(AtomicBool::new(false));
-        let secrets_forbidden = Arc::new(AtomicBool::new(false));
+    pub async fn new(shared: &Shared) -> (Self, Changes<ConfigMap>, Changes<Secret>) {
+        let config_maps_disabled = Arc::new(AtomicBool::new(false));
+        let secrets_disabled = Arc::new(AtomicBool::new(false));
         let (config_maps, cm_events) = cache(
-            api::<ConfigMap>(shared),
+            shared,
             strip_config_map,
-            config_maps_forbidden.clone(),
-            "ConfigMap",
-        );
-        let (secrets, secret_events) = cache(
-            api::<Secret>(shared),
-            strip_secret,
-            secrets_forbidden.clone(),
-            "Secret",
-        );
+            &CONFIG_MAP_KIND,
+            config_maps_disabled.clone(),
+        )
+        .await;
+        let (secrets, secret_events) =
+            cache(shared, strip_secret, &SECRET_KIND, secrets_disabled.clone()).await;
         (
             Self {
                 config_maps,
                 secrets,
-                config_maps_forbidden,
-                secrets_forbidden,
+                config_maps_disabled,
+                secrets_disabled,
             },
             cm_events,
             secret_events,
         )
     }
 
-    /// Both caches have their first list (or may not list at all).
+    /// Both caches have their first list (or their kind is disabled).
     pub fn ready(&self) -> bool {
-        let synced = |ready: Option<()>, forbidden: &AtomicBool| {
-            ready.is_some() || forbidden.load(Ordering::Relaxed)
+        let synced = |ready: Option<()>, disabled: &AtomicBool| {
+            ready.is_some() || disabled.load(Ordering::Acquire)
         };
         synced(
             self.config_maps
                 .wait_until_ready()
                 .now_or_never()
                 .and_then(Result::ok),
-            &self.config_maps_forbidden,
+            &self.config_maps_disabled,
         ) && synced(
             self.secrets
                 .wait_until_ready()
                 .now_or_never()
                 .and_then(Result::ok),
-            &self.secrets_forbidden,
+            &self.secrets_disabled,
         )
+    }
+
+    /// Secrets are not tracked: the controller may not list/watch them.
+    pub fn secrets_disabled(&self) -> bool {
+        self.secrets_disabled.load(Ordering::Acquire)
     }
 
     /// The checksums of the tracked configs `spec` references, keyed as `status.trackedConfigs`.

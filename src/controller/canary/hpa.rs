@@ -5,8 +5,10 @@
 //! every promotion, so edits to the target's HPA reach the primary with the next release, as
 //! upstream.
 //!
-//! The target's HPA is read only then (no watch, no read per tick). KEDA ScaledObjects are not
-//! supported yet: a Warning Event says so. This module never writes the target's HPA.
+//! The target's HPA is read only then (no watch, no read per tick). KEDA ScaledObjects (any
+//! other kind) are not supported yet: such a Canary is an invalid spec, reported once per
+//! generation with a Warning Event (reason `InvalidSpec`) and not acted upon, since scaling the
+//! target to zero would fight the autoscaler. This module never writes the target's HPA.
 
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -14,10 +16,31 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
 use super::{Ctx, Error, FIELD_MANAGER, generated_annotations, owner};
-use crate::api::flagger::canary::{AutoscalerReference, Canary, CanaryStatus};
+use crate::api::flagger::canary::{AutoscalerReference, Canary};
 
 /// The only autoscaler kind supported.
 pub const HPA_KIND: &str = "HorizontalPodAutoscaler";
+/// KEDA's autoscaler kind (Flagger supports it; Sluice does not yet).
+pub const SCALED_OBJECT_KIND: &str = "ScaledObject";
+
+/// Why the Canary's `autoscalerRef` cannot be honoured, if it cannot: a kind other than
+/// [`HPA_KIND`].
+pub fn unsupported(canary: &Canary) -> Option<String> {
+    let reference = canary.spec.autoscaler_ref.as_ref()?;
+    if reference.kind == HPA_KIND {
+        return None;
+    }
+    let kind = if reference.kind == SCALED_OBJECT_KIND {
+        "ScaledObject (KEDA)".to_string()
+    } else {
+        format!("{:?}", reference.kind)
+    };
+    Some(format!(
+        "{kind} autoscalerRef is not supported by Sluice yet: only a {HPA_KIND} (autoscaling/v2) gets a -primary copy. Canary {}/{} is not acted upon (no initialisation, no run, no traffic change) until spec.autoscalerRef is removed or names a {HPA_KIND}",
+        canary.namespace().unwrap_or_default(),
+        canary.name_any()
+    ))
+}
 
 /// The `<hpa>-primary` object: the target HPA's spec scaling `primary`, with the override.
 pub fn primary_hpa(
@@ -51,20 +74,12 @@ pub fn primary_hpa(
 
 impl Ctx {
     /// Creates or refreshes `<hpa>-primary` from the target's HPA.
-    pub(super) async fn reconcile_primary_scaler(
-        &self,
-        canary: &Canary,
-        status: &CanaryStatus,
-    ) -> Result<(), Error> {
+    pub(super) async fn reconcile_primary_scaler(&self, canary: &Canary) -> Result<(), Error> {
         let Some(reference) = canary.spec.autoscaler_ref.as_ref() else {
             return Ok(());
         };
+        // Other kinds never reach a tick (`unsupported`).
         if reference.kind != HPA_KIND {
-            let message = format!(
-                "autoscalerRef kind {:?} is not supported yet: only {HPA_KIND} (autoscaling/v2) gets a -primary copy",
-                reference.kind
-            );
-            self.event(canary, "", status, true, &message).await;
             return Ok(());
         }
         let namespace = canary.namespace().unwrap_or_default();
@@ -102,6 +117,41 @@ mod tests {
     use super::*;
     use crate::api::flagger::canary::ScalerReplicas;
     use pretty_assertions::assert_eq;
+
+    fn canary(autoscaler: Option<Value>) -> Canary {
+        let mut spec = json!({
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+        });
+        if let Some(a) = autoscaler {
+            spec["autoscalerRef"] = a;
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+            "metadata": {"name": "podinfo", "namespace": "test"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_scaled_object_is_an_invalid_spec_and_an_hpa_is_not() {
+        assert_eq!(unsupported(&canary(None)), None);
+        let hpa = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "name": "podinfo"});
+        assert_eq!(unsupported(&canary(Some(hpa))), None);
+        let keda = json!({"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+            "name": "podinfo"});
+        let message = unsupported(&canary(Some(keda))).expect("a ScaledObject is refused");
+        assert!(
+            message.starts_with("ScaledObject (KEDA) autoscalerRef is not supported by Sluice yet"),
+            "{message}"
+        );
+        assert!(message.contains("test/podinfo"), "{message}");
+        assert!(message.contains("not acted upon"), "{message}");
+        let other = json!({"apiVersion": "x/v1", "kind": "Scaler", "name": "podinfo"});
+        let message = unsupported(&canary(Some(other))).expect("any other kind is refused");
+        assert!(message.starts_with("\"Scaler\" autoscalerRef"), "{message}");
+    }
 
     #[test]
     fn the_copy_scales_the_primary_with_the_override() {

@@ -990,6 +990,14 @@ impl Routing {
         (routing, futures::stream::select_all(streams))
     }
 
+    /// Every route watch cache has its first list (the Canary controller ticks nothing before).
+    pub fn synced(&self) -> bool {
+        use futures::FutureExt;
+        self.caches
+            .values()
+            .all(|c| c.store.wait_until_ready().now_or_never().is_some())
+    }
+
     fn cached(&self, kind: RouteKind, namespace: &str, name: &str) -> Option<DynamicObject> {
         let cache = self.caches.get(&kind)?;
         cache
