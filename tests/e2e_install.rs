@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::TestEnv;
+use common::service_account::{SaController, chart_account};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -400,110 +401,6 @@ async fn rbac_is_least_privilege() {
 
 // === The chart's RBAC, really used ===
 
-/// Cluster-scoped objects a test applied (`kind/name` for kubectl), deleted again on drop, also
-/// while the test unwinds; cluster-scoped names are unique per test so parallel runs never clash.
-struct ClusterScoped {
-    kubectl: Command,
-    objects: Vec<String>,
-}
-
-impl Drop for ClusterScoped {
-    fn drop(&mut self) {
-        if self.objects.is_empty() {
-            return;
-        }
-        let _ = self
-            .kubectl
-            .args(["delete", "--ignore-not-found", "--wait=false"])
-            .args(&self.objects)
-            .output();
-    }
-}
-
-/// `sluice controller` authenticated as the chart's ServiceAccount (a TokenRequest token in its
-/// own kubeconfig, no admin credentials anywhere in its environment); killed on drop.
-struct SaController {
-    child: std::process::Child,
-    log: PathBuf,
-    http_url: String,
-}
-
-impl SaController {
-    async fn start(env: &TestEnv, namespace: &str, kubeconfig: &Path) -> SaController {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let logs = env.dir.join("logs");
-        std::fs::create_dir_all(&logs).expect("log directory");
-        let log = logs.join(format!("controller-{namespace}-{port}.log"));
-        let file = std::fs::File::create(&log).expect("controller log");
-        // Leader election stays on: the Lease Role of the chart is part of what is proven.
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("controller")
-            .args(["--namespace", namespace])
-            .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .args(["--prometheus-address", &env.prometheus_url])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,sluice=debug")
-            .env("SLUICE_CANARY_MIN_INTERVAL", "1s")
-            .stdin(std::process::Stdio::null())
-            .stdout(file.try_clone().expect("log handle"))
-            .stderr(file)
-            .spawn()
-            .expect("starting sluice controller");
-        let ctl = SaController {
-            child,
-            log,
-            http_url: format!("http://127.0.0.1:{port}"),
-        };
-        let url = format!("{}/readyz", ctl.http_url);
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            if reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "sluice controller (as the ServiceAccount) not ready after 30s; log:\n{}",
-                ctl.log_text()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-        ctl
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for SaController {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A copy of the test cluster's kubeconfig whose every context uses `token` and nothing else.
-fn token_kubeconfig(env: &TestEnv, token: &str, path: &Path) {
-    let admin: Value = serde_yaml::from_str(
-        &std::fs::read_to_string(&env.kubeconfig).expect("reading the test kubeconfig"),
-    )
-    .expect("the test kubeconfig parses");
-    let mut config = admin.clone();
-    config["users"] = serde_json::json!([{"name": "sluice-sa", "user": {"token": token}}]);
-    for context in config["contexts"].as_array_mut().expect("contexts") {
-        context["context"]["user"] = Value::from("sluice-sa");
-    }
-    std::fs::write(path, serde_yaml::to_string(&config).unwrap()).expect("writing the kubeconfig");
-}
-
 /// Polls `read` until `done` accepts its value; on timeout panics with the value and the log.
 async fn until<T: std::fmt::Debug, F, Fut>(
     what: &str,
@@ -543,9 +440,7 @@ where
 #[tokio::test]
 async fn the_charts_service_account_can_run_a_rollout_and_a_canary() {
     use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+    use kube::api::{Api, ListParams, Patch, PatchParams};
     use serde_json::json;
     use sluice::api::argo::analysis::{AnalysisPhase, AnalysisRun};
     use sluice::api::argo::rollout::{Rollout, RolloutPhase};
@@ -560,127 +455,22 @@ async fn the_charts_service_account_can_run_a_rollout_and_a_canary() {
     };
     let ns = env.namespace("rbac").await;
     let release = common::unique_name("rbac");
-    let mut cmd = Command::new(&helm);
-    cmd.args(["template", &release])
-        .arg(root().join("deploy/helm/sluice"))
-        .args(["--namespace", &ns.name])
-        .args(["--set", &format!("controller.watchNamespace={}", ns.name)])
+    let sets = [
         // Secrets opted in where the Canary lives, so config tracking may watch and copy them
         // (without it, the default, Sluice reads no Secret at all).
-        .args(["--set", &format!("secrets.namespaces={{{}}}", ns.name)])
-        .args(["--set", "secrets.configTracking=true"]);
-    let rendered = run(&mut cmd, "helm template (RBAC)");
-    let docs: Vec<Value> = documents(&rendered)
-        .into_iter()
-        .filter(|d| {
-            [
-                "ServiceAccount",
-                "ClusterRole",
-                "ClusterRoleBinding",
-                "Role",
-                "RoleBinding",
-            ]
-            .contains(&d["kind"].as_str().unwrap_or_default())
-        })
-        .collect();
-    let account = docs
-        .iter()
-        .find(|d| d["kind"] == "ServiceAccount")
-        .and_then(|d| d["metadata"]["name"].as_str())
-        .expect("the chart renders a ServiceAccount")
-        .to_string();
-    let mut cluster_scoped = ClusterScoped {
-        kubectl: env.kubectl(),
-        objects: Vec::new(),
-    };
-    for d in &docs {
-        let kind = d["kind"].as_str().unwrap_or_default();
-        let name = d["metadata"]["name"].as_str().unwrap_or_default();
-        if kind.starts_with("Cluster") {
-            assert!(
-                name.starts_with(&release),
-                "cluster-scoped {kind} {name} is not named after the release"
-            );
-            cluster_scoped
-                .objects
-                .push(format!("{}/{name}", kind.to_lowercase()));
-        }
-    }
+        format!("secrets.namespaces={{{}}}", ns.name),
+        "secrets.configTracking=true".to_string(),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let chart = chart_account(&env, &helm, &ns.name, &release, &sets).await;
     assert!(
-        cluster_scoped.objects.len() >= 3,
+        chart.cluster_scoped.objects.len() >= 3,
         "expected the ClusterRoles and the cluster binding: {:?}",
-        cluster_scoped.objects
+        chart.cluster_scoped.objects
     );
-    let dir = env.dir.join("install-test");
-    std::fs::create_dir_all(&dir).unwrap();
-    let manifest = dir.join(format!("{release}-rbac.yaml"));
-    let yaml: String = docs
-        .iter()
-        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
-        .collect();
-    std::fs::write(&manifest, yaml).unwrap();
-    run(
-        env.kubectl()
-            .args([
-                "apply",
-                "--server-side",
-                "--field-manager",
-                common::FIELD_MANAGER,
-                "-f",
-            ])
-            .arg(&manifest),
-        "applying the chart's RBAC",
-    );
-    let _ = std::fs::remove_file(&manifest);
-
-    // A real token for the ServiceAccount, and nothing else in the controller's kubeconfig.
-    let token = Api::<ServiceAccount>::namespaced(env.client.clone(), &ns.name)
-        .create_token_request(
-            &account,
-            &PostParams::default(),
-            &TokenRequest {
-                spec: TokenRequestSpec {
-                    expiration_seconds: Some(3600),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("a TokenRequest for the chart's ServiceAccount")
-        .status
-        .expect("a token")
-        .token;
-    let kubeconfig = dir.join(format!("{release}.kubeconfig"));
-    token_kubeconfig(&env, &token, &kubeconfig);
-    // The kubeconfig really is the ServiceAccount: it is who the apiserver sees, and it may not
-    // do what the chart does not grant.
-    let whoami = run(
-        Command::new(&env.kubectl)
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args([
-                "auth",
-                "whoami",
-                "-o",
-                "jsonpath={.status.userInfo.username}",
-            ]),
-        "kubectl auth whoami as the ServiceAccount",
-    );
-    assert_eq!(
-        whoami,
-        format!("system:serviceaccount:{}:{account}", ns.name)
-    );
-    let can = |args: &[&str]| {
-        let out = Command::new(&env.kubectl)
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["auth", "can-i"])
-            .args(args)
-            .output()
-            .expect("kubectl auth can-i");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let kubeconfig = chart.kubeconfig.clone();
+    // It may not do what the chart does not grant.
+    let can = |args: &[&str]| chart.can(&env, args);
     assert_eq!(can(&["list", "secrets", "-n", "default"]), "no");
     assert_eq!(can(&["delete", "secrets", "-n", &ns.name]), "no");
     assert_eq!(
@@ -897,7 +687,6 @@ async fn the_charts_service_account_can_run_a_rollout_and_a_canary() {
             .is_some_and(|h| !h.is_empty()),
         "the Lease has no holder"
     );
-    let _ = std::fs::remove_file(&kubeconfig);
     drop(ctl);
-    drop(cluster_scoped);
+    drop(chart);
 }

@@ -20,6 +20,7 @@
 
 pub mod controller;
 pub mod exporter;
+pub mod service_account;
 pub mod traffic;
 
 use std::collections::BTreeMap;
