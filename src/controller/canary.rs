@@ -21,9 +21,15 @@
 //! not shift traffic (a Warning Event says so).
 //!
 //! Submodules: `config_tracking` (ConfigMaps/Secrets the target references: checksums in
-//! `status.trackedConfigs`, `-primary` copies), `finalizer` (`revertOnDeletion`), `hpa` (the
-//! `-primary` HorizontalPodAutoscaler), `alerts` (AlertProviders, through [`crate::alert`]),
-//! `recording` (Flagger's `flagger_canary_*` metrics).
+//! `status.trackedConfigs`, `-primary` copies; a kind the controller may not watch is disabled
+//! and each Canary it concerns told once), `finalizer` (`revertOnDeletion`), `hpa` (the
+//! `-primary` HorizontalPodAutoscaler; another autoscaler kind is an invalid spec, reported and
+//! not acted upon), `alerts` (AlertProviders, through [`crate::alert`], sent by a background task
+//! so a slow chat endpoint never holds a tick), `recording` (Flagger's `flagger_canary_*` metrics).
+//!
+//! Nothing is planned or written before every watch cache has its first list (the same predicate
+//! turns `/readyz` ready): from a partial view a restarted controller could initialise a Canary
+//! again or start a run for a config it has not seen yet.
 //!
 //! This module must never decide what a Canary does next (that is the engine), never write a
 //! field of the user's target Deployment other than `spec.replicas`, and never read an object
