@@ -1279,6 +1279,23 @@ mod tests {
     }
 
     #[test]
+    fn a_cache_counts_as_listed_only_after_its_first_full_list() {
+        let (store, mut writer) = reflector::store::<Service>();
+        assert!(!listed(&store));
+        let service: Service =
+            serde_json::from_value(json!({"metadata": {"name": "a", "namespace": "n"}})).unwrap();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(service));
+        assert!(!listed(&store), "half a list is not a list");
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        assert!(listed(&store));
+        // A cache that never started (its writer gone) is not listed either.
+        let (never, writer) = reflector::store::<Service>();
+        drop(writer);
+        assert!(!listed(&never));
+    }
+
+    #[test]
     fn interval_honours_the_controller_minimum() {
         let canary: Canary = serde_json::from_value(json!({
             "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
