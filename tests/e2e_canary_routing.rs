@@ -419,6 +419,72 @@ impl Client {
         })
     }
 
+    /// Every (primary, canary) weight pair Traefik applies for the route's rules.
+    async fn traefik_weight_sets(&self) -> Vec<(i64, i64)> {
+        let Some(services) = async {
+            reqwest::get(format!("{}/api/http/services", self.gw.api_url))
+                .await
+                .ok()?
+                .json::<Vec<Value>>()
+                .await
+                .ok()
+        }
+        .await
+        else {
+            return Vec::new();
+        };
+        let prefix = format!("httproute-{}-podinfo-", self.ns);
+        services
+            .iter()
+            .filter_map(|s| {
+                let name = s.get("name")?.as_str()?;
+                let list = s.pointer("/weighted/services")?.as_array()?;
+                if !name.starts_with(&prefix) {
+                    return None;
+                }
+                let weight_of = |svc: &str| {
+                    list.iter()
+                        .find(|x| {
+                            x.get("name")
+                                .and_then(Value::as_str)
+                                .is_some_and(|n| n.contains(&format!("{}-{svc}-", self.ns)))
+                        })
+                        .map(|x| x.get("weight").and_then(Value::as_i64).unwrap_or(1))
+                };
+                Some((weight_of("podinfo-primary")?, weight_of("podinfo-canary")?))
+            })
+            .collect()
+    }
+
+    /// One request (with `headers`): which track answered, and the `Set-Cookie` headers.
+    async fn one(&self, headers: &[(&str, &str)]) -> Result<(&'static str, Vec<String>), String> {
+        let tracks = self.tracks().await;
+        let mut req = self
+            .http
+            .get(format!("{}/", self.gw.url))
+            .header(reqwest::header::HOST, &self.host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let cookies = resp
+            .headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect();
+        let status = resp.status();
+        let body = resp.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status}: {body}"));
+        }
+        let track = tracks
+            .get(body.trim())
+            .copied()
+            .ok_or_else(|| format!("answer from an unknown pod IP '{body}'"))?;
+        Ok((track, cookies))
+    }
+
     async fn wait_for_traefik(&self, canary: i64) {
         eventually(
             Duration::from_secs(30),
@@ -452,10 +518,11 @@ fn binomial_interval_is_sane() {
     assert_eq!(binomial_interval(400, 0.0), (0, 0));
 }
 
-/// The route's (primary, canary) weights of its two-backend rule, read from the API.
+/// The route's (primary, canary) weights of its (last) two-backend rule, read from the API:
+/// session-affinity cookie rules come before the weighted one.
 fn route_weights(route: &DynamicObject) -> Option<(i64, i64)> {
     let rules = route.data.pointer("/spec/rules")?.as_array()?;
-    rules.iter().find_map(|r| {
+    rules.iter().rev().find_map(|r| {
         let refs = r.get("backendRefs")?.as_array()?;
         if refs.len() != 2 {
             return None;
@@ -1120,4 +1187,438 @@ async fn nginx_canary_ingress_is_generated_and_weighted() {
         },
     )
     .await;
+}
+
+/// The HTTPRoute rules' (primary, canary) weights, in order.
+fn rule_weights(route: &DynamicObject) -> Vec<(i64, i64)> {
+    route.data["spec"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let refs = r["backendRefs"].as_array()?;
+            let w = |name: &str| {
+                refs.iter()
+                    .find(|b| b["name"] == name)
+                    .and_then(|b| b["weight"].as_i64())
+            };
+            Some((w("podinfo-primary")?, w("podinfo-canary")?))
+        })
+        .collect()
+}
+
+fn set_cookie_filter(value: &str) -> Value {
+    json!([{"type": "ResponseHeaderModifier",
+            "responseHeaderModifier": {"add": [{"name": "Set-Cookie", "value": value}]}}])
+}
+
+/// Session affinity through Gateway API and real Traefik: during the run the canary's
+/// responses are given the run's cookie (on the route: Traefik v3.6 ignores backendRef filters,
+/// see below), requests without it are split at the weight, requests replaying it all reach the
+/// canary; a restarted controller keeps the cookie (it lives in status); after the promotion no
+/// rule sends it to the canary any more, and replaying it reaches the primary and expires it.
+#[tokio::test]
+async fn gateway_api_session_affinity_pins_cookie_holders_to_the_canary() {
+    let Some((mut f, _gw, client)) = gateway_fixture("cr-sticky").await else {
+        return;
+    };
+    let hooks = Hooks::start(f.canaries()).await;
+    f.create_canary(
+        "gatewayapi:v1",
+        gateway_service(&client),
+        json!({
+            "interval": "1s", "threshold": 2, "stepWeight": 20, "maxWeight": 40,
+            "sessionAffinity": {"cookieName": "flagger-cookie", "maxAge": 7200},
+            "webhooks": [{"name": "step-gate", "type": "confirm-traffic-increase",
+                          "url": format!("{}/traffic", hooks.url), "timeout": "5s"}],
+        }),
+    )
+    .await;
+    let initialized = f
+        .wait_phase(CanaryPhase::Initialized, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        initialized.status.unwrap().session_affinity_cookie,
+        None,
+        "no cookie before a run"
+    );
+    let route = eventually(
+        Duration::from_secs(30),
+        "the generated HTTPRoute",
+        || async { f.routes().get_opt("podinfo").await.ok()? },
+    )
+    .await;
+    assert_eq!(rule_weights(&route), vec![(100, 0)], "no cookie rule yet");
+    client.wait_for_traefik(0).await;
+
+    f.set_image("podinfo:2").await;
+    hooks.approve(0);
+    // The weight is written with the tick's status, the cookie just before the route.
+    let at20 = f
+        .wait(
+            "canary weight 20 and its cookie",
+            Duration::from_secs(90),
+            |c| {
+                phase(c) == Some(CanaryPhase::Progressing)
+                    && c.status.as_ref().and_then(|s| s.canary_weight) == Some(20)
+                    && c.status
+                        .as_ref()
+                        .is_some_and(|s| s.session_affinity_cookie.is_some())
+            },
+        )
+        .await;
+    let cookie = at20
+        .status
+        .unwrap()
+        .session_affinity_cookie
+        .expect("the run's cookie in status.sessionAffinityCookie");
+    let value = cookie
+        .strip_prefix("flagger-cookie=")
+        .unwrap_or_else(|| panic!("cookie {cookie:?} is not flagger-cookie=<value>"));
+    assert_eq!(value.len(), 16, "{cookie}");
+    assert!(value.chars().all(|c| c.is_ascii_alphanumeric()), "{cookie}");
+
+    // The route: a first rule sends the cookie to the canary, the weighted rule's canary
+    // backendRef sets it.
+    let route = eventually(
+        Duration::from_secs(30),
+        "the sticky route accepted at weight 20",
+        || async {
+            let r = f.routes().get("podinfo").await.ok()?;
+            (rule_weights(&r) == vec![(0, 100), (80, 20)] && route_accepted(&r)).then_some(r)
+        },
+    )
+    .await;
+    let rules = route.data["spec"]["rules"].as_array().cloned().unwrap();
+    // (The apiserver adds the default path match, PathPrefix /.)
+    assert_eq!(
+        rules[0]["matches"][0]["headers"],
+        json!([{"name": "Cookie", "type": "RegularExpression", "value": format!(".*{cookie}.*")}])
+    );
+    assert_eq!(
+        rules[1]["backendRefs"][1]["filters"],
+        set_cookie_filter(&format!("{cookie}; Max-Age=7200"))
+    );
+    assert!(rules[1]["backendRefs"][0].get("filters").is_none());
+    eventually(
+        Duration::from_secs(30),
+        "Traefik to apply the cookie rule and weight 20",
+        || async {
+            let sets = client.traefik_weight_sets().await;
+            (sets.contains(&(0, 100)) && sets.contains(&(80, 20))).then_some(())
+        },
+    )
+    .await;
+
+    // Real traffic. Without the cookie: the canary's share at weight 20.
+    let (primary, canary) = client
+        .sample(N, &[])
+        .await
+        .unwrap_or_else(|e| panic!("requests through the gateway failed: {e}"));
+    let (lo, hi) = binomial_interval(N, 0.2);
+    eprintln!(
+        "no cookie at weight 20: {canary}/{N} on the canary ({lo}..={hi}), {primary} on the primary"
+    );
+    assert!(
+        (lo..=hi).contains(&canary),
+        "{canary} of {N} requests without the cookie reached the canary, outside {lo}..={hi}"
+    );
+    // Replaying it, among other cookies: every request on the canary.
+    let header = format!("session=abc; {cookie}; theme=dark");
+    let replayed = client
+        .sample(100, &[("cookie", header.as_str())])
+        .await
+        .unwrap_or_else(|e| panic!("requests with the cookie failed: {e}"));
+    assert_eq!(replayed, (0, 100), "requests replaying {cookie}");
+    // Another value of the same cookie is not the run's: split by weight like any request.
+    let stranger = client
+        .sample(100, &[("cookie", "flagger-cookie=someoneelse")])
+        .await
+        .expect("requests with a foreign cookie");
+    assert!(
+        stranger.0 > 0,
+        "a foreign cookie value is not pinned: {stranger:?}"
+    );
+    // Set-Cookie from the canary: Traefik v3.6.12 does not implement HTTPBackendRef filters
+    // (pkg/provider/kubernetes/gateway/httproute.go only reads rule filters), so the header
+    // is proven on the route above; here it is only reported.
+    let mut set_by_traefik = false;
+    for _ in 0..50 {
+        if let Ok(("canary", cookies)) = client.one(&[]).await {
+            set_by_traefik |= cookies.iter().any(|c| c.starts_with(&cookie));
+        }
+    }
+    eprintln!("Set-Cookie on canary responses through Traefik: {set_by_traefik}");
+
+    // A restarted controller continues with the same cookie: it is in status.
+    f.ctl = None;
+    f.start_controller().await;
+    hooks.approve(20);
+    let at40 = f
+        .wait("canary weight 40", Duration::from_secs(90), |c| {
+            phase(c) == Some(CanaryPhase::Progressing)
+                && c.status.as_ref().and_then(|s| s.canary_weight) == Some(40)
+        })
+        .await;
+    assert_eq!(
+        at40.status.unwrap().session_affinity_cookie.as_deref(),
+        Some(cookie.as_str()),
+        "the cookie survives a restart and the next step"
+    );
+    let route = eventually(
+        Duration::from_secs(30),
+        "the sticky route accepted at weight 40",
+        || async {
+            let r = f.routes().get("podinfo").await.ok()?;
+            (rule_weights(&r) == vec![(0, 100), (60, 40)] && route_accepted(&r)).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(
+        route.data["spec"]["rules"][0]["matches"][0]["headers"][0]["value"],
+        format!(".*{cookie}.*")
+    );
+    eventually(
+        Duration::from_secs(30),
+        "Traefik to apply weight 40",
+        || async {
+            client
+                .traefik_weight_sets()
+                .await
+                .contains(&(60, 40))
+                .then_some(())
+        },
+    )
+    .await;
+    let replayed = client
+        .sample(100, &[("cookie", header.as_str())])
+        .await
+        .expect("requests with the cookie at weight 40");
+    assert_eq!(
+        replayed,
+        (0, 100),
+        "requests replaying {cookie} at weight 40"
+    );
+
+    // Promotion: the cookie is retired, its rule now expires it on the primary.
+    hooks.approve(40);
+    let done = f
+        .wait_phase(CanaryPhase::Succeeded, Duration::from_secs(90))
+        .await;
+    let status = done.status.unwrap();
+    assert_eq!(status.session_affinity_cookie, None);
+    assert_eq!(
+        status.previous_session_affinity_cookie.as_deref(),
+        Some(cookie.as_str())
+    );
+    assert_eq!(f.image("podinfo-primary").await, "podinfo:2");
+    let route = eventually(
+        Duration::from_secs(30),
+        "the route back on the primary, accepted",
+        || async {
+            let r = f.routes().get("podinfo").await.ok()?;
+            (rule_weights(&r) == vec![(100, 0), (100, 0)] && route_accepted(&r)).then_some(r)
+        },
+    )
+    .await;
+    let rules = route.data["spec"]["rules"].as_array().cloned().unwrap();
+    assert_eq!(
+        rules[0]["matches"][0]["headers"][0]["value"],
+        format!(".*{cookie}.*")
+    );
+    assert_eq!(
+        rules[0]["filters"],
+        set_cookie_filter(&format!("{cookie}; Max-Age=-1"))
+    );
+    assert!(
+        rules[1]["backendRefs"][1].get("filters").is_none(),
+        "no Set-Cookie after the run: {rules:#?}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "Traefik to route everything to the primary",
+        || async {
+            let sets = client.traefik_weight_sets().await;
+            (!sets.is_empty() && sets.iter().all(|s| *s == (100, 0))).then_some(())
+        },
+    )
+    .await;
+    client
+        .settle(
+            "the old cookie on the promoted primary",
+            &[("cookie", header.as_str())],
+            (50, 0),
+        )
+        .await;
+    // Rule-level response filters are implemented by Traefik: the old cookie is expired.
+    let (track, cookies) = client
+        .one(&[("cookie", header.as_str())])
+        .await
+        .expect("a request with the old cookie");
+    assert_eq!(track, "primary");
+    assert!(
+        cookies.contains(&format!("{cookie}; Max-Age=-1")),
+        "Set-Cookie expiring {cookie}: {cookies:?}"
+    );
+}
+
+/// Warnings naming `route` among the Canary's Events that contain `needle`.
+async fn warnings(f: &Fixture, needle: &str) -> Vec<String> {
+    let route = format!("HTTPRoute {}/podinfo", f.name());
+    f.events()
+        .await
+        .into_iter()
+        .filter(|e| e.contains(&route) && e.contains(needle))
+        .collect()
+}
+
+/// Waits `hold`, checking the Canary stays Initialized at weight 0 meanwhile.
+async fn assert_held(f: &Fixture, hold: Duration) {
+    let deadline = tokio::time::Instant::now() + hold;
+    while tokio::time::Instant::now() < deadline {
+        let c = f.canaries().get("podinfo").await.expect("the Canary");
+        let s = c.status.clone().unwrap_or_default();
+        assert_eq!(
+            (s.phase, s.canary_weight),
+            (Some(CanaryPhase::Initialized), Some(0)),
+            "the run advanced on a route no Gateway accepts; events: {:#?}",
+            f.events().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let events = f.events().await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.starts_with("New revision detected")),
+        "{events:#?}"
+    );
+}
+
+/// A Canary whose gatewayRef names a Gateway that does not exist: no Gateway controller reports
+/// on its route, so after the grace (10 s at a 1 s interval) one Warning names the route and
+/// the Gateway, and the new revision does not start; fixing the ref lets the run go on.
+#[tokio::test]
+async fn a_canary_whose_gateway_does_not_exist_is_held_with_one_warning() {
+    let Some((f, _gw, client)) = gateway_fixture("cr-nogw").await else {
+        return;
+    };
+    let mut service = gateway_service(&client);
+    service["gatewayRefs"] = json!([{"name": "missing"}]);
+    f.create_canary(
+        "gatewayapi:v1",
+        service,
+        json!({"interval": "1s", "threshold": 2, "stepWeight": 50, "maxWeight": 50}),
+    )
+    .await;
+    f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60))
+        .await;
+    f.set_image("podinfo:2").await;
+    let gateway = format!("Gateway {}/missing", f.name());
+    let warning = eventually(
+        Duration::from_secs(40),
+        "the Warning about the unaccepted route",
+        || async { warnings(&f, &gateway).await.into_iter().next() },
+    )
+    .await;
+    eprintln!("warning: {warning}");
+    assert!(warning.contains("has not been accepted"), "{warning}");
+    assert!(warning.contains("no Gateway controller"), "{warning}");
+    assert!(warning.contains("held at 0"), "{warning}");
+    assert_held(&f, Duration::from_secs(6)).await;
+    assert_eq!(
+        warnings(&f, &gateway).await.len(),
+        1,
+        "one Warning per cause"
+    );
+
+    // Fixing the ref: the route is rewritten, Traefik accepts it, the run goes on.
+    f.canaries()
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"service": {"gatewayRefs": [{"name": "gw"}]}}})),
+        )
+        .await
+        .expect("fixing the gatewayRef");
+    f.wait_phase(CanaryPhase::Succeeded, Duration::from_secs(90))
+        .await;
+    assert_eq!(f.image("podinfo-primary").await, "podinfo:2");
+    assert_eq!(
+        warnings(&f, &gateway).await.len(),
+        1,
+        "one Warning per cause"
+    );
+    client
+        .settle("all traffic on the promoted primary", &[], (20, 0))
+        .await;
+}
+
+/// A Gateway whose listener admits routes from no namespace: Traefik reports the route
+/// `Accepted=False` / `NotAllowedByListeners`, the Canary gets one Warning naming it at once
+/// (well within the grace) and does not start the new revision; opening the listener to the
+/// namespace lets the run go on.
+#[tokio::test]
+async fn a_route_a_listener_refuses_is_warned_at_once_and_held() {
+    let Some((f, gw, client)) = gateway_fixture("cr-refused").await else {
+        return;
+    };
+    let gateways = f.dynamic("gateway.networking.k8s.io/v1", "Gateway", "gateways");
+    let listener = |allowed: Value| {
+        json!({"spec": {"listeners": [{"name": "web", "protocol": "HTTP", "port": gw.port,
+            "hostname": client.host, "allowedRoutes": {"namespaces": allowed}}]}})
+    };
+    gateways
+        .patch(
+            "gw",
+            &PatchParams::default(),
+            &Patch::Merge(listener(json!({"from": "Selector",
+                "selector": {"matchLabels": {"sluice.dev/no-such-label": "true"}}}))),
+        )
+        .await
+        .expect("closing the listener");
+    f.create_canary(
+        "gatewayapi:v1",
+        gateway_service(&client),
+        json!({"interval": "1s", "threshold": 2, "stepWeight": 50, "maxWeight": 50}),
+    )
+    .await;
+    f.wait_phase(CanaryPhase::Initialized, Duration::from_secs(60))
+        .await;
+    let warning = eventually(
+        Duration::from_secs(9),
+        "the Warning naming NotAllowedByListeners before the grace",
+        || async {
+            warnings(&f, "NotAllowedByListeners")
+                .await
+                .into_iter()
+                .next()
+        },
+    )
+    .await;
+    eprintln!("warning: {warning}");
+    assert!(
+        warning.contains(&format!("Gateway {}/gw", f.name())),
+        "{warning}"
+    );
+    f.set_image("podinfo:2").await;
+    assert_held(&f, Duration::from_secs(6)).await;
+    assert_eq!(
+        warnings(&f, "NotAllowedByListeners").await.len(),
+        1,
+        "one Warning per cause"
+    );
+
+    gateways
+        .patch(
+            "gw",
+            &PatchParams::default(),
+            &Patch::Merge(listener(json!({"from": "Same"}))),
+        )
+        .await
+        .expect("opening the listener");
+    f.wait_phase(CanaryPhase::Succeeded, Duration::from_secs(90))
+        .await;
+    assert_eq!(f.image("podinfo-primary").await, "podinfo:2");
+    assert_eq!(warnings(&f, "NotAllowedByListeners").await.len(), 1);
 }

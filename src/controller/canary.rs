@@ -430,6 +430,15 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
             tracing::debug!(canary = %name, %namespace, %reason, "waiting for the route");
             return Ok(Requeue::requeue(Duration::from_secs(1)));
         }
+        // No Gateway accepts the route: the run is held (not ticked), the cause told once.
+        routing::Observation::NotAccepted { reason, warning } => {
+            tracing::debug!(canary = %name, %namespace, %reason, "route not accepted");
+            if let Some(message) = warning {
+                let status = canary.status.clone().unwrap_or_default();
+                ctx.event(&canary, &provider, &status, true, &message).await;
+            }
+            return Ok(Requeue::requeue(Duration::from_secs(2)));
+        }
     };
     let mut observed = Observations {
         now: Timestamp::now(),

@@ -15,7 +15,7 @@
 //! service matches, and a second rule sends everything else to the primary, so during the
 //! iterations (weights 0/100) only matching requests reach the canary; Blue/Green mirroring adds
 //! a `RequestMirror` filter (Gateway API) or `mirror` (Istio) to the canary. Weights are read
-//! back from the rule with both backends, as upstream's `GetRoutes`.
+//! back from the last rule with both backends (upstream's `GetRoutes`; cookie rules come first).
 //!
 //! Objects are written with server-side apply under [`FIELD_MANAGER`], carry the Flux / Helm
 //! no-drift annotations of every generated object and [`CHECKSUM_ANNOTATION`] (what they were
@@ -25,18 +25,45 @@
 //! **A write is not a weight.** After each write the Canary is not ticked again until the watch
 //! cache shows the written generation and, for Gateway API, every parent in the route's status
 //! has `Accepted=True` for that generation (the Gateway controller has taken it); only then does
-//! the core see the read-back weight and may step further. A route no Gateway controller accepts
-//! therefore holds the run instead of being analysed at a weight nobody routes.
+//! the core see the read-back weight and may step further.
+//!
+//! **A route no Gateway accepts holds the run.** Before every tick the cached HTTPRoute's
+//! `status.parents` must show `Accepted=True` for its current generation from every parentRef
+//! (`spec.service.gatewayRefs`), whoever wrote it last and whether or not the controller restarted
+//! since; until then the core is not ticked, so the weight never steps on a route nobody serves.
+//! The Canary gets one Warning Event per cause naming the route, the Gateway and the reason: at
+//! once when a parent reports `Accepted=False` (`NotAllowedByListeners`, `NoMatchingParent`,
+//! `NoMatchingListenerHostname`, ...), after a grace of three analysis intervals (at least 10 s)
+//! when no Gateway controller reports at all (a Gateway that does not exist). A route whose
+//! Canary spec changed (a fixed gatewayRef) is rewritten first, so fixing the ref lets the run go on.
+//!
+//! **Session affinity** (`analysis.sessionAffinity`, Gateway API), as upstream's
+//! `getSessionAffinityRouteRules`: while the canary weight is above 0, the canary backendRef of
+//! the weighted rule gets a `ResponseHeaderModifier` adding `Set-Cookie: <cookieName>=<value>;
+//! Max-Age=<maxAge>` (plus the Domain / Path / SameSite / Secure / HttpOnly / Partitioned
+//! attributes asked for), and a first rule sends requests whose `Cookie` header matches the
+//! regular expression `.*<cookieName>=<value>.*` 100% to the canary (with `primaryCookieName`, a
+//! second one pins the primary's clients the same way, its cookie living one interval). At weight
+//! 0 (promotion, rollback) the cookie becomes `status.previousSessionAffinityCookie` and its rule
+//! sends it to the primary with `Set-Cookie: ...; Max-Age=-1`, which expires it in the browser.
+//! The value is drawn here, never in the engine, once per run, and written to
+//! `status.sessionAffinityCookie` (`primarySessionAffinityCookie`) before the route that uses it,
+//! so a restarted controller renders the same cookie.
 //!
 //! Deliberate differences from upstream: a `prefix` header or query match becomes the regular
 //! expression `^<escaped prefix>.*` (upstream refuses it); `analysis.mirror` or `analysis.match`
 //! with a provider whose objects cannot express them (SMI, Traefik) is an error instead of a run
-//! that sends all traffic to the canary or never leaves its mirroring step; session affinity is
-//! not generated yet (an error says so).
+//! that sends all traffic to the canary or never leaves its mirroring step; the session cookie
+//! regular expression is `.*<name>=<value>.*`, escaped (upstream's `.*<name>.*<value>.*` also
+//! matches other cookies); session affinity is generated for Gateway API only and not together
+//! with `analysis.match` (an error says so; upstream merges the two into a rule that matches
+//! neither as written); upstream emits a duplicate of the weighted rule when there is no cookie
+//! rule, Sluice does not.
 //!
 //! This module must never decide a weight (that is [`crate::engine::flagger`]), never read a
-//! route through the API per tick (watch caches only), and never write an object the Canary
-//! does not own by name and provider.
+//! route through the API per tick (watch caches only), never write an object the Canary
+//! does not own by name and provider, and never write a status field other than the three
+//! session-affinity cookies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -51,7 +78,8 @@ use serde_json::{Value, json};
 
 use super::{FLUX_RECONCILE_ANNOTATION, HELM_DRIFT_ANNOTATION};
 use crate::api::flagger::canary::{
-    Canary, CanaryPhase, CanaryService, HttpMatchRequest, StringMatch,
+    Canary, CanaryPhase, CanaryService, CanaryStatus, DEFAULT_ANALYSIS_INTERVAL, HttpMatchRequest,
+    SameSite, SessionAffinity, StringMatch, parse_go_duration,
 };
 use crate::controller::FIELD_MANAGER;
 use crate::engine::flagger::RouterWeights;
@@ -90,6 +118,14 @@ pub enum RoutingError {
         provider: String,
         kind: &'static str,
         api_version: String,
+    },
+    #[error(
+        "writing the session-affinity cookies to the status of Canary {namespace}/{name}: {source}"
+    )]
+    Cookies {
+        namespace: String,
+        name: String,
+        source: Box<kube::Error>,
     },
     #[error("applying {kind} {namespace}/{object} for Canary {canary}: {source}")]
     Apply {
@@ -258,7 +294,18 @@ pub fn render(
         .ok_or("spec.service is required to generate routes")?;
     let analysis = canary.analysis().cloned().unwrap_or_default();
     if analysis.session_affinity.is_some() {
-        return Err("analysis.sessionAffinity is not generated by Sluice yet".into());
+        if !matches!(provider, Provider::GatewayApi(_)) {
+            return Err(
+                "analysis.sessionAffinity is generated by Sluice for the gatewayapi providers only: use gatewayapi:v1, or remove it"
+                    .into(),
+            );
+        }
+        if !analysis.r#match.is_empty() {
+            return Err(
+                "analysis.sessionAffinity cannot be combined with analysis.match (A/B testing): remove one of them"
+                    .into(),
+            );
+        }
     }
     let (apex, primary, canary_svc) = canary.service_names();
     let mut objects = match provider {
@@ -451,14 +498,19 @@ fn no_match_or_mirror(canary: &Canary, provider: &str) -> Result<(), String> {
 
 /// `^<prefix, regex-escaped>.*`.
 fn prefix_regex(prefix: &str) -> String {
-    let mut out = String::from("^");
-    for c in prefix.chars() {
+    format!("^{}.*", escape_regex(prefix))
+}
+
+/// `text` with the metacharacters every regular-expression dialect of the routers shares
+/// escaped (RE2, ECMAScript, PCRE); nothing else, so the expression stays readable.
+fn escape_regex(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
         if "\\.+*?()|[]{}^$".contains(c) {
             out.push('\\');
         }
         out.push(c);
     }
-    out.push_str(".*");
     out
 }
 
@@ -612,6 +664,147 @@ fn gateway_filters(service: &CanaryService) -> Vec<Value> {
     filters
 }
 
+/// The session-affinity cookies a route is rendered with, each `<name>=<value>`, as kept in
+/// the Canary's status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cookies {
+    /// `status.sessionAffinityCookie`: pins a client to the canary during a run.
+    pub canary: Option<String>,
+    /// `status.primarySessionAffinityCookie`: pins a client to the primary during a run.
+    pub primary: Option<String>,
+    /// `status.previousSessionAffinityCookie`: the last run's canary cookie, expired at weight 0.
+    pub previous: Option<String>,
+}
+
+impl Cookies {
+    pub fn of(status: Option<&CanaryStatus>) -> Self {
+        let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        status.map_or_else(Cookies::default, |s| Cookies {
+            canary: nonempty(&s.session_affinity_cookie),
+            primary: nonempty(&s.primary_session_affinity_cookie),
+            previous: nonempty(&s.previous_session_affinity_cookie),
+        })
+    }
+
+    fn write_to(&self, status: &mut CanaryStatus) {
+        status.session_affinity_cookie = self.canary.clone();
+        status.primary_session_affinity_cookie = self.primary.clone();
+        status.previous_session_affinity_cookie = self.previous.clone();
+    }
+
+    /// The cookies for a route at `canary_weight` (upstream's rules): a run keeps the cookies it
+    /// drew, a weight above 0 draws the missing ones with `fresh`, weight 0 ends the run (its
+    /// canary cookie becomes the previous one, to expire).
+    pub fn next(
+        &self,
+        affinity: &SessionAffinity,
+        canary_weight: i32,
+        mut fresh: impl FnMut() -> String,
+    ) -> Cookies {
+        if canary_weight > 0 {
+            let canary = match &self.canary {
+                Some(c) if c.starts_with(&format!("{}=", affinity.cookie_name)) => c.clone(),
+                _ => format!("{}={}", affinity.cookie_name, fresh()),
+            };
+            let primary = affinity
+                .primary_cookie_name
+                .as_ref()
+                .filter(|n| !n.is_empty())
+                .map(|name| match &self.primary {
+                    Some(c) if c.starts_with(&format!("{name}=")) => c.clone(),
+                    _ => format!("{name}={}", fresh()),
+                });
+            Cookies {
+                canary: Some(canary),
+                primary,
+                previous: self.previous.clone(),
+            }
+        } else {
+            Cookies {
+                canary: None,
+                primary: None,
+                previous: self.canary.clone().or_else(|| self.previous.clone()),
+            }
+        }
+    }
+}
+
+/// 16 random letters and digits (a cookie value), from the standard library's randomly keyed
+/// hasher: no dependency, and never called by the engine.
+pub fn random_cookie_value() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut out = String::new();
+    while out.len() < 16 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        hasher.write_u128(nanos);
+        let mut n = hasher.finish();
+        // 62^8 < 2^64: eight letters per hash.
+        for _ in 0..8 {
+            out.push(char::from(ALPHABET[usize::try_from(n % 62).unwrap_or(0)]));
+            n /= 62;
+        }
+    }
+    out
+}
+
+/// A `Set-Cookie` value: `<name>=<value>; Max-Age=<max_age>` and the attributes asked for.
+fn set_cookie(cookie: &str, max_age: i64, affinity: &SessionAffinity) -> String {
+    let mut value = format!("{cookie}; Max-Age={max_age}");
+    if let Some(domain) = affinity.domain.as_ref().filter(|d| !d.is_empty()) {
+        value.push_str(&format!("; Domain={domain}"));
+    }
+    if let Some(path) = affinity.path.as_ref().filter(|p| !p.is_empty()) {
+        value.push_str(&format!("; Path={path}"));
+    }
+    if let Some(same_site) = affinity.same_site {
+        let same_site = match same_site {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        };
+        value.push_str(&format!("; SameSite={same_site}"));
+    }
+    for (set, attribute) in [
+        (affinity.secure, "Secure"),
+        (affinity.http_only, "HttpOnly"),
+        (affinity.partitioned, "Partitioned"),
+    ] {
+        if set == Some(true) {
+            value.push_str(&format!("; {attribute}"));
+        }
+    }
+    value
+}
+
+fn set_cookie_filter(value: &str) -> Value {
+    json!({"type": "ResponseHeaderModifier",
+           "responseHeaderModifier": {"add": [{"name": "Set-Cookie", "value": value}]}})
+}
+
+/// A match on requests carrying `cookie` (`<name>=<value>`) among their cookies.
+fn cookie_match(cookie: &str) -> Value {
+    json!({"headers": [{"name": "Cookie", "type": "RegularExpression",
+                        "value": format!(".*{}.*", escape_regex(cookie))}]})
+}
+
+/// `analysis.interval` in seconds (default 60): the primary cookie's lifetime, as upstream.
+fn interval_seconds(canary: &Canary) -> i64 {
+    let interval = canary
+        .analysis()
+        .and_then(|a| a.interval.as_deref())
+        .and_then(parse_go_duration)
+        .unwrap_or(DEFAULT_ANALYSIS_INTERVAL);
+    i64::try_from(interval.as_secs()).unwrap_or(i64::MAX)
+}
+
 fn backend_ref(name: &str, port: i32, weight: i32) -> Value {
     json!({"group": "", "kind": "Service", "name": name, "port": port, "weight": weight})
 }
@@ -663,7 +856,45 @@ fn http_route(
         backend_ref(canary_svc, service.port, split.canary),
     ];
     let mut rules = Vec::new();
-    if analysis.r#match.is_empty() {
+    if let Some(affinity) = &analysis.session_affinity {
+        let mut weighted = weighted;
+        let service_matches = gateway_matches(&service.r#match, "spec.service.match")?;
+        let cookies = Cookies::of(canary.status.as_ref());
+        let sticky = |cookie: &str, primary_weight: i32, extra: Option<Value>| {
+            let matches = merge_matches(&[cookie_match(cookie)], &service_matches);
+            let mut filters = filters.clone();
+            filters.extend(extra);
+            rule(
+                matches,
+                filters,
+                vec![
+                    backend_ref(primary, service.port, primary_weight),
+                    backend_ref(canary_svc, service.port, TOTAL - primary_weight),
+                ],
+            )
+        };
+        if split.canary > 0 {
+            if let Some(cookie) = &cookies.canary {
+                let value = set_cookie(cookie, affinity.max_age(), affinity);
+                weighted[1]["filters"] = json!([set_cookie_filter(&value)]);
+                rules.push(sticky(cookie, 0, None));
+            }
+            if let Some(cookie) = &cookies.primary {
+                let value = set_cookie(cookie, interval_seconds(canary), affinity);
+                weighted[0]["filters"] = json!([set_cookie_filter(&value)]);
+                rules.push(sticky(cookie, TOTAL, None));
+            }
+        } else if let Some(cookie) = &cookies.previous {
+            // The last run's clients go to the primary, and their cookie is expired.
+            let value = set_cookie(cookie, -1, affinity);
+            rules.push(sticky(
+                cookie,
+                split.primary,
+                Some(set_cookie_filter(&value)),
+            ));
+        }
+        rules.push(rule(matches, weighted_filters, weighted));
+    } else if analysis.r#match.is_empty() {
         rules.push(rule(matches, weighted_filters, weighted));
     } else {
         let ab = gateway_matches(&analysis.r#match, "analysis.match")?;
@@ -844,7 +1075,8 @@ pub fn read(
         Provider::GatewayApi(_) => {
             let rules = spec.get("rules")?.as_array()?;
             let name = "/name";
-            let weights = rules.iter().find_map(|r| {
+            // The last: session-affinity cookie rules (0/100, 100/0) precede the weighted one.
+            let weights = rules.iter().rev().find_map(|r| {
                 let refs = r.get("backendRefs")?.as_array()?;
                 (refs.len() == 2).then(|| pair(refs, name, 1)).flatten()
             })?;
@@ -906,6 +1138,44 @@ pub enum Observation {
     Ready(Option<RouterWeights>),
     /// The last write is not applied yet (why); tick again once it is.
     Pending(String),
+    /// No Gateway accepts the route (why): the run is held. `warning` is the Warning Event to
+    /// record, once per cause.
+    NotAccepted {
+        reason: String,
+        warning: Option<String>,
+    },
+}
+
+/// Whether the Gateways a route names accepted its current generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Acceptance {
+    Accepted,
+    /// Some parentRefs have no report on this generation yet: (gateway, what is missing).
+    Unreported(Vec<(String, String)>),
+    /// A parent reports `Accepted=False`.
+    Refused {
+        gateway: String,
+        reason: String,
+        message: String,
+    },
+}
+
+/// Grace before a route no Gateway controller reports on is warned about: three analysis
+/// intervals, at least 10 s.
+fn acceptance_grace(canary: &Canary) -> std::time::Duration {
+    let interval = canary
+        .analysis()
+        .and_then(|a| a.interval.as_deref())
+        .and_then(parse_go_duration)
+        .unwrap_or(DEFAULT_ANALYSIS_INTERVAL);
+    (interval * 3).max(std::time::Duration::from_secs(10))
+}
+
+/// Since when a Canary's route is not accepted, and the causes already warned about.
+#[derive(Clone, Debug)]
+struct Held {
+    since: std::time::Instant,
+    warned: std::collections::BTreeSet<String>,
 }
 
 /// A write the cache has not shown applied yet.
@@ -929,6 +1199,11 @@ pub struct Routing {
     client: kube::Client,
     caches: BTreeMap<RouteKind, Cache>,
     expected: Mutex<HashMap<(String, String), Expected>>,
+    /// Cookies written to a Canary's status that its watch cache may not show yet, with the
+    /// Canary's uid.
+    cookies: Mutex<HashMap<(String, String), (String, Cookies)>>,
+    /// Canaries whose route no Gateway accepts.
+    held: Mutex<HashMap<(String, String), Held>>,
 }
 
 impl Routing {
@@ -986,6 +1261,8 @@ impl Routing {
             client,
             caches,
             expected: Mutex::default(),
+            cookies: Mutex::default(),
+            held: Mutex::default(),
         };
         (routing, futures::stream::select_all(streams))
     }
@@ -1103,7 +1380,11 @@ impl Routing {
             .and_then(|s| s.phase)
             .unwrap_or(CanaryPhase::Unspecified);
         if matches!(phase, CanaryPhase::Unspecified | CanaryPhase::Initializing) {
-            return Ok(Observation::Ready(weights));
+            return Ok(match cached.as_ref() {
+                Some(route) => self.gate(canary, route),
+                None => None,
+            }
+            .unwrap_or(Observation::Ready(weights)));
         }
         let split = weights.map(Split::from_router).unwrap_or_else(|| {
             let w = canary
@@ -1118,6 +1399,7 @@ impl Routing {
             }
         });
         let source = self.source(canary, provider);
+        let canary = &self.with_cookies(canary, provider, split.canary).await?;
         let objects = render(canary, provider, split, source.as_ref())
             .map_err(|r| Self::spec_error(canary, provider_name, r))?;
         let wanted = objects[0]
@@ -1137,7 +1419,154 @@ impl Routing {
                 kind.kind_name()
             )));
         }
+        // After the rewrite above: a fixed gatewayRef must reach the route to be accepted.
+        if let Some(held) = cached.as_ref().and_then(|r| self.gate(canary, r)) {
+            return Ok(held);
+        }
         Ok(Observation::Ready(weights))
+    }
+
+    /// `NotAccepted` while the cached HTTPRoute is not accepted by every Gateway it names, with
+    /// a Warning the first time each cause is seen (a refusal at once, silence after the grace).
+    fn gate(&self, canary: &Canary, route: &DynamicObject) -> Option<Observation> {
+        if route.types.as_ref().is_none_or(|t| t.kind != "HTTPRoute") {
+            return None;
+        }
+        let key = (canary.namespace().unwrap_or_default(), canary.name_any());
+        let verdict = acceptance(route);
+        let Ok(mut held) = self.held.lock() else {
+            return None;
+        };
+        if verdict == Acceptance::Accepted {
+            held.remove(&key);
+            return None;
+        }
+        let state = held.entry(key).or_insert_with(|| Held {
+            since: std::time::Instant::now(),
+            warned: Default::default(),
+        });
+        let route_name = format!(
+            "HTTPRoute {}/{}",
+            route.namespace().unwrap_or_default(),
+            route.name_any()
+        );
+        let weight = canary
+            .status
+            .as_ref()
+            .and_then(|s| s.canary_weight)
+            .unwrap_or(0);
+        let hold = format!(
+            "the canary weight is held at {weight} until every Gateway accepts the route: fix spec.service.gatewayRefs or the Gateway's listeners"
+        );
+        let (reason, cause, warning) = match verdict {
+            Acceptance::Accepted => return None,
+            Acceptance::Refused {
+                gateway,
+                reason,
+                message,
+            } => {
+                let why = if message.is_empty() {
+                    reason.clone()
+                } else {
+                    format!("{reason} ({message})")
+                };
+                (
+                    format!("Gateway {gateway} does not accept {route_name}: {why}"),
+                    format!("{gateway}/{reason}"),
+                    format!("{route_name} is not accepted by Gateway {gateway}: {why}; {hold}"),
+                )
+            }
+            Acceptance::Unreported(missing) => {
+                let gateways: Vec<String> = missing.iter().map(|(g, _)| g.clone()).collect();
+                let what: Vec<String> = missing
+                    .iter()
+                    .map(|(g, w)| format!("Gateway {g}: {w}"))
+                    .collect();
+                let grace = acceptance_grace(canary);
+                let waited = state.since.elapsed();
+                let reason = format!("{route_name} is not accepted yet ({})", what.join("; "));
+                if waited < grace {
+                    return Some(Observation::NotAccepted {
+                        reason,
+                        warning: None,
+                    });
+                }
+                (
+                    reason,
+                    format!("{}/unreported", gateways.join(",")),
+                    format!(
+                        "{route_name} has not been accepted after {}s: {} (does the Gateway exist, and does a Gateway controller serve its GatewayClass?); {hold}",
+                        waited.as_secs(),
+                        what.join("; ")
+                    ),
+                )
+            }
+        };
+        let warning = state.warned.insert(cause).then_some(warning);
+        Some(Observation::NotAccepted { reason, warning })
+    }
+
+    /// `canary` as its routes are rendered: with the session-affinity cookies for
+    /// `canary_weight` in its status. Cookies drawn or retired here are written to the Canary's
+    /// status first (a merge patch of those three fields only), so a restart renders the same.
+    async fn with_cookies(
+        &self,
+        canary: &Canary,
+        provider: Provider,
+        canary_weight: i32,
+    ) -> Result<Canary, RoutingError> {
+        let mut canary = canary.clone();
+        let Some(affinity) = canary
+            .analysis()
+            .and_then(|a| a.session_affinity.clone())
+            .filter(|_| matches!(provider, Provider::GatewayApi(_)))
+        else {
+            return Ok(canary);
+        };
+        let namespace = canary.namespace().unwrap_or_default();
+        let key = (namespace.clone(), canary.name_any());
+        let uid = canary.uid().unwrap_or_default();
+        let in_status = Cookies::of(canary.status.as_ref());
+        let current = {
+            let mut written = self.cookies.lock().map_err(|_| ()).ok();
+            match written.as_mut().and_then(|w| w.get(&key).cloned()) {
+                // The watch cache caught up (or the Canary is another one now).
+                Some((u, c)) if u != uid || c == in_status => {
+                    if let Some(w) = written.as_mut() {
+                        w.remove(&key);
+                    }
+                    in_status
+                }
+                Some((_, c)) => c,
+                None => in_status,
+            }
+        };
+        let next = current.next(&affinity, canary_weight, random_cookie_value);
+        if next != current {
+            let patch = json!({"status": {
+                "sessionAffinityCookie": next.canary,
+                "primarySessionAffinityCookie": next.primary,
+                "previousSessionAffinityCookie": next.previous,
+            }});
+            let api: Api<Canary> = Api::namespaced(self.client.clone(), &namespace);
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            api.patch_status(&canary.name_any(), &params, &Patch::Merge(&patch))
+                .await
+                .map_err(|source| RoutingError::Cookies {
+                    namespace: namespace.clone(),
+                    name: canary.name_any(),
+                    source: Box::new(source),
+                })?;
+            tracing::info!(canary = %canary.name_any(), %namespace, cookie = ?next.canary, previous = ?next.previous, "canary routing: session-affinity cookies written to status");
+            if let Ok(mut written) = self.cookies.lock() {
+                written.insert(key, (uid, next.clone()));
+            }
+        }
+        next.write_to(canary.status.get_or_insert_with(Default::default));
+        Ok(canary)
     }
 
     /// Writes the Canary's routes at this split. `Unsupported` for providers Sluice does not
@@ -1161,6 +1590,10 @@ impl Routing {
         };
         let provider = self.served(canary, provider_name, provider)?;
         let source = self.source(canary, provider);
+        // Checked before any cookie is drawn for a spec that cannot be rendered.
+        render(canary, provider, split, source.as_ref())
+            .map_err(|r| Self::spec_error(canary, provider_name, r))?;
+        let canary = &self.with_cookies(canary, provider, split.canary).await?;
         let objects = render(canary, provider, split, source.as_ref())
             .map_err(|r| Self::spec_error(canary, provider_name, r))?;
         self.apply(canary, provider_name, provider, objects).await
@@ -1250,8 +1683,8 @@ fn owners(object: &DynamicObject) -> Vec<ObjectRef<Canary>> {
 
 /// Why the cached `object` does not show the write of `generation` (carrying `checksum`)
 /// applied; `None` when it does. The checksum catches writes that do not bump the generation
-/// (annotations: NGINX's weights); a later generation means someone wrote after us. HTTPRoutes
-/// also need every parent to report `Accepted=True` for that generation.
+/// (annotations: NGINX's weights); a later generation means someone wrote after us. Whether a
+/// Gateway accepted an HTTPRoute is [`acceptance`].
 pub fn not_applied(
     object: Option<&DynamicObject>,
     generation: i64,
@@ -1273,53 +1706,95 @@ pub fn not_applied(
     if seen == generation && checksum.is_some() && cached_sum != checksum {
         return Some("the watch cache does not show the last write yet".into());
     }
-    let is_route = object.types.as_ref().is_some_and(|t| t.kind == "HTTPRoute");
-    if !is_route {
-        return None;
-    }
-    let parents = object
+    None
+}
+
+/// Whether every parentRef of `route` has a parent status whose `Accepted` condition is `True`
+/// for the route's current generation. A refusal (`Accepted=False` on that generation) wins over
+/// missing reports, so its reason is told at once.
+pub fn acceptance(route: &DynamicObject) -> Acceptance {
+    let namespace = route.namespace().unwrap_or_default();
+    let generation = route.metadata.generation.unwrap_or(0);
+    let parents = route
         .data
         .pointer("/status/parents")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    if parents.is_empty() {
-        return Some("no Gateway has reported on the route yet".into());
-    }
-    for parent in &parents {
-        let gateway = parent
-            .pointer("/parentRef/name")
-            .and_then(Value::as_str)
-            .unwrap_or("?");
-        let accepted = parent
-            .get("conditions")
-            .and_then(Value::as_array)
-            .into_iter()
+    let refs = route
+        .data
+        .pointer("/spec/parentRefs")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    // A parentRef as (namespace, name, sectionName, port), the namespace defaulted to the route's.
+    let id = |r: &Value| {
+        (
+            r.get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(&namespace)
+                .to_string(),
+            r.get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            r.get("sectionName")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            r.get("port").and_then(Value::as_i64),
+        )
+    };
+    let mut missing = Vec::new();
+    for parent_ref in &refs {
+        let wanted = id(parent_ref);
+        let gateway = match &wanted.2 {
+            Some(section) => format!("{}/{} (listener {section})", wanted.0, wanted.1),
+            None => format!("{}/{}", wanted.0, wanted.1),
+        };
+        let accepted = parents
+            .iter()
+            .filter(|p| p.get("parentRef").is_some_and(|r| id(r) == wanted))
+            .flat_map(|p| p.get("conditions").and_then(Value::as_array).cloned())
             .flatten()
             .find(|c| c.get("type").and_then(Value::as_str) == Some("Accepted"));
         let Some(accepted) = accepted else {
-            return Some(format!("Gateway {gateway} has not accepted the route yet"));
+            missing.push((
+                gateway,
+                "no Gateway controller has reported on the route".into(),
+            ));
+            continue;
         };
         let observed = accepted
             .get("observedGeneration")
             .and_then(Value::as_i64)
             .unwrap_or(0);
         if observed < generation {
-            return Some(format!(
-                "Gateway {gateway} has processed generation {observed}, waiting for {generation}"
+            missing.push((
+                gateway,
+                format!("its controller has processed generation {observed}, not {generation}"),
             ));
+            continue;
         }
         if accepted.get("status").and_then(Value::as_str) != Some("True") {
-            let message = accepted
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            return Some(format!(
-                "Gateway {gateway} does not accept the route: {message}"
-            ));
+            let text = |k: &str| {
+                accepted
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            return Acceptance::Refused {
+                gateway,
+                reason: text("reason"),
+                message: text("message"),
+            };
         }
     }
-    None
+    if missing.is_empty() {
+        Acceptance::Accepted
+    } else {
+        Acceptance::Unreported(missing)
+    }
 }
 
 #[cfg(test)]

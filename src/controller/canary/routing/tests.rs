@@ -283,34 +283,25 @@ fn relative_weights_read_as_a_share_of_100() {
 fn route(generation: i64, parents: Value) -> DynamicObject {
     serde_json::from_value(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-        "metadata": {"name": "podinfo", "generation": generation},
-        "spec": {}, "status": {"parents": parents},
+        "metadata": {"name": "podinfo", "namespace": "test", "generation": generation},
+        "spec": {"parentRefs": [{"name": "gw"}]}, "status": {"parents": parents},
     }))
     .unwrap()
 }
 
+fn parent(name: &str, generation: i64, status: &str, reason: &str) -> Value {
+    json!({"parentRef": {"name": name}, "controllerName": "traefik.io/gateway-controller",
+           "conditions": [{"type": "Accepted", "status": status, "reason": reason,
+                           "observedGeneration": generation, "message": "nope"}]})
+}
+
 #[test]
-fn a_route_is_applied_once_its_gateway_accepted_that_generation() {
-    let accepted = |generation: i64, status: &str| {
-        json!([{"parentRef": {"name": "gw"}, "controllerName": "traefik.io/gateway-controller",
-                "conditions": [{"type": "Accepted", "status": status,
-                                "observedGeneration": generation, "message": "nope"}]}])
-    };
+fn a_write_is_applied_once_the_cache_shows_it() {
     assert!(not_applied(None, 1, None).is_some());
-    assert!(not_applied(Some(&route(1, accepted(1, "True"))), 2, None).is_some());
-    assert!(not_applied(Some(&route(2, json!([]))), 2, None).is_some());
-    let stale = not_applied(Some(&route(2, accepted(1, "True"))), 2, None).unwrap();
+    let stale = not_applied(Some(&route(1, json!([]))), 2, None).unwrap();
     assert!(stale.contains("generation 1"), "{stale}");
-    let refused = not_applied(Some(&route(2, accepted(2, "False"))), 2, None).unwrap();
-    assert!(refused.contains("does not accept"), "{refused}");
-    assert_eq!(
-        not_applied(Some(&route(2, accepted(2, "True"))), 2, None),
-        None
-    );
-    assert_eq!(
-        not_applied(Some(&route(3, accepted(3, "True"))), 2, None),
-        None
-    );
+    assert_eq!(not_applied(Some(&route(2, json!([]))), 2, None), None);
+    assert_eq!(not_applied(Some(&route(3, json!([]))), 2, None), None);
     let split: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "split.smi-spec.io/v1alpha2", "kind": "TrafficSplit",
         "metadata": {"name": "podinfo", "generation": 4}, "spec": {},
@@ -318,6 +309,233 @@ fn a_route_is_applied_once_its_gateway_accepted_that_generation() {
     .unwrap();
     assert_eq!(not_applied(Some(&split), 4, None), None);
     assert!(not_applied(Some(&split), 5, None).is_some());
+}
+
+#[test]
+fn a_route_is_accepted_once_every_gateway_accepted_its_generation() {
+    let ok = |g| parent("gw", g, "True", "Accepted");
+    assert_eq!(acceptance(&route(2, json!([ok(2)]))), Acceptance::Accepted);
+    // Nobody reported: a Gateway that does not exist, or no controller for its class.
+    let Acceptance::Unreported(missing) = acceptance(&route(2, json!([]))) else {
+        panic!("unreported")
+    };
+    assert_eq!(missing[0].0, "test/gw");
+    assert!(
+        missing[0].1.contains("no Gateway controller"),
+        "{missing:?}"
+    );
+    // A report on an older generation is not one on this.
+    let Acceptance::Unreported(missing) = acceptance(&route(3, json!([ok(2)]))) else {
+        panic!("stale")
+    };
+    assert!(missing[0].1.contains("generation 2, not 3"), "{missing:?}");
+    // A report for another parent (a ref since removed) does not count.
+    assert!(matches!(
+        acceptance(&route(2, json!([parent("old", 2, "True", "Accepted")]))),
+        Acceptance::Unreported(_)
+    ));
+    // A refusal names the Gateway and the reason.
+    assert_eq!(
+        acceptance(&route(
+            2,
+            json!([parent("gw", 2, "False", "NotAllowedByListeners")])
+        )),
+        Acceptance::Refused {
+            gateway: "test/gw".into(),
+            reason: "NotAllowedByListeners".into(),
+            message: "nope".into()
+        }
+    );
+    // Every parentRef must accept: one of two is not enough.
+    let mut two = route(2, json!([ok(2)]));
+    two.data["spec"]["parentRefs"] =
+        json!([{"name": "gw"}, {"name": "other", "namespace": "infra", "sectionName": "web"}]);
+    let Acceptance::Unreported(missing) = acceptance(&two) else {
+        panic!("one of two")
+    };
+    assert_eq!(missing[0].0, "infra/other (listener web)");
+    two.data["status"]["parents"] = json!([ok(2), {
+        "parentRef": {"name": "other", "namespace": "infra", "sectionName": "web"},
+        "conditions": [{"type": "Accepted", "status": "True", "observedGeneration": 2}]}]);
+    assert_eq!(acceptance(&two), Acceptance::Accepted);
+}
+
+fn sticky_canary(cookies: Value) -> Canary {
+    let mut c = canary(
+        json!({"interval": "30s", "stepWeight": 20,
+               "sessionAffinity": {"cookieName": "flagger-cookie", "maxAge": 7200}}),
+        "gatewayapi:v1",
+    );
+    c.status = Some(serde_json::from_value(cookies).unwrap());
+    c
+}
+
+#[test]
+fn session_affinity_pins_cookie_holders_to_the_canary_during_a_run() {
+    let c = sticky_canary(json!({"sessionAffinityCookie": "flagger-cookie=abc123"}));
+    let route = &render(&c, GW, split(20), None).unwrap()[0];
+    assert_eq!(
+        route["spec"]["rules"],
+        json!([
+            {
+                "matches": [{"headers": [{"name": "Cookie", "type": "RegularExpression",
+                                          "value": ".*flagger-cookie=abc123.*"}]}],
+                "backendRefs": [
+                    {"group": "", "kind": "Service", "name": "podinfo-primary", "port": 80, "weight": 0},
+                    {"group": "", "kind": "Service", "name": "podinfo-canary", "port": 80, "weight": 100},
+                ],
+            },
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "backendRefs": [
+                    {"group": "", "kind": "Service", "name": "podinfo-primary", "port": 80, "weight": 80},
+                    {"group": "", "kind": "Service", "name": "podinfo-canary", "port": 80, "weight": 20,
+                     "filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                         "add": [{"name": "Set-Cookie",
+                                  "value": "flagger-cookie=abc123; Max-Age=7200"}]}}]},
+                ],
+            },
+        ])
+    );
+    // The weight is the weighted rule's, not the cookie rule's.
+    assert_eq!(
+        read(GW, route, "podinfo-primary", "podinfo-canary").map(|w| w.canary_weight),
+        Some(20)
+    );
+}
+
+#[test]
+fn session_affinity_expires_the_last_runs_cookie_at_weight_zero() {
+    let c = sticky_canary(json!({"previousSessionAffinityCookie": "flagger-cookie=abc123"}));
+    let route = &render(&c, GW, split(0), None).unwrap()[0];
+    let rules = route["spec"]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 2, "{rules:#?}");
+    assert_eq!(
+        rules[0]["matches"][0]["headers"][0]["value"],
+        ".*flagger-cookie=abc123.*"
+    );
+    assert_eq!(rules[0]["backendRefs"][0]["weight"], 100);
+    assert_eq!(rules[0]["backendRefs"][1]["weight"], 0);
+    assert_eq!(
+        rules[0]["filters"],
+        json!([{"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+            "add": [{"name": "Set-Cookie", "value": "flagger-cookie=abc123; Max-Age=-1"}]}}])
+    );
+    // No cookie rule sends anything to the canary, and no Set-Cookie on the weighted rule.
+    assert!(rules[1]["backendRefs"][1].get("filters").is_none());
+    assert_eq!(
+        read(GW, route, "podinfo-primary", "podinfo-canary").map(|w| w.canary_weight),
+        Some(0)
+    );
+    // Without any cookie: the plain weighted rule only (upstream repeats it).
+    let plain = &render(&sticky_canary(json!({})), GW, split(0), None).unwrap()[0];
+    assert_eq!(plain["spec"]["rules"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn session_affinity_primary_cookie_and_attributes() {
+    let mut c = sticky_canary(json!({"sessionAffinityCookie": "c=1",
+                                     "primarySessionAffinityCookie": "p=2"}));
+    c.spec.analysis.as_mut().unwrap().session_affinity = Some(
+        serde_json::from_value(json!({"cookieName": "c", "primaryCookieName": "p",
+            "domain": "example.com", "path": "/app", "sameSite": "Lax", "secure": true,
+            "httpOnly": true, "partitioned": true}))
+        .unwrap(),
+    );
+    // Cookie values are escaped in the regular expression.
+    c.spec.service.as_mut().unwrap().r#match =
+        serde_json::from_value(json!([{"uri": {"prefix": "/api"}}])).unwrap();
+    let route = &render(&c, GW, split(40), None).unwrap()[0];
+    let rules = route["spec"]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 3, "{rules:#?}");
+    // The service match is kept on the cookie rules.
+    assert_eq!(
+        rules[0]["matches"],
+        json!([{"path": {"type": "PathPrefix", "value": "/api"},
+                "headers": [{"name": "Cookie", "type": "RegularExpression", "value": ".*c=1.*"}]}])
+    );
+    assert_eq!(rules[1]["matches"][0]["headers"][0]["value"], ".*p=2.*");
+    assert_eq!(rules[1]["backendRefs"][0]["weight"], 100);
+    let cookie = |b: usize| {
+        rules[2]["backendRefs"][b]["filters"][0]["responseHeaderModifier"]["add"][0]["value"]
+            .clone()
+    };
+    assert_eq!(
+        cookie(1),
+        "c=1; Max-Age=86400; Domain=example.com; Path=/app; SameSite=Lax; Secure; HttpOnly; Partitioned"
+    );
+    // The primary cookie lives one analysis interval.
+    assert_eq!(
+        cookie(0),
+        "p=2; Max-Age=30; Domain=example.com; Path=/app; SameSite=Lax; Secure; HttpOnly; Partitioned"
+    );
+    assert_eq!(
+        read(GW, route, "podinfo-primary", "podinfo-canary").map(|w| w.canary_weight),
+        Some(40)
+    );
+    assert_eq!(
+        cookie_match("a.b=x+y")["headers"][0]["value"],
+        ".*a\\.b=x\\+y.*"
+    );
+}
+
+#[test]
+fn session_affinity_is_refused_where_it_cannot_be_routed() {
+    let mut c = sticky_canary(json!({}));
+    let err = render(&c, Provider::Istio, split(20), None).unwrap_err();
+    assert!(err.contains("gatewayapi"), "{err}");
+    c.spec.analysis.as_mut().unwrap().r#match =
+        serde_json::from_value(json!([{"headers": {"x": {"exact": "y"}}}])).unwrap();
+    let err = render(&c, GW, split(20), None).unwrap_err();
+    assert!(err.contains("analysis.match"), "{err}");
+}
+
+#[test]
+fn cookies_are_drawn_once_per_run_and_retired_at_weight_zero() {
+    let affinity: SessionAffinity =
+        serde_json::from_value(json!({"cookieName": "c", "primaryCookieName": "p"})).unwrap();
+    let mut drawn = 0;
+    let mut fresh = || {
+        drawn += 1;
+        format!("v{drawn}")
+    };
+    let none = Cookies::default();
+    // Weight 0 before a run: nothing drawn.
+    assert_eq!(none.next(&affinity, 0, &mut fresh), none);
+    let run = none.next(&affinity, 20, &mut fresh);
+    assert_eq!(run.canary.as_deref(), Some("c=v1"));
+    assert_eq!(run.primary.as_deref(), Some("p=v2"));
+    // The next steps keep them.
+    assert_eq!(run.next(&affinity, 40, &mut fresh), run);
+    // Promotion or rollback: the canary cookie becomes the previous one.
+    let done = run.next(&affinity, 0, &mut fresh);
+    assert_eq!(
+        done,
+        Cookies {
+            canary: None,
+            primary: None,
+            previous: Some("c=v1".into())
+        }
+    );
+    assert_eq!(done.next(&affinity, 0, &mut fresh), done);
+    // The next run draws a new cookie and keeps the previous until it ends.
+    let again = done.next(&affinity, 20, &mut fresh);
+    assert_eq!(again.canary.as_deref(), Some("c=v3"));
+    assert_eq!(again.previous.as_deref(), Some("c=v1"));
+    // A renamed cookie is drawn again.
+    let renamed: SessionAffinity = serde_json::from_value(json!({"cookieName": "d"})).unwrap();
+    let next = again.next(&renamed, 20, &mut fresh);
+    assert_eq!(next.canary.as_deref(), Some("d=v5"));
+    assert_eq!(next.primary, None);
+}
+
+#[test]
+fn random_cookie_values_differ() {
+    let a = random_cookie_value();
+    let b = random_cookie_value();
+    assert_eq!(a.len(), 16);
+    assert!(a.chars().all(|c| c.is_ascii_alphanumeric()), "{a}");
+    assert_ne!(a, b);
 }
 
 fn nginx_canary(analysis: Value) -> Canary {
