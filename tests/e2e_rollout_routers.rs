@@ -1012,6 +1012,124 @@ async fn gateway_api_grpc_routes_through_a_rollout() {
     h.assert_given_back(&[Kind::GrpcRoutes]).await;
 }
 
+// === route changes wake the Rollout ===
+
+/// The sum of the samples in `/metrics` text whose name and first labels start with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// A Git re-sync puts a GRPCRoute's weights back to its manifest (100/0) mid-update, during an
+/// indefinite pause, when nothing else wakes the Rollout (no timer, no pod or ReplicaSet
+/// change). The controller watches route objects: the change wakes the Rollout, which reads the
+/// route from its cache, sees weight 0 and writes 20 again within seconds, with nothing about the
+/// Rollout changed by anyone. (Without the route watch the next look would be the progress
+/// deadline's, minutes later.) The route re-recorded after the re-sync is Git's again at the end.
+#[tokio::test]
+async fn a_git_resync_of_a_route_mid_update_is_undone_through_the_route_watch() {
+    let Some(mut h) = Harness::start("ro-resync").await else {
+        return;
+    };
+    for m in Kind::GrpcRoutes.manifests() {
+        h.apply_git(m).await;
+    }
+    h.create_rollout(routing(&[Kind::GrpcRoutes], &[]), two_weights())
+        .await;
+    h.update().await;
+    h.paused_at(1, 20, &[Kind::GrpcRoutes]).await;
+    // Settled: the status written at the pause has been seen, nothing is pending.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = h.rollouts.get(ROLLOUT).await.expect("the Rollout");
+
+    // The same manifest again (what Git declares did not change): `originals` stays as is.
+    let manifest = grpc_route("grpc-listed", "demo.Admin");
+    let reset = gitops_apply(&h.env.client, &h.ns.name, &manifest).await;
+    assert_eq!(
+        split(&reset.data["spec"]["rules"][0]["backendRefs"], |b| {
+            b["name"] == CANARY_SVC
+        }),
+        Ok(0),
+        "precondition: Git's re-sync sends the canary nothing"
+    );
+    let started = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(15),
+        &format!(
+            "the controller to put weight 20 back on the re-synced GRPCRoute (controller log: {})",
+            h.ctl.log.display()
+        ),
+        || async {
+            let spec = h.spec_of(&manifest).await.ok()?;
+            let weight = split(&spec["rules"][0]["backendRefs"], |b| {
+                b["name"] == CANARY_SVC
+            });
+            (weight == Ok(20)).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "weight put back {:?} after Git's re-sync",
+        started.elapsed()
+    );
+    let now = h.rollouts.get(ROLLOUT).await.expect("the Rollout");
+    assert_eq!(
+        (now.metadata.generation, &now.spec),
+        (settled.metadata.generation, &settled.spec),
+        "nothing about the Rollout changed: only the route's watch could wake it"
+    );
+    // Still paused at the same step, and both routes verified at 20 again.
+    h.paused_at(1, 20, &[Kind::GrpcRoutes]).await;
+    h.intent(Intent::Promote).await;
+    h.paused_at(3, 60, &[Kind::GrpcRoutes]).await;
+
+    // Reconciles of the paused Rollout (woken by an annotation each) read its two routes from
+    // the cache: the controller sends no GET for a GRPCRoute.
+    let before = h.ctl.metrics().await;
+    for i in 0..8 {
+        let poke = json!({"metadata": {"annotations": {"test.sluice.dev/poke": i.to_string()}}});
+        h.rollouts
+            .patch(ROLLOUT, &PatchParams::default(), &Patch::Merge(&poke))
+            .await
+            .expect("annotating the Rollout");
+        tokio::time::sleep(Duration::from_millis(1250)).await;
+    }
+    let after = h.ctl.metrics().await;
+    let reconciles =
+        sample(&after, "rollout_reconcile_count") - sample(&before, "rollout_reconcile_count");
+    assert!(
+        reconciles >= 4.0,
+        "the annotations woke the Rollout ({reconciles} reconciles)"
+    );
+    let gets = |m: &str| {
+        sample(
+            m,
+            r#"controller_clientset_k8s_request_total{kind="grpcroutes",verb="get""#,
+        )
+    };
+    let patches = |m: &str| {
+        sample(
+            m,
+            r#"controller_clientset_k8s_request_total{kind="grpcroutes",verb="patch""#,
+        )
+    };
+    assert!(
+        patches(&after) >= 2.0,
+        "GRPCRoute requests are counted under this label (the weight writes): {after}"
+    );
+    assert_eq!(
+        gets(&after),
+        gets(&before),
+        "{reconciles} reconciles of a routed Rollout sent GETs for its GRPCRoutes"
+    );
+    h.intent(Intent::Promote).await;
+    h.completed().await;
+    h.assert_given_back(&[Kind::GrpcRoutes]).await;
+}
+
 // === maxTrafficWeight with Istio ===
 
 /// Istio weights are percentages (Argo Rollouts refuses `maxTrafficWeight` for Istio too): a

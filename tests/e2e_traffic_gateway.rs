@@ -86,13 +86,10 @@ fn weights(canary: i32) -> Weights {
     }
 }
 
+/// Reads through the API (the Rollout controller's route caches are exercised by
+/// `e2e_rollout_routers`).
 fn ctx(env: &TestEnv, ns: &str) -> RouterContext {
-    RouterContext {
-        client: env.client.clone(),
-        namespace: ns.into(),
-        rollout: "demo".into(),
-        rollout_uid: String::new(),
-    }
+    RouterContext::direct(env.client.clone(), ns, "demo", "")
 }
 
 /// Pods, Services, Gateway and the Git-owned HTTPRoute; waits until Traefik serves the route.

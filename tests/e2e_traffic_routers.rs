@@ -53,13 +53,10 @@ async fn owner_rollout(client: &kube::Client, ns: &str, name: &str) -> String {
     created.metadata.uid.expect("uid")
 }
 
+/// Reads through the API (the Rollout controller's route caches are exercised by
+/// `e2e_rollout_routers`).
 fn ctx(client: &kube::Client, ns: &str, rollout: &str, uid: &str) -> RouterContext {
-    RouterContext {
-        client: client.clone(),
-        namespace: ns.to_string(),
-        rollout: rollout.to_string(),
-        rollout_uid: uid.to_string(),
-    }
+    RouterContext::direct(client.clone(), ns, rollout, uid)
 }
 
 fn weights(canary: i32, max_weight: i32) -> Weights {

@@ -5,7 +5,8 @@
 //!  watch caches ──observe──▶ Observations ──engine::plan──▶ Plan ──▶ 1. status (SSA, only if changed)
 //!  (Rollouts, ReplicaSets,                                            2. actions (idempotent)
 //!   Services, EndpointSlices,                                         3. Events
-//!   AnalysisRuns, Deployments)                                        4. requeue_after
+//!   AnalysisRuns, Deployments,                                        4. requeue_after
+//!   route objects: crate::traffic::cache)
 //! ```
 //!
 //! The status goes first (only a new ReplicaSet, idempotent by name, is created before it),
@@ -55,6 +56,7 @@ use crate::api::argo::analysis::AnalysisRun;
 use crate::api::argo::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus};
 use crate::engine::analysis::args::ArgsError;
 use crate::engine::{self, Action, Input};
+use crate::traffic::cache::RouteObjects;
 use observe::{Caches, Indexes, SERVICE_NAME_LABEL};
 
 /// Rollouts reconciled at the same time.
@@ -213,6 +215,8 @@ pub struct Ctx {
     info: Mutex<HashMap<fresh::Key, RolloutInfoLabels>>,
     last_sweep: Mutex<Instant>,
     changes: Arc<Changes>,
+    /// The routers' objects, watched (shared by every Rollout).
+    route_objects: Arc<RouteObjects>,
 }
 
 /// When each Rollout's not-yet-observed generation arrived on the watch, for
@@ -369,8 +373,15 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
         move |e| idx.pods.apply(e),
     );
     tokio::spawn(pod_events.for_each(|_| async {}));
+    // Route objects (HTTPRoutes, VirtualServices, ...) are watched per kind from the first
+    // Rollout that names one; a changed route wakes the Rollouts that read it.
+    let (route_objects, route_changes) =
+        RouteObjects::new(shared.client.clone(), shared.namespace.clone());
     let controller = Controller::for_stream(rollout_events, rollouts.clone())
-        .with_config(ControllerConfig::default().concurrency(concurrency()));
+        .with_config(ControllerConfig::default().concurrency(concurrency()))
+        .reconcile_on(
+            route_changes.map(|(namespace, name)| ObjectRef::new(&name).within(&namespace)),
+        );
     let caches = Caches {
         rollouts: rollouts.clone(),
         replica_sets,
@@ -408,6 +419,7 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
         info: Mutex::default(),
         last_sweep: Mutex::new(Instant::now()),
         changes,
+        route_objects,
     });
     controller
         .owns_stream(rs_events)
@@ -486,6 +498,7 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         }
         ctx.rollouts.forget(&key);
         ctx.drop_info(&key);
+        ctx.route_objects.forget(&key);
         return Ok(Requeue::await_change());
     }
     let (spec, workload) = observe::resolve_spec(rollout, &ctx.caches);
@@ -515,13 +528,13 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         Timestamp::now(),
     );
     // Routers that cannot be built are a spec error: InvalidSpec, like any other.
-    let routers =
-        traffic::Traffic::new(&ctx.shared.client, rollout, &spec).unwrap_or_else(|error| {
+    let routers = traffic::Traffic::new(&ctx.shared.client, &ctx.route_objects, rollout, &spec)
+        .unwrap_or_else(|error| {
             observed.traffic_config_error = Some(error.to_string());
             None
         });
     if let Some(routers) = &routers {
-        // The routers' objects are not watched: read back what they apply (one read per router).
+        // What the routers' objects say, from the route caches.
         observed.traffic = routers.observe().await;
     }
     let status = rollout.status.clone().unwrap_or_default();
@@ -729,7 +742,7 @@ fn finalizer_error(rollout: &Rollout, source: kube::Error) -> Error {
 /// could release: the finalizer comes off with a warning.
 async fn release_before_deletion(rollout: &Rollout, ctx: &Ctx) -> Result<(), Error> {
     let (spec, _) = observe::resolve_spec(rollout, &ctx.caches);
-    match traffic::Traffic::new(&ctx.shared.client, rollout, &spec) {
+    match traffic::Traffic::new(&ctx.shared.client, &ctx.route_objects, rollout, &spec) {
         Ok(Some(routers)) => {
             routers
                 .execute(&Action::ReleaseTraffic)
@@ -834,6 +847,7 @@ impl Ctx {
         for key in gone {
             self.drop_info(&key);
             self.rollouts.forget(&key);
+            self.route_objects.forget(&key);
         }
     }
 }

@@ -44,7 +44,7 @@
 //! the route after [`Router::release`].
 
 use async_trait::async_trait;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -251,14 +251,6 @@ impl GatewayApiRouter {
 
     fn namespace<'a>(&'a self, ctx: &'a RouterContext) -> &'a str {
         self.namespace.as_deref().unwrap_or(&ctx.namespace)
-    }
-
-    fn api(&self, ctx: &RouterContext, kind: RouteKind) -> Api<DynamicObject> {
-        Api::namespaced_with(
-            ctx.client.clone(),
-            self.namespace(ctx),
-            &kind.api_resource(),
-        )
     }
 }
 
@@ -635,24 +627,12 @@ impl GatewayApiRouter {
         route: &RouteRef,
     ) -> Result<RouteState, TrafficError> {
         let ns = self.namespace(ctx);
-        let live = self
-            .api(ctx, route.kind)
-            .get_opt(&route.name)
+        let target = target(route, ns);
+        let live = ctx
+            .read(&route.kind.api_resource(), ns, &route.name)
             .await
-            .map_err(|e| TrafficError::Kube {
-                router: ROUTER,
-                action: "get",
-                kind: route.kind.kind().into(),
-                namespace: ns.into(),
-                name: route.name.clone(),
-                source: Box::new(e),
-            })?
-            .ok_or_else(|| TrafficError::NotFound {
-                router: ROUTER,
-                kind: route.kind.kind().into(),
-                namespace: ns.into(),
-                name: route.name.clone(),
-            })?;
+            .map_err(|e| target.read(e))?
+            .ok_or_else(|| target.not_found())?;
         let entries = live.metadata.managed_fields.clone().unwrap_or_default();
         let live_rules = live
             .data
@@ -718,7 +698,8 @@ impl GatewayApiRouter {
             (managed_path(), Value::String(managed_json)),
         ];
         ownership::apply(
-            &self.api(ctx, route.kind),
+            ctx,
+            &route.kind.api_resource(),
             &target(route, ns),
             &state.live,
             &desired,
@@ -892,7 +873,8 @@ impl Router for GatewayApiRouter {
                 (managed_path(), Value::String(managed_json)),
             ];
             ownership::apply(
-                &self.api(ctx, route.kind),
+                ctx,
+                &route.kind.api_resource(),
                 &target(route, ns),
                 &state.live,
                 &desired,
@@ -909,7 +891,8 @@ impl Router for GatewayApiRouter {
             // the route's status at any time: a conflict only means "read again".
             let mut attempt = 0;
             loop {
-                match ownership::release(&self.api(ctx, route.kind), &target(route, ns)).await {
+                let ar = route.kind.api_resource();
+                match ownership::release(ctx, &ar, &target(route, ns)).await {
                     Err(TrafficError::Kube { source, .. })
                         if attempt < 4
                             && matches!(source.as_ref(), kube::Error::Api(s) if s.code == 409) =>

@@ -38,7 +38,7 @@
 //! for (beyond managed routes), or a VirtualService in a namespace it was not told about.
 
 use async_trait::async_trait;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{Map, Value, json};
 
 use super::ownership::{self, FieldPath, Target};
@@ -569,6 +569,14 @@ fn resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, kind), plural)
 }
 
+fn virtual_service_resource() -> ApiResource {
+    resource("VirtualService", "virtualservices")
+}
+
+fn destination_rule_resource() -> ApiResource {
+    resource("DestinationRule", "destinationrules")
+}
+
 impl IstioRouter {
     /// The router for `trafficRouting.istio`, with `managedRoutes` names in order.
     pub fn new(
@@ -594,30 +602,15 @@ impl IstioRouter {
         out
     }
 
-    fn vs_api(&self, ctx: &RouterContext, namespace: &str) -> Api<DynamicObject> {
-        Api::namespaced_with(
-            ctx.client.clone(),
-            namespace,
-            &resource("VirtualService", "virtualservices"),
-        )
-    }
-
-    fn dr_api(&self, ctx: &RouterContext) -> Api<DynamicObject> {
-        Api::namespaced_with(
-            ctx.client.clone(),
-            &ctx.namespace,
-            &resource("DestinationRule", "destinationrules"),
-        )
-    }
-
     async fn get(
-        api: &Api<DynamicObject>,
+        ctx: &RouterContext,
+        ar: &ApiResource,
         target: &Target<'_>,
     ) -> Result<(DynamicObject, Value), TrafficError> {
-        let obj = api
-            .get_opt(target.name)
+        let obj = ctx
+            .read(ar, target.namespace, target.name)
             .await
-            .map_err(|e| target.kube("get", e))?
+            .map_err(|e| target.read(e))?
             .ok_or_else(|| target.not_found())?;
         let spec = obj.data.get("spec").cloned().unwrap_or(Value::Null);
         Ok((obj, spec))
@@ -634,7 +627,7 @@ impl IstioRouter {
             namespace: &ctx.namespace,
             name: &dr.name,
         };
-        let (_, spec) = Self::get(&self.dr_api(ctx), &target).await?;
+        let (_, spec) = Self::get(ctx, &destination_rule_resource(), &target).await?;
         spec.get("host")
             .and_then(Value::as_str)
             .map(String::from)
@@ -654,8 +647,8 @@ impl IstioRouter {
                 namespace: ns,
                 name,
             };
-            let api = self.vs_api(ctx, ns);
-            let (live, spec) = Self::get(&api, &target).await?;
+            let ar = virtual_service_resource();
+            let (live, spec) = Self::get(ctx, &ar, &target).await?;
             let http = spec
                 .get("http")
                 .and_then(Value::as_array)
@@ -664,7 +657,8 @@ impl IstioRouter {
             let new = edit(&vs, &http).map_err(|e| target.invalid(e))?;
             let new = order_routes(new, &self.managed_routes);
             ownership::apply(
-                &api,
+                ctx,
+                &ar,
                 &target,
                 &live,
                 &[(ownership::path(&["spec", "http"]), Value::Array(new))],
@@ -692,8 +686,8 @@ impl Router for IstioRouter {
                 namespace: &ctx.namespace,
                 name: &dr.name,
             };
-            let api = self.dr_api(ctx);
-            let (live, spec) = Self::get(&api, &target).await?;
+            let ar = destination_rule_resource();
+            let (live, spec) = Self::get(ctx, &ar, &target).await?;
             let subsets = render_subsets(
                 &spec,
                 &dr.canary_subset_name,
@@ -703,7 +697,8 @@ impl Router for IstioRouter {
             )
             .map_err(|e| target.invalid(e))?;
             ownership::apply(
-                &api,
+                ctx,
+                &ar,
                 &target,
                 &live,
                 &[(ownership::path(&["spec", "subsets"]), subsets)],
@@ -718,8 +713,8 @@ impl Router for IstioRouter {
                 namespace: ns,
                 name,
             };
-            let api = self.vs_api(ctx, ns);
-            let (live, spec) = Self::get(&api, &target).await?;
+            let ar = virtual_service_resource();
+            let (live, spec) = Self::get(ctx, &ar, &target).await?;
             let mut desired = render_weights(
                 &spec,
                 &vs,
@@ -736,7 +731,7 @@ impl Router for IstioRouter {
                     *v = Value::Array(order_routes(std::mem::take(http), &self.managed_routes));
                 }
             }
-            ownership::apply(&api, &target, &live, &desired).await?;
+            ownership::apply(ctx, &ar, &target, &live, &desired).await?;
         }
         Ok(())
     }
@@ -753,7 +748,7 @@ impl Router for IstioRouter {
                 namespace: ns,
                 name,
             };
-            let (_, spec) = Self::get(&self.vs_api(ctx, ns), &target).await?;
+            let (_, spec) = Self::get(ctx, &virtual_service_resource(), &target).await?;
             let weight = observe_weight(&spec, &vs, &self.managed_routes, &t);
             observed.detail.insert(
                 format!("virtualService/{ns}/{name}"),
@@ -785,7 +780,7 @@ impl Router for IstioRouter {
                 namespace: &ctx.namespace,
                 name: &dr.name,
             };
-            let (_, spec) = Self::get(&self.dr_api(ctx), &target).await?;
+            let (_, spec) = Self::get(ctx, &destination_rule_resource(), &target).await?;
             let ok = subsets_match(
                 &spec,
                 &dr.canary_subset_name,
@@ -871,7 +866,7 @@ impl Router for IstioRouter {
                 namespace: ns,
                 name,
             };
-            ownership::release(&self.vs_api(ctx, ns), &target).await?;
+            ownership::release(ctx, &virtual_service_resource(), &target).await?;
         }
         if let Some(dr) = &self.config.destination_rule {
             let target = Target {
@@ -880,7 +875,7 @@ impl Router for IstioRouter {
                 namespace: &ctx.namespace,
                 name: &dr.name,
             };
-            ownership::release(&self.dr_api(ctx), &target).await?;
+            ownership::release(ctx, &destination_rule_resource(), &target).await?;
         }
         Ok(())
     }

@@ -14,8 +14,13 @@
 //! - report the weight really applied ([`Router::observed_weight`]), so a step never advances
 //!   before the data plane's configuration says so.
 //!
+//! Routers read the objects they work on through [`RouterContext::read`], which the controller
+//! backs with shared watch caches ([`cache::RouteObjects`]): observing a Rollout's routes costs
+//! no API call, and a route changed by someone else wakes its Rollout. Writes go to the API.
+//!
 //! This module must never decide a weight or when to change it: that is `crate::engine`.
 
+pub mod cache;
 pub mod gateway_api;
 pub mod istio;
 pub mod nginx;
@@ -24,8 +29,11 @@ pub mod smi;
 pub mod traefik;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use kube::api::{Api, ApiResource, DynamicObject};
+use serde::de::DeserializeOwned;
 
 use crate::api::argo::rollout::{HeaderRoutingMatch, RolloutTrafficRouting, RouteMatch};
 
@@ -42,6 +50,82 @@ pub struct RouterContext {
     pub rollout: String,
     /// The Rollout's uid, for owner references on generated objects (NGINX's canary Ingress).
     pub rollout_uid: String,
+    /// Where objects are read: the controller's watch caches, or [`cache::Direct`].
+    pub objects: Arc<dyn cache::ObjectSource>,
+}
+
+impl RouterContext {
+    /// A context that reads every object through the API (tests, one-off tools).
+    pub fn direct(client: kube::Client, namespace: &str, rollout: &str, rollout_uid: &str) -> Self {
+        RouterContext {
+            objects: Arc::new(cache::Direct(client.clone())),
+            client,
+            namespace: namespace.into(),
+            rollout: rollout.into(),
+            rollout_uid: rollout_uid.into(),
+        }
+    }
+
+    /// The object `namespace/name` of kind `ar`, from the cache (`None`: it does not exist).
+    pub async fn read(
+        &self,
+        ar: &ApiResource,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<DynamicObject>, cache::ReadError> {
+        self.objects
+            .get(ar, namespace, name, (&self.namespace, &self.rollout))
+            .await
+    }
+
+    /// [`Self::read`] of a typed object (a core Ingress).
+    pub async fn read_as<K>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<K>, cache::ReadError>
+    where
+        K: kube::Resource<DynamicType = ()> + DeserializeOwned,
+    {
+        let ar = ApiResource::erase::<K>(&());
+        let Some(object) = self.read(&ar, namespace, name).await? else {
+            return Ok(None);
+        };
+        let typed = serde_json::to_value(object)
+            .and_then(serde_json::from_value)
+            .map_err(kube::Error::SerdeError)?;
+        Ok(Some(typed))
+    }
+
+    /// Tells the cache what a write stored, so the next read does not see the older copy.
+    pub fn wrote(&self, ar: &ApiResource, object: &DynamicObject) {
+        self.objects.wrote(ar, object);
+    }
+
+    /// [`Self::wrote`] of a typed object.
+    pub fn wrote_as<K>(&self, object: &K)
+    where
+        K: kube::Resource<DynamicType = ()> + serde::Serialize,
+    {
+        let ar = ApiResource::erase::<K>(&());
+        if let Ok(dynamic) = serde_json::to_value(object).and_then(serde_json::from_value) {
+            self.objects.wrote(&ar, &dynamic);
+        }
+    }
+
+    /// Tells the cache we deleted a typed object.
+    pub fn deleted_as<K>(&self, namespace: &str, name: &str)
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        self.objects
+            .deleted(&ApiResource::erase::<K>(&()), namespace, name);
+    }
+
+    /// The API of kind `ar` in `namespace`, for writes.
+    pub fn api(&self, ar: &ApiResource, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, ar)
+    }
 }
 
 /// The split to apply.
@@ -106,6 +190,15 @@ pub enum TrafficError {
         kind: String,
         namespace: String,
         name: String,
+        reason: String,
+    },
+    #[error(
+        "{router}: the cluster serves no {kind} in {api_version} ({reason}); install its CRD or remove the router from spec.strategy.canary.trafficRouting"
+    )]
+    NotServed {
+        router: &'static str,
+        kind: String,
+        api_version: String,
         reason: String,
     },
     #[error("{router}: {what} is not supported by this router")]

@@ -247,6 +247,13 @@ fn kube_err(action: &'static str, ns: &str, name: &str, e: kube::Error) -> Traff
     }
 }
 
+fn read_err(ns: &str, name: &str, e: super::cache::ReadError) -> TrafficError {
+    match e {
+        super::cache::ReadError::Kube(e) => kube_err("get", ns, name, e),
+        not_served => TrafficError::Config(format!("{ROUTER}: {not_served}")),
+    }
+}
+
 fn invalid(ns: &str, name: &str, reason: String) -> TrafficError {
     TrafficError::Invalid {
         router: ROUTER,
@@ -314,10 +321,10 @@ impl NginxRouter {
         let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
         let ns = ctx.namespace.as_str();
         for stable_name in self.stable_ingresses() {
-            let stable = api
-                .get_opt(&stable_name)
+            let stable = ctx
+                .read_as::<Ingress>(ns, &stable_name)
                 .await
-                .map_err(|e| kube_err("get", ns, &stable_name, e))?
+                .map_err(|e| read_err(ns, &stable_name, e))?
                 .ok_or_else(|| TrafficError::NotFound {
                     router: ROUTER,
                     kind: "Ingress".into(),
@@ -325,10 +332,10 @@ impl NginxRouter {
                     name: stable_name.clone(),
                 })?;
             let name = canary_ingress_name(&ctx.rollout, &stable_name);
-            let live = api
-                .get_opt(&name)
+            let live = ctx
+                .read_as::<Ingress>(ns, &name)
                 .await
-                .map_err(|e| kube_err("get", ns, &name, e))?;
+                .map_err(|e| read_err(ns, &name, e))?;
             if let Some(live) = &live
                 && !controlled_by(live, &ctx.rollout_uid)
             {
@@ -370,13 +377,15 @@ impl NginxRouter {
             )
             .map_err(|e| invalid(ns, &stable_name, e))?;
             // Sluice's own object: written whole, forced, so no stale annotation survives.
-            api.patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&desired),
-            )
-            .await
-            .map_err(|e| kube_err("apply", ns, &name, e))?;
+            let stored = api
+                .patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&desired),
+                )
+                .await
+                .map_err(|e| kube_err("apply", ns, &name, e))?;
+            ctx.wrote_as(&stored);
         }
         Ok(())
     }
@@ -393,15 +402,14 @@ impl Router for NginxRouter {
     }
 
     async fn observe(&self, ctx: &RouterContext, _w: &Weights) -> Result<Observed, TrafficError> {
-        let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
         let mut observed = Observed::default();
         let mut weights = Vec::new();
         for stable_name in self.stable_ingresses() {
             let name = canary_ingress_name(&ctx.rollout, &stable_name);
-            let live = api
-                .get_opt(&name)
+            let live = ctx
+                .read_as::<Ingress>(&ctx.namespace, &name)
                 .await
-                .map_err(|e| kube_err("get", &ctx.namespace, &name, e))?;
+                .map_err(|e| read_err(&ctx.namespace, &name, e))?;
             // No canary Ingress: NGINX sends the canary nothing.
             let weight = match &live {
                 None => Some(0),
@@ -447,10 +455,10 @@ impl Router for NginxRouter {
         let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
         for stable_name in self.stable_ingresses() {
             let name = canary_ingress_name(&ctx.rollout, &stable_name);
-            let Some(live) = api
-                .get_opt(&name)
+            let Some(live) = ctx
+                .read_as::<Ingress>(&ctx.namespace, &name)
                 .await
-                .map_err(|e| kube_err("get", &ctx.namespace, &name, e))?
+                .map_err(|e| read_err(&ctx.namespace, &name, e))?
             else {
                 continue;
             };
@@ -489,13 +497,15 @@ impl Router for NginxRouter {
                 spec: ing.spec.clone(),
                 status: None,
             };
-            api.patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&desired),
-            )
-            .await
-            .map_err(|e| kube_err("apply", &ctx.namespace, &name, e))?;
+            let stored = api
+                .patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&desired),
+                )
+                .await
+                .map_err(|e| kube_err("apply", &ctx.namespace, &name, e))?;
+            ctx.wrote_as(&stored);
         }
         Ok(())
     }
@@ -504,10 +514,10 @@ impl Router for NginxRouter {
         let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
         for stable_name in self.stable_ingresses() {
             let name = canary_ingress_name(&ctx.rollout, &stable_name);
-            let Some(live) = api
-                .get_opt(&name)
+            let Some(live) = ctx
+                .read_as::<Ingress>(&ctx.namespace, &name)
                 .await
-                .map_err(|e| kube_err("get", &ctx.namespace, &name, e))?
+                .map_err(|e| read_err(&ctx.namespace, &name, e))?
             else {
                 continue;
             };
@@ -522,6 +532,7 @@ impl Router for NginxRouter {
                 }),
                 ..Default::default()
             };
+            ctx.deleted_as::<Ingress>(&ctx.namespace, &name);
             match api.delete(&name, &dp).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.is_not_found() => {}

@@ -25,6 +25,11 @@
 //!   value equals the live one, where no write would move ownership. A field that another manager
 //!   owns again at release is left alone: its owner's newer value wins.
 //!
+//! Objects are read through the router's [`RouterContext`] (the controller's watch caches, which
+//! keep the main resource's managedFields entries); every write is reported back to it, so the
+//! next read never sees the object as it was before. Only the hand-back reads the object afresh,
+//! and only when the cached copy shows something to give back.
+//!
 //! What it must never do: delete or change a field it did not record, change a field whose
 //! original it does not know, or leave Sluice owning anything after a successful [`release`].
 //! One object lent to two Rollouts at once (two Rollouts on one VirtualService) shares one record;
@@ -33,11 +38,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{FIELD_MANAGER, TrafficError};
+use super::{FIELD_MANAGER, RouterContext, TrafficError};
 
 /// Annotation holding the [`Record`] of the fields Sluice borrowed on an object.
 pub const ORIGINALS_ANNOTATION: &str = "sluice.dev/original-fields";
@@ -95,6 +100,22 @@ impl Target<'_> {
             namespace: self.namespace.to_string(),
             name: self.name.to_string(),
             source: Box::new(e),
+        }
+    }
+    /// A failed read of the object (through the cache).
+    pub fn read(&self, e: super::cache::ReadError) -> TrafficError {
+        match e {
+            super::cache::ReadError::NotServed {
+                api_version,
+                kind,
+                reason,
+            } => TrafficError::NotServed {
+                router: self.router,
+                kind,
+                api_version,
+                reason,
+            },
+            super::cache::ReadError::Kube(e) => self.kube("get", e),
         }
     }
     /// The object exists but cannot be used as it is.
@@ -373,7 +394,8 @@ fn apply_body(
 /// the originals first (see the module doc). Skips the write when nothing would change.
 /// Returns the object as stored.
 pub async fn apply(
-    api: &Api<DynamicObject>,
+    ctx: &RouterContext,
+    ar: &ApiResource,
     target: &Target<'_>,
     live: &DynamicObject,
     desired: &[(FieldPath, Value)],
@@ -401,18 +423,47 @@ pub async fn apply(
         }
     }
     let body = apply_body(live, &record, &fields);
-    api.patch(
-        target.name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|e| target.kube("apply", e))
+    let stored = ctx
+        .api(ar, target.namespace)
+        .patch(
+            target.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|e| target.kube("apply", e))?;
+    ctx.wrote(ar, &stored);
+    Ok(stored)
+}
+
+/// Whether Sluice holds nothing of the object: no field, no record.
+fn nothing_borrowed(object: &DynamicObject) -> bool {
+    let entries = object
+        .metadata
+        .managed_fields
+        .as_deref()
+        .unwrap_or_default();
+    !entries.iter().any(is_sluice) && read_record(object).ok().flatten().is_none()
 }
 
 /// Gives every borrowed field of the object back (see the module doc). Idempotent; a missing
-/// object is fine.
-pub async fn release(api: &Api<DynamicObject>, target: &Target<'_>) -> Result<(), TrafficError> {
+/// object is fine. The cached copy says whether there is anything to give back (so a settled
+/// Rollout costs no API call); the hand-back itself starts from a fresh read, because it
+/// rewrites the whole managedFields list (the cache keeps only part of it).
+pub async fn release(
+    ctx: &RouterContext,
+    ar: &ApiResource,
+    target: &Target<'_>,
+) -> Result<(), TrafficError> {
+    match ctx
+        .read(ar, target.namespace, target.name)
+        .await
+        .map_err(|e| target.read(e))?
+    {
+        Some(cached) if !nothing_borrowed(&cached) => {}
+        _ => return Ok(()),
+    }
+    let api = ctx.api(ar, target.namespace);
     let Some(live) = api
         .get_opt(target.name)
         .await
@@ -421,7 +472,7 @@ pub async fn release(api: &Api<DynamicObject>, target: &Target<'_>) -> Result<()
         return Ok(());
     };
     let entries = live.metadata.managed_fields.clone().unwrap_or_default();
-    if !entries.iter().any(is_sluice) && read_record(&live).ok().flatten().is_none() {
+    if nothing_borrowed(&live) {
         return Ok(());
     }
     let Some(record) = read_record(&live).map_err(|e| target.invalid(e))? else {
@@ -462,6 +513,7 @@ pub async fn release(api: &Api<DynamicObject>, target: &Target<'_>) -> Result<()
             )
             .await
             .map_err(|e| target.kube("restore the original fields of", e))?;
+        ctx.wrote(ar, &current);
     }
     // (2) Ownership back to the recorded owners, Sluice's entries and annotation gone.
     let entries = current.metadata.managed_fields.clone().unwrap_or_default();
@@ -490,6 +542,7 @@ pub async fn release(api: &Api<DynamicObject>, target: &Target<'_>) -> Result<()
         )
         .await
         .map_err(|e| target.kube("hand the borrowed fields back on", e))?;
+    ctx.wrote(ar, &after);
     let left: BTreeMap<String, String> = after
         .metadata
         .managed_fields

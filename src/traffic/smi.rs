@@ -20,7 +20,7 @@
 //! What it must never do: modify a TrafficSplit another object controls.
 
 use async_trait::async_trait;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
@@ -121,36 +121,34 @@ impl SmiRouter {
             .unwrap_or_else(|| ctx.rollout.clone())
     }
 
-    /// The TrafficSplit resource in the version the cluster prefers (looked up once).
+    /// The TrafficSplit resource in the version the cluster prefers (looked up once per
+    /// controller, not per reconcile).
     async fn resource(&self, ctx: &RouterContext) -> Result<&ApiResource, TrafficError> {
         self.resource
             .get_or_try_init(|| async {
-                let group = kube::discovery::group(&ctx.client, GROUP)
-                    .await
-                    .map_err(|e| {
-                        TrafficError::Config(format!(
-                            "smi: the cluster serves no {GROUP} API ({e}); install the SMI \
+                ctx.objects.recommended(GROUP, KIND).await.map_err(|e| {
+                    TrafficError::Config(format!(
+                        "smi: the cluster serves no {KIND} in {GROUP} ({e}); install the SMI \
                              TrafficSplit CRD or remove trafficRouting.smi"
-                        ))
-                    })?;
-                group
-                    .recommended_kind(KIND)
-                    .map(|(ar, _)| ar)
-                    .ok_or_else(|| TrafficError::Config(format!("smi: {GROUP} serves no {KIND}")))
+                    ))
+                })
             })
             .await
     }
 
-    async fn api(&self, ctx: &RouterContext) -> Result<(Api<DynamicObject>, String), TrafficError> {
-        let ar = self.resource(ctx).await?;
-        Ok((
-            Api::namespaced_with(ctx.client.clone(), &ctx.namespace, ar),
-            ar.version.clone(),
-        ))
+    async fn live(
+        &self,
+        ctx: &RouterContext,
+        ar: &ApiResource,
+        target: &Target<'_>,
+    ) -> Result<Option<DynamicObject>, TrafficError> {
+        ctx.read(ar, target.namespace, target.name)
+            .await
+            .map_err(|e| target.read(e))
     }
 
     async fn write(&self, ctx: &RouterContext, w: &Weights) -> Result<(), TrafficError> {
-        let (api, version) = self.api(ctx).await?;
+        let ar = self.resource(ctx).await?;
         let name = self.split_name(ctx);
         let target = Target {
             router: ROUTER,
@@ -158,12 +156,9 @@ impl SmiRouter {
             namespace: &ctx.namespace,
             name: &name,
         };
-        let live = api
-            .get_opt(&name)
-            .await
-            .map_err(|e| target.kube("get", e))?;
-        if let Some(live) = live
-            && !controlled_by(&live, &ctx.rollout_uid)
+        let live = self.live(ctx, ar, &target).await?;
+        if let Some(live) = &live
+            && !controlled_by(live, &ctx.rollout_uid)
         {
             return Err(target.invalid(format!(
                 "it is not controlled by Rollout {}; delete it or set \
@@ -177,16 +172,31 @@ impl SmiRouter {
             .clone()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| w.stable_service.clone());
-        let body = render_traffic_split(&version, &name, &root, &ctx.rollout, &ctx.rollout_uid, w);
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(|e| target.kube("apply", e))?;
+        let body =
+            render_traffic_split(&ar.version, &name, &root, &ctx.rollout, &ctx.rollout_uid, w);
+        if let Some(live) = &live
+            && same_split(live, &body)
+        {
+            // Nothing to write: a settled Rollout costs no API call.
+            return Ok(());
+        }
+        let stored = ctx
+            .api(ar, &ctx.namespace)
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map_err(|e| target.kube("apply", e))?;
+        ctx.wrote(ar, &stored);
         Ok(())
     }
+}
+
+/// Whether `live` already says what `body` would write.
+fn same_split(live: &DynamicObject, body: &Value) -> bool {
+    live.data.get("spec") == body.get("spec")
 }
 
 #[async_trait]
@@ -200,7 +210,7 @@ impl Router for SmiRouter {
     }
 
     async fn observe(&self, ctx: &RouterContext, w: &Weights) -> Result<Observed, TrafficError> {
-        let (api, version) = self.api(ctx).await?;
+        let ar = self.resource(ctx).await?;
         let name = self.split_name(ctx);
         let target = Target {
             router: ROUTER,
@@ -211,12 +221,8 @@ impl Router for SmiRouter {
         let mut observed = Observed::default();
         observed
             .detail
-            .insert("apiVersion".into(), format!("{GROUP}/{version}"));
-        let Some(live) = api
-            .get_opt(&name)
-            .await
-            .map_err(|e| target.kube("get", e))?
-        else {
+            .insert("apiVersion".into(), format!("{GROUP}/{}", ar.version));
+        let Some(live) = self.live(ctx, ar, &target).await? else {
             observed
                 .detail
                 .insert(format!("trafficSplit/{name}"), "absent".into());
@@ -242,7 +248,7 @@ impl Router for SmiRouter {
     }
 
     async fn release(&self, ctx: &RouterContext, w: &Weights) -> Result<(), TrafficError> {
-        let (api, _) = self.api(ctx).await?;
+        let ar = self.resource(ctx).await?;
         let name = self.split_name(ctx);
         let target = Target {
             router: ROUTER,
@@ -250,11 +256,7 @@ impl Router for SmiRouter {
             namespace: &ctx.namespace,
             name: &name,
         };
-        match api
-            .get_opt(&name)
-            .await
-            .map_err(|e| target.kube("get", e))?
-        {
+        match self.live(ctx, ar, &target).await? {
             Some(live) if controlled_by(&live, &ctx.rollout_uid) => {
                 self.write(
                     ctx,

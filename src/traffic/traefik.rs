@@ -15,7 +15,7 @@
 //! What it must never do: write any other field of the TraefikService, or add or remove an entry.
 
 use async_trait::async_trait;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{Value, json};
 
 use super::ownership::{self, Target};
@@ -82,14 +82,6 @@ impl TraefikRouter {
         })
     }
 
-    fn api(&self, ctx: &RouterContext) -> Api<DynamicObject> {
-        let ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("traefik.io", "v1alpha1", KIND),
-            "traefikservices",
-        );
-        Api::namespaced_with(ctx.client.clone(), &ctx.namespace, &ar)
-    }
-
     fn target<'a>(&'a self, ctx: &'a RouterContext) -> Target<'a> {
         Target {
             router: ROUTER,
@@ -99,19 +91,20 @@ impl TraefikRouter {
         }
     }
 
-    async fn get(
-        &self,
-        ctx: &RouterContext,
-    ) -> Result<(Api<DynamicObject>, DynamicObject), TrafficError> {
-        let api = self.api(ctx);
+    async fn get(&self, ctx: &RouterContext) -> Result<DynamicObject, TrafficError> {
         let target = self.target(ctx);
-        let live = api
-            .get_opt(target.name)
+        ctx.read(&resource(), target.namespace, target.name)
             .await
-            .map_err(|e| target.kube("get", e))?
-            .ok_or_else(|| target.not_found())?;
-        Ok((api, live))
+            .map_err(|e| target.read(e))?
+            .ok_or_else(|| target.not_found())
     }
+}
+
+fn resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("traefik.io", "v1alpha1", KIND),
+        "traefikservices",
+    )
 }
 
 #[async_trait]
@@ -121,12 +114,13 @@ impl Router for TraefikRouter {
     }
 
     async fn set_weight(&self, ctx: &RouterContext, w: &Weights) -> Result<(), TrafficError> {
-        let (api, live) = self.get(ctx).await?;
+        let live = self.get(ctx).await?;
         let target = self.target(ctx);
         let spec = live.data.get("spec").cloned().unwrap_or(Value::Null);
         let services = render_services(&spec, w).map_err(|e| target.invalid(e))?;
         ownership::apply(
-            &api,
+            ctx,
+            &resource(),
             &target,
             &live,
             &[(ownership::path(&["spec", "weighted", "services"]), services)],
@@ -136,7 +130,7 @@ impl Router for TraefikRouter {
     }
 
     async fn observe(&self, ctx: &RouterContext, w: &Weights) -> Result<Observed, TrafficError> {
-        let (_, live) = self.get(ctx).await?;
+        let live = self.get(ctx).await?;
         let spec = live.data.get("spec").cloned().unwrap_or(Value::Null);
         let canary = observe_weight(&spec, w);
         let mut observed = Observed {
@@ -158,7 +152,7 @@ impl Router for TraefikRouter {
     }
 
     async fn release(&self, ctx: &RouterContext, _w: &Weights) -> Result<(), TrafficError> {
-        ownership::release(&self.api(ctx), &self.target(ctx)).await
+        ownership::release(ctx, &resource(), &self.target(ctx)).await
     }
 }
 

@@ -5,10 +5,17 @@
 //! A router that cannot be read makes the observation unknown (`None`), and routers that disagree
 //! make it unverified, so the engine never advances a step on doubtful data.
 //!
+//! Routers read their objects through the controller's shared route caches
+//! ([`RouteObjects`]), never with a GET per reconcile; each read also files the object under this
+//! Rollout, so a change to it wakes the Rollout.
+//!
 //! This module must never choose a weight or a route: they come from the plan and the spec.
 
 use crate::api::argo::rollout::{CanaryStrategy, Rollout, RolloutSpec};
 use crate::engine::{Action, TrafficObservation};
+use std::sync::Arc;
+
+use crate::traffic::cache::RouteObjects;
 use crate::traffic::{
     HeaderRoute, MirrorRoute, Router, RouterContext, TrafficError, Weights, routers_for,
 };
@@ -28,6 +35,7 @@ impl Traffic {
     /// The routers `spec` names, or `None` for a Rollout without `trafficRouting`.
     pub fn new(
         client: &kube::Client,
+        objects: &Arc<RouteObjects>,
         rollout: &Rollout,
         spec: &RolloutSpec,
     ) -> Result<Option<Self>, TrafficError> {
@@ -45,6 +53,7 @@ impl Traffic {
                 namespace: rollout.namespace().unwrap_or_default(),
                 rollout: rollout.name_any(),
                 rollout_uid: rollout.uid().unwrap_or_default(),
+                objects: objects.clone(),
             },
             canary: canary.clone(),
             current_hash: status.current_pod_hash,
