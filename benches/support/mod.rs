@@ -98,3 +98,64 @@ pub fn sample_quantile(samples: &[f64], q: f64) -> Option<f64> {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted.get(rank - 1).copied()
 }
+
+/// Samples a process's RSS every 250 ms until `stop` is set; returns (average, max) in MiB.
+pub fn sample_rss(
+    pid: u32,
+    stop: std::sync::Arc<std::sync::Mutex<bool>>,
+) -> tokio::task::JoinHandle<(f64, f64)> {
+    tokio::spawn(async move {
+        let (mut sum, mut n, mut max) = (0.0, 0.0, 0.0f64);
+        while !*stop.lock().expect("stop flag") {
+            let rss = rss_mib(pid);
+            sum += rss;
+            n += 1.0;
+            max = max.max(rss);
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        (sum / f64::max(n, 1.0), max)
+    })
+}
+
+/// The samples of `controller_clientset_k8s_request_total` in a scrape: (kind, verb, status
+/// code) -> count.
+pub fn api_requests(metrics: &str) -> BTreeMap<(String, String, String), f64> {
+    let prefix = "controller_clientset_k8s_request_total{";
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .filter_map(|rest| {
+            let (labels, value) = rest.rsplit_once("} ")?;
+            let label = |key: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
+                    .and_then(|v| v.strip_suffix('"'))
+                    .map(str::to_string)
+            };
+            Some((
+                (label("kind")?, label("verb")?, label("status_code")?),
+                value.trim().parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The requests counted between two [`api_requests`] snapshots, summed over status codes:
+/// (kind, verb) -> count; pairs with none left out.
+pub fn sum_by_kind_verb(
+    before: &BTreeMap<(String, String, String), f64>,
+    after: &BTreeMap<(String, String, String), f64>,
+) -> BTreeMap<(String, String), f64> {
+    let mut out: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for ((kind, verb, code), n) in after {
+        let delta = n - before
+            .get(&(kind.clone(), verb.clone(), code.clone()))
+            .copied()
+            .unwrap_or(0.0);
+        if delta > 0.0 {
+            *out.entry((kind.clone(), verb.clone())).or_default() += delta;
+        }
+    }
+    out
+}
