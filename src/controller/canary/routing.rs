@@ -1379,12 +1379,9 @@ impl Routing {
             .as_ref()
             .and_then(|s| s.phase)
             .unwrap_or(CanaryPhase::Unspecified);
+        // Nor gated: the initialisation writes the route at weight 0 from the current spec.
         if matches!(phase, CanaryPhase::Unspecified | CanaryPhase::Initializing) {
-            return Ok(match cached.as_ref() {
-                Some(route) => self.gate(canary, route),
-                None => None,
-            }
-            .unwrap_or(Observation::Ready(weights)));
+            return Ok(Observation::Ready(weights));
         }
         let split = weights.map(Split::from_router).unwrap_or_else(|| {
             let w = canary
