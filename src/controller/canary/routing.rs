@@ -27,7 +27,8 @@
 //! has `Accepted=True` for that generation (the Gateway controller has taken it); only then does
 //! the core see the read-back weight and may step further.
 //!
-//! **A route no Gateway accepts holds the run.** Before every tick the cached HTTPRoute's
+//! **A route no Gateway accepts holds the run.** Once the Canary is initialised (the
+//! initialisation writes the route at weight 0), before every tick the cached HTTPRoute's
 //! `status.parents` must show `Accepted=True` for its current generation from every parentRef
 //! (`spec.service.gatewayRefs`), whoever wrote it last and whether or not the controller restarted
 //! since; until then the core is not ticked, so the weight never steps on a route nobody serves.
