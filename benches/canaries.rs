@@ -110,7 +110,8 @@ struct Seen {
 fn print_requests(title: &str, delta: &BTreeMap<(String, String), f64>, per: f64) {
     println!("{title}");
     let (watches, others): (Vec<_>, Vec<_>) = delta.iter().partition(|((_, v), _)| v == "watch");
-    let total = |v: &[(&(String, String), &f64)]| v.iter().map(|(_, n)| **n).sum::<f64>();
+    // `+ 0.0`: an empty f64 sum is -0.0.
+    let total = |v: &[(&(String, String), &f64)]| v.iter().map(|(_, n)| **n).sum::<f64>() + 0.0;
     println!(
         "  all but watches                    {:.0} requests = {:.4} per canary per interval",
         total(&others),
