@@ -158,7 +158,14 @@ fn check_plan(world: &World, before: &RolloutStatus, plan: &Plan) -> Result<(), 
                     .actions
                     .iter()
                     .any(|a| matches!(a, Action::Event(e) if e.reason == reason::ROLLOUT_RETRY));
-                if failed && !retried && before.stable_rs != before.current_pod_hash {
+                // Or a new template: the failed run judged another revision, and the new one
+                // starts its own update (as Argo does).
+                let new_revision = plan.status.current_pod_hash != before.current_pod_hash;
+                if failed
+                    && !retried
+                    && !new_revision
+                    && before.stable_rs != before.current_pod_hash
+                {
                     prop_assert!(
                         *canary_weight <= observed,
                         "weight raised from {observed} to {canary_weight} on a failed analysis"
