@@ -830,9 +830,10 @@ async fn a_rollout_shifts_real_traffic_step_by_step_and_switches_without_errors(
     assert_eq!(errors, 0, "requests failed during the final switch");
     app.tracks = rollout_tracks(&env, &ns, &status(&done).current_pod_hash).await;
 
-    // The route is Git's again once the controller has released it.
+    // The route is Git's again once the controller has released it: after the old pods are gone
+    // (scaleDownDelaySeconds, 30s by default), so that nothing the route selects can reach them.
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(75),
         "the route to be released",
         || async {
             let live = routes(&env, &ns).get("app").await.ok()?;
