@@ -98,6 +98,41 @@ async fn in_phase(api: &Api<Canary>, want: CanaryPhase) -> usize {
     }
 }
 
+/// Creates `cidr` and waits until it is Ready. One left Terminating by an earlier run (its
+/// Services are still being deleted) allocates nothing: wait for it to go first.
+async fn ensure_service_cidr(cidrs: &Api<ServiceCIDR>, cidr: &ServiceCIDR) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        match cidrs.get_opt(SERVICE_CIDR).await {
+            Ok(Some(existing)) if existing.metadata.deletion_timestamp.is_none() => {
+                let ready = existing
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                if ready {
+                    return;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => match cidrs.create(&PostParams::default(), cidr).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => panic!("creating ServiceCIDR {SERVICE_CIDR}: {e}"),
+            },
+            Err(e) => panic!("reading ServiceCIDR {SERVICE_CIDR}: {e}"),
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "ServiceCIDR {SERVICE_CIDR} not Ready after 300s (an earlier run's may still be \
+                 terminating: kubectl get servicecidr {SERVICE_CIDR})"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// One status change of a progressing Canary, timestamped on arrival.
 #[derive(Clone, Debug)]
 struct Seen {
@@ -157,11 +192,7 @@ async fn main() {
         "spec": {"cidrs": ["10.96.0.0/19"]},
     }))
     .expect("ServiceCIDR");
-    match cidrs.create(&PostParams::default(), &cidr).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => panic!("creating ServiceCIDR {SERVICE_CIDR}: {e}"),
-    }
+    ensure_service_cidr(&cidrs, &cidr).await;
 
     let ns = env.namespace("bench-canaries").await;
     let ctl = ControllerProcess::start_with(&env, &ns.name, &["--leader-elect=false"]).await;
