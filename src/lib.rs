@@ -10,3 +10,10 @@ pub mod cli;
 pub mod controller;
 pub mod engine;
 pub mod traffic;
+
+/// Makes ring (kube's choice) the process's rustls crypto provider, which every TLS client here
+/// (kube, reqwest for Prometheus, webhooks and alerts) builds on; reqwest is built without a
+/// provider of its own. Idempotent: call it before building any HTTP client.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

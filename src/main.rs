@@ -242,7 +242,7 @@ fn on_cluster<T>(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    sluice::install_crypto_provider();
     Ok(runtime.block_on(async {
         let session = target.connect().await?;
         verb(session).await
@@ -267,8 +267,8 @@ fn main() -> anyhow::Result<()> {
             log_format,
         } => {
             init_logging(log_format);
-            // kube's TLS uses rustls with ring; reqwest would otherwise pick another provider.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            // One rustls crypto provider (ring) for kube and reqwest.
+            sluice::install_crypto_provider();
             let config = sluice::controller::Config {
                 leader_election: leader_elect.then(|| {
                     let ns = leader_election_namespace

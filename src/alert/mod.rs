@@ -410,6 +410,7 @@ pub async fn send(
                 url: proxy.clone(),
                 reason: e.to_string(),
             })?;
+            crate::install_crypto_provider();
             proxied = reqwest::Client::builder()
                 .proxy(proxy)
                 .build()

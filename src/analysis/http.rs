@@ -53,6 +53,7 @@ impl HttpClients {
         if let Some(client) = clients.get(&(insecure, timeout)) {
             return Ok(client.clone());
         }
+        crate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(CONNECT_TIMEOUT.min(timeout))

@@ -264,7 +264,7 @@ pub(crate) mod test_support {
     /// A context whose kube client points nowhere (HTTP providers never use it).
     pub fn context(now: Timestamp) -> MeasureContext {
         // kube builds a TLS connector even for a plain-HTTP config; pick ring as the process default.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_crypto_provider();
         let config = kube::Config::new("http://127.0.0.1:9".parse().expect("static URL"));
         MeasureContext {
             client: kube::Client::try_from(config).expect("client from static config"),

@@ -207,9 +207,8 @@ impl TestEnv {
 }
 
 async fn client_for(kubeconfig: &Path) -> Client {
-    // kube (ring) and prometheus-http-query's reqwest (aws-lc-rs) both enable a rustls crypto
-    // provider, so rustls cannot pick one by itself: choose ring for the process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // reqwest is built without a rustls crypto provider: ring, as in the controller.
+    sluice::install_crypto_provider();
     let kc = Kubeconfig::read_from(kubeconfig)
         .unwrap_or_else(|e| panic!("reading the test kubeconfig {}: {e}", kubeconfig.display()));
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
