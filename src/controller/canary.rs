@@ -227,7 +227,10 @@ pub async fn run(
         configs,
         routing,
         providers: Providers::new(),
-        http: reqwest::Client::new(),
+        http: {
+            crate::install_crypto_provider();
+            reqwest::Client::new()
+        },
         default_prometheus,
         min_interval: min_interval(),
         last_tick: Mutex::default(),
@@ -482,6 +485,16 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
         return Err(Error::TooManyChecks { namespace, name });
     };
 
+    // The objects a status vouches for are made first (idempotently, and planned again on every
+    // tick): a Canary never reads Initialized while its primary or Services are missing.
+    let (first, then): (Vec<&Action>, Vec<&Action>) = plan
+        .actions
+        .iter()
+        .partition(|a| matches!(a, Action::CreatePrimary | Action::EnsureServices));
+    for action in first {
+        ctx.execute(&canary, &provider, &plan.status, action)
+            .await?;
+    }
     let status = canary.status.clone().unwrap_or_default();
     if plan.status != status {
         write_status(&canary, &plan.status, &ctx).await?;
@@ -494,7 +507,7 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
         ticks.insert(key(&canary), observed.now);
     }
     let mut failed = None;
-    for action in &plan.actions {
+    for action in then {
         if let Err(error) = ctx.execute(&canary, &provider, &plan.status, action).await {
             failed = Some(error);
             break;

@@ -476,6 +476,16 @@ impl<'a> Tick<'a> {
         self.obs().verdicts.get(&check).cloned().ok_or(check)
     }
 
+    /// How long until the next interval tick is due (`None`: due now, or never ticked).
+    fn until_due(&self) -> Option<Duration> {
+        let last = self.obs().last_tick?;
+        let due = last
+            .as_millisecond()
+            .saturating_add(i64::try_from(self.input.interval.as_millis()).unwrap_or(i64::MAX));
+        let now = self.obs().now.as_millisecond();
+        (now < due).then(|| Duration::from_millis(u64::try_from(due - now).unwrap_or(0)))
+    }
+
     fn run(&mut self) -> Step {
         let phase = self.phase();
         if self.canary.suspended() {
@@ -484,17 +494,11 @@ impl<'a> Tick<'a> {
             return Ok(());
         }
         if is_running(phase)
-            && let Some(last) = self.obs().last_tick
+            && let Some(wait) = self.until_due()
         {
-            let due = last
-                .as_millisecond()
-                .saturating_add(i64::try_from(self.input.interval.as_millis()).unwrap_or(i64::MAX));
-            let now = self.obs().now.as_millisecond();
-            if now < due {
-                self.ticked = false;
-                self.requeue = Some(Duration::from_millis(u64::try_from(due - now).unwrap_or(0)));
-                return Ok(());
-            }
+            self.ticked = false;
+            self.requeue = Some(wait);
+            return Ok(());
         }
         if is_running(phase)
             || matches!(phase, CanaryPhase::Unspecified | CanaryPhase::Initializing)
@@ -862,8 +866,16 @@ impl<'a> Tick<'a> {
             ) {
                 Readiness::Ready => {}
                 // Traffic moves to the primary only once it serves (zero-downtime onboarding).
+                // Initialisation follows every change of the primary, but says it is waiting
+                // once per interval, not on each of those changes.
                 Readiness::Waiting(message) | Readiness::Stuck(message) => {
-                    self.event(true, message);
+                    match self.until_due() {
+                        Some(wait) => {
+                            self.ticked = false;
+                            self.requeue = Some(wait);
+                        }
+                        None => self.event(true, message),
+                    }
                     return Ok(());
                 }
             }

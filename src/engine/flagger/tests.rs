@@ -321,6 +321,41 @@ fn initialization_creates_the_primary_then_waits_for_it_then_scales_the_target_d
 }
 
 #[test]
+fn a_primary_not_ready_yet_is_reported_once_per_interval_not_on_every_change() {
+    let mut w = World::new(
+        weighted(json!({"interval": "10s", "stepWeight": 20})),
+        "istio",
+    );
+    w.primary_ready = false;
+    w.plan();
+    w.step();
+    let waiting = |w: &World| {
+        w.events()
+            .iter()
+            .filter(|e| e.contains("waiting for rollout"))
+            .count()
+    };
+    let reported = waiting(&w);
+    assert_eq!(reported, 1, "{:?}", w.events());
+    // Changes of the primary (watch events) within the interval: followed, not announced.
+    for _ in 0..5 {
+        let plan = w.plan();
+        assert!(!plan.ticked);
+        assert!(
+            plan.requeue_after
+                .is_some_and(|r| r <= Duration::from_secs(10))
+        );
+    }
+    assert_eq!(waiting(&w), reported, "{:?}", w.events());
+    w.step();
+    assert_eq!(waiting(&w), reported + 1, "one more an interval later");
+    // And it becoming ready is acted on at once, not an interval later.
+    w.primary_ready = true;
+    w.plan();
+    assert_eq!(w.phase(), Initialized);
+}
+
+#[test]
 fn step_weight_20_max_80_gives_canary_20_40_60_80_then_promotion() {
     let mut w = World::new(
         weighted(
