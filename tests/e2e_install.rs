@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::TestEnv;
-use common::service_account::{SaController, chart_account};
+use common::service_account::{SaController, chart_account, run};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -26,20 +26,6 @@ fn helm_or_skip(env: &TestEnv) -> Option<PathBuf> {
         eprintln!("{msg}");
     }
     env.helm.clone()
-}
-
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `helm template` of the chart into `namespace` with `--set` values.

@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use super::TestEnv;
 
-fn run(cmd: &mut Command, what: &str) -> String {
+/// Runs `cmd`, panicking with its output unless it succeeds; its stdout.
+pub fn run(cmd: &mut Command, what: &str) -> String {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
