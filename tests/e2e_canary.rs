@@ -203,17 +203,12 @@ impl Fixture {
     }
 
     async fn events(&self) -> Vec<String> {
-        let events: Api<Event> = Api::namespaced(self.env.client.clone(), &self.ns.name);
-        let mut list: Vec<Event> = events
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default();
-        list.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
-        list.into_iter()
-            .filter(|e| e.involved_object.kind.as_deref() == Some("Canary"))
-            .filter_map(|e| e.message)
-            .collect()
+        common::events::canary_messages(&self.env.client, &self.ns.name).await
+    }
+
+    /// The Events once one containing each of `expected` is there (they follow the status).
+    async fn events_having(&self, expected: &[&str]) -> Vec<String> {
+        common::events::canary_messages_having(&self.env.client, &self.ns.name, expected).await
     }
 }
 
@@ -364,7 +359,9 @@ async fn initialise_then_new_revision_is_analysed_and_promoted() {
         "every tick is timed: {metrics}"
     );
 
-    let events = f.events().await;
+    let events = f
+        .events_having(&["Promotion completed! Scaling down podinfo."])
+        .await;
     for expected in [
         "Initialization done! podinfo.",
         "New revision detected! Scaling up podinfo.",
@@ -419,7 +416,7 @@ async fn a_failing_metric_rolls_back_after_threshold_failed_checks() {
         (f.replicas("podinfo").await == 0).then_some(())
     })
     .await;
-    let events = f.events().await;
+    let events = f.events_having(&["Rolling back podinfo."]).await;
     let halts = events
         .iter()
         .filter(|e| e.starts_with("Halt advancement success 50.00 < 99.00"))
@@ -665,7 +662,9 @@ async fn a_config_change_alone_starts_a_run_and_promotes_the_config() {
             .unwrap()["color"],
         "green"
     );
-    let events = f.events().await;
+    let events = f
+        .events_having(&["New revision detected! Scaling up podinfo."])
+        .await;
     assert!(
         events
             .iter()
@@ -761,7 +760,7 @@ async fn revert_on_deletion_hands_the_target_back() {
         },
     )
     .await;
-    let events = f.events().await;
+    let events = f.events_having(&["deleted: podinfo handed back"]).await;
     assert!(
         events
             .iter()
@@ -851,7 +850,7 @@ async fn a_rollback_webhook_rolls_back_and_event_webhooks_see_every_event() {
         (f.replicas("podinfo").await == 0).then_some(())
     })
     .await;
-    let events = f.events().await;
+    let events = f.events_having(&["Rolling back podinfo."]).await;
     assert!(
         events.iter().any(
             |e| e.starts_with("Rolling back podinfo.") && e.ends_with("manual webhook invoked")
@@ -1031,7 +1030,7 @@ async fn alerts_reach_slack_and_webhook_providers_by_severity() {
         &json!({"name": "podinfo", "namespace": f.ns.name, "severity": "error",
             "message": "Failed checks threshold reached 2", "fields": []})
     );
-    let events = f.events().await;
+    let events = f.events_having(&["Alert lost not sent"]).await;
     assert!(
         events
             .iter()
@@ -1176,7 +1175,9 @@ async fn a_controller_restart_mid_run_continues_where_it_was() {
         "{seen:?}"
     );
     assert_eq!(f.image("podinfo-primary").await, "podinfo:6.0.1");
-    let events = f.events().await;
+    let events = f
+        .events_having(&["Promotion completed! Scaling down podinfo."])
+        .await;
     let count = |prefix: &str| events.iter().filter(|e| e.starts_with(prefix)).count();
     assert_eq!(
         count("New revision detected! Scaling up podinfo."),

@@ -245,22 +245,12 @@ impl Fixture {
     }
 
     async fn events(&self) -> Vec<String> {
-        let events: Api<Event> = Api::namespaced(self.env.client.clone(), self.name());
-        let mut list: Vec<Event> = events
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default();
-        list.sort_by_key(|e| {
-            e.event_time
-                .clone()
-                .map(|t| t.0)
-                .or(e.metadata.creation_timestamp.clone().map(|t| t.0))
-        });
-        list.into_iter()
-            .filter(|e| e.involved_object.kind.as_deref() == Some("Canary"))
-            .filter_map(|e| e.message)
-            .collect()
+        common::events::canary_messages(&self.env.client, self.name()).await
+    }
+
+    /// The Events once one containing each of `expected` is there (they follow the status).
+    async fn events_having(&self, expected: &[&str]) -> Vec<String> {
+        common::events::canary_messages_having(&self.env.client, self.name(), expected).await
     }
 
     /// Waits until `check` holds for the Canary; panics with its status, Events and the log.
@@ -715,7 +705,7 @@ async fn gateway_api_canary_shifts_real_traffic_and_promotes_without_errors() {
     assert_eq!(status.canary_weight, Some(0));
     let route = f.routes().get("podinfo").await.expect("the route");
     assert_eq!(route_weights(&route), Some((100, 0)));
-    let events = f.events().await;
+    let events = f.events_having(&["Promotion completed!"]).await;
     let position = |prefix: &str| {
         events
             .iter()
@@ -782,7 +772,7 @@ async fn gateway_api_ab_testing_routes_by_header_then_promotes() {
         .wait_phase(CanaryPhase::WaitingPromotion, Duration::from_secs(90))
         .await;
     assert_eq!(canary.status.unwrap().failed_checks, Some(0));
-    let events = f.events().await;
+    let events = f.events_having(&["canary iteration 3/3"]).await;
     for i in 1..=3 {
         let prefix = format!("Advance podinfo.{} canary iteration {i}/3", f.name());
         assert!(
@@ -870,7 +860,7 @@ async fn gateway_api_blue_green_counts_iterations_then_promotes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let events = f.events().await;
+    let events = f.events_having(&["Routing all traffic to primary"]).await;
     for i in 1..=4 {
         let prefix = format!("Advance podinfo.{} canary iteration {i}/4", f.name());
         assert!(
@@ -894,7 +884,7 @@ async fn gateway_api_blue_green_counts_iterations_then_promotes() {
     hooks.promote.store(true, Ordering::SeqCst);
     f.wait_phase(CanaryPhase::Succeeded, Duration::from_secs(90))
         .await;
-    let events = f.events().await;
+    let events = f.events_having(&["Routing all traffic to primary"]).await;
     let position = |prefix: &str| {
         events
             .iter()
@@ -999,7 +989,7 @@ async fn object_case(prefix: &str, case: ObjectCase) {
     assert_eq!(canary.status.and_then(|s| s.canary_weight), Some(50));
     let object = api.get(case.name).await.expect("the object");
     assert_eq!(weights(&object), Some((50, 50)), "held at maxWeight");
-    let events = f.events().await;
+    let events = f.events_having(&["canary weight 50"]).await;
     for w in [25, 50] {
         let prefix = format!("Advance podinfo.{} canary weight {w}", f.name());
         assert!(

@@ -19,6 +19,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod controller;
+pub mod events;
 pub mod exporter;
 pub mod service_account;
 pub mod traffic;
