@@ -65,6 +65,8 @@ impl ControllerProcess {
             .args(extra)
             .env("KUBECONFIG", &env.kubeconfig)
             .env("RUST_LOG", "info,sluice=debug")
+            // As the Helm chart runs it.
+            .env("MALLOC_ARENA_MAX", "2")
             // Canary tests run analysis intervals of 1s (the production minimum is 10s).
             .env("SLUICE_CANARY_MIN_INTERVAL", "1s")
             .stdin(Stdio::null())
