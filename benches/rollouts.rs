@@ -30,7 +30,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use sluice::api::argo::rollout::{Rollout, RolloutPhase};
-use support::{cpu_seconds, env_or, histogram, quantile, rss_mib, sample_quantile};
+use support::{cpu_seconds, env_or, histogram, quantile, rss_mib, sample_quantile, sample_rss};
 
 const PARALLEL: usize = 32;
 
@@ -74,21 +74,6 @@ async fn healthy(api: &Api<Rollout>) -> usize {
             None => return n,
         }
     }
-}
-
-/// Samples RSS every 250 ms until `stop` is set; returns (average, max).
-fn sample_rss(pid: u32, stop: Arc<Mutex<bool>>) -> tokio::task::JoinHandle<(f64, f64)> {
-    tokio::spawn(async move {
-        let (mut sum, mut n, mut max) = (0.0, 0.0, 0.0f64);
-        while !*stop.lock().expect("stop flag") {
-            let rss = rss_mib(pid);
-            sum += rss;
-            n += 1.0;
-            max = max.max(rss);
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        (sum / f64::max(n, 1.0), max)
-    })
 }
 
 #[tokio::main]
