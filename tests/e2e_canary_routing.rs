@@ -24,7 +24,7 @@ use common::exporter::Exporter;
 use common::traffic::binomial_interval;
 use common::{GatewayEnv, TestEnv, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
