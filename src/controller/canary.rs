@@ -29,7 +29,15 @@
 //!
 //! Nothing is planned or written before every watch cache has its first list (the same predicate
 //! turns `/readyz` ready): from a partial view a restarted controller could initialise a Canary
-//! again or start a run for a config it has not seen yet.
+//! again or start a run for a config it has not seen yet. A route kind the controller may not
+//! list/watch is not cached and does not hold that (see `routing`); a Canary whose provider
+//! routes through it is told once per generation with a Warning Event (`RoutingNotPermitted`) and
+//! nothing is written for it, not even a finalizer.
+//!
+//! What the controller remembers per Canary (when it last ticked, writes not yet seen applied,
+//! cookies, routes held, warnings given) is valid only for the Canary's uid, so a Canary
+//! re-created under the same name starts afresh, and is dropped for Canaries no longer in the
+//! watch cache every [`SWEEP`] (kube's `Controller` does not reconcile deletions).
 //!
 //! This module must never decide what a Canary does next (that is the engine), never write a
 //! field of the user's target Deployment other than `spec.replicas`, and never read an object
@@ -96,6 +104,8 @@ const MAX_CHECKS: usize = 8;
 /// How often readiness looks at the watch caches, and how soon a Canary reconciled before they
 /// have synced is looked at again.
 const CACHE_POLL: Duration = Duration::from_millis(100);
+/// How often what the controller remembers about Canaries that are gone is dropped.
+const SWEEP: Duration = Duration::from_secs(60);
 
 /// Why one tick of a Canary failed; it is ticked again after [`ERROR_REQUEUE`].
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +157,7 @@ pub struct Ctx {
     default_prometheus: Option<String>,
     min_interval: Duration,
     /// When each Canary last ticked (a restart ticks at once, as Flagger does).
-    last_tick: Mutex<HashMap<(String, String), Timestamp>>,
+    last_tick: PerCanary<Timestamp>,
     canaries: Store<Canary>,
     /// The Canaries (namespace, target) that have metric series (`recording`).
     recorded: Mutex<std::collections::BTreeSet<(String, String)>>,
@@ -233,13 +243,24 @@ pub async fn run(
         },
         default_prometheus,
         min_interval: min_interval(),
-        last_tick: Mutex::default(),
+        last_tick: PerCanary::default(),
         canaries: canaries.clone(),
         recorded: Mutex::default(),
         alerts: alert_queue,
         warned: Mutex::default(),
     });
     tokio::spawn(alerts::run(Arc::downgrade(&ctx), alert_receiver, metrics));
+    // Deleted Canaries are not reconciled (no finalizer without revertOnDeletion): their state
+    // is dropped by a sweep against the watch cache instead, which also catches deletions a
+    // re-list folded away.
+    let sweeper = Arc::downgrade(&ctx);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(SWEEP).await;
+            let Some(ctx) = sweeper.upgrade() else { break };
+            ctx.forget_deleted();
+        }
+    });
     // `/readyz` and every tick wait for the same thing: all watch caches listed once.
     let ready = ctx.clone();
     tokio::spawn(async move {
@@ -388,10 +409,25 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     if !ctx.synced() {
         return Ok(Requeue::requeue(CACHE_POLL));
     }
-    if canary.meta().deletion_timestamp.is_some()
-        && let Ok(mut ticks) = ctx.last_tick.lock()
+    if canary.meta().deletion_timestamp.is_some() {
+        ctx.last_tick.remove(&canary);
+    }
+    // Routed through a kind the controller may not watch: its routes could be neither read nor
+    // seen applied, so nothing is written (not even the finalizer) and the user is told once.
+    if canary.meta().deletion_timestamp.is_none()
+        && let Err(error) = ctx.routing.permitted(&canary, &provider(&canary))
     {
-        ticks.remove(&key(&canary));
+        ctx.warn_once(
+            &canary,
+            &format!(
+                "routing-not-permitted:{}",
+                canary.meta().generation.unwrap_or(0)
+            ),
+            "RoutingNotPermitted",
+            &error.to_string(),
+        )
+        .await;
+        return Ok(Requeue::await_change());
     }
     // revertOnDeletion; the primary and the Services go with the Canary (owner references).
     if let Some(requeue) = ctx.finalizer(&canary).await? {
@@ -421,11 +457,7 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     let primary = cached(&format!("{target_name}-primary"));
     let provider = provider(&canary);
     let interval = interval(&canary, ctx.min_interval);
-    let last_tick = ctx
-        .last_tick
-        .lock()
-        .ok()
-        .and_then(|t| t.get(&key(&canary)).copied());
+    let last_tick = ctx.last_tick.get(&canary);
     // A step never advances before the route reports the last write applied.
     let router = match ctx.routing.observe(&canary, &provider).await? {
         routing::Observation::Ready(weights) => weights,
@@ -501,10 +533,8 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     }
     let elapsed = plan.ticked.then(|| started.elapsed());
     ctx.record(&canary, &provider, &status, &plan.status, elapsed);
-    if plan.ticked
-        && let Ok(mut ticks) = ctx.last_tick.lock()
-    {
-        ticks.insert(key(&canary), observed.now);
+    if plan.ticked {
+        ctx.last_tick.insert(&canary, observed.now);
     }
     let mut failed = None;
     for action in then {
@@ -588,9 +618,144 @@ where
         .is_some_and(|r| r.is_ok())
 }
 
+/// What the controller remembers about each Canary, by namespace and name, valid only for the
+/// Canary (uid) it was remembered for: a Canary re-created under the same name never inherits
+/// what its predecessor left (a write to wait for, a warning already given, a hold).
+pub(crate) struct PerCanary<T>(Mutex<HashMap<(String, String), (String, T)>>);
+
+impl<T> Default for PerCanary<T> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<T> PerCanary<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (String, T)>> {
+        // A panic elsewhere while holding the lock leaves plain data behind: keep using it.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` on what is remembered for `canary` (`None`: nothing, or only for another uid);
+    /// what `f` leaves in the slot is remembered.
+    pub(crate) fn update<R>(&self, canary: &Canary, f: impl FnOnce(&mut Option<T>) -> R) -> R {
+        let uid = canary.uid().unwrap_or_default();
+        let mut map = self.lock();
+        let mut slot = map
+            .remove(&key(canary))
+            .filter(|(u, _)| *u == uid)
+            .map(|(_, v)| v);
+        let result = f(&mut slot);
+        if let Some(value) = slot {
+            map.insert(key(canary), (uid, value));
+        }
+        result
+    }
+
+    pub(crate) fn get(&self, canary: &Canary) -> Option<T>
+    where
+        T: Clone,
+    {
+        self.update(canary, |slot| slot.clone())
+    }
+
+    pub(crate) fn insert(&self, canary: &Canary, value: T) {
+        self.update(canary, |slot| *slot = Some(value));
+    }
+
+    pub(crate) fn remove(&self, canary: &Canary) {
+        self.update(canary, |slot| *slot = None);
+    }
+
+    /// Forgets the Canaries `store` no longer holds (by uid). Each entry is looked up in the
+    /// store while the lock is held, so an entry made for a Canary just created (already in the
+    /// store: the reflector writes before the controller sees it) is never dropped.
+    pub(crate) fn forget_absent(&self, store: &Store<Canary>) {
+        self.lock().retain(|(namespace, name), (uid, _)| {
+            store
+                .get(&ObjectRef::new(name).within(namespace))
+                .is_some_and(|c| c.uid().as_deref() == Some(uid.as_str()))
+        });
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// The verbs of `verbs` the controller may not use on `group`/`resource` where it watches (in
+/// `namespace`, else cluster-wide), asked with SelfSubjectAccessReviews; `None` when the
+/// apiserver could not be asked (then the first list tells).
+pub(crate) async fn missing_verbs(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    group: &str,
+    resource: &str,
+    verbs: &[&'static str],
+) -> Option<Vec<&'static str>> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut missing = Vec::new();
+    for verb in verbs {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: namespace.map(str::to_owned),
+                    verb: Some(verb.to_string()),
+                    group: Some(group.to_string()),
+                    resource: Some(resource.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &review).await {
+            Ok(review) => {
+                if !review.status.is_some_and(|s| s.allowed) {
+                    missing.push(*verb);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%group, %resource, %error, "could not ask whether the controller may watch; the first list will tell");
+                return None;
+            }
+        }
+    }
+    Some(missing)
+}
+
 impl Ctx {
+    /// Drops what is remembered about Canaries that are gone: per-Canary state here and in
+    /// `routing`, warnings given, and (`recording`) their metric series.
+    fn forget_deleted(&self) {
+        if !listed(&self.canaries) {
+            return;
+        }
+        self.last_tick.forget_absent(&self.canaries);
+        self.routing.forget_absent(&self.canaries);
+        {
+            let mut warned = self
+                .warned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let present: std::collections::HashSet<String> = self
+                .canaries
+                .state()
+                .iter()
+                .filter_map(|c| c.uid())
+                .collect();
+            warned.retain(|(uid, _)| present.contains(uid));
+        }
+        self.record_totals();
+    }
+
     /// Every watch cache has its first list: Canaries, Deployments, Services, the tracked configs
-    /// (or their kind is disabled) and the routes.
+    /// and the routes (a kind the controller may not watch excepted).
     fn synced(&self) -> bool {
         listed(&self.canaries)
             && listed(&self.deployments)

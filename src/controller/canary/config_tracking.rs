@@ -31,11 +31,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
 use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, Secret};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -270,34 +267,15 @@ pub const SECRETS_GRANT: &str = "enable the Helm value secrets.configTracking (w
 /// Whether the controller may list and watch `resource` (core group) where it watches, asked with
 /// SelfSubjectAccessReviews: `None` when the apiserver could not be asked.
 async fn may_watch(shared: &Shared, resource: &str) -> Option<bool> {
-    let api: Api<SelfSubjectAccessReview> = Api::all(shared.client.clone());
-    for verb in ["list", "watch"] {
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: shared.namespace.clone(),
-                    verb: Some(verb.to_string()),
-                    group: Some(String::new()),
-                    resource: Some(resource.to_string()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        match api.create(&PostParams::default(), &review).await {
-            Ok(review) => {
-                if !review.status.is_some_and(|s| s.allowed) {
-                    return Some(false);
-                }
-            }
-            Err(error) => {
-                tracing::debug!(%resource, %error, "config tracking: could not ask whether the controller may watch; the first list will tell");
-                return None;
-            }
-        }
-    }
-    Some(true)
+    super::missing_verbs(
+        &shared.client,
+        shared.namespace.as_deref(),
+        "",
+        resource,
+        &["list", "watch"],
+    )
+    .await
+    .map(|missing| missing.is_empty())
 }
 
 fn disable(kind: &Kind, disabled: &AtomicBool) {

@@ -61,13 +61,26 @@
 //! neither as written); upstream emits a duplicate of the weighted rule when there is no cookie
 //! rule, Sluice does not.
 //!
+//! **A kind the controller may not watch** (RBAC: the chart's `rbac.trafficRouters` turned one
+//! off, or a narrowed ClusterRole) is found out at start with SelfSubjectAccessReviews for list
+//! and watch (a 403 on the first list counts too): it is not watched, one warning is logged
+//! naming the kind, the resource, the missing verbs and what to grant, and it does not hold the
+//! controller's readiness; Canaries whose provider routes through it get
+//! [`RoutingError::NotPermitted`] (the controller tells each once per generation and writes
+//! nothing for them), the others run as usual. A watch refused later (RBAC removed while
+//! running) is logged with backoff and does not flip readiness: see [`Access::observe`].
+//!
+//! What is remembered per Canary (writes to wait for, cookies, holds) is kept by uid
+//! ([`super::PerCanary`]) and dropped for Canaries that are gone ([`Routing::forget_absent`]).
+//!
 //! This module must never decide a weight (that is [`crate::engine::flagger`]), never read a
 //! route through the API per tick (watch caches only), never write an object the Canary
 //! does not own by name and provider, and never write a status field other than the three
 //! session-affinity cookies.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::{Stream, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -77,7 +90,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use super::{FLUX_RECONCILE_ANNOTATION, HELM_DRIFT_ANNOTATION};
+use super::{FLUX_RECONCILE_ANNOTATION, HELM_DRIFT_ANNOTATION, PerCanary};
 use crate::api::flagger::canary::{
     Canary, CanaryPhase, CanaryService, CanaryStatus, DEFAULT_ANALYSIS_INTERVAL, HttpMatchRequest,
     SameSite, SessionAffinity, StringMatch, parse_go_duration,
@@ -91,6 +104,10 @@ pub const CHECKSUM_ANNOTATION: &str = "sluice.dev/route-checksum";
 const TOTAL: i32 = 100;
 /// How long a tick waits for a route watch cache's first list.
 const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A watch refused again within this long after its last warning is logged at debug only.
+const REFUSED_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+/// The verbs a route watch cache needs.
+const WATCH_VERBS: [&str; 2] = ["list", "watch"];
 
 /// Why a Canary's routes could not be rendered, read or written.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +136,21 @@ pub enum RoutingError {
         provider: String,
         kind: &'static str,
         api_version: String,
+    },
+    #[error(
+        "Canary {namespace}/{name}: the controller is not permitted to watch {kind} ({group}/{resource}: {verbs} refused), which provider {provider:?} routes through, so nothing is done for this Canary (no primary, no Services, no route, no traffic shift); {grant}, then restart sluice",
+        kind = .route.kind_name(),
+        group = .route.watched().0,
+        resource = .route.watched().2,
+        grant = .route.grant()
+    )]
+    NotPermitted {
+        namespace: String,
+        name: String,
+        provider: String,
+        route: RouteKind,
+        /// The verbs refused, e.g. `list, watch`.
+        verbs: String,
     },
     #[error(
         "writing the session-affinity cookies to the status of Canary {namespace}/{name}: {source}"
@@ -198,6 +230,30 @@ impl RouteKind {
 
     fn kind_name(self) -> &'static str {
         self.watched().1
+    }
+
+    /// The providers routing through this kind, the Helm value that grants it, and every
+    /// resource of its group the controller writes for it.
+    fn rbac(self) -> (&'static str, &'static str, &'static [&'static str]) {
+        match self {
+            RouteKind::Ingress => ("nginx", "nginx", &["ingresses"]),
+            RouteKind::HttpRoute => ("gatewayapi", "gatewayAPI", &["httproutes"]),
+            RouteKind::VirtualService => {
+                ("istio", "istio", &["virtualservices", "destinationrules"])
+            }
+            RouteKind::TrafficSplit => ("smi, linkerd", "smi", &["trafficsplits"]),
+            RouteKind::TraefikService => ("traefik", "traefik", &["traefikservices"]),
+        }
+    }
+
+    /// What to grant so the controller may watch and write this kind.
+    fn grant(self) -> String {
+        let (group, ..) = self.watched();
+        let (_, value, resources) = self.rbac();
+        format!(
+            "set the Helm value rbac.trafficRouters.{value}=true, or give the controller's ServiceAccount a ClusterRole rule {{apiGroups: [{group}], resources: [{}], verbs: [get, list, watch, create, update, patch]}}",
+            resources.join(", ")
+        )
     }
 }
 
@@ -1188,23 +1244,132 @@ struct Expected {
     checksum: Option<String>,
 }
 
+/// Whether the controller may watch one route kind.
+#[derive(Debug, Default)]
+struct Access {
+    /// The verbs it may not use, once known (a SelfSubjectAccessReview at start, or a 403 on the
+    /// first list): the kind is then not watched and does not hold readiness.
+    missing: OnceLock<Vec<&'static str>>,
+    /// The first list is done (a 403 after it is RBAC changing while the controller runs).
+    listed: AtomicBool,
+    /// When a refused watch was last logged as a warning.
+    warned: Mutex<Option<std::time::Instant>>,
+}
+
+/// What [`Access::observe`] makes of one watch event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Watch {
+    /// Go on.
+    Continue,
+    /// The first list or watch was refused (403): the kind is disabled, the watch ends.
+    Disabled,
+    /// Refused after the first list: logged, the watcher retries with its backoff.
+    Refused,
+}
+
+impl Access {
+    fn disabled(&self) -> Option<&[&'static str]> {
+        self.missing.get().map(Vec::as_slice)
+    }
+
+    /// Disables the kind (once, with one warning naming what is missing and what to grant).
+    fn disable(&self, kind: RouteKind, missing: Vec<&'static str>) {
+        let verbs = missing.join(", ");
+        if self.missing.set(missing).is_ok() {
+            let (group, name, plural, _) = kind.watched();
+            let (providers, ..) = kind.rbac();
+            tracing::warn!(
+                kind = %name,
+                %group,
+                resource = %plural,
+                missing = %verbs,
+                "canary routing: {name} not watched: the controller's ServiceAccount may not {verbs} {group}/{plural}; Canaries with provider {providers} are left alone (one Warning Event each), others are not affected; to route through it, {}, then restart sluice",
+                kind.grant()
+            );
+        }
+    }
+
+    /// Takes one event of the kind's watch. A refusal (403) before the first list disables the
+    /// kind: retrying could never succeed without a new role, and would hold readiness. A
+    /// refusal after it (RBAC removed while running) is logged (a warning at most every
+    /// [`REFUSED_LOG_EVERY`]) while the watcher retries with its backoff; readiness does not
+    /// flip back: the cache keeps its last list, every write a Canary makes is waited for until
+    /// the cache shows it (so a run stops stepping instead of stepping on a stale view), and an
+    /// unready controller would hold every Canary, whatever its provider.
+    fn observe(
+        &self,
+        kind: RouteKind,
+        event: &Result<watcher::Event<DynamicObject>, watcher::Error>,
+    ) -> Watch {
+        let refused = match event {
+            Ok(watcher::Event::InitDone) => {
+                self.listed.store(true, Ordering::Release);
+                return Watch::Continue;
+            }
+            Ok(_) => return Watch::Continue,
+            Err(error) => refused_verb(error),
+        };
+        let Some(verb) = refused else {
+            if let Err(error) = event {
+                tracing::debug!(kind = %kind.kind_name(), %error, "canary routing: watch error, retrying");
+            }
+            return Watch::Continue;
+        };
+        if !self.listed.load(Ordering::Acquire) {
+            self.disable(kind, vec![verb]);
+            return Watch::Disabled;
+        }
+        let (group, name, plural, _) = kind.watched();
+        let mut warned = self
+            .warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if warned.is_none_or(|at| at.elapsed() >= REFUSED_LOG_EVERY) {
+            *warned = Some(std::time::Instant::now());
+            tracing::warn!(
+                kind = %name,
+                %group,
+                resource = %plural,
+                %verb,
+                "canary routing: the {name} watch is refused ({verb} on {group}/{plural}: RBAC changed while sluice runs); the cache keeps its last list and Canaries routed through it do not step until it works again; {}",
+                kind.grant()
+            );
+        } else {
+            tracing::debug!(kind = %name, %verb, "canary routing: watch still refused, retrying");
+        }
+        Watch::Refused
+    }
+}
+
+/// The verb a watch error says the controller may not use, if it is a refusal (403).
+fn refused_verb(error: &watcher::Error) -> Option<&'static str> {
+    let (code, verb) = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status)) => (status.code, "list"),
+        watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => (status.code, "watch"),
+        watcher::Error::WatchError(status) => (status.code, "watch"),
+        _ => return None,
+    };
+    (code == 403).then_some(verb)
+}
+
 /// The watch cache of one route kind, in the version the cluster serves.
 struct Cache {
     version: &'static str,
     resource: ApiResource,
     store: Store<DynamicObject>,
+    access: Arc<Access>,
 }
 
 /// The route watch caches and the writes not yet seen applied.
 pub struct Routing {
     client: kube::Client,
     caches: BTreeMap<RouteKind, Cache>,
-    expected: Mutex<HashMap<(String, String), Expected>>,
-    /// Cookies written to a Canary's status that its watch cache may not show yet, with the
-    /// Canary's uid.
-    cookies: Mutex<HashMap<(String, String), (String, Cookies)>>,
+    expected: PerCanary<Expected>,
+    /// Cookies written to a Canary's status that its watch cache may not show yet.
+    cookies: PerCanary<Cookies>,
     /// Canaries whose route no Gateway accepts.
-    held: Mutex<HashMap<(String, String), Held>>,
+    held: PerCanary<Held>,
 }
 
 impl Routing {
@@ -1238,20 +1403,33 @@ impl Routing {
                 None => Api::all_with(client.clone(), &ar),
             };
             let writer = Writer::new(ar.clone());
+            let access = Arc::new(Access::default());
             caches.insert(
                 kind,
                 Cache {
                     version,
                     resource: ar.clone(),
                     store: writer.as_reader(),
+                    access: access.clone(),
                 },
             );
+            let missing =
+                super::missing_verbs(&client, namespace.as_deref(), group, plural, &WATCH_VERBS)
+                    .await;
+            if let Some(missing) = missing.filter(|m| !m.is_empty()) {
+                access.disable(kind, missing);
+                continue;
+            }
             let events = reflector::reflector(
                 writer,
                 watcher(api, watcher::Config::default().any_semantic())
                     .default_backoff()
                     .modify(|o: &mut DynamicObject| o.managed_fields_mut().clear()),
             )
+            .take_while(move |event| {
+                let go_on = access.observe(kind, event) != Watch::Disabled;
+                futures::future::ready(go_on)
+            })
             .touched_objects()
             .filter_map(|o| futures::future::ready(o.ok()))
             .flat_map(|o| futures::stream::iter(owners(&o)))
@@ -1261,19 +1439,45 @@ impl Routing {
         let routing = Routing {
             client,
             caches,
-            expected: Mutex::default(),
-            cookies: Mutex::default(),
-            held: Mutex::default(),
+            expected: PerCanary::default(),
+            cookies: PerCanary::default(),
+            held: PerCanary::default(),
         };
         (routing, futures::stream::select_all(streams))
     }
 
-    /// Every route watch cache has its first list (the Canary controller ticks nothing before).
+    /// Every route watch cache has its first list, kinds the controller may not watch excepted
+    /// (the Canary controller ticks nothing before).
     pub fn synced(&self) -> bool {
-        use futures::FutureExt;
         self.caches
             .values()
-            .all(|c| c.store.wait_until_ready().now_or_never().is_some())
+            .all(|c| c.access.disabled().is_some() || super::listed(&c.store))
+    }
+
+    /// `NotPermitted` when the Canary's provider routes through a kind the controller may not
+    /// watch; checked before anything is written for the Canary.
+    pub fn permitted(&self, canary: &Canary, provider_name: &str) -> Result<(), RoutingError> {
+        let Parsed::Routed(provider) = Provider::parse(provider_name) else {
+            return Ok(());
+        };
+        let kind = provider.route_kind();
+        let Some(missing) = self.caches.get(&kind).and_then(|c| c.access.disabled()) else {
+            return Ok(());
+        };
+        Err(RoutingError::NotPermitted {
+            namespace: canary.namespace().unwrap_or_default(),
+            name: canary.name_any(),
+            provider: provider_name.into(),
+            route: kind,
+            verbs: missing.join(", "),
+        })
+    }
+
+    /// Forgets what is remembered about Canaries `canaries` no longer holds.
+    pub fn forget_absent(&self, canaries: &Store<Canary>) {
+        self.expected.forget_absent(canaries);
+        self.cookies.forget_absent(canaries);
+        self.held.forget_absent(canaries);
     }
 
     fn cached(&self, kind: RouteKind, namespace: &str, name: &str) -> Option<DynamicObject> {
@@ -1295,6 +1499,7 @@ impl Routing {
         let Some(cache) = self.caches.get(&kind) else {
             return Err(Self::not_served(canary, name, kind));
         };
+        self.permitted(canary, name)?;
         Ok(match provider {
             Provider::Smi(_) => Provider::Smi(cache.version),
             other => other,
@@ -1346,12 +1551,10 @@ impl Routing {
         }
         let namespace = canary.namespace().unwrap_or_default();
         let (_, primary, canary_svc) = canary.service_names();
-        let key = (namespace.clone(), canary.name_any());
         let route = route_name(canary, provider);
         let cached = self.cached(kind, &namespace, &route);
 
-        let expected = self.expected.lock().ok().and_then(|e| e.get(&key).cloned());
-        if let Some(expected) = expected {
+        if let Some(expected) = self.expected.get(canary) {
             let object = self.cached(expected.kind, &namespace, &expected.name);
             if let Some(reason) = not_applied(
                 object.as_ref(),
@@ -1364,9 +1567,7 @@ impl Routing {
                     expected.name
                 )));
             }
-            if let Ok(mut e) = self.expected.lock() {
-                e.remove(&key);
-            }
+            self.expected.remove(canary);
         }
 
         let value = |o: &DynamicObject| serde_json::to_value(o).unwrap_or(Value::Null);
@@ -1430,18 +1631,17 @@ impl Routing {
         if route.types.as_ref().is_none_or(|t| t.kind != "HTTPRoute") {
             return None;
         }
-        let key = (canary.namespace().unwrap_or_default(), canary.name_any());
         let verdict = acceptance(route);
-        let Ok(mut held) = self.held.lock() else {
-            return None;
-        };
         if verdict == Acceptance::Accepted {
-            held.remove(&key);
+            self.held.remove(canary);
             return None;
         }
-        let state = held.entry(key).or_insert_with(|| Held {
-            since: std::time::Instant::now(),
-            warned: Default::default(),
+        let since = self.held.update(canary, |held| {
+            held.get_or_insert_with(|| Held {
+                since: std::time::Instant::now(),
+                warned: Default::default(),
+            })
+            .since
         });
         let route_name = format!(
             "HTTPRoute {}/{}",
@@ -1481,7 +1681,7 @@ impl Routing {
                     .map(|(g, w)| format!("Gateway {g}: {w}"))
                     .collect();
                 let grace = acceptance_grace(canary);
-                let waited = state.since.elapsed();
+                let waited = since.elapsed();
                 let reason = format!("{route_name} is not accepted yet ({})", what.join("; "));
                 if waited < grace {
                     return Some(Observation::NotAccepted {
@@ -1500,7 +1700,10 @@ impl Routing {
                 )
             }
         };
-        let warning = state.warned.insert(cause).then_some(warning);
+        let first = self.held.update(canary, |held| {
+            held.as_mut().is_some_and(|h| h.warned.insert(cause))
+        });
+        let warning = first.then_some(warning);
         Some(Observation::NotAccepted { reason, warning })
     }
 
@@ -1522,23 +1725,16 @@ impl Routing {
             return Ok(canary);
         };
         let namespace = canary.namespace().unwrap_or_default();
-        let key = (namespace.clone(), canary.name_any());
-        let uid = canary.uid().unwrap_or_default();
         let in_status = Cookies::of(canary.status.as_ref());
-        let current = {
-            let mut written = self.cookies.lock().map_err(|_| ()).ok();
-            match written.as_mut().and_then(|w| w.get(&key).cloned()) {
-                // The watch cache caught up (or the Canary is another one now).
-                Some((u, c)) if u != uid || c == in_status => {
-                    if let Some(w) = written.as_mut() {
-                        w.remove(&key);
-                    }
-                    in_status
-                }
-                Some((_, c)) => c,
-                None => in_status,
+        let current = self.cookies.update(&canary, |written| match written {
+            // The watch cache caught up.
+            Some(c) if *c == in_status => {
+                *written = None;
+                in_status
             }
-        };
+            Some(c) => c.clone(),
+            None => in_status,
+        });
         let next = current.next(&affinity, canary_weight, random_cookie_value);
         if next != current {
             let patch = json!({"status": {
@@ -1559,9 +1755,7 @@ impl Routing {
                     source: Box::new(source),
                 })?;
             tracing::info!(canary = %canary.name_any(), %namespace, cookie = ?next.canary, previous = ?next.previous, "canary routing: session-affinity cookies written to status");
-            if let Ok(mut written) = self.cookies.lock() {
-                written.insert(key, (uid, next.clone()));
-            }
+            self.cookies.insert(&canary, next.clone());
         }
         next.write_to(canary.status.get_or_insert_with(Default::default));
         Ok(canary)
@@ -1653,9 +1847,9 @@ impl Routing {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        if let (Some(generation), Ok(mut e)) = (generation, self.expected.lock()) {
-            e.insert(
-                (namespace, canary.name_any()),
+        if let Some(generation) = generation {
+            self.expected.insert(
+                canary,
                 Expected {
                     kind,
                     name,

@@ -650,3 +650,226 @@ fn an_annotation_only_write_is_seen_by_its_checksum() {
     assert!(not_applied(Some(&ingress), 1, Some("new")).is_some());
     assert_eq!(not_applied(Some(&ingress), 1, Some("old")), None);
 }
+
+/// A Routing with no watch caches (a `kind` is served only where a test adds it) whose client
+/// points nowhere: only the in-memory bookkeeping is exercised.
+fn offline_routing() -> Routing {
+    let config = kube::Config::new("http://127.0.0.1:9".parse().expect("static URL"));
+    Routing {
+        client: kube::Client::try_from(config).expect("client from static config"),
+        caches: BTreeMap::new(),
+        expected: PerCanary::default(),
+        cookies: PerCanary::default(),
+        held: PerCanary::default(),
+    }
+}
+
+fn with_uid(mut c: Canary, uid: &str) -> Canary {
+    c.metadata.uid = Some(uid.into());
+    c
+}
+
+fn refused(
+    verb_error: fn(kube::Error) -> watcher::Error,
+) -> Result<watcher::Event<DynamicObject>, watcher::Error> {
+    let status = kube::core::Status::failure("forbidden", "Forbidden").with_code(403);
+    Err(verb_error(kube::Error::Api(status.boxed())))
+}
+
+#[test]
+fn a_kind_refused_before_its_first_list_is_disabled_and_later_refusals_only_logged() {
+    let access = Access::default();
+    assert_eq!(
+        access.observe(
+            RouteKind::VirtualService,
+            &refused(watcher::Error::InitialListFailed)
+        ),
+        Watch::Disabled
+    );
+    assert_eq!(access.disabled(), Some(&["list"][..]));
+
+    let access = Access::default();
+    assert_eq!(
+        access.observe(
+            RouteKind::VirtualService,
+            &refused(watcher::Error::WatchStartFailed)
+        ),
+        Watch::Disabled,
+        "a watch refused before the first list completed"
+    );
+    assert_eq!(access.disabled(), Some(&["watch"][..]));
+
+    let access = Access::default();
+    let kind = RouteKind::HttpRoute;
+    assert_eq!(
+        access.observe(kind, &Ok(watcher::Event::Init)),
+        Watch::Continue
+    );
+    assert_eq!(
+        access.observe(kind, &Ok(watcher::Event::InitDone)),
+        Watch::Continue
+    );
+    for error in [
+        watcher::Error::WatchStartFailed,
+        watcher::Error::WatchFailed,
+        watcher::Error::InitialListFailed,
+    ] {
+        assert_eq!(access.observe(kind, &refused(error)), Watch::Refused);
+    }
+    assert_eq!(access.disabled(), None, "listed once: never disabled");
+    let gone = kube::core::Status::failure("gone", "Expired").with_code(410);
+    assert_eq!(
+        access.observe(kind, &Err(watcher::Error::WatchError(gone.boxed()))),
+        Watch::Continue,
+        "not a refusal"
+    );
+}
+
+#[tokio::test]
+async fn a_disabled_kind_holds_neither_readiness_nor_other_providers() {
+    let mut routing = offline_routing();
+    let vs = RouteKind::VirtualService;
+    let (group, kind, plural, _) = vs.watched();
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1beta1", kind), plural);
+    let disabled = Arc::new(Access::default());
+    disabled.disable(vs, vec!["list", "watch"]);
+    routing.caches.insert(
+        vs,
+        Cache {
+            version: "v1beta1",
+            resource: ar.clone(),
+            store: Writer::new(ar).as_reader(),
+            access: disabled,
+        },
+    );
+    assert!(
+        routing.synced(),
+        "a kind that may not be watched does not hold readiness"
+    );
+
+    let mesh = canary(json!({"stepWeight": 20}), "istio");
+    let error = routing
+        .permitted(&mesh, "istio")
+        .expect_err("istio needs VirtualServices");
+    let message = error.to_string();
+    for needle in [
+        "not permitted to watch VirtualService",
+        "networking.istio.io/virtualservices: list, watch refused",
+        "rbac.trafficRouters.istio=true",
+        "destinationrules",
+    ] {
+        assert!(message.contains(needle), "{needle:?} in {message}");
+    }
+    assert!(matches!(
+        routing.observe(&mesh, "istio").await,
+        Err(RoutingError::NotPermitted { .. })
+    ));
+    let split = Split {
+        primary: 100,
+        canary: 0,
+        mirrored: false,
+    };
+    assert!(matches!(
+        routing.set_routes(&mesh, "istio", split).await,
+        Err(RoutingError::NotPermitted { .. })
+    ));
+    let plain = canary(json!({}), "kubernetes");
+    assert!(routing.permitted(&plain, "kubernetes").is_ok());
+    assert_eq!(
+        routing.observe(&plain, "kubernetes").await.ok(),
+        Some(Observation::Ready(None))
+    );
+    // Not served at all is another error (install the CRDs), not a permission.
+    let gw = canary(json!({}), "gatewayapi:v1");
+    assert!(routing.permitted(&gw, "gatewayapi:v1").is_ok());
+    assert!(matches!(
+        routing.observe(&gw, "gatewayapi:v1").await,
+        Err(RoutingError::NotServed { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_recreated_canary_starts_afresh_and_a_deleted_ones_state_is_dropped() {
+    let routing = offline_routing();
+    let refused_route = route(
+        1,
+        json!([parent("gw", 1, "False", "NotAllowedByListeners")]),
+    );
+    let first = with_uid(canary(json!({"interval": "1s"}), "gatewayapi:v1"), "u-1");
+    let warned = |c: &Canary| match routing.gate(c, &refused_route) {
+        Some(Observation::NotAccepted { warning, .. }) => warning.is_some(),
+        other => panic!("held expected, got {other:?}"),
+    };
+    assert!(warned(&first), "the first refusal is told");
+    assert!(!warned(&first), "once per cause");
+    routing.expected.insert(
+        &first,
+        Expected {
+            kind: RouteKind::HttpRoute,
+            name: "podinfo".into(),
+            generation: 7,
+            checksum: None,
+        },
+    );
+    routing.cookies.insert(
+        &first,
+        Cookies {
+            canary: Some("c=1".into()),
+            ..Default::default()
+        },
+    );
+
+    // Deleted and re-created under the same name: nothing of the first one applies.
+    let second = with_uid(first.clone(), "u-2");
+    assert!(
+        routing.expected.get(&second).is_none(),
+        "no write of the old Canary to wait for"
+    );
+    assert!(routing.cookies.get(&second).is_none());
+    assert!(warned(&second), "the new Canary is told again");
+
+    // The sweep keeps what the store holds (by uid) and drops the rest.
+    let (store, mut writer) = kube::runtime::reflector::store::<Canary>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitApply(second.clone()));
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    routing.expected.insert(
+        &second,
+        Expected {
+            kind: RouteKind::HttpRoute,
+            name: "podinfo".into(),
+            generation: 1,
+            checksum: None,
+        },
+    );
+    let mut other = with_uid(canary(json!({}), "gatewayapi:v1"), "u-3");
+    other.metadata.name = Some("gone".into());
+    routing
+        .expected
+        .insert(&other, routing.expected.get(&second).unwrap());
+    assert!(warned(&other));
+    routing.forget_absent(&store);
+    assert_eq!(routing.expected.len(), 1);
+    assert!(
+        routing.expected.get(&second).is_some(),
+        "a present Canary keeps its state"
+    );
+    assert_eq!(
+        routing.held.len(),
+        1,
+        "only the present Canary's hold is kept"
+    );
+    assert_eq!(routing.cookies.len(), 0);
+
+    writer.apply_watcher_event(&watcher::Event::Delete(second.clone()));
+    routing.forget_absent(&store);
+    assert_eq!(
+        (
+            routing.expected.len(),
+            routing.held.len(),
+            routing.cookies.len()
+        ),
+        (0, 0, 0)
+    );
+}
