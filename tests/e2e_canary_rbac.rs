@@ -182,14 +182,14 @@ async fn a_route_kind_the_controller_may_not_watch_holds_only_its_own_canaries()
 
     // (a) The kubernetes Canary initialises and promotes a release as usual.
     let canaries: Api<Canary> = Api::namespaced(env.client.clone(), ns);
-    eventually(Duration::from_secs(60), "podinfo Initialized", || async {
+    eventually(Duration::from_secs(120), "podinfo Initialized", || async {
         (phase(&canaries, "podinfo").await == Some(CanaryPhase::Initialized)).then_some(())
     })
     .await;
     set_image(&env, ns, "podinfo", "podinfo:6.0.1").await;
     // The istio Canary's target changes too: its tick must still write nothing, nor warn again.
     set_image(&env, ns, "mesh", "mesh:2").await;
-    eventually(Duration::from_secs(90), "podinfo Succeeded", || async {
+    eventually(Duration::from_secs(120), "podinfo Succeeded", || async {
         (phase(&canaries, "podinfo").await == Some(CanaryPhase::Succeeded)).then_some(())
     })
     .await;
@@ -266,7 +266,7 @@ async fn a_route_kind_the_controller_may_not_watch_holds_only_its_own_canaries()
         .await
         .expect("changing the istio Canary's spec");
     let warnings = eventually(
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         "a Warning for generation 2",
         || async {
             let w = not_permitted(&env, ns, "mesh").await;

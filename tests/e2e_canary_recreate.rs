@@ -112,7 +112,7 @@ async fn a_canary_recreated_under_the_same_name_is_warned_again_and_not_held_by_
     let initialized = |what: &'static str| {
         let canaries = canaries.clone();
         async move {
-            eventually(Duration::from_secs(60), what, || async {
+            eventually(Duration::from_secs(120), what, || async {
                 let c = canaries.get_opt("podinfo").await.ok()??;
                 (c.status.as_ref()?.phase == Some(CanaryPhase::Initialized))
                     .then(|| c.metadata.uid.clone())
@@ -129,7 +129,7 @@ async fn a_canary_recreated_under_the_same_name_is_warned_again_and_not_held_by_
         .await
         .expect("the first Canary");
     let first = initialized("the first Canary Initialized").await;
-    eventually(Duration::from_secs(9), "the first Warning", || async {
+    eventually(Duration::from_secs(30), "the first Warning", || async {
         (warned_uids(&client, ns, warning).await == vec![first.clone()]).then_some(())
     })
     .await;
@@ -142,7 +142,7 @@ async fn a_canary_recreated_under_the_same_name_is_warned_again_and_not_held_by_
     let routes = gateway_api(&client, ns, "HTTPRoute", "httproutes");
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     eventually(
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         "the Canary and what it generated gone",
         || async {
             let gone = canaries.get_opt("podinfo").await.ok()?.is_none()
@@ -165,7 +165,7 @@ async fn a_canary_recreated_under_the_same_name_is_warned_again_and_not_held_by_
     let second = initialized("the re-created Canary Initialized").await;
     assert_ne!(first, second);
     eventually(
-        Duration::from_secs(9),
+        Duration::from_secs(30),
         "a Warning for the re-created Canary",
         || async {
             let uids = warned_uids(&client, ns, warning).await;
@@ -199,7 +199,7 @@ async fn a_canary_recreated_under_the_same_name_is_warned_again_and_not_held_by_
         .await
         .expect("a new image");
     eventually(
-        Duration::from_secs(90),
+        Duration::from_secs(120),
         "the new Canary Succeeded",
         || async {
             let c = canaries.get("podinfo").await.ok()?;
