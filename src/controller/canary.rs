@@ -58,10 +58,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
+use super::shared_watch::Subscription;
 use super::{FIELD_MANAGER, Shared};
 use crate::analysis::{MeasureContext, Providers};
 use crate::api::argo::analysis::Metric;
@@ -167,16 +168,6 @@ pub struct Ctx {
     warned: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
-fn api<K>(shared: &Shared) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match &shared.namespace {
-        Some(ns) => Api::namespaced(shared.client.clone(), ns),
-        None => Api::all(shared.client.clone()),
-    }
-}
-
 fn min_interval() -> Duration {
     std::env::var(MIN_INTERVAL_ENV)
         .ok()
@@ -188,39 +179,22 @@ fn min_interval() -> Duration {
 /// Runs the Canary controller until `shutdown` resolves.
 pub async fn run(
     shared: Shared,
+    deployments: Subscription<Deployment>,
+    services: Subscription<Service>,
     default_prometheus: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     tracing::info!(namespace = ?shared.namespace, "canary controller starting");
     let controller = Controller::new(
-        api::<Canary>(&shared),
+        shared.api::<Canary>(),
         watcher::Config::default().any_semantic(),
     )
     .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
     let canaries = controller.store();
 
-    let (deployments, deployment_writer) = reflector::store();
-    let deployment_events = reflector::reflector(
-        deployment_writer,
-        watcher(
-            api::<Deployment>(&shared),
-            watcher::Config::default().any_semantic(),
-        )
-        .default_backoff()
-        .modify(|d: &mut Deployment| d.managed_fields_mut().clear()),
-    )
-    .touched_objects();
-    let (services, service_writer) = reflector::store();
-    let service_events = reflector::reflector(
-        service_writer,
-        watcher(
-            api::<Service>(&shared),
-            watcher::Config::default().any_semantic(),
-        )
-        .default_backoff()
-        .modify(|s: &mut Service| s.managed_fields_mut().clear()),
-    )
-    .touched_objects();
+    let (deployments, deployment_events) = (deployments.store.clone(), deployments.changes());
+    // Services only need to be in the cache; their changes do not start a tick.
+    let services = services.store;
     let (configs, config_map_events, secret_events) = config_tracking::Caches::new(&shared).await;
 
     let (routing, route_events) =
@@ -297,11 +271,6 @@ pub async fn run(
                 &secret.name_any(),
             )
         })
-        // Services only need to be in the cache; their changes do not start a tick.
-        .watches_stream(
-            service_events.filter(|_| futures::future::ready(false)),
-            |_: Service| Vec::<ObjectRef<Canary>>::new(),
-        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -1426,6 +1395,7 @@ impl Ctx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::reflector;
 
     #[test]
     fn selector_label_prefers_app_then_name() {

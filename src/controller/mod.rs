@@ -16,6 +16,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod rollout;
+pub mod shared_watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +41,19 @@ pub struct Shared {
     /// Watch and manage only this namespace.
     pub namespace: Option<String>,
     pub ready: Readiness,
+}
+
+impl Shared {
+    /// The API of a namespaced kind: in the watched namespace, or in all of them.
+    pub fn api<K>(&self) -> kube::Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match &self.namespace {
+            Some(ns) => kube::Api::namespaced(self.client.clone(), ns),
+            None => kube::Api::all(self.client.clone()),
+        }
+    }
 }
 
 /// Counts controllers whose watch caches have synced; `/readyz` turns ready when all have.
@@ -202,13 +216,25 @@ pub async fn run(config: Config) -> Result<(), Error> {
         config.default_prometheus.clone(),
     ));
     let ready = shared.ready.clone();
-    let rollouts = rollout::run(shared.clone(), shutdown.clone());
+    // Deployments and Services are read by both the Rollout and the Canary controllers.
+    let mut deployments = shared_watch::SharedWatch::new(shared.api());
+    let mut services = shared_watch::SharedWatch::new(shared.api());
+    let rollouts = rollout::run(
+        shared.clone(),
+        deployments.subscribe(),
+        services.subscribe(),
+        shutdown.clone(),
+    );
     let templates = analysis_template::run(shared.clone(), shutdown.clone());
     let canaries = canary::run(
         shared.clone(),
+        deployments.subscribe(),
+        services.subscribe(),
         config.default_prometheus.clone(),
         shutdown.clone(),
     );
+    deployments.start();
+    services.start();
     let controllers = async {
         let analysis_runs = analysis_run::run(
             analysis,

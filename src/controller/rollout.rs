@@ -51,6 +51,7 @@ use serde_json::json;
 
 use super::fresh::{self, Fresh};
 use super::metrics::{RolloutInfoLabels, RolloutReplicas};
+use super::shared_watch::Subscription;
 use super::{FIELD_MANAGER, Shared};
 use crate::api::argo::analysis::AnalysisRun;
 use crate::api::argo::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus};
@@ -290,18 +291,13 @@ where
     (reader, stream)
 }
 
-fn api<K>(shared: &Shared) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match &shared.namespace {
-        Some(ns) => Api::namespaced(shared.client.clone(), ns),
-        None => Api::all(shared.client.clone()),
-    }
-}
-
 /// Runs the Rollout controller until `shutdown` resolves.
-pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    shared: Shared,
+    deployments: Subscription<Deployment>,
+    services: Subscription<Service>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     tracing::info!(namespace = ?shared.namespace, "rollout controller starting");
     let index = Arc::new(Indexes::default());
     let config = || watcher::Config::default().any_semantic();
@@ -309,7 +305,7 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
     let changes = Arc::new(Changes::default());
     let seen = changes.clone();
     let (rollouts, rollout_events) = cache(
-        watcher(api::<Rollout>(&shared), config()),
+        watcher(shared.api::<Rollout>(), config()),
         |_| {},
         move |e| {
             idx.rollouts_by_service.apply(e);
@@ -321,7 +317,7 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
     let idx = index.clone();
     let (replica_sets, rs_events) = cache(
         watcher(
-            api::<ReplicaSet>(&shared),
+            shared.api::<ReplicaSet>(),
             config().labels(POD_TEMPLATE_HASH_LABEL),
         ),
         // Only labels, owner, replicas and status are read: the pod spec is most of the object.
@@ -338,12 +334,11 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
         },
         move |e| idx.replica_sets.apply(e),
     );
-    let (services, service_events) =
-        cache(watcher(api::<Service>(&shared), config()), |_| {}, |_| {});
+    let (services, service_events) = (services.store.clone(), services.changes());
     let idx = index.clone();
     let (endpoint_slices, slice_events) = cache(
         watcher(
-            api::<EndpointSlice>(&shared),
+            shared.api::<EndpointSlice>(),
             config().labels(SERVICE_NAME_LABEL),
         ),
         |_| {},
@@ -351,22 +346,18 @@ pub async fn run(shared: Shared, shutdown: impl Future<Output = ()> + Send + Syn
     );
     let idx = index.clone();
     let (analysis_runs, run_events) = cache(
-        watcher(api::<AnalysisRun>(&shared), config()),
+        watcher(shared.api::<AnalysisRun>(), config()),
         |_| {},
         move |e| idx.analysis_runs.apply(e),
     );
-    let (deployments, deployment_events) = cache(
-        watcher(api::<Deployment>(&shared), config()),
-        |_| {},
-        |_| {},
-    );
+    let (deployments, deployment_events) = (deployments.store.clone(), deployments.changes());
     // Pods are only read while a restart is asked for, and only their metadata is kept. Their
     // changes trigger nothing: a restart in progress looks again on its own (and ReplicaSet
     // status changes wake it).
     let idx = index.clone();
     let (pods, pod_events) = cache(
         watcher(
-            api::<PartialObjectMeta<Pod>>(&shared),
+            shared.api::<PartialObjectMeta<Pod>>(),
             config().labels(POD_TEMPLATE_HASH_LABEL),
         ),
         |_| {},

@@ -39,7 +39,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Error, FIELD_MANAGER, Shared, api, generated_annotations, owner};
+use super::{Error, FIELD_MANAGER, Shared, generated_annotations, owner};
 use crate::api::flagger::canary::Canary;
 
 /// Annotation on a ConfigMap or Secret; `disabled` opts it out of tracking.
@@ -317,7 +317,7 @@ where
     let listed = Arc::new(AtomicBool::new(false));
     let events = reflector::reflector(
         writer,
-        watcher(api::<K>(shared), watcher::Config::default().any_semantic())
+        watcher(shared.api::<K>(), watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(strip),
     )
