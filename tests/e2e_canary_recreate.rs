@@ -218,3 +218,89 @@ async fn a_canary_recreated_under_the_same_name_is_warned_again_and_not_held_by_
     let owner = &route.metadata.owner_references.unwrap_or_default()[0];
     assert_eq!(owner.uid, second, "the route belongs to the new Canary");
 }
+
+/// kube's `Controller` does not reconcile a deleted Canary (no finalizer without
+/// revertOnDeletion): what the controller kept about it — here its `flagger_canary_*` series,
+/// which nothing else would drop while no other Canary ticks — goes with the next sweep (60 s).
+#[tokio::test]
+async fn a_deleted_canarys_state_and_series_are_dropped_by_the_sweep() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let namespace = env.namespace("cr-sweep").await;
+    let ns = namespace.name.as_str();
+    let client = env.client.clone();
+    let target: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "podinfo", "labels": {"app": "podinfo"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "podinfo"}},
+            "template": {
+                "metadata": {"labels": {"app": "podinfo"}},
+                "spec": {"containers": [{"name": "podinfo", "image": "podinfo:1"}]},
+            },
+        },
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &target)
+        .await
+        .expect("the target Deployment");
+    let ctl = ControllerProcess::start(&env, ns).await;
+    let canaries: Api<Canary> = Api::namespaced(client.clone(), ns);
+    let canary: Canary = serde_json::from_value(json!({
+        "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+        "metadata": {"name": "podinfo"},
+        "spec": {
+            "provider": "kubernetes",
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+            "service": {"port": 80, "targetPort": 9898},
+            "analysis": {"interval": "1s", "iterations": 2},
+        },
+    }))
+    .unwrap();
+    canaries
+        .create(&PostParams::default(), &canary)
+        .await
+        .expect("the Canary");
+    let series = |metrics: &str| -> Vec<String> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("flagger_canary_"))
+            .filter(|l| {
+                l.contains("name=\"podinfo\"") && l.contains(&format!("namespace=\"{ns}\""))
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    eventually(
+        Duration::from_secs(120),
+        "the Canary Initialized with its series",
+        || async {
+            let c = canaries.get("podinfo").await.ok()?;
+            let initialized = c.status?.phase == Some(CanaryPhase::Initialized);
+            (initialized && !series(&ctl.metrics().await).is_empty()).then_some(())
+        },
+    )
+    .await;
+    canaries
+        .delete("podinfo", &DeleteParams::default())
+        .await
+        .expect("deleting the Canary");
+    eventually(Duration::from_secs(30), "the Canary gone", || async {
+        canaries
+            .get_opt("podinfo")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let deleted = tokio::time::Instant::now();
+    eventually(Duration::from_secs(80), "its series dropped", || async {
+        series(&ctl.metrics().await).is_empty().then_some(())
+    })
+    .await;
+    eprintln!("series dropped {:?} after the deletion", deleted.elapsed());
+}
