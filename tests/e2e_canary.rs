@@ -1518,15 +1518,7 @@ async fn without_secret_permissions_configmaps_are_tracked_and_secrets_reported_
         .filter(|l| l.contains("Secret tracking disabled"))
         .count();
     assert_eq!(disabled, 1, "one warning in the log:\n{log}");
-    let refused: Vec<&str> = log
-        .lines()
-        .filter(|l| l.to_lowercase().contains("forbidden"))
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "no refused request, let alone a retried watch:\n{}",
-        refused.join("\n")
-    );
+    common::service_account::assert_nothing_refused(&log);
     drop(ctl);
     drop(chart);
 }

@@ -302,15 +302,7 @@ async fn a_route_kind_the_controller_may_not_watch_holds_only_its_own_canaries()
             disabled[0]
         );
     }
-    let refused: Vec<&str> = log
-        .lines()
-        .filter(|l| l.to_lowercase().contains("forbidden"))
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "no refused request, let alone a retried watch:\n{}",
-        refused.join("\n")
-    );
+    common::service_account::assert_nothing_refused(&log);
     drop(ctl);
     drop(chart);
 }

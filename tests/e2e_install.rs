@@ -648,18 +648,9 @@ async fn the_charts_service_account_can_run_a_rollout_and_a_canary() {
         Some("podinfo:6.0.1")
     );
 
-    // Nothing was refused on the way (a 403 that only delayed something is an RBAC bug too).
+    // Nothing was refused on the way.
     let log = ctl.log_text();
-    // Every 403 of the apiserver says "forbidden" (its reason, and in its message).
-    let refused: Vec<&str> = log
-        .lines()
-        .filter(|l| l.to_lowercase().contains("forbidden"))
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "the controller was refused as the chart's ServiceAccount:\n{}",
-        refused.join("\n")
-    );
+    common::service_account::assert_nothing_refused(&log);
     // It led through the chart's Lease Role.
     let lease =
         Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns.name)

@@ -740,17 +740,10 @@ impl Ctx {
             let Ok(mut warned) = self.warned.lock() else {
                 return;
             };
-            if !warned.insert((uid.clone(), what.to_string())) {
+            // The Canaries that are gone are forgotten by the sweep.
+            if !warned.insert((uid, what.to_string())) {
                 return;
             }
-            // Forget the Canaries that are gone.
-            let present: std::collections::HashSet<String> = self
-                .canaries
-                .state()
-                .iter()
-                .filter_map(|c| c.uid())
-                .collect();
-            warned.retain(|(u, _)| *u == uid || present.contains(u));
         }
         tracing::warn!(canary = %canary.name_any(), namespace = ?canary.namespace(), %reason, %message, "canary warning");
         let status = canary.status.clone().unwrap_or_default();

@@ -287,3 +287,18 @@ impl Drop for SaController {
         let _ = self.child.wait();
     }
 }
+
+/// Fails the test, showing the lines, if the controller's log shows a refused request: every 403
+/// of the apiserver says "forbidden" (its reason, and in its message), and one that only
+/// delayed something is an RBAC bug too.
+pub fn assert_nothing_refused(log: &str) {
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.to_lowercase().contains("forbidden"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the controller was refused a request:\n{}",
+        refused.join("\n")
+    );
+}
