@@ -67,6 +67,7 @@ impl ControllerProcess {
             .env("RUST_LOG", "info,sluice=debug")
             // As the Helm chart runs it.
             .env("MALLOC_ARENA_MAX", "2")
+            .env("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072")
             // Canary tests run analysis intervals of 1s (the production minimum is 10s).
             .env("SLUICE_CANARY_MIN_INTERVAL", "1s")
             .stdin(Stdio::null())
