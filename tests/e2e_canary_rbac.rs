@@ -23,20 +23,7 @@ use sluice::api::flagger::canary::{Canary, CanaryPhase};
 const REASON: &str = "RoutingNotPermitted";
 
 async fn create_target(env: &TestEnv, ns: &str, name: &str, image: &str) {
-    let deployment: Deployment = serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": image,
-                    "ports": [{"containerPort": 9898, "name": "http"}]}]},
-            },
-        },
-    }))
-    .expect("Deployment JSON");
+    let deployment = common::canary::target(name, 1, image, 9898);
     Api::<Deployment>::namespaced(env.client.clone(), ns)
         .create(&PostParams::default(), &deployment)
         .await
@@ -49,7 +36,7 @@ async fn set_image(env: &TestEnv, ns: &str, name: &str, image: &str) {
             name,
             &PatchParams::default(),
             &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
-                {"name": "app", "image": image}]}}}})),
+                {"name": "podinfo", "image": image}]}}}})),
         )
         .await
         .expect("updating a target's image");

@@ -74,20 +74,7 @@ async fn a_canary_recreated_under_the_same_name_is_warned_again_and_not_held_by_
     )
     .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let target: Deployment = serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "podinfo", "labels": {"app": "podinfo"}},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "podinfo"}},
-            "template": {
-                "metadata": {"labels": {"app": "podinfo"}},
-                "spec": {"containers": [{"name": "podinfo", "image": "podinfo:1",
-                    "ports": [{"containerPort": gw.echo_port, "name": "http"}]}]},
-            },
-        },
-    }))
-    .unwrap();
+    let target = common::canary::target("podinfo", 1, "podinfo:1", gw.echo_port);
     deployments
         .create(&PostParams::default(), &target)
         .await
@@ -230,19 +217,7 @@ async fn a_deleted_canarys_state_and_series_are_dropped_by_the_sweep() {
     let namespace = env.namespace("cr-sweep").await;
     let ns = namespace.name.as_str();
     let client = env.client.clone();
-    let target: Deployment = serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "podinfo", "labels": {"app": "podinfo"}},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "podinfo"}},
-            "template": {
-                "metadata": {"labels": {"app": "podinfo"}},
-                "spec": {"containers": [{"name": "podinfo", "image": "podinfo:1"}]},
-            },
-        },
-    }))
-    .unwrap();
+    let target = common::canary::target("podinfo", 1, "podinfo:1", 9898);
     Api::<Deployment>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &target)
         .await

@@ -157,20 +157,7 @@ impl Fixture {
     }
 
     async fn create_target(&self, image: &str, port: u16) {
-        let deployment: Deployment = serde_json::from_value(json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "podinfo", "labels": {"app": "podinfo"}},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": "podinfo"}},
-                "template": {
-                    "metadata": {"labels": {"app": "podinfo"}},
-                    "spec": {"containers": [{"name": "podinfo", "image": image,
-                        "ports": [{"containerPort": port, "name": "http"}]}]},
-                },
-            },
-        }))
-        .expect("Deployment JSON");
+        let deployment = common::canary::target("podinfo", 2, image, port);
         self.deployments()
             .create(&PostParams::default(), &deployment)
             .await
@@ -383,67 +370,18 @@ impl Client {
 
     /// Traefik's weights for the route's weighted rule: (primary, canary).
     async fn traefik_weights(&self) -> Option<(i64, i64)> {
-        let services: Vec<Value> = reqwest::get(format!("{}/api/http/services", self.gw.api_url))
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let prefix = format!("httproute-{}-podinfo-", self.ns);
-        services.iter().find_map(|s| {
-            let name = s.get("name")?.as_str()?;
-            let list = s.pointer("/weighted/services")?.as_array()?;
-            if !name.starts_with(&prefix) {
-                return None;
-            }
-            let weight_of = |svc: &str| {
-                list.iter()
-                    .find(|x| {
-                        x.get("name")
-                            .and_then(Value::as_str)
-                            .is_some_and(|n| n.contains(&format!("{}-{svc}-", self.ns)))
-                    })
-                    .map(|x| x.get("weight").and_then(Value::as_i64).unwrap_or(1))
-            };
-            Some((weight_of("podinfo-primary")?, weight_of("podinfo-canary")?))
-        })
+        self.traefik_weight_sets().await.into_iter().next()
     }
 
     /// Every (primary, canary) weight pair Traefik applies for the route's rules.
     async fn traefik_weight_sets(&self) -> Vec<(i64, i64)> {
-        let Some(services) = async {
-            reqwest::get(format!("{}/api/http/services", self.gw.api_url))
-                .await
-                .ok()?
-                .json::<Vec<Value>>()
-                .await
-                .ok()
-        }
+        common::traffic::traefik_weight_sets(
+            &self.gw.api_url,
+            &self.ns,
+            "podinfo",
+            ("podinfo-primary", "podinfo-canary"),
+        )
         .await
-        else {
-            return Vec::new();
-        };
-        let prefix = format!("httproute-{}-podinfo-", self.ns);
-        services
-            .iter()
-            .filter_map(|s| {
-                let name = s.get("name")?.as_str()?;
-                let list = s.pointer("/weighted/services")?.as_array()?;
-                if !name.starts_with(&prefix) {
-                    return None;
-                }
-                let weight_of = |svc: &str| {
-                    list.iter()
-                        .find(|x| {
-                            x.get("name")
-                                .and_then(Value::as_str)
-                                .is_some_and(|n| n.contains(&format!("{}-{svc}-", self.ns)))
-                        })
-                        .map(|x| x.get("weight").and_then(Value::as_i64).unwrap_or(1))
-                };
-                Some((weight_of("podinfo-primary")?, weight_of("podinfo-canary")?))
-            })
-            .collect()
     }
 
     /// One request (with `headers`): which track answered, and the `Set-Cookie` headers.

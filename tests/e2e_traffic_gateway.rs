@@ -213,30 +213,15 @@ impl App {
 
 /// Traefik's weighted service for this route, as (stable weight, canary weight).
 async fn traefik_weights(app: &App) -> Option<(i64, i64)> {
-    let services: Vec<Value> = reqwest::get(format!("{}/api/http/services", app.gw.api_url))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    let prefix = format!("httproute-{}-app-", app.ns);
-    services.iter().find_map(|s| {
-        let name = s.get("name")?.as_str()?;
-        let list = s.pointer("/weighted/services")?.as_array()?;
-        if !name.starts_with(&prefix) {
-            return None;
-        }
-        let weight_of = |svc: &str| {
-            list.iter()
-                .find(|x| {
-                    x.get("name")
-                        .and_then(Value::as_str)
-                        .is_some_and(|n| n.contains(&format!("{}-{svc}-", app.ns)))
-                })
-                .map(|x| x.get("weight").and_then(Value::as_i64).unwrap_or(1))
-        };
-        Some((weight_of("app-stable")?, weight_of("app-canary")?))
-    })
+    common::traffic::traefik_weight_sets(
+        &app.gw.api_url,
+        &app.ns,
+        "app",
+        ("app-stable", "app-canary"),
+    )
+    .await
+    .into_iter()
+    .next()
 }
 
 async fn wait_for_weights(app: &App, canary: i64) {

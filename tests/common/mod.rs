@@ -18,6 +18,7 @@
 //! ```
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod canary;
 pub mod controller;
 pub mod events;
 pub mod exporter;

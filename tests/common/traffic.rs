@@ -204,3 +204,47 @@ pub fn binomial_interval(n: usize, p: f64) -> (usize, usize) {
     }
     (lo, hi)
 }
+
+/// The (first, second) weight pairs Traefik applies for the rules of HTTPRoute `<ns>/<route>`,
+/// from its API at `api_url` (the weighted services it builds for the route, in its order);
+/// empty when Traefik has none or cannot be asked.
+pub async fn traefik_weight_sets(
+    api_url: &str,
+    ns: &str,
+    route: &str,
+    (first, second): (&str, &str),
+) -> Vec<(i64, i64)> {
+    let Some(services) = async {
+        reqwest::get(format!("{api_url}/api/http/services"))
+            .await
+            .ok()?
+            .json::<Vec<Value>>()
+            .await
+            .ok()
+    }
+    .await
+    else {
+        return Vec::new();
+    };
+    let prefix = format!("httproute-{ns}-{route}-");
+    services
+        .iter()
+        .filter_map(|s| {
+            let name = s.get("name")?.as_str()?;
+            let list = s.pointer("/weighted/services")?.as_array()?;
+            if !name.starts_with(&prefix) {
+                return None;
+            }
+            let weight_of = |svc: &str| {
+                list.iter()
+                    .find(|x| {
+                        x.get("name")
+                            .and_then(Value::as_str)
+                            .is_some_and(|n| n.contains(&format!("{ns}-{svc}-")))
+                    })
+                    .map(|x| x.get("weight").and_then(Value::as_i64).unwrap_or(1))
+            };
+            Some((weight_of(first)?, weight_of(second)?))
+        })
+        .collect()
+}
