@@ -403,3 +403,85 @@ async fn every_verb_against_the_real_cluster() {
         text(&out)
     );
 }
+
+/// `sluice lint` and the apiserver (through kubectl, which reads YAML 1.1) agree on manifests
+/// whose meaning depends on how YAML is read, on names and on ports.
+#[tokio::test]
+async fn lint_agrees_with_kubectl_and_the_apiserver() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let ns = env.namespace("lint-agree").await;
+    let template = |name: &str, value: &str| {
+        format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {{name: {name}}}\n\
+             spec:\n  args: [{{name: flag, value: {value}}}]\n  metrics:\n  - name: m\n    \
+             provider: {{web: {{url: 'http://x/{{{{args.flag}}}}'}}}}\n"
+        )
+    };
+    let canary = |name: &str, port: &str, skip: &str| {
+        format!(
+            "apiVersion: flagger.app/v1beta1\nkind: Canary\nmetadata: {{name: {name}}}\nspec:\n  \
+             targetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}\n  skipAnalysis: {skip}\n  \
+             service: {{port: {port}}}\n  analysis: {{interval: 1m, threshold: 5, stepWeight: 10, maxWeight: 50}}\n"
+        )
+    };
+    // (what, manifest, valid)
+    let cases = [
+        ("a quoted 'on' string", template("quoted", "'on'"), true),
+        ("unquoted on is a boolean", template("on-bool", "on"), false),
+        ("unquoted y is a boolean", template("y-bool", "y"), false),
+        (
+            "unquoted off is a boolean",
+            template("off-bool", "off"),
+            false,
+        ),
+        ("a plain word", template("plain", "onward"), true),
+        ("an upper-case name", template("Web-Rate", "'x'"), false),
+        (
+            "an underscore in the name",
+            template("web_rate", "'x'"),
+            false,
+        ),
+        (
+            "yes in a boolean field",
+            canary("yes-bool", "8080", "yes"),
+            true,
+        ),
+        (
+            "Off in a boolean field",
+            canary("off-field", "8080", "Off"),
+            true,
+        ),
+        ("a hex port", canary("hex-port", "0x1F90", "false"), true),
+        ("port 70000", canary("big-port", "70000", "false"), false),
+        ("port 0", canary("zero-port", "0", "false"), false),
+    ];
+    let dir = env.dir.join(format!("lint-agree-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut disagreements = Vec::new();
+    for (i, (what, manifest, valid)) in cases.iter().enumerate() {
+        let file = dir.join(format!("{i}.yaml"));
+        std::fs::write(&file, manifest).unwrap();
+        let lint = sluice().arg("lint").arg("-f").arg(&file).output().unwrap();
+        let apiserver = env
+            .kubectl()
+            .args(["create", "--dry-run=server", "-n", &ns.name, "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let lint_ok = lint.status.success();
+        let api_ok = apiserver.status.success();
+        if lint_ok != *valid || api_ok != *valid {
+            disagreements.push(format!(
+                "{what}: expected valid={valid}, lint {}, apiserver {}\n{manifest}\nlint: {}\nkubectl: {}",
+                lint_ok,
+                api_ok,
+                text(&lint),
+                text(&apiserver)
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n\n"));
+}

@@ -9,6 +9,7 @@ pub mod argo;
 pub mod flagger;
 pub mod schema;
 pub mod validate;
+pub mod yaml;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -8,7 +8,7 @@
 //!
 //! It never talks to a cluster, never mutates or defaults the document it is given, and has no
 //! opinion on kinds that are not Sluice's (they pass). Not checked: `format`, and ObjectMeta
-//! beyond `metadata.name`. `pattern` is matched with the CEL engine's regex (RE2 syntax, as the
+//! beyond `metadata.name`, `generateName` and `namespace`. `pattern` is matched with the CEL engine's regex (RE2 syntax, as the
 //! apiserver's Go regexp).
 
 use std::fmt;
@@ -228,6 +228,33 @@ pub fn validate_yaml(text: &str) -> Result<usize, Vec<ManifestError>> {
     }
 }
 
+/// What is wrong with a DNS-1123 subdomain (`label` = false) or label, in the apiserver's words;
+/// `None` when it is valid.
+fn dns1123_problem(text: &str, max: usize, label: bool) -> Option<String> {
+    let what = if label {
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', \
+         and must start and end with an alphanumeric character"
+    } else {
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' \
+         or '.', and must start and end with an alphanumeric character"
+    };
+    if text.len() > max {
+        return Some(format!("must be no more than {max} characters"));
+    }
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let parts: Vec<&str> = if label {
+        vec![text]
+    } else {
+        text.split('.').collect()
+    };
+    let valid = parts.iter().all(|part| {
+        part.starts_with(alnum)
+            && part.ends_with(alnum)
+            && part.chars().all(|c| alnum(c) || c == '-')
+    });
+    (!valid).then(|| what.to_string())
+}
+
 /// The JSON type name the apiserver uses in messages.
 fn type_name(value: &Value) -> &'static str {
     match value {
@@ -285,6 +312,41 @@ impl Walker {
         self.errors.push(FieldError::new(path, message));
     }
 
+    /// `metadata.name`, `generateName` and `namespace` as the apiserver checks them for custom
+    /// resources: names are DNS-1123 subdomains (`NameIsDNSSubdomain`), a namespace a DNS-1123
+    /// label; `generateName` is checked without the suffix the apiserver appends.
+    fn metadata_names(&mut self, metadata: &Map<String, Value>) {
+        for (key, max, label) in [
+            ("name", 253, false),
+            ("generateName", 248, false),
+            ("namespace", 63, true),
+        ] {
+            let path = format!("metadata.{key}");
+            match metadata.get(key) {
+                None => {}
+                Some(Value::String(text)) => {
+                    let text = if key == "generateName" {
+                        text.trim_end_matches('-')
+                    } else {
+                        text.as_str()
+                    };
+                    if let Some(problem) = dns1123_problem(text, max, label)
+                        && !(key == "generateName" && text.is_empty())
+                    {
+                        self.error(&path, format!("Invalid value: {text:?}: {problem}"));
+                    }
+                }
+                Some(other) => self.error(
+                    &path,
+                    format!(
+                        "Invalid value: {:?}: must be of type string",
+                        type_name(other)
+                    ),
+                ),
+            }
+        }
+    }
+
     /// The document root: `apiVersion`, `kind` and `metadata` are the apiserver's, not the schema's.
     fn root(&mut self, schema: &Value, object: &Map<String, Value>) -> Value {
         let mut rest = object.clone();
@@ -308,6 +370,7 @@ impl Walker {
                         "Required value: name or generateName is required",
                     );
                 }
+                self.metadata_names(&metadata);
                 out.insert("metadata".to_owned(), Value::Object(metadata));
             }
             Some(other) => self.error(

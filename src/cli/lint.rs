@@ -4,14 +4,21 @@
 //! Three layers, in the order a manifest meets them: the CRD schema and CEL rules
 //! ([`crate::api::validate`]), the engine's InvalidSpec checks for Rollouts
 //! ([`crate::engine::validate`]) and the analysis checks for templates
-//! ([`crate::engine::analysis::run::validate_template`]). Documents of other kinds pass untouched.
+//! ([`crate::engine::analysis::run::validate_template`]); then each Rollout's analyses against the
+//! templates defined in the same file (arguments, metric names). YAML is read as `kubectl` reads
+//! it (YAML 1.1 booleans and numbers). Documents of other kinds pass untouched.
 
-use serde::Deserialize;
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
-use crate::api::argo::analysis::{AnalysisTemplateSpec, ClusterAnalysisTemplate};
-use crate::api::argo::rollout::Rollout;
+use crate::api::argo::analysis::{
+    AnalysisTemplateRef, AnalysisTemplateSpec, ClusterAnalysisTemplate,
+};
+use crate::api::argo::rollout::{Rollout, RolloutAnalysis, RolloutSpec};
 use crate::api::validate::{is_sluice_kind, validate_manifest};
+use crate::api::yaml;
+use crate::engine::analysis::args;
 
 /// Why a file could not be linted at all.
 #[derive(Debug, thiserror::Error)]
@@ -38,23 +45,42 @@ pub struct Report {
 /// since the apiserver accepts such manifests and Argo would run them.
 const NOT_SUPPORTED: &str = "not supported by this version of Sluice";
 
-/// Lints every document of a YAML stream.
+/// Lints every document of a YAML stream, read as `kubectl` reads it ([`crate::api::yaml`]),
+/// then checks each Rollout's analyses against the templates the same stream defines.
 pub fn lint_text(text: &str) -> Report {
     let mut report = Report::default();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let doc = match Value::deserialize(document) {
-            Ok(Value::Null) => continue,
-            Ok(doc) => doc,
-            Err(e) => {
-                report
-                    .errors
-                    .push(format!("document {index}: not valid YAML: {e}"));
-                break;
+    let docs = match yaml::documents(text) {
+        Ok(docs) => docs,
+        Err(e) => {
+            report.errors.push(e.to_string());
+            return report;
+        }
+    };
+    let mut rollouts = Vec::new();
+    let mut templates = Templates::new();
+    for (index, doc) in docs.iter().enumerate() {
+        if let Some(found) = lint_document(index, doc, &mut report) {
+            match found {
+                Found::Rollout(what, rollout) => rollouts.push((what, rollout)),
+                Found::Template(key, spec) => {
+                    templates.insert(key, spec);
+                }
             }
-        };
-        lint_document(index, &doc, &mut report);
+        }
+    }
+    for (what, rollout) in &rollouts {
+        cross_check(what, rollout, &templates, &mut report);
     }
     report
+}
+
+/// The templates a stream defines, by `(name, cluster scope)`.
+type Templates = BTreeMap<(String, bool), AnalysisTemplateSpec>;
+
+/// A document the cross-checks need.
+enum Found {
+    Rollout(String, Box<Rollout>),
+    Template((String, bool), AnalysisTemplateSpec),
 }
 
 /// Lints a file.
@@ -71,7 +97,7 @@ pub fn lint_file(path: &str) -> Result<Report, Error> {
     Ok(lint_text(&text))
 }
 
-fn lint_document(index: usize, doc: &Value, report: &mut Report) {
+fn lint_document(index: usize, doc: &Value, report: &mut Report) -> Option<Found> {
     let api_version = doc
         .get("apiVersion")
         .and_then(Value::as_str)
@@ -94,10 +120,10 @@ fn lint_document(index: usize, doc: &Value, report: &mut Report) {
             report.errors.push(format!("{what}: {e}"));
         }
         // The engine's checks assume a structurally valid object.
-        return;
+        return None;
     }
     if !is_sluice_kind(api_version, kind) {
-        return;
+        return None;
     }
     match kind {
         "Rollout" => match serde_json::from_value::<Rollout>(doc.clone()) {
@@ -110,17 +136,127 @@ fn lint_document(index: usize, doc: &Value, report: &mut Report) {
                         report.errors.push(line);
                     }
                 }
+                Some(Found::Rollout(what, Box::new(rollout)))
             }
-            Err(e) => report.errors.push(format!("{what}: {e}")),
+            Err(e) => {
+                report.errors.push(format!("{what}: {e}"));
+                None
+            }
         },
         "AnalysisTemplate" | "ClusterAnalysisTemplate" => {
             // Both kinds share the spec type.
             match serde_json::from_value::<ClusterAnalysisTemplate>(doc.clone()) {
-                Ok(template) => template_errors(&what, &template.spec.template, report),
-                Err(e) => report.errors.push(format!("{what}: {e}")),
+                Ok(template) => {
+                    let spec = template.spec.template;
+                    template_errors(&what, &spec, report);
+                    let key = (name.to_string(), kind == "ClusterAnalysisTemplate");
+                    Some(Found::Template(key, spec))
+                }
+                Err(e) => {
+                    report.errors.push(format!("{what}: {e}"));
+                    None
+                }
             }
         }
-        _ => {}
+        _ => None,
+    }
+}
+
+/// Every analysis of a Rollout, with the field it is written at.
+fn analyses(spec: &RolloutSpec) -> Vec<(String, &RolloutAnalysis)> {
+    let mut out = Vec::new();
+    if let Some(canary) = &spec.strategy.canary {
+        if let Some(background) = &canary.analysis {
+            out.push((
+                "spec.strategy.canary.analysis".to_string(),
+                &background.analysis,
+            ));
+        }
+        for (i, step) in canary.steps.iter().flatten().enumerate() {
+            if let Some(analysis) = &step.analysis {
+                out.push((
+                    format!("spec.strategy.canary.steps[{i}].analysis"),
+                    analysis,
+                ));
+            }
+        }
+    }
+    if let Some(blue_green) = &spec.strategy.blue_green {
+        for (field, analysis) in [
+            ("prePromotionAnalysis", &blue_green.pre_promotion_analysis),
+            ("postPromotionAnalysis", &blue_green.post_promotion_analysis),
+        ] {
+            if let Some(analysis) = analysis {
+                out.push((format!("spec.strategy.blueGreen.{field}"), analysis));
+            }
+        }
+    }
+    out
+}
+
+/// Checks each analysis of a Rollout the way the controller builds its AnalysisRun
+/// ([`args::collect_templates`], [`args::merge_templates`]): duplicate metric names, arguments
+/// with no value, arguments no template declares. Templates defined elsewhere are not guessed at.
+fn cross_check(what: &str, rollout: &Rollout, templates: &Templates, report: &mut Report) {
+    for (field, analysis) in analyses(&rollout.spec) {
+        let refs: Vec<AnalysisTemplateRef> = analysis
+            .templates
+            .iter()
+            .flatten()
+            .map(|t| AnalysisTemplateRef {
+                template_name: t.template_name.clone().unwrap_or_default(),
+                cluster_scope: t.cluster_scope,
+            })
+            .collect();
+        let collected = args::collect_templates(&refs, |r| {
+            let key = (r.template_name.clone(), r.cluster_scope.unwrap_or(false));
+            templates
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| Missing(args::display_name(&key.0, key.1)))
+        });
+        let collected = match collected {
+            Ok(collected) => collected,
+            Err(Missing(name)) => {
+                report.warnings.push(format!(
+                    "{what}: {field}: {name} is not in this file: its arguments and metrics were not checked"
+                ));
+                continue;
+            }
+        };
+        // The controller fills in pod-template hashes when it creates the run.
+        let mut rollout_args = analysis.args.clone().unwrap_or_default();
+        for arg in &mut rollout_args {
+            if arg.value.is_none()
+                && arg
+                    .value_from
+                    .as_ref()
+                    .is_some_and(|v| v.pod_template_hash_value.is_some())
+            {
+                arg.value = Some("0123456789".into());
+            }
+        }
+        let merged = args::run_arguments(&rollout_args)
+            .and_then(|run_args| args::merge_templates(&collected, &run_args));
+        match merged {
+            Ok(merged) => {
+                for unused in merged.unused_args {
+                    report.warnings.push(format!(
+                        "{what}: {field}.args: argument {unused:?} is declared by none of its templates (a typo?)"
+                    ));
+                }
+            }
+            Err(e) => report.errors.push(format!("{what}: {field}: {e}")),
+        }
+    }
+}
+
+/// A template the stream does not define.
+struct Missing(String);
+
+impl From<args::ArgsError> for Missing {
+    fn from(e: args::ArgsError) -> Self {
+        Missing(e.to_string())
     }
 }
 
@@ -159,6 +295,133 @@ mod tests {
         );
         assert!(
             report.errors.iter().any(|e| e.contains("spec.template")),
+            "{report:?}"
+        );
+    }
+
+    const ROLLOUT_WITH_ANALYSIS: &str = "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\n\
+        metadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    \
+        metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: nginx}]}\n  \
+        strategy:\n    canary:\n      steps:\n      - setWeight: 20\n      - analysis:\n          \
+        templates: [{templateName: rate}, {templateName: latency}]\n          \
+        args: [{name: servce, value: web}]\n";
+
+    fn template(name: &str, metric: &str, condition: &str) -> String {
+        format!(
+            "---\napiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {{name: {name}}}\n\
+             spec:\n  args: [{{name: service}}]\n  metrics:\n  - name: {metric}\n    \
+             successCondition: '{condition}'\n    \
+             provider: {{prometheus: {{address: 'http://p', query: '{{{{args.service}}}}'}}}}\n"
+        )
+    }
+
+    #[test]
+    fn rollouts_are_checked_against_the_templates_in_the_same_file() {
+        let text = format!(
+            "{ROLLOUT_WITH_ANALYSIS}{}{}",
+            template("rate", "m", "result[0] > 1"),
+            template("latency", "m", "result[0] < 1")
+        );
+        let report = lint_text(&text);
+        assert!(
+            report.errors.iter().any(|e| e.starts_with(
+                "Rollout/web: spec.strategy.canary.steps[1].analysis: metric \"m\" is defined by both"
+            )),
+            "{report:?}"
+        );
+        let text = format!(
+            "{ROLLOUT_WITH_ANALYSIS}{}{}",
+            template("rate", "m", "result[0] > 1"),
+            template("latency", "p99", "result[0] < 1")
+        );
+        let report = lint_text(&text);
+        assert!(
+            report
+                .errors
+                .iter()
+                .any(|e| e.contains("steps[1].analysis") && e.contains("service")),
+            "an argument with no value is an error: {report:?}"
+        );
+        let both_args = text.replace(
+            "args: [{name: servce, value: web}]",
+            "args: [{name: service, value: web}, {name: servce, value: web}]",
+        );
+        let report = lint_text(&both_args);
+        assert_eq!(report.errors, Vec::<String>::new());
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("argument \"servce\" is declared by none")),
+            "{report:?}"
+        );
+        let report = lint_text(ROLLOUT_WITH_ANALYSIS);
+        assert_eq!(report.errors, Vec::<String>::new());
+        assert!(
+            report.warnings[0].contains("AnalysisTemplate/rate is not in this file"),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_names_in_conditions_are_errors() {
+        let report = lint_text(&template("rate", "m", "reslt[0] > 1"));
+        assert!(
+            report
+                .errors
+                .iter()
+                .any(|e| e.contains("spec.metrics[0]") && e.contains("unknown name 'reslt'")),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn yaml_is_read_as_kubectl_reads_it() {
+        let arg = |value: &str| {
+            format!(
+                "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {{name: t}}\n\
+                 spec:\n  args: [{{name: enabled, value: {value}}}]\n  metrics:\n  - name: m\n    \
+                 provider: {{web: {{url: 'http://x/{{{{args.enabled}}}}'}}}}\n"
+            )
+        };
+        for unquoted in ["on", "y", "off", "yes"] {
+            let report = lint_text(&arg(unquoted));
+            assert!(
+                report
+                    .errors
+                    .iter()
+                    .any(|e| e.contains("spec.args[0].value") && e.contains("boolean")),
+                "kubectl sends `{unquoted}` as a boolean: {report:?}"
+            );
+        }
+        assert_eq!(lint_text(&arg("'on'")).errors, Vec::<String>::new());
+        assert_eq!(lint_text(&arg("onward")).errors, Vec::<String>::new());
+    }
+
+    #[test]
+    fn names_and_ports_are_checked_as_the_apiserver_does() {
+        let report = lint_text(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: Web_Rate}\n\
+             spec:\n  metrics: []\n",
+        );
+        assert!(
+            report.errors.iter().any(|e| e.contains("metadata.name")),
+            "{report:?}"
+        );
+        let canary = |port: &str| {
+            format!(
+                "apiVersion: flagger.app/v1beta1\nkind: Canary\nmetadata: {{name: web}}\nspec:\n  \
+                 targetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}\n  \
+                 service: {{port: {port}}}\n  analysis: {{interval: 1m, threshold: 5, stepWeight: 10, maxWeight: 50}}\n"
+            )
+        };
+        assert_eq!(lint_text(&canary("8080")).errors, Vec::<String>::new());
+        let report = lint_text(&canary("70000"));
+        assert!(
+            report
+                .errors
+                .iter()
+                .any(|e| e.contains("spec.service.port") && e.contains("65535")),
             "{report:?}"
         );
     }

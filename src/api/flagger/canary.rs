@@ -227,13 +227,15 @@ pub struct ScalerReplicas {
 }
 
 /// How the apex, `-primary` and `-canary` Services and the routing objects are generated.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryService {
     /// Name of the generated apex Service (default: `targetRef.name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Port of the generated Services.
+    // The apiserver refuses a Service port outside 1-65535; refusing the Canary says so at once.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("must be between 1 and 65535, inclusive"))]
     pub port: i32,
     /// Name of the Service port (default `http`; use `grpc` for gRPC).
     #[serde(default, skip_serializing_if = "Option::is_none")]

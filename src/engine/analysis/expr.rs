@@ -9,8 +9,8 @@
 //!
 //! Supported:
 //! - literals: numbers (`1`, `0.95`, `1e-3`, `1_000`), strings (`'x'`, `"x"`, `` `raw` ``),
-//!   `true`, `false`, `nil`, lists `[1, 2]`; the identifier `result` (any other identifier is an
-//!   evaluation error naming it);
+//!   `true`, `false`, `nil`, lists `[1, 2]`; the identifier `result` (any other identifier is a
+//!   parse error naming it, as in Argo, whose conditions compile against `result` alone);
 //! - arithmetic `+ - * / % ** ^` (`^` is exponentiation as in expr-lang), unary `- + ! not`;
 //! - comparisons `== != < <= > >=` (numbers with numbers, strings with strings; `==`/`!=` on
 //!   anything), IEEE NaN semantics (every ordering comparison with NaN is false);
@@ -426,7 +426,6 @@ enum UnOp {
 enum Node {
     Lit(Value),
     Result,
-    Ident(String),
     Hash,
     List(Vec<Node>),
     Unary(UnOp, Box<Node>),
@@ -676,7 +675,12 @@ impl Parser {
                 }
                 _ if self.is_op("(") => self.parse_call(&t),
                 "result" => Ok(Node::Result),
-                _ => Ok(Node::Ident(name.clone())),
+                // As Argo's `expr.Compile(.., expr.Env(env))`: an unknown name is refused before
+                // any measurement, so a typo is an InvalidSpec, not an error on every measurement.
+                _ => Err((
+                    t.pos,
+                    format!("unknown name '{name}' (only 'result' is defined)"),
+                )),
             },
             _ => Err((t.pos, format!("unexpected {}", t.describe()))),
         }
@@ -744,7 +748,6 @@ fn eval(node: &Node, ctx: &mut Ctx) -> EResult {
     match node {
         Node::Lit(v) => Ok(v.clone()),
         Node::Result => Ok(ctx.result.clone()),
-        Node::Ident(name) => Err(format!("unknown name '{name}' (only 'result' is defined)")),
         Node::Hash => ctx
             .hashes
             .last()
@@ -1216,8 +1219,8 @@ mod tests {
             ("[1, 2] == [1, 2] && [1] + [2] == [1, 2]", Value::Null, T),
             // Logic, short-circuit, ternary, in.
             ("not false and !false", Value::Null, T),
-            ("false && missing > 1", Value::Null, F),
-            ("true or missing > 1", Value::Null, T),
+            ("false && result[3] > 1", Value::Null, F),
+            ("true or result[3] > 1", Value::Null, T),
             ("result > 1 ? result < 10 : false", num(5.0), T),
             ("2 in result && 5 not in result", list(&[1.0, 2.0]), T),
             (
@@ -1328,7 +1331,6 @@ mod tests {
                 num(0.97),
                 E("condition must evaluate to true or false, got 0.97"),
             ),
-            ("foo > 1", Value::Null, E("unknown name 'foo'")),
             (
                 "'a' < 1",
                 Value::Null,
@@ -1348,6 +1350,12 @@ mod tests {
             ("(1 + 2", Value::Null, P(6, "expected ')'")),
             ("", Value::Null, P(0, "unexpected end of condition")),
             ("result = 1", Value::Null, P(7, "use == to compare")),
+            ("foo > 1", Value::Null, P(0, "unknown name 'foo'")),
+            (
+                "all(result, # > limit)",
+                Value::Null,
+                P(16, "unknown name 'limit'"),
+            ),
             (
                 "# > 1",
                 Value::Null,
