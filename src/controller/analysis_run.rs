@@ -19,7 +19,8 @@
 //! `crate::engine::analysis::run`), never log a secret argument's value, and never write a status
 //! or an Event the engine has not masked and bounded (`run::apply_masked`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -69,7 +70,13 @@ pub struct Ctx {
     /// What this controller last wrote per run, trusted over an older cached copy, so a
     /// measurement is never taken twice because the watch event for our own write is late.
     written: Fresh<AnalysisRun>,
+    /// Maskers by the secret values they hide: building one compiles a pattern (milliseconds
+    /// for a long token), and a run's secrets rarely change between measurements.
+    maskers: Mutex<HashMap<Vec<String>, Arc<Masker>>>,
 }
+
+/// Cached maskers kept at most; past it the cache starts again (a rebuild costs milliseconds).
+const MAX_CACHED_MASKERS: usize = 1024;
 
 impl Ctx {
     pub fn new(
@@ -87,7 +94,31 @@ impl Ctx {
             field_manager,
             default_prometheus,
             written: Fresh::default(),
+            maskers: Mutex::default(),
         }
+    }
+
+    /// The masker for these arguments' secret values, built once per distinct set.
+    fn masker(&self, args: &[ResolvedArg]) -> Arc<Masker> {
+        let secrets: Vec<String> = args
+            .iter()
+            .filter(|a| a.secret)
+            .filter_map(|a| a.value.clone())
+            .collect();
+        if secrets.is_empty() {
+            return Arc::default();
+        }
+        // A poisoned lock only means a panic elsewhere mid-insert; the map is still usable.
+        let mut maskers = self.maskers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(masker) = maskers.get(&secrets) {
+            return masker.clone();
+        }
+        if maskers.len() >= MAX_CACHED_MASKERS {
+            maskers.clear();
+        }
+        let masker = Arc::new(Masker::new(args));
+        maskers.insert(secrets, masker.clone());
+        masker
     }
 
     /// The freshest copy of `run` we know of.
@@ -245,7 +276,7 @@ async fn collect_garbage(
 struct Resolved {
     spec: AnalysisRunSpec,
     masked: Vec<Metric>,
-    masker: Masker,
+    masker: Arc<Masker>,
 }
 
 async fn resolve(run: &AnalysisRun, ctx: &Ctx) -> Result<Resolved, String> {
@@ -300,7 +331,7 @@ async fn resolve(run: &AnalysisRun, ctx: &Ctx) -> Result<Resolved, String> {
     Ok(Resolved {
         spec,
         masked,
-        masker: Masker::new(&values),
+        masker: ctx.masker(&values),
     })
 }
 
