@@ -16,7 +16,9 @@
 //!    Rollout, as upstream does when it creates the run;
 //! 3. [`build_run_spec`] (or [`merge_templates`]) produces the AnalysisRun spec;
 //! 4. while measuring, the run controller reads Secrets for `valueFrom.secretKeyRef` arguments and
-//!    calls [`resolve`] for the metric it sends, and [`masked`] for the copy it records in status.
+//!    calls [`resolve`] for the metric it sends, and [`masked`] for the copy it records in status;
+//!    a [`Masker`] then hides the secret values, in any encoding, in whatever else is recorded
+//!    (values and errors a provider echoes, conditions).
 //!
 //! Deliberate differences from upstream (each is more lenient or clearer, never stricter):
 //! - a caller argument overrides a template argument entirely: a caller `value` clears the
@@ -31,7 +33,7 @@
 //!   `1e+06`), and `['key']` subscripts work at any depth.
 //!
 //! This module must never: fetch a template or a Secret, read the clock or the environment, put a
-//! secret value into anything meant for status or logs ([`masked`], [`redact`]), or panic on any
+//! secret value into anything meant for status or logs ([`masked`], [`Masker`]), or panic on any
 //! input.
 
 use std::collections::{BTreeMap, BTreeSet};
