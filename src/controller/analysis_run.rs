@@ -12,17 +12,21 @@
 //! `sluice_analysis_measurement_value`, …) are computed from the watch cache at scrape time
 //! ([`Metrics::watch_analysis_runs`]), so they follow each run's status and vanish with the run.
 //!
+//! A `valueFrom.fieldRef` argument is read from the Rollout that controls the run and from nothing
+//! else: ownerReferences are written by whoever creates the run.
+//!
 //! This module must never judge a measurement or compute a phase (that is
-//! `crate::engine::analysis::run`), and never log a secret argument's value.
+//! `crate::engine::analysis::run`), never log a secret argument's value, and never write a status
+//! or an Event the engine has not masked and bounded (`run::apply_masked`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::core::{DynamicObject, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -33,8 +37,9 @@ use super::fresh::{self, Fresh};
 use super::metrics::{MeasurementLabels, Metrics};
 use crate::analysis::{MeasureContext, Providers};
 use crate::api::argo::analysis::{AnalysisRun, AnalysisRunSpec, AnalysisRunStatus, Metric};
+use crate::api::argo::rollout::Rollout;
 use crate::engine::analysis::Observed;
-use crate::engine::analysis::args::{self, ResolvedArg};
+use crate::engine::analysis::args::{self, Masker, ResolvedArg};
 use crate::engine::analysis::run::{self, Due, DueKind, Taken};
 
 /// Errors of one reconcile; the run is retried with backoff.
@@ -65,7 +70,13 @@ pub struct Ctx {
     /// What this controller last wrote per run, trusted over an older cached copy, so a
     /// measurement is never taken twice because the watch event for our own write is late.
     written: Fresh<AnalysisRun>,
+    /// Maskers by the secret values they hide: building one compiles a pattern (milliseconds
+    /// for a long token), and a run's secrets rarely change between measurements.
+    maskers: Mutex<HashMap<Vec<String>, Arc<Masker>>>,
 }
+
+/// Cached maskers kept at most; past it the cache starts again (a rebuild costs milliseconds).
+const MAX_CACHED_MASKERS: usize = 1024;
 
 impl Ctx {
     pub fn new(
@@ -83,7 +94,31 @@ impl Ctx {
             field_manager,
             default_prometheus,
             written: Fresh::default(),
+            maskers: Mutex::default(),
         }
+    }
+
+    /// The masker for these arguments' secret values, built once per distinct set.
+    fn masker(&self, args: &[ResolvedArg]) -> Arc<Masker> {
+        let secrets: Vec<String> = args
+            .iter()
+            .filter(|a| a.secret)
+            .filter_map(|a| a.value.clone())
+            .collect();
+        if secrets.is_empty() {
+            return Arc::default();
+        }
+        // A poisoned lock only means a panic elsewhere mid-insert; the map is still usable.
+        let mut maskers = self.maskers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(masker) = maskers.get(&secrets) {
+            return masker.clone();
+        }
+        if maskers.len() >= MAX_CACHED_MASKERS {
+            maskers.clear();
+        }
+        let masker = Arc::new(Masker::new(args));
+        maskers.insert(secrets, masker.clone());
+        masker
     }
 
     /// The freshest copy of `run` we know of.
@@ -194,7 +229,13 @@ async fn reconcile_inner(run: Arc<AnalysisRun>, ctx: &Ctx) -> Result<Action, Err
     }))
     .await;
     let measured: Vec<String> = taken.iter().map(|t| t.metric.clone()).collect();
-    let plan = run::apply(&resolved.spec, &status, Timestamp::now(), taken);
+    let plan = run::apply_masked(
+        &resolved.spec,
+        &status,
+        Timestamp::now(),
+        taken,
+        &resolved.masker,
+    );
     if plan.status != status {
         write_status(&run, plan.status, ctx).await?;
     }
@@ -230,12 +271,12 @@ async fn collect_garbage(
     }
 }
 
-/// The run's metrics with arguments substituted: the real values to measure with, and a copy with
-/// secret values masked for what is recorded in status.
+/// The run's metrics with arguments substituted: the real values to measure with, a copy with
+/// secret values masked for what is recorded in status, and what hides them in any other text.
 struct Resolved {
     spec: AnalysisRunSpec,
     masked: Vec<Metric>,
-    args: Vec<ResolvedArg>,
+    masker: Arc<Masker>,
 }
 
 async fn resolve(run: &AnalysisRun, ctx: &Ctx) -> Result<Resolved, String> {
@@ -270,7 +311,7 @@ async fn resolve(run: &AnalysisRun, ctx: &Ctx) -> Result<Resolved, String> {
             })?;
             (Some(text), true)
         } else if let Some(f) = from.and_then(|f| f.field_ref.as_ref()) {
-            let owner = owner_json(run, ctx).await?;
+            let owner = owning_rollout(run, ctx, &arg.name).await?;
             let value = args::field_ref(&owner, &f.field_path)
                 .map_err(|e| format!("args.{}: {e}", arg.name))?;
             (Some(value), false)
@@ -290,38 +331,55 @@ async fn resolve(run: &AnalysisRun, ctx: &Ctx) -> Result<Resolved, String> {
     Ok(Resolved {
         spec,
         masked,
-        args: values,
+        masker: ctx.masker(&values),
     })
 }
 
-/// The object a `fieldRef` argument reads: the run's controlling owner (a Rollout, usually),
-/// else the run itself.
-async fn owner_json(run: &AnalysisRun, ctx: &Ctx) -> Result<serde_json::Value, String> {
-    let Some(owner) = run
+/// The object a `fieldRef` argument reads: the Rollout that controls the run (upstream freezes
+/// such arguments from it when it creates the run), with the uid the ownerReference names. Never
+/// any other owner: the ownerReference is written by whoever creates the run, and following it
+/// to any kind would hand them any object the controller can read (a Secret's `data.password`).
+async fn owning_rollout(
+    run: &AnalysisRun,
+    ctx: &Ctx,
+    arg: &str,
+) -> Result<serde_json::Value, String> {
+    let namespace = run.namespace().unwrap_or_default();
+    let controller = run
         .owner_references()
         .iter()
-        .find(|o| o.controller == Some(true))
+        .find(|o| o.controller == Some(true));
+    let Some(owner) =
+        controller.filter(|o| o.kind == "Rollout" && o.api_version == "argoproj.io/v1alpha1")
     else {
-        return serde_json::to_value(run).map_err(|e| e.to_string());
+        let found = match controller {
+            Some(o) => format!("its controller is {} {} {}", o.api_version, o.kind, o.name),
+            None => "it has no controlling owner".to_owned(),
+        };
+        return Err(format!(
+            "args.{arg}: valueFrom.fieldRef is read only from the Rollout that owns the run, and \
+             {found}; give the argument a value instead"
+        ));
     };
-    let (group, version) = match owner.api_version.split_once('/') {
-        Some((g, v)) => (g, v),
-        None => ("", owner.api_version.as_str()),
-    };
-    let gvk = GroupVersionKind::gvk(group, version, &owner.kind);
-    let (resource, _) = kube::discovery::pinned_kind(&ctx.client, &gvk)
+    let api: Api<Rollout> = Api::namespaced(ctx.client.clone(), &namespace);
+    let rollout = api
+        .get_opt(&owner.name)
         .await
-        .map_err(|e| format!("looking up owner kind {}: {e}", owner.kind))?;
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        ctx.client.clone(),
-        &run.namespace().unwrap_or_default(),
-        &resource,
-    );
-    let object = api
-        .get(&owner.name)
-        .await
-        .map_err(|e| format!("reading owner {} {}: {e}", owner.kind, owner.name))?;
-    serde_json::to_value(object).map_err(|e| e.to_string())
+        .map_err(|e| {
+            format!(
+                "args.{arg}: reading the owning Rollout {namespace}/{}: {e}",
+                owner.name
+            )
+        })?
+        .filter(|r| r.uid().as_deref() == Some(owner.uid.as_str()))
+        .ok_or_else(|| {
+            format!(
+                "args.{arg}: valueFrom.fieldRef: the owning Rollout {namespace}/{} with uid {} \
+                 does not exist",
+                owner.name, owner.uid
+            )
+        })?;
+    serde_json::to_value(rollout).map_err(|e| format!("args.{arg}: {e}"))
 }
 
 async fn measure(ctx: &Ctx, mcx: &MeasureContext, resolved: &Resolved, due: Due) -> Taken {
@@ -332,7 +390,9 @@ async fn measure(ctx: &Ctx, mcx: &MeasureContext, resolved: &Resolved, due: Due)
         .iter()
         .zip(&resolved.masked)
         .find(|(m, _)| m.name == due.metric);
-    let mut observed = match found {
+    // Not masked here: providers may echo a secret in any field, and the engine masks every
+    // text it records (`run::apply_masked`).
+    let observed = match found {
         None => Observed::error(format!("metric {} is not in the run's spec", due.metric)),
         Some((metric, masked)) => match ctx.providers.get(metric) {
             Err(e) => Observed::error(format!("metric {}: {e}", metric.name)),
@@ -343,10 +403,6 @@ async fn measure(ctx: &Ctx, mcx: &MeasureContext, resolved: &Resolved, due: Due)
             },
         },
     };
-    // Providers may echo what they sent (a header, a URL) in their errors.
-    if let Observed::Error { message, .. } = &mut observed {
-        *message = args::redact(message, &resolved.args);
-    }
     if let Some(planned) = due.planned_at {
         let late = started_at.duration_since(planned).as_secs_f64().max(0.0);
         ctx.metrics.measurement_delay.observe(late);

@@ -16,7 +16,9 @@
 //!    Rollout, as upstream does when it creates the run;
 //! 3. [`build_run_spec`] (or [`merge_templates`]) produces the AnalysisRun spec;
 //! 4. while measuring, the run controller reads Secrets for `valueFrom.secretKeyRef` arguments and
-//!    calls [`resolve`] for the metric it sends, and [`masked`] for the copy it records in status.
+//!    calls [`resolve`] for the metric it sends, and [`masked`] for the copy it records in status;
+//!    a [`Masker`] then hides the secret values, in any encoding, in whatever else is recorded
+//!    (values and errors a provider echoes, conditions).
 //!
 //! Deliberate differences from upstream (each is more lenient or clearer, never stricter):
 //! - a caller argument overrides a template argument entirely: a caller `value` clears the
@@ -31,7 +33,7 @@
 //!   `1e+06`), and `['key']` subscripts work at any depth.
 //!
 //! This module must never: fetch a template or a Secret, read the clock or the environment, put a
-//! secret value into anything meant for status or logs ([`masked`], [`redact`]), or panic on any
+//! secret value into anything meant for status or logs ([`masked`], [`Masker`]), or panic on any
 //! input.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -643,21 +645,177 @@ pub fn masked_metric(metric: &Metric, args: &[ResolvedArg]) -> Result<Metric, Ar
 }
 
 /// Replaces every non-empty secret value in `text` (a provider's error message, say) with
-/// [`MASK`], as upstream redacts measurement messages.
+/// [`MASK`], in every encoding [`Masker`] knows.
 pub fn redact(text: &str, args: &[ResolvedArg]) -> String {
-    let mut secrets: Vec<&str> = args
+    Masker::new(args).redact(text)
+}
+
+/// Hides the secret arguments of one run in recorded text (status fields, Events, log lines).
+///
+/// A secret can come back in other clothes than it was sent in: the URL it was put in is
+/// percent-encoded (by the URL parser, or a form), Basic authentication sends it in base64 after
+/// `user:`, and an endpoint that echoes it returns it JSON-escaped or encoded again. So each
+/// secret is matched as written and also with any of its characters percent-encoded (either hex
+/// case, `+` for a space) or JSON-escaped (`\"`, `\\`, `\/`, `\uXXXX`), and as base64 (standard
+/// and URL-safe, padded or not, at any of the three alignments inside a longer base64 text, such
+/// as `Authorization: Basic base64(user:secret)`). Redacting twice changes nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Masker {
+    /// One alternation of every form of every secret, longest forms first; `None` when the run
+    /// has no secret to hide.
+    pattern: Option<regex::Regex>,
+}
+
+/// Shortest base64 fragment masked on its own: shorter ones (secrets under ~5 bytes at an
+/// unaligned offset) would hide unrelated text, and reveal at most a few bits.
+const MIN_BASE64_FRAGMENT: usize = 6;
+
+/// Upper bound of redaction passes: each pass removes at least one character of a secret from
+/// the text, so real texts settle in one or two.
+const MAX_REDACT_PASSES: usize = 16;
+
+impl Masker {
+    /// A masker for the secret arguments among `args` (those with a value).
+    pub fn new(args: &[ResolvedArg]) -> Masker {
+        let mut forms: Vec<String> = Vec::new();
+        for secret in args
+            .iter()
+            .filter(|a| a.secret)
+            .filter_map(|a| a.value.as_deref())
+            // A secret inside the mask itself cannot be hidden by it (and would grow it forever).
+            .filter(|v| !v.is_empty() && !MASK.contains(*v))
+        {
+            forms.push(encoded_chars(secret));
+            forms.extend(base64_forms(secret).iter().map(|f| regex::escape(f)));
+        }
+        if forms.is_empty() {
+            return Masker::default();
+        }
+        // Leftmost-first alternation: at one position the longest form should win.
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        forms.dedup();
+        let pattern = regex::RegexBuilder::new(&forms.join("|"))
+            .size_limit(64 << 20)
+            .build()
+            // Too large to compile (a secret of many kilobytes): the whole-text forms still are.
+            .or_else(|_| regex::Regex::new(&literal_forms(args).join("|")));
+        Masker {
+            pattern: pattern.ok(),
+        }
+    }
+
+    /// Whether there is nothing to hide.
+    pub fn is_empty(&self) -> bool {
+        self.pattern.is_none()
+    }
+
+    /// `text` with every form of every secret replaced by [`MASK`].
+    pub fn redact(&self, text: &str) -> String {
+        let Some(pattern) = &self.pattern else {
+            return text.to_owned();
+        };
+        let mut out = text.to_owned();
+        // A secret containing `*` may re-form around a mask; each pass removes a character of it.
+        for _ in 0..MAX_REDACT_PASSES {
+            let next = pattern.replace_all(&out, MASK);
+            if next == out {
+                break;
+            }
+            out = next.into_owned();
+        }
+        out
+    }
+
+    /// [`Masker::redact`] in place.
+    pub fn redact_in_place(&self, text: &mut String) {
+        if self.pattern.as_ref().is_some_and(|p| p.is_match(text)) {
+            *text = self.redact(text);
+        }
+    }
+}
+
+/// Every secret as written, JSON-escaped, fully percent-encoded and in base64, as escaped regular
+/// expressions (the fallback when the per-character forms are too large to compile).
+fn literal_forms(args: &[ResolvedArg]) -> Vec<String> {
+    let mut forms = Vec::new();
+    for secret in args
         .iter()
         .filter(|a| a.secret)
         .filter_map(|a| a.value.as_deref())
-        .filter(|v| !v.is_empty())
-        .collect();
-    // Longest first, so a secret that contains another is masked whole.
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let mut out = text.to_owned();
-    for secret in secrets {
-        out = out.replace(secret, MASK);
+        .filter(|v| !v.is_empty() && !MASK.contains(*v))
+    {
+        forms.push(secret.to_owned());
+        let json = serde_json::to_string(secret).unwrap_or_default();
+        forms.push(json.trim_matches('"').to_owned());
+        forms.push(secret.bytes().map(|b| format!("%{b:02X}")).collect());
+        forms.extend(base64_forms(secret));
+    }
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.iter().map(|f| regex::escape(f)).collect()
+}
+
+/// A regular expression matching `secret` with any of its characters written plainly,
+/// percent-encoded or JSON-escaped.
+fn encoded_chars(secret: &str) -> String {
+    let mut out = String::new();
+    for c in secret.chars() {
+        let mut alternatives = vec![regex::escape(&c.to_string())];
+        let mut utf8 = [0u8; 4];
+        let percent: String = c
+            .encode_utf8(&mut utf8)
+            .bytes()
+            .map(|b| format!("%(?i:{b:02x})"))
+            .collect();
+        alternatives.push(percent);
+        if c == ' ' {
+            alternatives.push(r"\+".into());
+        }
+        let json: Option<&str> = match c {
+            '"' => Some(r#"\\""#),
+            '\\' => Some(r"\\\\"),
+            '/' => Some(r"\\/"),
+            '\n' => Some(r"\\n"),
+            '\t' => Some(r"\\t"),
+            '\r' => Some(r"\\r"),
+            _ => None,
+        };
+        alternatives.extend(json.map(str::to_owned));
+        let mut units = [0u16; 2];
+        let escaped: String = c
+            .encode_utf16(&mut units)
+            .iter()
+            .map(|u| format!(r"\\u(?i:{u:04x})"))
+            .collect();
+        alternatives.push(escaped);
+        out.push_str(&format!("(?:{})", alternatives.join("|")));
     }
     out
+}
+
+/// The base64 texts that reveal `secret`: its whole encoding (padded and not), and, for each
+/// alignment of the secret inside a longer encoded text, the characters that depend on the secret
+/// alone. Standard and URL-safe alphabets.
+fn base64_forms(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let bytes = secret.as_bytes();
+    let mut forms = vec![STANDARD.encode(bytes), URL_SAFE.encode(bytes)];
+    for offset in 0..3usize {
+        let mut shifted = vec![0u8; offset];
+        shifted.extend_from_slice(bytes);
+        // Characters carry 6 bits; keep those whose bits all come from the secret's bytes.
+        let first = (8 * offset).div_ceil(6);
+        let end = 8 * (offset + bytes.len()) / 6;
+        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+            let encoded = engine.encode(&shifted);
+            if let Some(core) = encoded.get(first..end)
+                && core.len() >= MIN_BASE64_FRAGMENT
+            {
+                forms.push(core.to_owned());
+            }
+        }
+    }
+    forms
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

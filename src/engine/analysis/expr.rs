@@ -97,6 +97,12 @@ impl Expr {
         &self.source
     }
 
+    /// Whether the condition calls the function `name` anywhere (`isNaN`, `len`, …): how the
+    /// run core tells a condition written to judge NaN or an empty result from one that is not.
+    pub fn calls(&self, name: &str) -> bool {
+        self.root.calls(name)
+    }
+
     /// Evaluate to any value with `result` bound to the measured value.
     pub fn eval(&self, result: &Value) -> Result<Value, ExprError> {
         let mut ctx = Ctx {
@@ -437,6 +443,23 @@ enum Node {
     Index(Box<Node>, Box<Node>),
     Member(Box<Node>, String),
     Call(&'static str, Vec<Node>),
+}
+
+impl Node {
+    fn calls(&self, name: &str) -> bool {
+        match self {
+            Node::Lit(_) | Node::Result | Node::Ident(_) | Node::Hash => false,
+            Node::Member(x, _) | Node::Unary(_, x) => x.calls(name),
+            Node::List(items) => items.iter().any(|n| n.calls(name)),
+            Node::Binary(_, a, b)
+            | Node::And(a, b)
+            | Node::Or(a, b)
+            | Node::Coalesce(a, b)
+            | Node::Index(a, b) => a.calls(name) || b.calls(name),
+            Node::Ternary(a, b, c) => a.calls(name) || b.calls(name) || c.calls(name),
+            Node::Call(f, args) => *f == name || args.iter().any(|n| n.calls(name)),
+        }
+    }
 }
 
 /// Functions whose second argument is a predicate over `#`.

@@ -31,6 +31,18 @@
 //! - A failing metric finishes the other metrics in the same [`apply`] (upstream needs one more
 //!   reconcile), and an interval below one second counts as one second, so a run never spins.
 //! - Measurements carry the query sent and a [`ConditionVerdict`] explaining the judgement.
+//! - **NaN and empty results are no evidence.** A value that holds a NaN (a ratio over no traffic)
+//!   or is empty (no series, `[]`, `{}`) is judged Inconclusive, not Successful, unless a condition
+//!   tests for that case on purpose (`isNaN(...)` for NaN, `len(...)` or `isNil(...)` for empty),
+//!   or the failureCondition held. Upstream judges it like any value, so a failure-only condition
+//!   passes `[NaN]` (every comparison with NaN is false) and `all(result, ...)` passes `[]`.
+//!   Inconclusive rather than Error: the provider answered, so retrying at once would change
+//!   nothing; an Inconclusive metric pauses the Rollout for a person (or counts against
+//!   `inconclusiveLimit`) where Error would abort it for want of traffic.
+//! - **What is recorded is bounded and masked** ([`recordable`]): every text of the status has the
+//!   run's secret arguments masked in every encoding ([`Masker`]), each field is cut to
+//!   [`MAX_RECORDED_BYTES`] saying so, and the oldest measurements go when their text passes
+//!   [`MAX_MEASUREMENT_BYTES`]; verdicts are judged on the whole value first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -39,7 +51,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use regex::Regex;
 
-use super::args::{ResolvedArg, resolve};
+use super::args::{Masker, ResolvedArg, resolve};
 use super::expr::{Expr, ExprError, Value};
 use super::observed::Observed;
 use crate::api::argo::analysis::{
@@ -53,6 +65,15 @@ pub const DEFAULT_ERROR_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The longest value shown inside a message; the full value is on the measurement.
 const MAX_VALUE_IN_MESSAGE: usize = 200;
+
+/// Longest text kept in one recorded field (a measurement's value, message, query, condition or
+/// metadata value; a result's or the run's message). A 2 MB value would make every status write
+/// fail (etcd keeps objects under 1.5 MiB) and the run would never finish.
+pub const MAX_RECORDED_BYTES: usize = 4096;
+
+/// Measurement text a status keeps in all; beyond it the oldest measurements are dropped (each
+/// metric keeps its latest), whatever `measurementRetention` allows.
+pub const MAX_MEASUREMENT_BYTES: usize = 256 * 1024;
 
 /// A metric that needs the provider now.
 #[derive(Clone, Debug, PartialEq)]
@@ -182,6 +203,18 @@ pub fn apply(
     now: Timestamp,
     taken: Vec<Taken>,
 ) -> RunPlan {
+    apply_masked(spec, status, now, taken, &Masker::default())
+}
+
+/// [`apply`] for a run with secret arguments: `masker` hides them in every text of the returned
+/// status and events ([`recordable`]).
+pub fn apply_masked(
+    spec: &AnalysisRunSpec,
+    status: &AnalysisRunStatus,
+    now: Timestamp,
+    taken: Vec<Taken>,
+    masker: &Masker,
+) -> RunPlan {
     if status.phase().is_completed() {
         return unchanged(status);
     }
@@ -220,7 +253,7 @@ pub fn apply(
         if result.phase.is_completed() {
             continue;
         }
-        record(rule, result, taken, was_terminating);
+        record(rule, result, taken, was_terminating, masker);
     }
     for rule in &rules {
         if let Some(result) = status
@@ -308,10 +341,90 @@ pub fn apply(
             Some(wait.max(SignedDuration::ZERO).unsigned_abs())
         }
     };
+    recordable(&mut status, masker);
+    for event in &mut events {
+        masker.redact_in_place(&mut event.message);
+    }
     RunPlan {
         status,
         requeue_after,
         events,
+    }
+}
+
+/// Makes a status fit to store: every recorded text has the secrets `masker` knows masked, then
+/// is cut to [`MAX_RECORDED_BYTES`] (saying so), then the oldest measurements are dropped while
+/// the measurements' text passes [`MAX_MEASUREMENT_BYTES`]. Applying it twice changes nothing.
+pub fn recordable(status: &mut AnalysisRunStatus, masker: &Masker) {
+    let fix = |text: &mut String| {
+        masker.redact_in_place(text);
+        cap(text);
+    };
+    status.message.iter_mut().for_each(fix);
+    for result in &mut status.metric_results {
+        result.message.iter_mut().for_each(fix);
+        result.metadata.values_mut().for_each(fix);
+        for m in &mut result.measurements {
+            for text in measurement_texts(m) {
+                fix(text);
+            }
+        }
+    }
+    trim_measurements(status);
+}
+
+/// Every free text of a measurement.
+fn measurement_texts(m: &mut Measurement) -> Vec<&mut String> {
+    let mut texts: Vec<&mut String> = Vec::new();
+    texts.extend(m.message.as_mut());
+    texts.extend(m.value.as_mut());
+    texts.extend(m.query.as_mut());
+    texts.extend(m.metadata.values_mut());
+    if let Some(c) = m.condition.as_mut() {
+        texts.extend(c.success_condition.as_mut());
+        texts.extend(c.failure_condition.as_mut());
+        texts.extend(c.message.as_mut());
+    }
+    texts
+}
+
+/// Cuts `text` to [`MAX_RECORDED_BYTES`] at a character boundary, ending with how long it was.
+fn cap(text: &mut String) {
+    if text.len() <= MAX_RECORDED_BYTES {
+        return;
+    }
+    let note = format!("… [truncated: {} bytes in all]", text.len());
+    let mut keep = MAX_RECORDED_BYTES.saturating_sub(note.len());
+    while !text.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    text.truncate(keep);
+    text.push_str(&note);
+}
+
+/// Drops the oldest measurements (never a metric's latest) until their text fits
+/// [`MAX_MEASUREMENT_BYTES`].
+fn trim_measurements(status: &mut AnalysisRunStatus) {
+    let size =
+        |m: &mut Measurement| -> usize { measurement_texts(m).iter().map(|t| t.len()).sum() };
+    let mut total: usize = status
+        .metric_results
+        .iter_mut()
+        .flat_map(|r| r.measurements.iter_mut())
+        .map(size)
+        .sum();
+    while total > MAX_MEASUREMENT_BYTES {
+        // The oldest droppable measurement across metrics.
+        let oldest = status
+            .metric_results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.measurements.len() > 1)
+            .min_by_key(|(_, r)| r.measurements[0].started_at.as_ref().map(seconds))
+            .map(|(i, _)| i);
+        let Some(i) = oldest else { break };
+        let mut dropped = status.metric_results[i].measurements.remove(0);
+        total = total.saturating_sub(size(&mut dropped));
     }
 }
 
@@ -373,7 +486,13 @@ pub fn judge(metric: &Metric, result: &Value) -> (AnalysisPhase, ConditionVerdic
         parse(metric.failure_condition.as_ref()),
     ) {
         (Ok(success), Ok(failure)) => {
-            let (phase, verdict, _) = evaluate(success.as_ref(), failure.as_ref(), result, None);
+            let (phase, verdict, _) = evaluate(
+                success.as_ref(),
+                failure.as_ref(),
+                result,
+                None,
+                &Masker::default(),
+            );
             (phase, verdict)
         }
         (Err(e), _) | (_, Err(e)) => (
@@ -664,7 +783,13 @@ fn result_mut<'s>(status: &'s mut AnalysisRunStatus, rule: &Rule<'_>) -> &'s mut
 }
 
 /// Records one outcome: a new measurement, or the in-flight one resumed or terminated.
-fn record(rule: &Rule<'_>, result: &mut MetricResult, taken: Taken, terminating: bool) {
+fn record(
+    rule: &Rule<'_>,
+    result: &mut MetricResult,
+    taken: Taken,
+    terminating: bool,
+    masker: &Masker,
+) {
     let started = taken.started_at.as_second();
     let finished = taken.finished_at.as_second().max(started);
     let replacing = result.measurements.last().is_some_and(in_flight);
@@ -692,6 +817,7 @@ fn record(rule: &Rule<'_>, result: &mut MetricResult, taken: Taken, terminating:
                 rule.failure.as_ref(),
                 &value,
                 query.as_deref(),
+                masker,
             );
             m.phase = phase;
             m.message = error;
@@ -808,19 +934,22 @@ fn count_verdict(r: &mut MetricResult, phase: AnalysisPhase) {
 
 // === Judging ===
 
-/// Judges `value`; the third element is the measurement's message when evaluation failed.
+/// Judges `value`; the third element is the measurement's message when evaluation failed or the
+/// value is no evidence ([`doubt`]).
 fn evaluate(
     success: Option<&Expr>,
     failure: Option<&Expr>,
     value: &Value,
     query: Option<&str>,
+    masker: &Masker,
 ) -> (AnalysisPhase, ConditionVerdict, Option<String>) {
     let mut verdict = ConditionVerdict {
         success_condition: success.map(|e| e.source().to_owned()),
         failure_condition: failure.map(|e| e.source().to_owned()),
         ..ConditionVerdict::default()
     };
-    let shown = truncated(&value.display());
+    // Masked before it is cut, so a cut never leaves the start of a secret.
+    let shown = truncated(&masker.redact(&value.display()));
     let run = |which: &str, expr: Option<&Expr>| -> Result<Option<bool>, String> {
         let Some(expr) = expr else { return Ok(None) };
         expr.eval_bool(value)
@@ -872,8 +1001,52 @@ fn evaluate(
             "neither successCondition nor failureCondition held".into(),
         ),
     };
+    if f != Some(true)
+        && let Some(doubt) = doubt(value, [success, failure].into_iter().flatten())
+    {
+        let phase = AnalysisPhase::Inconclusive;
+        verdict.message = Some(format!("result {shown}: {doubt}: {phase}"));
+        return (phase, verdict, Some(format!("result {shown}: {doubt}")));
+    }
     verdict.message = Some(format!("result {shown}: {why}: {phase}"));
     (phase, verdict, None)
+}
+
+/// Why `value` is no evidence either way, unless one of `conditions` judges that case on
+/// purpose: an empty result (no series, `[]`, `{}`, null) unless a condition calls `len` or
+/// `isNil`; a NaN anywhere in it unless one calls `isNaN`.
+fn doubt<'a>(value: &Value, conditions: impl Iterator<Item = &'a Expr> + Clone) -> Option<String> {
+    let calls = |f: &str| conditions.clone().any(|e| e.calls(f));
+    let empty = match value {
+        Value::Null => true,
+        Value::List(items) => items.is_empty(),
+        Value::Map(entries) => entries.is_empty(),
+        _ => false,
+    };
+    if empty && !calls("len") && !calls("isNil") {
+        return Some(
+            "the result is empty (no data), which is no evidence either way; to judge an empty \
+             result on purpose, test it in a condition (len(result) == 0)"
+                .into(),
+        );
+    }
+    if has_nan(value) && !calls("isNaN") {
+        return Some(
+            "the result holds NaN (often 0/0: no traffic), which is no evidence either way; to \
+             judge NaN on purpose, test it in a condition (isNaN(result[0]))"
+                .into(),
+        );
+    }
+    None
+}
+
+fn has_nan(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => n.is_nan(),
+        Value::List(items) => items.iter().any(has_nan),
+        Value::Map(entries) => entries.values().any(has_nan),
+        Value::Null | Value::Bool(_) | Value::String(_) => false,
+    }
 }
 
 /// Says exactly what went wrong: which condition, which query, what it returned.
@@ -966,8 +1139,11 @@ fn assess(rule: &Rule<'_>, r: &MetricResult, terminating: bool) -> (AnalysisPhas
         return (
             AnalysisPhase::Inconclusive,
             Some(format!(
-                "{} of {} measurements inconclusive, inconclusiveLimit {}",
-                r.inconclusive, r.count, rule.inconclusive_limit
+                "{} of {} measurements inconclusive, inconclusiveLimit {}{}",
+                r.inconclusive,
+                r.count,
+                rule.inconclusive_limit,
+                last_message(last, AnalysisPhase::Inconclusive)
             )),
         );
     }
@@ -1056,6 +1232,14 @@ fn successful(r: &MetricResult, why: String) -> (AnalysisPhase, Option<String>) 
 fn last_error(last: &Measurement) -> String {
     match (&last.phase, &last.message) {
         (AnalysisPhase::Error, Some(m)) => format!("; last error: {m}"),
+        _ => String::new(),
+    }
+}
+
+/// `; last measurement: <message>` when the last measurement is in `phase` and says why.
+fn last_message(last: &Measurement, phase: AnalysisPhase) -> String {
+    match &last.message {
+        Some(m) if last.phase == phase => format!("; last measurement: {m}"),
         _ => String::new(),
     }
 }

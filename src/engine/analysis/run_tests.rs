@@ -1278,3 +1278,241 @@ metrics:
         serde_yaml::from_str("templates: [{templateName: other}]").expect("template");
     assert_eq!(validate_template(&only_refs), Ok(()));
 }
+
+// === Issue 14: no evidence, secrets, sizes ===
+
+#[test]
+fn nan_and_empty_results_are_inconclusive_unless_a_condition_tests_for_them() {
+    use AnalysisPhase::{Error as Errored, Failed, Inconclusive, Successful};
+    let metric = |s: Option<&str>, f: Option<&str>| Metric {
+        name: "m".into(),
+        success_condition: s.map(str::to_owned),
+        failure_condition: f.map(str::to_owned),
+        ..Metric::default()
+    };
+    let nan = Value::List(vec![Value::Number(f64::NAN)]);
+    let some_nan = Value::List(vec![Value::Number(0.1), Value::Number(f64::NAN)]);
+    let empty = Value::List(vec![]);
+    let cases = [
+        // Upstream passes these two: NaN > 0.05 is false, all() of nothing is true.
+        (None, Some("result[0] > 0.05"), &nan, Inconclusive),
+        (Some("all(result, # < 0.05)"), None, &empty, Inconclusive),
+        (None, Some("any(result, # > 0.05)"), &empty, Inconclusive),
+        (None, None, &nan, Inconclusive),
+        (Some("result[0] >= 0.95"), None, &nan, Inconclusive),
+        (None, Some("any(result, # > 0.05)"), &some_nan, Failed),
+        (Some("all(result, # < 0.5)"), None, &some_nan, Inconclusive),
+        // Tested on purpose: judged as written.
+        (
+            None,
+            Some("isNaN(result[0]) || result[0] > 0.05"),
+            &nan,
+            Failed,
+        ),
+        (
+            Some("!isNaN(result[0]) && result[0] < 0.05"),
+            None,
+            &nan,
+            Failed,
+        ),
+        (Some("isNaN(result[0])"), None, &nan, Successful),
+        (
+            Some("len(result) == 0 || result[0] < 0.05"),
+            None,
+            &empty,
+            Successful,
+        ),
+        (
+            Some("len(result) > 0 && result[0] < 0.05"),
+            None,
+            &empty,
+            Failed,
+        ),
+        // Unchanged: an index into nothing cannot be evaluated.
+        (Some("result[0] < 0.05"), None, &empty, Errored),
+    ];
+    for (s, f, value, want) in cases {
+        let (phase, verdict) = judge(&metric(s, f), value);
+        assert_eq!(phase, want, "{s:?} {f:?} on {value:?}: {verdict:?}");
+    }
+    let (_, verdict) = judge(&metric(None, Some("result[0] > 0.05")), &nan);
+    let message = verdict.message.unwrap_or_default();
+    assert!(
+        message.contains("NaN") && message.contains("isNaN("),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_failure_only_metric_on_nan_never_succeeds_and_says_why() {
+    let mut run = Run::new(
+        r#"
+metrics:
+- name: m
+  failureCondition: result[0] > 0.05
+  provider: {prometheus: {query: "sum(up)"}}
+"#,
+    );
+    run.tick(0, vec![("m", value(f64::NAN))]);
+    assert_eq!(run.phase(), AnalysisPhase::Inconclusive);
+    let r = run.result("m");
+    assert_eq!(r.measurements[0].phase, AnalysisPhase::Inconclusive);
+    let message = r.message.as_deref().unwrap_or_default();
+    assert!(message.contains("holds NaN"), "{message}");
+}
+
+fn secret(name: &str, value: &str) -> ResolvedArg {
+    ResolvedArg {
+        name: name.into(),
+        value: Some(value.into()),
+        secret: true,
+    }
+}
+
+/// Every string of a status, one per line (unescaped, as a reader of the object sees them).
+fn all_text(status: &AnalysisRunStatus) -> String {
+    fn walk(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::String(s) => {
+                out.push_str(s);
+                out.push('\n');
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            serde_json::Value::Object(map) => map.values().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    walk(&serde_json::to_value(status).unwrap(), &mut out);
+    out
+}
+
+#[test]
+fn every_recorded_text_is_masked_in_every_encoding() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let token = r#"s3cr3t/t0"ken+x y"#;
+    let masker = Masker::new(&[secret("token", token)]);
+    let encodings = [
+        token.to_owned(),
+        "s3cr3t%2Ft0%22ken%2Bx%20y".to_owned(),
+        "s3cr3t%2ft0%22ken%2bx+y".to_owned(),
+        STANDARD.encode(token),
+        URL_SAFE_NO_PAD.encode(token),
+        // Basic authentication: the secret after `user:` inside one base64 text.
+        STANDARD.encode(format!("user:{token}")),
+    ];
+    let spec = spec(&format!(
+        r#"
+metrics:
+- name: m
+  successCondition: result.echo != '{token}'
+  provider: {{web: {{url: "http://x"}}}}
+"#
+    ));
+    let echoed = Value::Map(BTreeMap::from([(
+        "echo".to_string(),
+        Value::String(encodings.join(" | ")),
+    )]));
+    let taken = vec![Taken {
+        metric: "m".into(),
+        started_at: at(0),
+        finished_at: at(0),
+        observed: Observed::Value {
+            result: echoed,
+            query: Some(format!("GET http://x/?t={}", encodings[1])),
+            metadata: BTreeMap::from([("echo".to_string(), encodings.join(" "))]),
+        },
+    }];
+    let plan = apply_masked(&spec, &AnalysisRunStatus::default(), at(0), taken, &masker);
+    let text = format!("{}\n{:?}", all_text(&plan.status), plan.events);
+    for (i, form) in encodings.iter().enumerate() {
+        let bare = form.trim_end_matches('=');
+        let core = &bare[8..bare.len() - 2];
+        assert!(
+            !text.contains(form.as_str()) && !text.contains(core),
+            "encoding {i} {form:?} in {text}"
+        );
+    }
+    // JSON-escaped, as the value's display writes it.
+    assert!(!text.contains(r#"t0\"ken"#), "{text}");
+    assert!(text.contains("*****"), "{text}");
+    // The verdict is on the real value: the echo is not the token, so the condition held.
+    assert_eq!(plan.status.phase, Some(AnalysisPhase::Successful), "{text}");
+    // Recording again changes nothing (no status write loop).
+    let mut again = plan.status.clone();
+    recordable(&mut again, &masker);
+    assert_eq!(again, plan.status);
+}
+
+#[test]
+fn a_secret_containing_the_mask_character_settles() {
+    let masker = Masker::new(&[secret("t", "a*")]);
+    let once = masker.redact("xa*a*****y");
+    assert_eq!(masker.redact(&once), once);
+    assert!(!once.contains("a*"), "{once}");
+}
+
+#[test]
+fn huge_values_are_cut_and_the_run_still_completes_on_the_whole_value() {
+    let spec = spec(
+        r#"
+metrics:
+- name: m
+  successCondition: len(result.items) == 200000
+  provider: {web: {url: "http://x"}}
+"#,
+    );
+    let items = Value::List(vec![Value::Number(1.5); 200_000]);
+    let taken = vec![Taken {
+        metric: "m".into(),
+        started_at: at(0),
+        finished_at: at(0),
+        observed: Observed::Value {
+            result: Value::Map(BTreeMap::from([("items".to_string(), items)])),
+            query: None,
+            metadata: BTreeMap::new(),
+        },
+    }];
+    let plan = apply(&spec, &AnalysisRunStatus::default(), at(0), taken);
+    assert_eq!(plan.status.phase, Some(AnalysisPhase::Successful));
+    let m = &plan.status.metric_results[0].measurements[0];
+    let stored = m.value.as_deref().unwrap_or_default();
+    assert!(stored.len() <= MAX_RECORDED_BYTES, "{}", stored.len());
+    assert!(stored.contains("truncated"), "{stored}");
+    let mut again = plan.status.clone();
+    recordable(&mut again, &Masker::default());
+    assert_eq!(again, plan.status);
+}
+
+#[test]
+fn the_status_keeps_a_bounded_amount_of_measurement_text() {
+    let mut run = Run::new(
+        r#"
+metrics:
+- name: m
+  interval: 1s
+  successCondition: "true"
+  provider: {web: {url: "http://x"}}
+measurementRetention: [{metricName: m, limit: 1000}]
+"#,
+    );
+    let big = Value::String("x".repeat(10_000));
+    for s in 0..200 {
+        let observed = Observed::Value {
+            result: big.clone(),
+            query: None,
+            metadata: BTreeMap::new(),
+        };
+        run.apply_span(s, s, vec![("m", observed)]);
+    }
+    let r = run.result("m");
+    assert_eq!(r.count, 200);
+    let bytes: usize = r
+        .measurements
+        .iter()
+        .map(|m| serde_json::to_string(m).unwrap().len())
+        .sum();
+    assert!(bytes <= MAX_MEASUREMENT_BYTES + 64 * 1024, "{bytes}");
+    assert!(r.measurements.len() > 1 && r.measurements.len() < 200);
+}
