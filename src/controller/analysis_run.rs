@@ -16,7 +16,7 @@
 //! `crate::engine::analysis::run`), and never log a secret argument's value.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -65,6 +65,8 @@ pub struct Ctx {
     /// What this controller last wrote per run, trusted over an older cached copy, so a
     /// measurement is never taken twice because the watch event for our own write is late.
     written: Fresh<AnalysisRun>,
+    /// Reconcile failure streaks, by run uid.
+    backoff: super::backoff::Backoff,
 }
 
 impl Ctx {
@@ -83,6 +85,7 @@ impl Ctx {
             field_manager,
             default_prometheus,
             written: Fresh::default(),
+            backoff: Default::default(),
         }
     }
 
@@ -137,17 +140,16 @@ pub async fn run(
 fn error_policy(run: Arc<AnalysisRun>, error: &Error, ctx: Arc<Ctx>) -> Action {
     ctx.metrics.analysis_run_reconcile_error.inc();
     ctx.forget(&run);
-    tracing::warn!(run = %run.name_any(), namespace = ?run.namespace(), %error, "analysisrun reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(ctx.backoff.retry_after(run.as_ref(), error))
 }
 
 async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(ctx.fresh(run), &ctx).await;
+    let result = reconcile_inner(ctx.fresh(run.clone()), &ctx).await;
     ctx.metrics
         .analysis_run_reconcile
         .observe(started.elapsed().as_secs_f64());
-    result
+    ctx.backoff.record(run.as_ref(), result)
 }
 
 async fn reconcile_inner(run: Arc<AnalysisRun>, ctx: &Ctx) -> Result<Action, Error> {
