@@ -20,7 +20,7 @@
 //! the network delivers.
 //!
 //! On a clean shutdown the Lease is released (its duration set to 1 s), so the next leader starts
-//! at once.
+//! at once; the release gets [`RENEW_EVERY`] at most, so a hung connection cannot hold up the exit.
 //!
 //! This module decides only who leads; it never touches Rollouts or runs.
 
