@@ -43,6 +43,15 @@ enum Command {
             default_value = "sluice-controller"
         )]
         leader_election_name: String,
+        /// Run the Argo Rollouts half: Rollouts, AnalysisRuns, AnalysisTemplates (`--argo=false`: off).
+        #[arg(long, env = "SLUICE_ARGO", default_value_t = true, action = clap::ArgAction::Set)]
+        argo: bool,
+        /// Run the Flagger half: Canaries, MetricTemplates, AlertProviders (`--flagger=false`: off).
+        #[arg(long, env = "SLUICE_FLAGGER", default_value_t = true, action = clap::ArgAction::Set)]
+        flagger: bool,
+        /// `/healthz` fails once requests to the apiserver have had no answer for this long.
+        #[arg(long, env = "SLUICE_HEALTHZ_STALL_SECONDS", default_value_t = 60)]
+        healthz_stall_seconds: u64,
         /// Log format.
         #[arg(long, value_enum, env = "SLUICE_LOG_FORMAT", default_value = "text")]
         log_format: LogFormat,
@@ -264,6 +273,9 @@ fn main() -> anyhow::Result<()> {
             leader_elect,
             leader_election_namespace,
             leader_election_name,
+            argo,
+            flagger,
+            healthz_stall_seconds,
             log_format,
         } => {
             init_logging(log_format);
@@ -286,10 +298,17 @@ fn main() -> anyhow::Result<()> {
                 namespace,
                 http_addr,
                 default_prometheus: prometheus_address,
+                apis: sluice::controller::Apis { argo, flagger },
+                healthz_stall: std::time::Duration::from_secs(healthz_stall_seconds),
             };
-            tokio::runtime::Runtime::new()
-                .context("starting the async runtime")?
-                .block_on(sluice::controller::run(config))?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let outcome = runtime.block_on(sluice::controller::run(config));
+            // On an error (a lost Lease above all) nothing may act any more: background tasks are
+            // dropped at once instead of waiting for them.
+            if outcome.is_err() {
+                runtime.shutdown_background();
+            }
+            outcome?;
         }
         Command::Simulate {
             file,

@@ -5,50 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::TestEnv;
+use common::chart::{documents, helm_or_skip, render_chart, root};
 use common::service_account::{SaController, chart_account, run};
-use serde::Deserialize;
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn helm_or_skip(env: &TestEnv) -> Option<PathBuf> {
-    if env.helm.is_none() {
-        let msg = "skipped: the env file names no HELM (rerun tests/env/up, which builds helm)";
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("CI=true but {msg}");
-        }
-        eprintln!("{msg}");
-    }
-    env.helm.clone()
-}
-
-/// `helm template` of the chart into `namespace` with `--set` values.
-fn render_chart(helm: &Path, namespace: &str, crds: bool, sets: &[&str]) -> String {
-    let mut cmd = Command::new(helm);
-    cmd.args(["template", "sluice"])
-        .arg(root().join("deploy/helm/sluice"))
-        .args(["--namespace", namespace]);
-    if crds {
-        cmd.arg("--include-crds");
-    }
-    for set in sets {
-        cmd.args(["--set", set]);
-    }
-    run(&mut cmd, &format!("helm template {sets:?}"))
-}
-
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
-        .filter(|d| !d.is_null())
-        .collect()
-}
 
 /// Server-side dry-run apply of a YAML stream; returns kubectl's output.
 fn dry_run_apply(env: &TestEnv, yaml: &str, what: &str) -> String {

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -73,6 +73,8 @@ pub struct Ctx {
     /// Maskers by the secret values they hide: building one compiles a pattern (milliseconds
     /// for a long token), and a run's secrets rarely change between measurements.
     maskers: Mutex<HashMap<Vec<String>, Arc<Masker>>>,
+    /// Reconcile failure streaks, by run uid.
+    backoff: super::backoff::Backoff,
 }
 
 /// Cached maskers kept at most; past it the cache starts again (a rebuild costs milliseconds).
@@ -95,6 +97,7 @@ impl Ctx {
             default_prometheus,
             written: Fresh::default(),
             maskers: Mutex::default(),
+            backoff: Default::default(),
         }
     }
 
@@ -172,17 +175,16 @@ pub async fn run(
 fn error_policy(run: Arc<AnalysisRun>, error: &Error, ctx: Arc<Ctx>) -> Action {
     ctx.metrics.analysis_run_reconcile_error.inc();
     ctx.forget(&run);
-    tracing::warn!(run = %run.name_any(), namespace = ?run.namespace(), %error, "analysisrun reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(ctx.backoff.retry_after(run.as_ref(), error))
 }
 
 async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(ctx.fresh(run), &ctx).await;
+    let result = reconcile_inner(ctx.fresh(run.clone()), &ctx).await;
     ctx.metrics
         .analysis_run_reconcile
         .observe(started.elapsed().as_secs_f64());
-    result
+    ctx.backoff.record(run.as_ref(), result)
 }
 
 async fn reconcile_inner(run: Arc<AnalysisRun>, ctx: &Ctx) -> Result<Action, Error> {

@@ -87,8 +87,6 @@ mod routing;
 
 /// Canaries ticked at the same time.
 const CONCURRENCY: u16 = 10;
-/// Wait before ticking again after an error (every action is idempotent).
-const ERROR_REQUEUE: Duration = Duration::from_secs(5);
 /// The provider used when a Canary names none (Flagger's default is istio; Sluice has no mesh
 /// default, and `kubernetes` works everywhere).
 pub const DEFAULT_PROVIDER: &str = KUBERNETES_PROVIDER;
@@ -108,7 +106,7 @@ const CACHE_POLL: Duration = Duration::from_millis(100);
 /// How often what the controller remembers about Canaries that are gone is dropped.
 const SWEEP: Duration = Duration::from_secs(60);
 
-/// Why one tick of a Canary failed; it is ticked again after [`ERROR_REQUEUE`].
+/// Why one tick of a Canary failed; it is ticked again after a back-off ([`super::backoff`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("writing the status of Canary {namespace}/{name}: {source}")]
@@ -272,7 +270,14 @@ pub async fn run(
             )
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            |canary, ctx| async move {
+                let result = reconcile(canary.clone(), ctx.clone()).await;
+                ctx.shared.backoff.record(canary.as_ref(), result)
+            },
+            error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "canary reconcile");
@@ -300,13 +305,10 @@ fn canaries_of(store: &Store<Canary>, deployment: &Deployment) -> Vec<ObjectRef<
         .collect()
 }
 
-fn error_policy(canary: Arc<Canary>, error: &Error, _ctx: Arc<Ctx>) -> Requeue {
+fn error_policy(canary: Arc<Canary>, error: &Error, ctx: Arc<Ctx>) -> Requeue {
     match error {
         Error::Conflict { .. } => Requeue::requeue(Duration::from_millis(200)),
-        _ => {
-            tracing::warn!(canary = %canary.name_any(), namespace = ?canary.namespace(), %error, "canary tick failed");
-            Requeue::requeue(ERROR_REQUEUE)
-        }
+        _ => Requeue::requeue(ctx.shared.backoff.retry_after(canary.as_ref(), error)),
     }
 }
 

@@ -15,6 +15,9 @@
 //! status. A watch counts when the apiserver answers it (the stream then stays open). A request
 //! that got no HTTP response at all (connection refused, timeout) counts with `status_code="error"`.
 //!
+//! The same layer notes each request's start and answer for `/healthz` when given a
+//! [`Liveness`] ([`CountLayer::with_liveness`]).
+//!
 //! This module only counts; it never changes, delays or retries a request.
 
 use std::future::Future;
@@ -25,6 +28,8 @@ use axum::http::{Method, Request, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+
+use super::liveness::Liveness;
 
 /// The family's name as registered: prometheus-client appends `_total` to a counter's samples,
 /// which gives Argo's `controller_clientset_k8s_request_total`.
@@ -121,11 +126,23 @@ fn simple_verb(method: &Method, collection: bool, watch: bool) -> &'static str {
 #[derive(Clone)]
 pub struct CountLayer {
     counts: RequestCounts,
+    liveness: Option<std::sync::Arc<Liveness>>,
 }
 
 impl CountLayer {
     pub fn new(counts: RequestCounts) -> Self {
-        Self { counts }
+        Self {
+            counts,
+            liveness: None,
+        }
+    }
+
+    /// Also notes each request's start and answer in `liveness`.
+    pub fn with_liveness(self, liveness: std::sync::Arc<Liveness>) -> Self {
+        Self {
+            liveness: Some(liveness),
+            ..self
+        }
     }
 }
 
@@ -136,6 +153,7 @@ impl<S> tower::Layer<S> for CountLayer {
         Counted {
             inner,
             counts: self.counts.clone(),
+            liveness: self.liveness.clone(),
         }
     }
 }
@@ -145,6 +163,7 @@ impl<S> tower::Layer<S> for CountLayer {
 pub struct Counted<S> {
     inner: S,
     counts: RequestCounts,
+    liveness: Option<std::sync::Arc<Liveness>>,
 }
 
 impl<S, B, R> tower::Service<Request<B>> for Counted<S>
@@ -167,9 +186,15 @@ where
             request.uri().query(),
         );
         let counts = self.counts.clone();
+        let pending = self.liveness.as_ref().map(Liveness::sent);
         let response = self.inner.call(request);
         Box::pin(async move {
+            // The whole guard moves in, so the request ends (answered or not) with the future.
+            let mut pending = pending;
             let result = response.await;
+            if let Some(pending) = pending.as_mut() {
+                pending.answered = result.is_ok();
+            }
             let status_code = match &result {
                 Ok(response) => response.status().as_str().to_string(),
                 Err(_) => "error".to_string(),

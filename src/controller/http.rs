@@ -1,6 +1,6 @@
 //! The controller's HTTP endpoints: `/metrics` (Prometheus text format), `/healthz` (the process
-//! is alive) and `/readyz` (the watch caches have synced and, with leader election, the process
-//! may act). Never decides or writes anything.
+//! is not stuck on the apiserver: [`super::liveness`]) and `/readyz` (the watch caches have synced
+//! and, with leader election, the process may act). Never decides or writes anything.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use super::liveness::Liveness;
 use super::metrics::Metrics;
 
 /// What the endpoints report.
@@ -19,6 +20,8 @@ pub struct Health {
     pub metrics: Arc<Metrics>,
     /// Set once every watch cache has its first full list.
     pub ready: AtomicBool,
+    /// Requests to the apiserver and their answers.
+    pub liveness: Arc<Liveness>,
 }
 
 /// Binds `addr` and serves until `shutdown` resolves. Returns the bound address (port 0 picks one)
@@ -32,7 +35,7 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(health);
     let task = tokio::spawn(async move {
@@ -51,6 +54,13 @@ async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
         )],
         h.metrics.encode(),
     )
+}
+
+async fn healthz(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    match h.liveness.check(std::time::Instant::now()) {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(stuck) => (StatusCode::SERVICE_UNAVAILABLE, stuck),
+    }
 }
 
 async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {

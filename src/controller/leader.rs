@@ -1,12 +1,26 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so that with several replicas of the
 //! controller only one acts.
 //!
-//! The holder renews the Lease every [`RENEW_EVERY`]; a candidate takes it over once
-//! `renewTime + leaseDurationSeconds` has passed. Every write is a replace with the
-//! resourceVersion that was read, so two candidates can never both win. A leader that cannot
-//! renew within [`LEASE_DURATION`] stops: the process exits non-zero and the Deployment restarts
-//! it as a candidate, which is simpler and safer than stopping controllers in place. On a clean
-//! shutdown the Lease is released (its duration set to 1 s), so the next leader starts at once.
+//! The timing is client-go's: the holder renews every [`RENEW_EVERY`] (2 s); a candidate takes
+//! the Lease over once `renewTime + leaseDurationSeconds` ([`LEASE_DURATION`], 15 s) has passed.
+//! Every write is a replace with the resourceVersion that was read, so two candidates can never
+//! both win.
+//!
+//! A leader must stop acting before any other replica may take over, even when its connection
+//! to the apiserver hangs rather than fails. So every election request has its own deadline: a
+//! renewal must succeed within [`RENEW_DEADLINE`] (10 s) of the start of the last successful one
+//! (whose `renewTime` is never earlier than that start), else [`Elector::keep`] returns at that
+//! deadline, 5 s before the Lease can expire for the others. The caller then stops at once: the
+//! controllers' futures are dropped and the process exits non-zero without a graceful drain
+//! (no Lease release, no last status write), and the Deployment restarts it as a candidate.
+//! Exiting is chosen over stopping the controllers in place because it also stops every
+//! background task (Event and alert senders) and every watch cache that may be stale, with no
+//! path that could forget one. A request already on the wire when the deadline passes may still
+//! reach the apiserver late, as with client-go: election bounds when the leader *sends*, not when
+//! the network delivers.
+//!
+//! On a clean shutdown the Lease is released (its duration set to 1 s), so the next leader starts
+//! at once; the release gets [`RENEW_EVERY`] at most, so a hung connection cannot hold up the exit.
 //!
 //! This module decides only who leads; it never touches Rollouts or runs.
 
@@ -17,9 +31,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::time::Instant;
 
 /// How long a Lease is valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// How long the leader may go without a successful renewal before it stops acting; shorter than
+/// [`LEASE_DURATION`] by a margin for a slow exit and clock drift.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the leader renews and a candidate retries.
 pub const RENEW_EVERY: Duration = Duration::from_secs(2);
 
@@ -27,8 +45,8 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "lost the leader Lease {namespace}/{name}: not renewed for {seconds}s (last error: {last}); \
-         exiting so another replica can lead"
+        "lost the leader Lease {namespace}/{name}: {last} ({seconds}s after the last renewal); \
+         stopped acting and exiting so another replica can lead"
     )]
     Lost {
         namespace: String,
@@ -127,22 +145,37 @@ impl Elector {
         }
     }
 
-    /// Waits until this candidate holds the Lease.
-    pub async fn acquire(&self) {
+    /// One try with its own deadline, so a hung connection counts as a failure; with when it
+    /// started (the Lease's `renewTime` is never earlier).
+    async fn attempt_by(&self, deadline: Instant) -> (Instant, Attempt) {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout_at(deadline, self.attempt()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Attempt::Failed(format!(
+                "no answer from the apiserver within {}s",
+                (deadline - started).as_secs_f32().round()
+            )),
+        };
+        (started, outcome)
+    }
+
+    /// Waits until this candidate holds the Lease; returns when the winning write started (the
+    /// term's start, for [`keep`](Self::keep)).
+    pub async fn acquire(&self) -> Instant {
         let mut last_holder = String::new();
         loop {
-            match self.attempt().await {
-                Attempt::Won => {
+            match self.attempt_by(Instant::now() + RENEW_DEADLINE).await {
+                (started, Attempt::Won) => {
                     tracing::info!(lease = %self.name, identity = %self.identity, "became leader");
-                    return;
+                    return started;
                 }
-                Attempt::HeldByOther(holder) => {
+                (_, Attempt::HeldByOther(holder)) => {
                     if holder != last_holder {
                         tracing::info!(lease = %self.name, %holder, "standing by: another replica leads");
                         last_holder = holder;
                     }
                 }
-                Attempt::Failed(e) => {
+                (_, Attempt::Failed(e)) => {
                     tracing::warn!(lease = %self.name, error = %e, "leader election attempt failed")
                 }
             }
@@ -150,36 +183,52 @@ impl Elector {
         }
     }
 
-    /// Renews the Lease until renewal has failed for a whole lease duration; returns that error.
-    pub async fn keep(&self) -> Error {
-        let mut last_success = tokio::time::Instant::now();
+    /// Renews the Lease won at `renewed` until a renewal has not succeeded by [`RENEW_DEADLINE`]
+    /// after the last success started, or another replica holds it; returns at that moment, so
+    /// the caller can stop acting before the Lease expires for the others.
+    pub async fn keep(&self, mut renewed: Instant) -> Error {
+        let mut last = String::from("no renewal attempted");
         loop {
-            tokio::time::sleep(RENEW_EVERY).await;
-            let last = match self.attempt().await {
-                Attempt::Won => {
-                    last_success = tokio::time::Instant::now();
-                    continue;
-                }
-                Attempt::HeldByOther(holder) => format!("the Lease is now held by {holder}"),
-                Attempt::Failed(e) => e,
-            };
-            // Give up before the Lease can expire, so two leaders never overlap.
-            if last_success.elapsed() + RENEW_EVERY >= LEASE_DURATION
-                || last.starts_with("the Lease is now held")
-            {
-                return Error::Lost {
-                    namespace: self.namespace.clone(),
-                    name: self.name.clone(),
-                    seconds: last_success.elapsed().as_secs(),
-                    last,
-                };
+            let deadline = renewed + RENEW_DEADLINE;
+            tokio::time::sleep_until((Instant::now() + RENEW_EVERY).min(deadline)).await;
+            if Instant::now() >= deadline {
+                return self.lost(
+                    renewed,
+                    format!(
+                        "not renewed within {}s (last error: {last})",
+                        RENEW_DEADLINE.as_secs()
+                    ),
+                );
             }
-            tracing::warn!(lease = %self.name, error = %last, "renewing the leader Lease failed; retrying");
+            match self.attempt_by(deadline).await {
+                (started, Attempt::Won) => renewed = started,
+                (_, Attempt::HeldByOther(holder)) => {
+                    return self.lost(renewed, format!("the Lease is now held by {holder}"));
+                }
+                (_, Attempt::Failed(e)) => {
+                    tracing::warn!(lease = %self.name, error = %e, "renewing the leader Lease failed; retrying");
+                    last = e;
+                }
+            }
+        }
+    }
+
+    fn lost(&self, renewed: Instant, last: String) -> Error {
+        Error::Lost {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            seconds: renewed.elapsed().as_secs(),
+            last,
         }
     }
 
     /// Lets the next candidate take over at once (best effort, on clean shutdown).
     pub async fn release(&self) {
+        // A hung connection must not hold up the exit.
+        let _ = tokio::time::timeout(RENEW_EVERY, self.release_now()).await;
+    }
+
+    async fn release_now(&self) {
         let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
             return;
         };

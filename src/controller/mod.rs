@@ -9,11 +9,13 @@
 
 pub mod analysis_run;
 pub mod analysis_template;
+pub mod backoff;
 pub mod canary;
 pub mod client_metrics;
 pub mod fresh;
 pub mod http;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;
 pub mod rollout;
 pub mod shared_watch;
@@ -29,8 +31,23 @@ use kube::runtime::events::{Recorder, Reporter};
 /// The field manager for every write Sluice makes (server-side apply).
 pub const FIELD_MANAGER: &str = "sluice";
 
-/// How many controllers must report their caches synced before `/readyz` says ready.
-const CONTROLLERS: usize = 3;
+/// Which halves of the controller run (`--argo`, `--flagger`); the chart drops the RBAC of a
+/// half turned off.
+#[derive(Clone, Copy, Debug)]
+pub struct Apis {
+    /// Rollouts, AnalysisRuns, AnalysisTemplates.
+    pub argo: bool,
+    /// Canaries (with their MetricTemplates and AlertProviders).
+    pub flagger: bool,
+}
+
+impl Apis {
+    /// How many controllers must report their caches synced before `/readyz` says ready: the
+    /// Rollout and AnalysisRun controllers, the Canary controller.
+    fn controllers(self) -> usize {
+        2 * usize::from(self.argo) + usize::from(self.flagger)
+    }
+}
 
 /// What every controller shares.
 #[derive(Clone)]
@@ -41,6 +58,8 @@ pub struct Shared {
     /// Watch and manage only this namespace.
     pub namespace: Option<String>,
     pub ready: Readiness,
+    /// Reconcile failure streaks, by object uid (of every kind: uids are unique).
+    pub backoff: Arc<backoff::Backoff>,
 }
 
 impl Shared {
@@ -108,6 +127,11 @@ pub struct Config {
     pub leader_election: Option<(String, String)>,
     /// This replica's identity in the election.
     pub identity: String,
+    /// Which APIs are served.
+    pub apis: Apis,
+    /// How long the controller may wait on the apiserver without any answer before `/healthz`
+    /// fails ([`liveness`]).
+    pub healthz_stall: std::time::Duration,
 }
 
 /// Why the controller could not start.
@@ -149,25 +173,95 @@ async fn shutdown_signal() {
 
 /// The kube client every controller shares (kubeconfig or in-cluster config, as
 /// `Client::try_default`), with each request counted on `/metrics`
-/// (`controller_clientset_k8s_request_total`).
-async fn counted_client(metrics: &metrics::Metrics) -> Result<Client, Error> {
+/// (`controller_clientset_k8s_request_total`) and its answer noted for `/healthz`.
+async fn counted_client(
+    metrics: &metrics::Metrics,
+    liveness: &Arc<liveness::Liveness>,
+) -> Result<Client, Error> {
     let config = kube::Config::infer()
         .await
         .map_err(|e| Error::Client(kube::Error::InferConfig(e)))?;
-    let layer = client_metrics::CountLayer::new(metrics.api_requests.clone());
+    let layer = client_metrics::CountLayer::new(metrics.api_requests.clone())
+        .with_liveness(liveness.clone());
     Ok(kube::client::ClientBuilder::try_from(config)
         .map_err(Error::Client)?
         .with_layer(&layer)
         .build())
 }
 
+/// Every controller of the enabled APIs, until `shutdown`; add new ones here (and to
+/// [`Apis::controllers`] if they report readiness).
+async fn controllers(
+    shared: Shared,
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    // Deployments and Services are read by both the Rollout and the Canary controllers.
+    let mut deployments = shared_watch::SharedWatch::new(shared.api());
+    let mut services = shared_watch::SharedWatch::new(shared.api());
+    let argo = config.apis.argo.then(|| {
+        let analysis = Arc::new(analysis_run::Ctx::new(
+            shared.client.clone(),
+            shared.recorder.clone(),
+            shared.metrics.clone(),
+            FIELD_MANAGER.to_string(),
+            config.default_prometheus.clone(),
+        ));
+        let ready = shared.ready.clone();
+        let namespace = shared.namespace.clone();
+        let analysis_runs = {
+            let shutdown = shutdown.clone();
+            async move {
+                analysis_run::run(analysis, namespace.as_deref(), shutdown, move || {
+                    ready.synced()
+                })
+                .await
+            }
+        };
+        let rollouts = rollout::run(
+            shared.clone(),
+            deployments.subscribe(),
+            services.subscribe(),
+            shutdown.clone(),
+        );
+        let templates = analysis_template::run(shared.clone(), shutdown.clone());
+        async move {
+            tokio::join!(analysis_runs, rollouts, templates);
+        }
+    });
+    let flagger = config.apis.flagger.then(|| {
+        canary::run(
+            shared.clone(),
+            deployments.subscribe(),
+            services.subscribe(),
+            config.default_prometheus.clone(),
+            shutdown.clone(),
+        )
+    });
+    deployments.start();
+    services.start();
+    let argo = async move {
+        if let Some(argo) = argo {
+            argo.await
+        }
+    };
+    let flagger = async move {
+        if let Some(flagger) = flagger {
+            flagger.await
+        }
+    };
+    tokio::join!(argo, flagger);
+}
+
 /// Runs every controller until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> Result<(), Error> {
     let metrics = Arc::new(metrics::Metrics::new());
-    let client = counted_client(&metrics).await?;
+    let liveness = liveness::Liveness::new(config.healthz_stall);
+    let client = counted_client(&metrics, &liveness).await?;
     let health = Arc::new(http::Health {
         metrics: metrics.clone(),
         ready: Default::default(),
+        liveness,
     });
     let shutdown = shutdown_signal().shared();
 
@@ -183,11 +277,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .leader_election
         .as_ref()
         .map(|(ns, name)| leader::Elector::new(client.clone(), ns, name, &config.identity));
+    let mut term = None;
     if let Some(elector) = &elector {
         // A standby replica is healthy and ready to take over.
         health.ready.store(true, Ordering::Relaxed);
         tokio::select! {
-            _ = elector.acquire() => {}
+            won = elector.acquire() => term = Some(won),
             _ = shutdown.clone() => {
                 let _ = server.await;
                 return Ok(());
@@ -205,55 +300,23 @@ pub async fn run(config: Config) -> Result<(), Error> {
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         namespace: config.namespace.clone(),
-        ready: Readiness::new(health.clone(), CONTROLLERS),
+        ready: Readiness::new(health.clone(), config.apis.controllers()),
+        backoff: Arc::default(),
     };
-    // Each controller runs until `shutdown`; add new ones here (and to CONTROLLERS).
-    let analysis = Arc::new(analysis_run::Ctx::new(
-        shared.client.clone(),
-        shared.recorder.clone(),
-        shared.metrics.clone(),
-        FIELD_MANAGER.to_string(),
-        config.default_prometheus.clone(),
-    ));
-    let ready = shared.ready.clone();
-    // Deployments and Services are read by both the Rollout and the Canary controllers.
-    let mut deployments = shared_watch::SharedWatch::new(shared.api());
-    let mut services = shared_watch::SharedWatch::new(shared.api());
-    let rollouts = rollout::run(
-        shared.clone(),
-        deployments.subscribe(),
-        services.subscribe(),
-        shutdown.clone(),
-    );
-    let templates = analysis_template::run(shared.clone(), shutdown.clone());
-    let canaries = canary::run(
-        shared.clone(),
-        deployments.subscribe(),
-        services.subscribe(),
-        config.default_prometheus.clone(),
-        shutdown.clone(),
-    );
-    deployments.start();
-    services.start();
-    let controllers = async {
-        let analysis_runs = analysis_run::run(
-            analysis,
-            shared.namespace.as_deref(),
-            shutdown.clone(),
-            move || ready.synced(),
-        );
-        tokio::join!(analysis_runs, rollouts, templates, canaries);
-    };
+    let controllers = controllers(shared, &config, shutdown.clone());
     let lost = async {
-        match &elector {
-            Some(elector) => elector.keep().await,
-            None => std::future::pending().await,
+        match (&elector, term) {
+            (Some(elector), Some(won)) => elector.keep(won).await,
+            _ => std::future::pending().await,
         }
     };
     tokio::select! {
         _ = controllers => {}
         lost = lost => {
+            // Dropping `controllers` here stops every reconcile at its next await; the caller
+            // exits without draining (see `leader`).
             metrics.leader.set(0);
+            tracing::error!(error = %lost, "stopped acting: leadership can no longer be proven");
             return Err(lost.into());
         }
     }

@@ -76,12 +76,11 @@ fn concurrency() -> u16 {
         .filter(|n| *n > 0)
         .unwrap_or(CONCURRENCY)
 }
-/// Wait before planning again after an error (the engine's plan is idempotent, so retrying is safe).
-const ERROR_REQUEUE: Duration = Duration::from_secs(5);
 /// How often `rollout_info` series of deleted Rollouts are removed.
 const INFO_SWEEP: Duration = Duration::from_secs(30);
 
-/// Why one reconcile of a Rollout failed; it is planned again after [`ERROR_REQUEUE`].
+/// Why one reconcile of a Rollout failed; it is planned again after a back-off
+/// ([`super::backoff`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("traffic routing of Rollout {namespace}/{name}: {source}")]
@@ -453,10 +452,7 @@ fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Ctx>) -> Requeue 
             tracing::debug!(rollout = %rollout.name_any(), namespace = ?rollout.namespace(), %error, "planning again");
             Requeue::requeue(Duration::from_millis(200))
         }
-        _ => {
-            tracing::warn!(rollout = %rollout.name_any(), namespace = ?rollout.namespace(), %error, "rollout reconcile failed");
-            Requeue::requeue(ERROR_REQUEUE)
-        }
+        _ => Requeue::requeue(ctx.shared.backoff.retry_after(rollout.as_ref(), error)),
     }
 }
 
@@ -473,7 +469,7 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Ctx>) -> Result<Requeue, Erro
         .metrics
         .rollout_reconcile
         .observe(started.elapsed().as_secs_f64());
-    result
+    ctx.shared.backoff.record(rollout.as_ref(), result)
 }
 
 async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error> {

@@ -41,6 +41,17 @@ impl ControllerProcess {
 
     /// Like [`start`](Self::start), with extra command-line arguments.
     pub async fn start_with(env: &TestEnv, namespace: &str, extra: &[&str]) -> ControllerProcess {
+        Self::start_through(env, namespace, extra, &env.kubeconfig).await
+    }
+
+    /// Like [`start_with`](Self::start_with), reaching the cluster through `kubeconfig` (e.g. a
+    /// [`FreezableProxy`](super::proxy::FreezableProxy)'s copy).
+    pub async fn start_through(
+        env: &TestEnv,
+        namespace: &str,
+        extra: &[&str],
+        kubeconfig: &std::path::Path,
+    ) -> ControllerProcess {
         let port = free_port();
         let logs = env.dir.join("logs");
         std::fs::create_dir_all(&logs).expect("creating the log directory");
@@ -63,7 +74,7 @@ impl ControllerProcess {
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--prometheus-address", &env.prometheus_url])
             .args(extra)
-            .env("KUBECONFIG", &env.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,sluice=debug")
             // As the Helm chart runs it.
             .env("MALLOC_ARENA_MAX", "2")
@@ -100,6 +111,11 @@ impl ControllerProcess {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its exit status, once it has exited (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Kills the process with SIGKILL (a crash) and reaps it.

@@ -19,9 +19,11 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod canary;
+pub mod chart;
 pub mod controller;
 pub mod events;
 pub mod exporter;
+pub mod proxy;
 pub mod service_account;
 pub mod traffic;
 
