@@ -448,7 +448,7 @@ enum Node {
 impl Node {
     fn calls(&self, name: &str) -> bool {
         match self {
-            Node::Lit(_) | Node::Result | Node::Ident(_) | Node::Hash => false,
+            Node::Lit(_) | Node::Result | Node::Hash => false,
             Node::Member(x, _) | Node::Unary(_, x) => x.calls(name),
             Node::List(items) => items.iter().any(|n| n.calls(name)),
             Node::Binary(_, a, b)
