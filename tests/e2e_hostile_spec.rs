@@ -624,21 +624,23 @@ async fn a_metric_template_of_an_unsupported_type_stops_the_canary_before_it_sta
     f.assert_untouched("podinfo").await;
 }
 
-/// A Service port the apiserver refuses is one Warning naming spec.service with the
-/// apiserver's reason, not a log line every 5 s; fixing the port lets the Canary initialise.
+/// A Service port the apiserver refuses (here `targetPort`) is one Warning naming spec.service
+/// with the apiserver's reason, not a log line every 5 s; fixing it lets the Canary initialise.
 #[tokio::test]
 async fn a_canary_port_the_apiserver_refuses_is_reported_once() {
     let Some(f) = fixture("hs-port").await else {
         return;
     };
     f.target("podinfo").await;
-    f.create::<Canary>(canary(
+    // The CRD bounds `port`; `targetPort` (int or string) only the Service's validation checks.
+    let mut refused = canary(
         "podinfo",
         "kubernetes",
-        70000,
+        80,
         json!({"interval": "1s", "threshold": 2, "iterations": 2}),
-    ))
-    .await;
+    );
+    refused["spec"]["service"]["targetPort"] = json!(70000);
+    f.create::<Canary>(refused).await;
     let warnings = f
         .warnings_once("Canary", "podinfo", "spec.service", Duration::from_secs(7))
         .await;
@@ -647,8 +649,11 @@ async fn a_canary_port_the_apiserver_refuses_is_reported_once() {
         warnings[0].starts_with("InvalidSpec: ") && warnings[0].contains("70000"),
         "{warnings:#?}"
     );
-    f.patch::<Canary>("podinfo", json!({"spec": {"service": {"port": 80}}}))
-        .await;
+    f.patch::<Canary>(
+        "podinfo",
+        json!({"spec": {"service": {"targetPort": 9898}}}),
+    )
+    .await;
     f.wait_canary("podinfo", CanaryPhase::Initialized, TIMEOUT)
         .await;
 }
