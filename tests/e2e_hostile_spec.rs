@@ -937,3 +937,37 @@ async fn the_job_provider_leaves_a_job_it_did_not_create_alone() {
         "the Job the run did not create is still there"
     );
 }
+
+/// An InvalidSpec message longer than the 1,024 bytes an Event note may hold is cut, not lost:
+/// the Event is there, ending with `…`, and the status keeps the whole message.
+#[tokio::test]
+async fn an_event_longer_than_the_apiserver_accepts_is_cut_not_lost() {
+    let Some(f) = fixture("hs-long").await else {
+        return;
+    };
+    // One missing template per step: one error each.
+    let steps: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({"analysis": {"templates": [
+                {"templateName": format!("missing-template-with-a-rather-long-name-{i:02}")}]}})
+        })
+        .collect();
+    f.create::<Rollout>(rollout("web", json!({"steps": steps})))
+        .await;
+    let r = f
+        .wait_rollout("web", "InvalidSpec", |r| invalid_message(r).is_some())
+        .await;
+    let message = invalid_message(&r).unwrap_or_default();
+    assert!(message.len() > 1024, "a long message: {}", message.len());
+    let events = f
+        .warnings_once(
+            "Rollout",
+            "web",
+            "The Rollout is invalid",
+            Duration::from_secs(2),
+        )
+        .await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let note = events[0].trim_start_matches("InvalidSpec: ");
+    assert!(note.len() <= 1024 && note.ends_with('…'), "{note}");
+}
