@@ -252,7 +252,8 @@ fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.is_not_found())
 }
 
-/// The Job a measurement refers to: `(namespace, name)`.
+/// The Job a measurement refers to: `(namespace, name)`. The status is writable by whoever may
+/// patch the run, so a reference outside the run's namespace is refused, never followed.
 fn job_ref(ctx: &MeasureContext, measurement: &Measurement) -> Result<(String, String), Observed> {
     let name = measurement
         .metadata
@@ -264,7 +265,25 @@ fn job_ref(ctx: &MeasureContext, measurement: &Measurement) -> Result<(String, S
         .get(JOB_NAMESPACE_KEY)
         .filter(|n| !n.is_empty())
         .unwrap_or(&ctx.namespace);
+    if *namespace != ctx.namespace {
+        return Err(Observed::error(format!(
+            "the measurement names job {namespace}/{name}, outside the AnalysisRun's namespace {}: not read",
+            ctx.namespace
+        )));
+    }
     Ok((namespace.clone(), name.clone()))
+}
+
+/// The error for a Job the status names that this run did not create (its controller owner
+/// reference is another object): it is neither read nor deleted.
+fn not_ours(namespace: &str, name: &str) -> Observed {
+    Observed::Error {
+        message: format!(
+            "job {namespace}/{name} named in the measurement is not controlled by this AnalysisRun: not read or deleted"
+        ),
+        query: None,
+        metadata: job_metadata(namespace, name),
+    }
 }
 
 fn job_metadata(namespace: &str, name: &str) -> BTreeMap<String, String> {
@@ -357,6 +376,9 @@ impl Provider for JobProvider {
         let metadata = job_metadata(&namespace, &name);
         let api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
         let job = match api.get_opt(&name).await {
+            Ok(Some(job)) if !controlled_by(&job, &ctx.run_uid) => {
+                return not_ours(&namespace, &name);
+            }
             Ok(Some(job)) => job,
             Ok(None) => {
                 return Observed::Error {
@@ -402,6 +424,23 @@ impl Provider for JobProvider {
             Err(observed) => return observed,
         };
         let api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+        match api.get_opt(&name).await {
+            Ok(Some(job)) if !controlled_by(&job, &ctx.run_uid) => {
+                return not_ours(&namespace, &name);
+            }
+            Ok(None) => return terminated(job_metadata(&namespace, &name)),
+            Ok(Some(_)) => {}
+            Err(e) => {
+                return Observed::Error {
+                    message: format!(
+                        "reading job {namespace}/{name} before deleting it failed: {}",
+                        kube_message(&e)
+                    ),
+                    query: None,
+                    metadata: job_metadata(&namespace, &name),
+                };
+            }
+        }
         match delete_job(&api, &name).await {
             Ok(()) => terminated(job_metadata(&namespace, &name)),
             Err(e) => Observed::Error {
@@ -436,7 +475,13 @@ impl Provider for JobProvider {
                 ),
                 source: Box::new(source),
             })?;
-        for name in jobs_to_collect(&jobs.items, &metric.name, keep) {
+        // The label can be copied onto any Job: only the run's own are collected.
+        let ours: Vec<Job> = jobs
+            .items
+            .into_iter()
+            .filter(|job| controlled_by(job, &ctx.run_uid))
+            .collect();
+        for name in jobs_to_collect(&ours, &metric.name, keep) {
             delete_job(&api, &name)
                 .await
                 .map_err(|source| ProviderError::Kube {

@@ -44,11 +44,11 @@ where
         let event = Event {
             type_: EventType::Warning,
             reason: "InvalidSpec".into(),
-            note: Some(format!(
+            note: Some(super::event_note(&format!(
                 "{} {}: {message}; AnalysisRuns made from it will fail with this error",
                 K::kind(&()),
                 template.name_any()
-            )),
+            ))),
             action: "Validate".into(),
             secondary: None,
         };

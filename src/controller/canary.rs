@@ -17,8 +17,8 @@
 //! Providers: `kubernetes` (Blue/Green by switching the apex Service alone); `gatewayapi`,
 //! `istio`, `smi` / `linkerd`, `traefik` and `nginx` through the routing objects
 //! `canary::routing` generates (owned by the Canary, weights read back from watch caches; a tick
-//! waits until the last route write is applied). Other providers run the same analysis but do
-//! not shift traffic (a Warning Event says so).
+//! waits until the last route write is applied). A Canary naming another provider is refused
+//! once per generation with a Warning Event naming `spec.provider`, and nothing is written for it.
 //!
 //! Submodules: `config_tracking` (ConfigMaps/Secrets the target references: checksums in
 //! `status.trackedConfigs`, `-primary` copies; a kind the controller may not watch is disabled
@@ -41,8 +41,10 @@
 //!
 //! This module must never decide what a Canary does next (that is the engine), never write a
 //! field of the user's target Deployment other than `spec.replicas`, and never read an object
-//! through the API per reconcile while the Canary is idle (MetricTemplates, AlertProviders, the
-//! target's HPA and the data of tracked configs are read only when a run needs them).
+//! through the API per reconcile while the Canary is idle (AlertProviders, the target's HPA, the
+//! Secrets of MetricTemplates and the data of tracked configs are read only when a run needs
+//! them; MetricTemplates come from a watch cache, so that a provider type Sluice cannot query is
+//! refused, with a Warning naming `spec.provider.type`, before a run starts).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -57,15 +59,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::shared_watch::Subscription;
 use super::{FIELD_MANAGER, Shared};
 use crate::analysis::{MeasureContext, Providers};
-use crate::api::argo::analysis::Metric;
+use crate::api::argo::analysis::{Metric, MetricProvider, PrometheusMetric};
 use crate::api::flagger::canary::{
     Canary, CanaryMetric, CanaryPhase, CanaryStatus, CanaryWebhook, HookType, parse_go_duration,
 };
@@ -82,6 +84,7 @@ mod alerts;
 mod config_tracking;
 mod finalizer;
 mod hpa;
+mod metric_template;
 mod recording;
 mod routing;
 
@@ -164,6 +167,8 @@ pub struct Ctx {
     alerts: alerts::Queue,
     /// Warnings already given, by Canary uid and what they were about ([`Ctx::warn_once`]).
     warned: Mutex<std::collections::HashSet<(String, String)>>,
+    /// MetricTemplates (their provider type is checked before a Canary is acted on).
+    metric_templates: Store<MetricTemplate>,
 }
 
 fn min_interval() -> Duration {
@@ -194,10 +199,21 @@ pub async fn run(
     // Services only need to be in the cache; their changes do not start a tick.
     let services = services.store;
     let (configs, config_map_events, secret_events) = config_tracking::Caches::new(&shared).await;
+    let (metric_templates, template_writer) = reflector::store();
+    let template_events = reflector::reflector(
+        template_writer,
+        watcher(
+            shared.api::<MetricTemplate>(),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff(),
+    )
+    .touched_objects();
 
     let (routing, route_events) =
         routing::Routing::start(shared.client.clone(), shared.namespace.clone()).await;
     let by_deployment = canaries.clone();
+    let by_template = canaries.clone();
     let (cm_canaries, cm_deployments) = (canaries.clone(), deployments.clone());
     let (secret_canaries, secret_deployments) = (canaries.clone(), deployments.clone());
     let (alert_queue, alert_receiver) = alerts::Queue::new();
@@ -220,6 +236,7 @@ pub async fn run(
         recorded: Mutex::default(),
         alerts: alert_queue,
         warned: Mutex::default(),
+        metric_templates,
     });
     tokio::spawn(alerts::run(Arc::downgrade(&ctx), alert_receiver, metrics));
     // Deleted Canaries are not reconciled (no finalizer without revertOnDeletion): their state
@@ -269,6 +286,9 @@ pub async fn run(
                 &secret.name_any(),
             )
         })
+        .watches_stream(template_events, move |template: MetricTemplate| {
+            canaries_using_template(&by_template, &template)
+        })
         .graceful_shutdown_on(shutdown)
         .run(
             |canary, ctx| async move {
@@ -301,6 +321,31 @@ fn canaries_of(store: &Store<Canary>, deployment: &Deployment) -> Vec<ObjectRef<
         .iter()
         .filter(|c| c.namespace().as_deref() == Some(namespace.as_str()))
         .filter(|c| c.spec.target_ref.name == name || c.spec.target_ref.name == target)
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+/// The Canaries whose metrics name this MetricTemplate.
+fn canaries_using_template(
+    store: &Store<Canary>,
+    template: &MetricTemplate,
+) -> Vec<ObjectRef<Canary>> {
+    let namespace = template.namespace().unwrap_or_default();
+    let name = template.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|c| {
+            let own = c.namespace().unwrap_or_default();
+            let metrics = c
+                .analysis()
+                .map(|a| a.metrics.as_slice())
+                .unwrap_or_default();
+            metrics
+                .iter()
+                .filter_map(|m| m.template_ref.as_ref())
+                .any(|r| r.name == name && r.namespace.as_deref().unwrap_or(&own) == namespace)
+        })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
 }
@@ -400,6 +445,25 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
         .await;
         return Ok(Requeue::await_change());
     }
+    // A provider Sluice cannot route: analysing and promoting without ever shifting traffic
+    // would report a canary that never was. Refused like the above: nothing is written.
+    if canary.meta().deletion_timestamp.is_none()
+        && let Err(error) = routing::routable(&canary, &provider(&canary))
+    {
+        ctx.warn_once(
+            &canary,
+            &format!(
+                "unsupported-provider:{}",
+                canary.meta().generation.unwrap_or(0)
+            ),
+            "InvalidSpec",
+            &format!(
+                "spec.provider: {error}; the Canary is not acted on (nothing is created or changed) until spec.provider names one of them"
+            ),
+        )
+        .await;
+        return Ok(Requeue::await_change());
+    }
     // revertOnDeletion; the primary and the Services go with the Canary (owner references).
     if let Some(requeue) = ctx.finalizer(&canary).await? {
         return Ok(requeue);
@@ -417,6 +481,31 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
         )
         .await;
         return Ok(Requeue::await_change());
+    }
+    // A metric Sluice cannot query would fail every check (or worse, be sent to the wrong
+    // API): the Canary does not start; the template's change wakes it.
+    if let Some(message) = ctx.unsupported_metric_template(&canary) {
+        ctx.warn_once(
+            &canary,
+            &format!(
+                "metric-template:{}:{message}",
+                canary.meta().generation.unwrap_or(0)
+            ),
+            "InvalidSpec",
+            &format!("{message}; the Canary is not acted on until it names a supported type"),
+        )
+        .await;
+        return Ok(Requeue::await_change());
+    }
+    // Fields the run reads differently from what they say (maxWeight 0, weights beside
+    // iterations, ...) are followed as upstream does, and the user is told once per generation.
+    for message in core::reinterpreted(&canary, &provider(&canary)) {
+        let what = format!(
+            "reinterpreted:{}:{message}",
+            canary.meta().generation.unwrap_or(0)
+        );
+        ctx.warn_once(&canary, &what, "Reinterpreted", &message)
+            .await;
     }
     let started = std::time::Instant::now();
     let namespace = canary.namespace().unwrap_or_default();
@@ -495,8 +584,9 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
         .iter()
         .partition(|a| matches!(a, Action::CreatePrimary | Action::EnsureServices));
     for action in first {
-        ctx.execute(&canary, &provider, &plan.status, action)
-            .await?;
+        if let Err(error) = ctx.execute(&canary, &provider, &plan.status, action).await {
+            return ctx.refused_as_invalid(&canary, error).await;
+        }
     }
     let status = canary.status.clone().unwrap_or_default();
     if plan.status != status {
@@ -733,6 +823,7 @@ impl Ctx {
             && listed(&self.services)
             && self.configs.ready()
             && self.routing.synced()
+            && listed(&self.metric_templates)
     }
 
     /// A Warning Event about `what`, once per Canary (and controller process), not per tick.
@@ -751,6 +842,37 @@ impl Ctx {
         let status = canary.status.clone().unwrap_or_default();
         self.event_with_reason(canary, &status, true, reason, message)
             .await;
+    }
+
+    /// A generated object the apiserver refuses as invalid (422) is made from the Canary's spec
+    /// (a Service port out of range, say): retrying cannot help, so the Canary is told once per
+    /// generation with the apiserver's words, and waits for a change. Other errors are returned.
+    async fn refused_as_invalid(&self, canary: &Canary, error: Error) -> Result<Requeue, Error> {
+        let Error::Write {
+            action,
+            kind,
+            name,
+            source: kube::Error::Api(refusal),
+            ..
+        } = &error
+        else {
+            return Err(error);
+        };
+        if refusal.code != 422 {
+            return Err(error);
+        }
+        let field = if *kind == "Service" {
+            "spec.service"
+        } else {
+            "spec.targetRef"
+        };
+        let message = format!(
+            "{field}: {action} {kind} {name} was refused by the apiserver as invalid: {}; fix the Canary (or its target), nothing else is done until then",
+            refusal.message
+        );
+        let what = format!("invalid-{kind}:{}", canary.meta().generation.unwrap_or(0));
+        self.warn_once(canary, &what, "InvalidSpec", &message).await;
+        Ok(Requeue::await_change())
     }
 
     /// Tells a Canary once that the Secrets its target references are not tracked, and why.
@@ -874,17 +996,8 @@ impl Ctx {
                     canary: *canary_weight,
                     mirrored: *mirrored,
                 };
-                match self.routing.set_routes(canary, provider, split).await {
-                    // Not routed: the analysis runs, and the user must know the weight is not.
-                    Err(routing::RoutingError::Unsupported { .. }) => {
-                        let message = format!(
-                            "provider {provider:?}: Sluice does not route Canary traffic through it yet, so canary weight {canary_weight} is not applied; use gatewayapi:v1, istio, smi, linkerd, traefik, nginx or kubernetes"
-                        );
-                        self.event(canary, provider, status, true, &message).await;
-                        Ok(())
-                    }
-                    other => Ok(other?),
-                }
+                // An unroutable provider never gets here (refused before anything is planned).
+                Ok(self.routing.set_routes(canary, provider, split).await?)
             }
             Action::RunHooks(hook) => {
                 let hooks: Vec<CanaryWebhook> = canary
@@ -949,7 +1062,7 @@ impl Ctx {
             "type": if warning { "Warning" } else { "Normal" },
             "reason": reason,
             "action": "Reconcile",
-            "note": message.chars().take(1000).collect::<String>(),
+            "note": super::event_note(message),
             "regarding": reference,
             "reportingController": "sluice",
             "reportingInstance": std::env::var("POD_NAME").unwrap_or_else(|_| "sluice".into()),
@@ -1257,43 +1370,29 @@ impl Ctx {
         let namespace = canary.namespace().unwrap_or_default();
         let vars = MetricVars::for_canary(canary, metric);
         let server = canary.spec.metrics_server.clone().filter(|s| !s.is_empty());
-        let (query, address, builtin) = if let Some(reference) = &metric.template_ref {
-            let ns = reference.namespace.clone().unwrap_or(namespace.clone());
-            let api: Api<MetricTemplate> = Api::namespaced(self.shared.client.clone(), &ns);
-            let template = match api.get_opt(&reference.name).await {
-                Ok(Some(t)) => t,
-                Ok(None) => {
-                    return Verdict::fail(format!(
-                        "Halt advancement: MetricTemplate {ns}/{} of metric {} does not exist: create it or fix templateRef",
-                        reference.name, metric.name
-                    ));
-                }
-                Err(error) => {
-                    return Verdict::fail(format!(
-                        "Halt advancement: reading MetricTemplate {ns}/{}: {error}",
-                        reference.name
-                    ));
-                }
+        let plain = |query: String| {
+            let prom = PrometheusMetric {
+                query: Some(query),
+                address: server.clone(),
+                ..Default::default()
             };
-            match render(&template.spec.query, &vars) {
-                Ok(q) => (q, template.spec.provider.address.clone().or(server), None),
-                Err(e) => {
-                    return Verdict::fail(format!(
-                        "Halt advancement: metric {} (MetricTemplate {ns}/{}): {e}",
-                        metric.name, reference.name
-                    ));
-                }
+            (prom.clone(), prom)
+        };
+        let ((prom, masked), builtin) = if let Some(reference) = &metric.template_ref {
+            match self.template_metric(canary, metric, reference, &vars).await {
+                Ok(pair) => (pair, None),
+                Err(message) => return Verdict::fail(format!("Halt advancement: {message}")),
             }
         } else if let Some(query) = metric.query.as_deref().filter(|q| !q.trim().is_empty()) {
             match render(query, &vars) {
-                Ok(q) => (q, server, None),
+                Ok(q) => (plain(q), None),
                 Err(e) => {
                     return Verdict::fail(format!("Halt advancement: metric {}: {e}", metric.name));
                 }
             }
         } else {
             match builtin_query(&metric.name, provider, &vars) {
-                Some(Ok(b)) => (b.query.clone(), server, Some(b)),
+                Some(Ok(b)) => (plain(b.query.clone()), Some(b)),
                 Some(Err(e)) => {
                     return Verdict::fail(format!("Halt advancement: {e}"));
                 }
@@ -1305,7 +1404,8 @@ impl Ctx {
                 }
             }
         };
-        let value = match self.prometheus(canary, &metric.name, &query, address).await {
+        let query = masked.query.clone().unwrap_or_default();
+        let value = match self.prometheus(canary, &metric.name, prom, masked).await {
             Ok(v) => v,
             Err(message) => {
                 return Verdict::fail(format!(
@@ -1336,24 +1436,118 @@ impl Ctx {
         }
     }
 
+    /// The MetricTemplate a metric names, from the watch cache (or read, when it is in a
+    /// namespace the controller does not watch).
+    async fn metric_template(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<MetricTemplate>, kube::Error> {
+        if let Some(cached) = self
+            .metric_templates
+            .get(&ObjectRef::new(name).within(namespace))
+        {
+            return Ok(Some((*cached).clone()));
+        }
+        let api: Api<MetricTemplate> = Api::namespaced(self.shared.client.clone(), namespace);
+        api.get_opt(name).await
+    }
+
+    /// The Prometheus settings (and their masked copy) of a metric that names a MetricTemplate:
+    /// every field of the template's provider, credentials read from its `secretRef`.
+    async fn template_metric(
+        &self,
+        canary: &Canary,
+        metric: &CanaryMetric,
+        reference: &crate::api::flagger::canary::NamespacedReference,
+        vars: &MetricVars,
+    ) -> Result<(PrometheusMetric, PrometheusMetric), String> {
+        let ns = reference
+            .namespace
+            .clone()
+            .unwrap_or_else(|| canary.namespace().unwrap_or_default());
+        let shown = format!("MetricTemplate {ns}/{}", reference.name);
+        let template = match self.metric_template(&ns, &reference.name).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return Err(format!(
+                    "{shown} of metric {} does not exist: create it or fix templateRef",
+                    metric.name
+                ));
+            }
+            Err(error) => return Err(format!("reading {shown}: {error}")),
+        };
+        if let Some(message) = metric_template::unsupported_type(&template) {
+            return Err(message);
+        }
+        let query = render(&template.spec.query, vars)
+            .map_err(|e| format!("metric {} ({shown}): {e}", metric.name))?;
+        let credentials = match &template.spec.provider.secret_ref {
+            None => None,
+            Some(secret) => {
+                let api: Api<Secret> = Api::namespaced(self.shared.client.clone(), &ns);
+                let found = api.get_opt(&secret.name).await.map_err(|e| {
+                    format!(
+                        "reading Secret {ns}/{} ({shown} spec.provider.secretRef): {e}",
+                        secret.name
+                    )
+                })?;
+                let found = found.ok_or_else(|| {
+                    format!(
+                        "Secret {ns}/{} named by {shown} spec.provider.secretRef does not exist",
+                        secret.name
+                    )
+                })?;
+                Some(metric_template::credentials(&found)?)
+            }
+        };
+        let server = canary.spec.metrics_server.clone().filter(|s| !s.is_empty());
+        Ok(metric_template::prometheus(
+            &template,
+            &query,
+            server,
+            credentials.as_ref(),
+        ))
+    }
+
+    /// The first MetricTemplate the Canary's metrics name (in a namespace the controller
+    /// watches) whose provider type Sluice cannot query, as a message naming the field.
+    fn unsupported_metric_template(&self, canary: &Canary) -> Option<String> {
+        let namespace = canary.namespace().unwrap_or_default();
+        let metrics = canary
+            .analysis()
+            .map(|a| a.metrics.as_slice())
+            .unwrap_or_default();
+        metrics.iter().enumerate().find_map(|(i, metric)| {
+            let reference = metric.template_ref.as_ref()?;
+            let ns = reference.namespace.as_deref().unwrap_or(&namespace);
+            let template = self
+                .metric_templates
+                .get(&ObjectRef::new(&reference.name).within(ns))?;
+            metric_template::unsupported_type(&template)
+                .map(|message| format!("spec.analysis.metrics[{i}].templateRef: {message}"))
+        })
+    }
+
     /// Runs a PromQL instant query through the Prometheus provider: `None` when it found no
-    /// values, an error when the query failed or returned several series.
+    /// values, an error when the query failed or returned several series. Messages come from
+    /// `masked`.
     async fn prometheus(
         &self,
         canary: &Canary,
         metric: &str,
-        query: &str,
-        address: Option<String>,
+        prom: PrometheusMetric,
+        masked: PrometheusMetric,
     ) -> Result<Option<f64>, String> {
-        let mut prometheus = json!({"query": query});
-        if let Some(address) = address {
-            prometheus["address"] = json!(address);
-        }
-        let metric: Metric = serde_json::from_value(json!({
-            "name": metric,
-            "provider": {"prometheus": prometheus},
-        }))
-        .map_err(|e| format!("building the query: {e}"))?;
+        let as_metric = |prometheus: PrometheusMetric| Metric {
+            name: metric.to_string(),
+            provider: MetricProvider {
+                prometheus: Some(prometheus),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (metric, masked) = (as_metric(prom), as_metric(masked));
         let provider = self.providers.get(&metric).map_err(|e| e.to_string())?;
         let ctx = MeasureContext {
             client: self.shared.client.clone(),
@@ -1364,7 +1558,7 @@ impl Ctx {
             now: Timestamp::now(),
             measurement_number: 1,
         };
-        match provider.run(&ctx, &metric, &metric).await {
+        match provider.run(&ctx, &metric, &masked).await {
             Observed::Value { result, .. } => match result {
                 ExprValue::Number(n) => Ok(Some(n)),
                 ExprValue::List(items) => match items.as_slice() {

@@ -49,6 +49,24 @@ impl Apis {
     }
 }
 
+/// The longest Event note the apiserver accepts, in bytes (`events.k8s.io/v1` refuses longer).
+pub const MAX_EVENT_NOTE_BYTES: usize = 1024;
+
+/// `text` as an Event note: cut (on a character boundary, marked with `…`) to
+/// [`MAX_EVENT_NOTE_BYTES`], so a long message is shortened rather than the Event refused.
+pub fn event_note(text: &str) -> String {
+    if text.len() <= MAX_EVENT_NOTE_BYTES {
+        return text.to_string();
+    }
+    const MARK: &str = "…";
+    let mut end = MAX_EVENT_NOTE_BYTES - MARK.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &text[..end])
+}
+
+
 /// What every controller shares.
 #[derive(Clone)]
 pub struct Shared {
@@ -326,4 +344,18 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let _ = server.await;
     tracing::info!("sluice controller stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_notes_are_cut_to_what_the_apiserver_accepts() {
+        assert_eq!(event_note("short"), "short");
+        let long = "é".repeat(1000);
+        let note = event_note(&long);
+        assert!(note.len() <= MAX_EVENT_NOTE_BYTES, "{}", note.len());
+        assert!(note.ends_with('…') && note.starts_with("éé"));
+    }
 }

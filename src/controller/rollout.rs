@@ -6,6 +6,7 @@
 //!  (Rollouts, ReplicaSets,                                            2. actions (idempotent)
 //!   Services, EndpointSlices,                                         3. Events
 //!   AnalysisRuns, Deployments,                                        4. requeue_after
+//!   analysis templates,
 //!   route objects: crate::traffic::cache)
 //! ```
 //!
@@ -53,7 +54,7 @@ use super::fresh::{self, Fresh};
 use super::metrics::{RolloutInfoLabels, RolloutReplicas};
 use super::shared_watch::Subscription;
 use super::{FIELD_MANAGER, Shared};
-use crate::api::argo::analysis::AnalysisRun;
+use crate::api::argo::analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};
 use crate::api::argo::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus};
 use crate::engine::analysis::args::ArgsError;
 use crate::engine::{self, Action, Input};
@@ -363,6 +364,20 @@ pub async fn run(
         move |e| idx.pods.apply(e),
     );
     tokio::spawn(pod_events.for_each(|_| async {}));
+    // The analysis templates a Rollout references are part of its validation (`engine::validate`).
+    let (analysis_templates, template_events) = cache(
+        watcher(shared.api::<AnalysisTemplate>(), config()),
+        |_| {},
+        |_| {},
+    );
+    let (cluster_analysis_templates, cluster_template_events) = cache(
+        watcher(
+            Api::<ClusterAnalysisTemplate>::all(shared.client.clone()),
+            config(),
+        ),
+        |_| {},
+        |_| {},
+    );
     // Route objects (HTTPRoutes, VirtualServices, ...) are watched per kind from the first
     // Rollout that names one; a changed route wakes the Rollouts that read it.
     let (route_objects, route_changes) =
@@ -380,6 +395,8 @@ pub async fn run(
         analysis_runs,
         deployments,
         pods,
+        analysis_templates,
+        cluster_analysis_templates,
         index,
     };
 
@@ -393,6 +410,8 @@ pub async fn run(
         super::store_synced(&ready.analysis_runs).await;
         super::store_synced(&ready.deployments).await;
         super::store_synced(&ready.pods).await;
+        super::store_synced(&ready.analysis_templates).await;
+        super::store_synced(&ready.cluster_analysis_templates).await;
         tracing::info!("rollout controller: watch caches synced");
         readiness.synced();
     });
@@ -400,6 +419,8 @@ pub async fn run(
     let by_service = caches.clone();
     let by_slice = caches.clone();
     let by_deployment = caches.clone();
+    let by_template = caches.clone();
+    let by_cluster_template = caches.clone();
     let ctx = Arc::new(Ctx {
         shared,
         caches,
@@ -434,6 +455,16 @@ pub async fn run(
                 &deployment.name_any(),
             )
         })
+        .watches_stream(template_events, move |template: AnalysisTemplate| {
+            let namespace = template.namespace().unwrap_or_default();
+            by_template.rollouts_for_template(Some(&namespace), &template.name_any())
+        })
+        .watches_stream(
+            cluster_template_events,
+            move |template: ClusterAnalysisTemplate| {
+                by_cluster_template.rollouts_for_template(None, &template.name_any())
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -693,7 +724,7 @@ fn publish(rollout: &Rollout, actions: &[Action], ctx: &Ctx) {
                     EventType::Normal
                 },
                 reason: event.reason.to_string(),
-                note: Some(event.message.clone()),
+                note: Some(super::event_note(&event.message)),
                 action: "Reconcile".to_string(),
                 secondary: None,
             }),

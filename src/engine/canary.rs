@@ -237,6 +237,13 @@ impl<'a> Planner<'a> {
                 workload.name.as_deref().unwrap_or_default()
             )];
         }
+        if let Some(templates) = &self.observed.analysis_templates {
+            errors.extend(
+                validate::analysis_templates(self.spec, templates)
+                    .iter()
+                    .map(ToString::to_string),
+            );
+        }
         if let Some(error) = &self.observed.traffic_config_error {
             errors.push(format!("spec.strategy.canary.trafficRouting: {error}"));
         }

@@ -66,7 +66,15 @@ pub struct Observations {
     /// Why the traffic routers `trafficRouting` names cannot be used (an unknown plugin, a router
     /// without its object): the plan is InvalidSpec.
     pub traffic_config_error: Option<String>,
+    /// The AnalysisTemplates (`false`) and ClusterAnalysisTemplates (`true`) the spec's analyses
+    /// reference, nested references included, by name; one missing here does not exist. `None`
+    /// when templates were not observed (offline simulations): they are then not checked.
+    pub analysis_templates: Option<AnalysisTemplates>,
 }
+
+/// Templates by `(name, clusterScope)`.
+pub type AnalysisTemplates =
+    BTreeMap<(String, bool), crate::api::argo::analysis::AnalysisTemplateSpec>;
 
 impl Observations {
     /// Observations with nothing observed yet.
@@ -81,6 +89,7 @@ impl Observations {
             workload: None,
             pods: Vec::new(),
             traffic_config_error: None,
+            analysis_templates: None,
         }
     }
 }

@@ -1,11 +1,19 @@
 //! Spec checks the CRD schema cannot express: a Rollout that passes the apiserver but makes no
 //! sense gets an `InvalidSpec` condition naming the field, and nothing it owns is touched.
 //!
+//! The analyses are checked against the templates they reference, as Argo resolves them while
+//! validating: a template that does not exist, an argument no one gives a value, or a metric name
+//! two templates define would only fail once the analysis is due, with the canary already
+//! serving; they are `InvalidSpec` from the start instead.
+//!
 //! Messages follow Argo's `pkg/apis/rollouts/validation` where one exists. Pure; never panics.
 
 use std::fmt;
 
+use crate::api::argo::analysis::{AnalysisTemplateRef, Argument};
 use crate::api::argo::rollout::{CanaryStep, RolloutAnalysis, RolloutSpec};
+use crate::engine::AnalysisTemplates;
+use crate::engine::analysis::args::{self, ArgsError};
 use crate::engine::replicas::fenceposts;
 
 /// One reason the spec is invalid.
@@ -78,6 +86,18 @@ fn validate_template(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
             "a pod template with at least one container is required",
         ));
         return;
+    }
+    // Labels alone pass the check above; the apiserver refuses such a ReplicaSet.
+    if spec
+        .template
+        .as_ref()
+        .and_then(|t| t.spec.as_ref())
+        .is_none_or(|s| s.containers.is_empty())
+    {
+        errors.push(err(
+            "spec.template.spec.containers",
+            "a pod template with at least one container is required",
+        ));
     }
     let Some(selector) = &spec.selector else {
         errors.push(err("spec.selector", "a selector is required"));
@@ -391,5 +411,225 @@ fn validate_analysis(analysis: &RolloutAnalysis, field: &str, errors: &mut Vec<I
                 "valueFrom needs podTemplateHashValue or fieldRef",
             ));
         }
+    }
+}
+
+/// Every analysis of the spec (each step's, then the background one) checked against the
+/// templates it references: each must exist (nested references too), and merging them with the
+/// Rollout's arguments must succeed (no metric defined twice, no argument without a value).
+pub fn analysis_templates(spec: &RolloutSpec, templates: &AnalysisTemplates) -> Vec<InvalidSpec> {
+    let Some(canary) = &spec.strategy.canary else {
+        return Vec::new();
+    };
+    let base = "spec.strategy.canary";
+    let steps = canary.steps().iter().enumerate().filter_map(|(i, step)| {
+        let analysis = step.analysis.as_ref()?;
+        Some((format!("{base}.steps[{i}].analysis"), analysis))
+    });
+    let background = canary
+        .analysis
+        .as_ref()
+        .map(|b| (format!("{base}.analysis"), &b.analysis));
+    steps
+        .chain(background)
+        .filter_map(|(field, analysis)| resolve_analysis(analysis, &field, templates).err())
+        .collect()
+}
+
+/// Why an analysis's templates cannot be collected.
+enum Walk {
+    Missing(AnalysisTemplateRef),
+    Args(ArgsError),
+}
+
+impl From<ArgsError> for Walk {
+    fn from(e: ArgsError) -> Self {
+        Walk::Args(e)
+    }
+}
+
+fn resolve_analysis(
+    analysis: &RolloutAnalysis,
+    field: &str,
+    templates: &AnalysisTemplates,
+) -> Result<(), InvalidSpec> {
+    let refs = analysis.templates.as_deref().unwrap_or_default();
+    let roots: Vec<AnalysisTemplateRef> = refs
+        .iter()
+        .filter_map(|t| {
+            Some(AnalysisTemplateRef {
+                template_name: t.template_name.clone().filter(|n| !n.is_empty())?,
+                cluster_scope: t.cluster_scope,
+            })
+        })
+        .collect();
+    let collected = args::collect_templates(&roots, |r| {
+        let key = (r.template_name.clone(), r.cluster_scope.unwrap_or(false));
+        templates
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| Walk::Missing(r.clone()))
+    });
+    let collected = match collected {
+        Ok(collected) => collected,
+        Err(Walk::Missing(missing)) => return Err(missing_template(refs, &missing, field)),
+        Err(Walk::Args(e)) => return Err(err(format!("{field}.templates"), e.to_string())),
+    };
+    // Namespaced templates first, as the run is built; values only matter for being there
+    // (valueFrom ones are read when the run is made).
+    let cluster_prefix = args::display_name("", true);
+    let (mut ordered, cluster): (Vec<_>, Vec<_>) = collected
+        .into_iter()
+        .partition(|(name, _)| !name.starts_with(&cluster_prefix));
+    ordered.extend(cluster);
+    let args: Vec<Argument> = analysis
+        .args
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|a| Argument {
+            name: a.name.clone(),
+            value: Some(a.value.clone().unwrap_or_default()),
+            value_from: None,
+        })
+        .collect();
+    args::merge_templates(&ordered, &args)
+        .map(|_| ())
+        .map_err(|e| err(format!("{field}.templates"), e.to_string()))
+}
+
+/// The error for a template that does not exist, on the reference that names it (or on the
+/// list, when another template references it).
+fn missing_template(
+    refs: &[crate::api::argo::rollout::RolloutAnalysisTemplate],
+    missing: &AnalysisTemplateRef,
+    field: &str,
+) -> InvalidSpec {
+    let cluster = missing.cluster_scope.unwrap_or(false);
+    let shown = args::display_name(&missing.template_name, cluster);
+    let root = refs.iter().position(|t| {
+        t.template_name.as_deref() == Some(missing.template_name.as_str())
+            && t.cluster_scope.unwrap_or(false) == cluster
+    });
+    match root {
+        Some(i) => err(
+            format!("{field}.templates[{i}].templateName"),
+            format!("{shown} not found: create it, or fix the templateName"),
+        ),
+        None => err(
+            format!("{field}.templates"),
+            format!(
+                "{shown}, referenced by another template, not found: create it, or fix the reference"
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::argo::analysis::AnalysisTemplateSpec;
+    use serde_json::json;
+
+    fn spec(canary: serde_json::Value) -> RolloutSpec {
+        serde_json::from_value(json!({
+            "selector": {"matchLabels": {"app": "a"}},
+            "template": {"metadata": {"labels": {"app": "a"}},
+                "spec": {"containers": [{"name": "a", "image": "a"}]}},
+            "strategy": {"canary": canary},
+        }))
+        .unwrap()
+    }
+
+    fn template(metric: &str, args: serde_json::Value) -> AnalysisTemplateSpec {
+        serde_json::from_value(json!({"args": args, "metrics": [{"name": metric,
+            "provider": {"prometheus": {"query": "vector(1)"}}}]}))
+        .unwrap()
+    }
+
+    fn fields(spec: &RolloutSpec, templates: &AnalysisTemplates) -> Vec<String> {
+        analysis_templates(spec, templates)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn templates_are_resolved_as_a_run_would_be() {
+        let rollout = spec(json!({
+            "steps": [{"analysis": {"templates": [{"templateName": "a"}, {"templateName": "c", "clusterScope": true}],
+                "args": [{"name": "svc", "value": "web"}]}}],
+            "analysis": {"templates": [{"templateName": "bg"}]},
+        }));
+        let mut templates = AnalysisTemplates::new();
+        let errors = fields(&rollout, &templates);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with(
+            "spec.strategy.canary.steps[0].analysis.templates[0].templateName: AnalysisTemplate/a not found"
+        ));
+        assert!(errors[1].starts_with(
+            "spec.strategy.canary.analysis.templates[0].templateName: AnalysisTemplate/bg not found"
+        ));
+
+        templates.insert(("a".into(), false), template("m", json!([{"name": "svc"}])));
+        templates.insert(("bg".into(), false), template("m", json!([])));
+        let errors = fields(&rollout, &templates);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].contains("ClusterAnalysisTemplate/c not found"),
+            "{errors:?}"
+        );
+
+        templates.insert(
+            ("c".into(), true),
+            template("m", json!([{"name": "other"}])),
+        );
+        let errors = fields(&rollout, &templates).join("\n");
+        assert!(
+            errors.contains("metric \"m\" is defined by both"),
+            "{errors}"
+        );
+
+        templates.insert(
+            ("c".into(), true),
+            template("n", json!([{"name": "other"}])),
+        );
+        let errors = fields(&rollout, &templates).join("\n");
+        assert!(errors.contains("argument \"other\""), "{errors}");
+
+        templates.insert(("c".into(), true), template("n", json!([])));
+        assert!(fields(&rollout, &templates).is_empty());
+    }
+
+    #[test]
+    fn a_nested_template_that_is_missing_is_named() {
+        let rollout =
+            spec(json!({"steps": [{"analysis": {"templates": [{"templateName": "a"}]}}]}));
+        let mut outer = template("m", json!([]));
+        outer.templates = vec![AnalysisTemplateRef {
+            template_name: "inner".into(),
+            cluster_scope: None,
+        }];
+        let templates = AnalysisTemplates::from([(("a".into(), false), outer)]);
+        let errors = fields(&rollout, &templates);
+        assert!(
+            errors[0].starts_with("spec.strategy.canary.steps[0].analysis.templates: AnalysisTemplate/inner, referenced by another template, not found"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_pod_template_without_containers_is_invalid() {
+        let mut rollout = spec(json!({"steps": []}));
+        if let Some(pod) = rollout.template.as_mut().and_then(|t| t.spec.as_mut()) {
+            pod.containers.clear();
+        }
+        let errors: Vec<String> = validate(&rollout).iter().map(ToString::to_string).collect();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("spec.template.spec.containers")),
+            "{errors:?}"
+        );
     }
 }

@@ -270,6 +270,19 @@ pub enum Provider {
     Nginx,
 }
 
+/// `Unsupported` when Sluice cannot route `provider_name` (contour, gloo, kuma, ...): such a
+/// Canary must not start, or it would promote without ever shifting traffic.
+pub fn routable(canary: &Canary, provider_name: &str) -> Result<(), RoutingError> {
+    match Provider::parse(provider_name) {
+        Parsed::Unsupported => Err(RoutingError::Unsupported {
+            namespace: canary.namespace().unwrap_or_default(),
+            name: canary.name_any(),
+            provider: provider_name.into(),
+        }),
+        Parsed::NoRouter | Parsed::Routed(_) => Ok(()),
+    }
+}
+
 /// What parsing a provider name gives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parsed {
@@ -1769,16 +1782,9 @@ impl Routing {
         provider_name: &str,
         split: Split,
     ) -> Result<(), RoutingError> {
-        let provider = match Provider::parse(provider_name) {
-            Parsed::NoRouter => return Ok(()),
-            Parsed::Unsupported => {
-                return Err(RoutingError::Unsupported {
-                    namespace: canary.namespace().unwrap_or_default(),
-                    name: canary.name_any(),
-                    provider: provider_name.into(),
-                });
-            }
-            Parsed::Routed(p) => p,
+        routable(canary, provider_name)?;
+        let Parsed::Routed(provider) = Provider::parse(provider_name) else {
+            return Ok(());
         };
         let provider = self.served(canary, provider_name, provider)?;
         let source = self.source(canary, provider);

@@ -1,12 +1,13 @@
 //! Reads the cluster for one Rollout, from watch caches only (no request per reconcile): the
 //! ReplicaSets and AnalysisRuns it owns, the Services it names and their ready endpoints, the
-//! Deployment its `workloadRef` names, and while a restart is asked for, its pods. Turns them into
+//! Deployment its `workloadRef` names, the analysis templates its spec references, and while a
+//! restart is asked for, its pods. Turns them into
 //! the engine's [`Observations`]. Objects are found through [`Indexes`], never by scanning a
 //! whole cache, so a reconcile costs the same with 10 or 10,000 Rollouts.
 //!
 //! This module must never write to the cluster or decide what to do with what it sees.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -19,14 +20,15 @@ use kube::{Resource, ResourceExt};
 
 use super::fresh::{self, Fresh};
 use super::index::{Index, controller_named};
-use crate::api::argo::analysis::AnalysisRun;
+use crate::api::argo::analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};
 use crate::api::argo::rollout::{
     POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, Rollout, RolloutSpec,
     SCALE_DOWN_DEADLINE_ANNOTATION, ScaleDown,
 };
+use crate::engine::health::reason::INVALID_SPEC;
 use crate::engine::{
-    AnalysisPhase, AnalysisRunObservation, Observations, PodObservation, ReplicaSetObservation,
-    ServiceObservation, WorkloadObservation, hash,
+    AnalysisPhase, AnalysisRunObservation, AnalysisTemplates, Observations, PodObservation,
+    ReplicaSetObservation, ServiceObservation, WorkloadObservation, hash,
 };
 
 /// The label EndpointSlices carry with the name of their Service.
@@ -44,6 +46,8 @@ pub struct Caches {
     pub deployments: Store<Deployment>,
     /// Metadata only, of pods with a `rollouts-pod-template-hash` label (for `restartAt`).
     pub pods: Store<PartialObjectMeta<Pod>>,
+    pub analysis_templates: Store<AnalysisTemplate>,
+    pub cluster_analysis_templates: Store<ClusterAnalysisTemplate>,
     pub index: Arc<Indexes>,
 }
 
@@ -72,6 +76,16 @@ impl Caches {
                 .is_some()
             && self.deployments.wait_until_ready().now_or_never().is_some()
             && self.pods.wait_until_ready().now_or_never().is_some()
+            && self
+                .analysis_templates
+                .wait_until_ready()
+                .now_or_never()
+                .is_some()
+            && self
+                .cluster_analysis_templates
+                .wait_until_ready()
+                .now_or_never()
+                .is_some()
     }
 }
 
@@ -158,6 +172,31 @@ impl Caches {
             .collect()
     }
 
+    /// Rollouts a change of template `name` (in `namespace`; `None` for a ClusterAnalysisTemplate)
+    /// may concern: those naming it, and those invalid now (a template they reach through another
+    /// may be the one missing). Templates change rarely: scanning the cache is cheap enough.
+    pub fn rollouts_for_template(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Vec<ObjectRef<Rollout>> {
+        let key = (name.to_string(), namespace.is_none());
+        self.rollouts
+            .state()
+            .iter()
+            .filter(|r| namespace.is_none() || r.namespace().as_deref() == namespace)
+            .filter(|r| {
+                analysis_refs(&r.spec).contains(&key)
+                    || r.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == INVALID_SPEC && c.status == "True")
+                    })
+            })
+            .map(|r| ObjectRef::from_obj(r.as_ref()))
+            .collect()
+    }
+
     /// Objects of `store` filed under `key` in `index`, in `namespace`.
     fn indexed<K>(store: &Store<K>, index: &Index<K>, namespace: &str, key: &str) -> Vec<Arc<K>>
     where
@@ -213,6 +252,55 @@ pub fn resolve_spec(
         replicas: deployment_spec.replicas.unwrap_or(1),
     };
     (spec, Some(workload))
+}
+
+/// The templates the analyses of `spec` name directly, as `(name, clusterScope)`.
+fn analysis_refs(spec: &RolloutSpec) -> Vec<(String, bool)> {
+    let Some(canary) = &spec.strategy.canary else {
+        return Vec::new();
+    };
+    canary
+        .steps()
+        .iter()
+        .filter_map(|s| s.analysis.as_ref())
+        .chain(canary.analysis.as_ref().map(|b| &b.analysis))
+        .flat_map(|a| a.templates.as_deref().unwrap_or_default())
+        .filter_map(|t| Some((t.template_name.clone()?, t.cluster_scope.unwrap_or(false))))
+        .collect()
+}
+
+/// The templates `spec`'s analyses reference, nested references included, as the caches hold
+/// them; one that is not cached is left out (the engine reports it).
+fn analysis_templates(namespace: &str, spec: &RolloutSpec, caches: &Caches) -> AnalysisTemplates {
+    let mut found = AnalysisTemplates::new();
+    let mut seen = BTreeSet::new();
+    let mut pending = analysis_refs(spec);
+    while let Some(key) = pending.pop() {
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        let template = if key.1 {
+            caches
+                .cluster_analysis_templates
+                .get(&ObjectRef::new(&key.0))
+                .map(|t| t.spec.template.clone())
+        } else {
+            caches
+                .analysis_templates
+                .get(&ObjectRef::new(&key.0).within(namespace))
+                .map(|t| t.spec.clone())
+        };
+        if let Some(template) = template {
+            pending.extend(
+                template
+                    .templates
+                    .iter()
+                    .map(|r| (r.template_name.clone(), r.cluster_scope.unwrap_or(false))),
+            );
+            found.insert(key, template);
+        }
+    }
+    found
 }
 
 /// Whether `owner` is the controller of `object`.
@@ -336,6 +424,7 @@ pub fn observations(
         workload,
         pods,
         traffic_config_error: None,
+        analysis_templates: Some(analysis_templates(&namespace, spec, caches)),
     }
 }
 

@@ -371,6 +371,35 @@ pub fn phase_name(phase: CanaryPhase) -> &'static str {
     }
 }
 
+/// The fields of a Canary's analysis a run does not follow as written, each as a message naming
+/// the field: upstream reinterprets them silently, so the user is told (a Warning Event).
+pub fn reinterpreted(canary: &Canary, provider: &str) -> Vec<String> {
+    let analysis = canary.analysis().cloned().unwrap_or_default();
+    let weighted = analysis.step_weight() > 0 || !analysis.step_weights.is_empty();
+    let mut found = Vec::new();
+    if analysis.max_weight == Some(0) && analysis.step_weights.is_empty() {
+        found.push(format!(
+            "spec.analysis.maxWeight: 0 is read as the default {}; set the largest canary weight you want",
+            crate::api::flagger::canary::DEFAULT_MAX_WEIGHT
+        ));
+    }
+    if provider == KUBERNETES_PROVIDER && weighted {
+        found.push(
+            "spec.analysis.stepWeight: the kubernetes provider has no router, so the run is Blue/Green by iterations and stepWeight/stepWeights are ignored; remove them or use a routing provider".into(),
+        );
+    } else if analysis.iterations() > 0 && weighted {
+        found.push(
+            "spec.analysis.iterations: set together with stepWeight/stepWeights, the run counts iterations (Blue/Green, or A/B with match) and the weights are ignored; remove one of them".into(),
+        );
+    }
+    if analysis.metrics.is_empty() && analysis.webhooks.is_empty() {
+        found.push(
+            "spec.analysis.metrics: the Canary has no metrics and no webhooks, so every check passes and a new revision is promoted without any evidence; add a metric or a webhook".into(),
+        );
+    }
+    found
+}
+
 /// The next weight increment of a weighted run (upstream `nextStepWeight`).
 pub fn next_step_weight(analysis: &CanaryAnalysis, canary_weight: i32) -> i32 {
     let steps = &analysis.step_weights;

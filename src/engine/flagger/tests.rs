@@ -894,3 +894,34 @@ fn readiness_follows_is_deployment_ready() {
         Readiness::Stuck(_)
     ));
 }
+
+#[test]
+fn reinterpreted_fields_are_named() {
+    let canary = |analysis: serde_json::Value| -> Canary {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+            "metadata": {"name": "c"},
+            "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d"},
+                     "analysis": analysis},
+        }))
+        .unwrap()
+    };
+    let all = canary(serde_json::json!({"maxWeight": 0, "stepWeight": 10, "iterations": 3}));
+    let fields: Vec<String> = super::reinterpreted(&all, "istio")
+        .iter()
+        .map(|m| m.split(':').next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.analysis.maxWeight",
+            "spec.analysis.iterations",
+            "spec.analysis.metrics"
+        ]
+    );
+    let blue_green = super::reinterpreted(&all, "kubernetes");
+    assert!(blue_green[1].starts_with("spec.analysis.stepWeight: the kubernetes provider"));
+    let plain = canary(serde_json::json!({"stepWeight": 10, "maxWeight": 50,
+        "metrics": [{"name": "m", "query": "up"}]}));
+    assert!(super::reinterpreted(&plain, "istio").is_empty());
+}
