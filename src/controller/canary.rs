@@ -64,7 +64,7 @@ use serde_json::{Value, json};
 
 use super::shared_watch::Subscription;
 use super::{FIELD_MANAGER, Shared};
-use crate::analysis::{MeasureContext, Providers};
+use crate::analysis::{HttpClients, MeasureContext, Providers};
 use crate::api::argo::analysis::Metric;
 use crate::api::flagger::canary::{
     Canary, CanaryMetric, CanaryPhase, CanaryStatus, CanaryWebhook, HookType, parse_go_duration,
@@ -154,7 +154,10 @@ pub struct Ctx {
     /// Route watch caches and writes not yet seen applied (`routing`).
     routing: routing::Routing,
     providers: Providers,
-    http: reqwest::Client,
+    /// Clients for webhooks and alerts, shared with the metric providers.
+    http: Arc<HttpClients>,
+    /// The namespace whose AlertProviders every Canary may use (`--alert-provider-namespace`).
+    alert_provider_namespace: Option<String>,
     default_prometheus: Option<String>,
     min_interval: Duration,
     /// When each Canary last ticked (a restart ticks at once, as Flagger does).
@@ -176,14 +179,30 @@ fn min_interval() -> Duration {
         .unwrap_or(crate::api::flagger::canary::MIN_ANALYSIS_INTERVAL)
 }
 
+/// How the Canary controller runs, from the controller's flags.
+#[derive(Debug)]
+pub struct Options {
+    /// Prometheus address for metrics that name none.
+    pub default_prometheus: Option<String>,
+    /// The HTTP clients for metrics, webhooks and alerts.
+    pub http: Arc<HttpClients>,
+    /// The namespace whose AlertProviders every Canary may use.
+    pub alert_provider_namespace: Option<String>,
+}
+
 /// Runs the Canary controller until `shutdown` resolves.
 pub async fn run(
     shared: Shared,
     deployments: Subscription<Deployment>,
     services: Subscription<Service>,
-    default_prometheus: Option<String>,
+    options: Options,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let Options {
+        default_prometheus,
+        http,
+        alert_provider_namespace,
+    } = options;
     tracing::info!(namespace = ?shared.namespace, "canary controller starting");
     let controller = Controller::new(
         shared.api::<Canary>(),
@@ -210,11 +229,9 @@ pub async fn run(
         services,
         configs,
         routing,
-        providers: Providers::new(),
-        http: {
-            crate::install_crypto_provider();
-            reqwest::Client::new()
-        },
+        providers: Providers::with_http(http.clone()),
+        http,
+        alert_provider_namespace,
         default_prometheus,
         min_interval: min_interval(),
         last_tick: PerCanary::default(),
@@ -1218,10 +1235,13 @@ impl Ctx {
             "metadata": hook.metadata.clone().unwrap_or_default(),
         });
         let attempts = hook.retries().max(0) + 1;
+        let client = self
+            .http
+            .get(false, false)
+            .map_err(|e| format!("calling {}: {e}", hook.url))?;
         let mut last = String::new();
         for _ in 0..attempts {
-            let request = self
-                .http
+            let request = client
                 .post(&hook.url)
                 .timeout(hook.timeout())
                 .json(&payload)
@@ -1230,20 +1250,19 @@ impl Ctx {
             match request {
                 Ok(response) if (200..=202).contains(&response.status().as_u16()) => return Ok(()),
                 Ok(response) => {
-                    let code = response.status();
-                    let body: String = response
-                        .text()
-                        .await
-                        .unwrap_or_default()
-                        .chars()
-                        .take(200)
-                        .collect();
-                    last = format!("{} answered {code}: {body}", hook.url);
+                    let answer = crate::outbound::describe_answer(response, hook.timeout()).await;
+                    last = format!("{} answered {answer}", hook.url);
                 }
                 Err(error) if error.is_timeout() => {
                     last = format!("{} did not answer within {:?}", hook.url, hook.timeout());
                 }
-                Err(error) => last = format!("calling {}: {error}", hook.url),
+                Err(error) => {
+                    last = format!(
+                        "calling {}: {}",
+                        hook.url,
+                        crate::outbound::error_chain(&error)
+                    );
+                }
             }
         }
         Err(last)

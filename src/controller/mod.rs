@@ -108,6 +108,10 @@ pub struct Config {
     pub leader_election: Option<(String, String)>,
     /// This replica's identity in the election.
     pub identity: String,
+    /// Follow HTTP redirects from metric providers, webhooks and alert providers (off by default).
+    pub http_follow_redirects: bool,
+    /// The namespace whose AlertProviders every Canary may use, besides its own.
+    pub alert_provider_namespace: Option<String>,
 }
 
 /// Why the controller could not start.
@@ -208,13 +212,19 @@ pub async fn run(config: Config) -> Result<(), Error> {
         ready: Readiness::new(health.clone(), CONTROLLERS),
     };
     // Each controller runs until `shutdown`; add new ones here (and to CONTROLLERS).
-    let analysis = Arc::new(analysis_run::Ctx::new(
+    // One HTTP client cache (and redirect setting) for metrics, webhooks and alerts.
+    let http = Arc::new(crate::outbound::HttpClients::new(
+        config.http_follow_redirects,
+    ));
+    let mut analysis = analysis_run::Ctx::new(
         shared.client.clone(),
         shared.recorder.clone(),
         shared.metrics.clone(),
         FIELD_MANAGER.to_string(),
         config.default_prometheus.clone(),
-    ));
+    );
+    analysis.providers = crate::analysis::Providers::with_http(http.clone());
+    let analysis = Arc::new(analysis);
     let ready = shared.ready.clone();
     // Deployments and Services are read by both the Rollout and the Canary controllers.
     let mut deployments = shared_watch::SharedWatch::new(shared.api());
@@ -230,7 +240,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
         shared.clone(),
         deployments.subscribe(),
         services.subscribe(),
-        config.default_prometheus.clone(),
+        canary::Options {
+            default_prometheus: config.default_prometheus.clone(),
+            http,
+            alert_provider_namespace: config.alert_provider_namespace.clone(),
+        },
         shutdown.clone(),
     );
     deployments.start();
