@@ -659,7 +659,9 @@ async fn redirects_are_not_followed_by_default() {
         &ns.name,
         json!({
             "interval": "1s", "threshold": 1, "iterations": 2,
-            "webhooks": [{"name": "gate", "type": "pre-rollout", "url": first.url("/hook")}],
+            // Also: a timeout above the 5m maximum is cut, with a Warning naming the field.
+            "webhooks": [{"name": "gate", "type": "pre-rollout", "url": first.url("/hook"),
+                "timeout": "10m"}],
         }),
     )
     .await;
@@ -672,6 +674,14 @@ async fn redirects_are_not_followed_by_default() {
     wait_phase(&env, &ns.name, CanaryPhase::Failed, &ctl).await;
     let hook = event_having(&env, &ns.name, &["/hook answered HTTP 302"], &ctl).await;
     assert!(hook.contains("not followed"), "{hook}");
+    let timeout = event_having(
+        &env,
+        &ns.name,
+        &["Warning", "spec.analysis.webhooks[0].timeout", "300s"],
+        &ctl,
+    )
+    .await;
+    println!("{timeout}");
     assert!(first.hits("/hook") >= 1 && first.hits("/plain") >= 1 && first.hits("/headers") >= 1);
     assert_eq!(
         second.seen().len(),

@@ -67,7 +67,8 @@ use super::{FIELD_MANAGER, Shared};
 use crate::analysis::{HttpClients, MeasureContext, Providers};
 use crate::api::argo::analysis::Metric;
 use crate::api::flagger::canary::{
-    Canary, CanaryMetric, CanaryPhase, CanaryStatus, CanaryWebhook, HookType, parse_go_duration,
+    Canary, CanaryMetric, CanaryPhase, CanaryStatus, CanaryWebhook, HookType, MAX_WEBHOOK_TIMEOUT,
+    parse_go_duration,
 };
 use crate::api::flagger::metric_template::MetricTemplate;
 use crate::engine::analysis::expr::Value as ExprValue;
@@ -440,6 +441,7 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     let cached = |n: &str| ctx.deployments.get(&ObjectRef::new(n).within(&namespace));
     let target = cached(&target_name);
     ctx.warn_untracked_secrets(&canary, target.as_deref()).await;
+    ctx.warn_webhook_timeouts(&canary).await;
     let primary = cached(&format!("{target_name}-primary"));
     let provider = provider(&canary);
     let interval = interval(&canary, ctx.min_interval);
@@ -1209,6 +1211,27 @@ impl Ctx {
         Verdict::pass()
     }
 
+    /// Tells a Canary once per generation which webhook timeouts are cut to the maximum.
+    async fn warn_webhook_timeouts(&self, canary: &Canary) {
+        let Some(analysis) = canary.analysis() else {
+            return;
+        };
+        let generation = canary.meta().generation.unwrap_or(0);
+        for (index, hook) in analysis.webhooks.iter().enumerate() {
+            if hook.timeout_above_max() {
+                let message = format!(
+                    "spec.analysis.webhooks[{index}].timeout {:?} is above the maximum of {}s; webhook {} is called with a {}s timeout",
+                    hook.timeout.as_deref().unwrap_or_default(),
+                    MAX_WEBHOOK_TIMEOUT.as_secs(),
+                    hook.name,
+                    MAX_WEBHOOK_TIMEOUT.as_secs()
+                );
+                let what = format!("webhook-timeout:{generation}:{index}");
+                self.warn_once(canary, &what, "InvalidSpec", &message).await;
+            }
+        }
+    }
+
     /// POSTs Flagger's payload to a webhook, with its timeout and retries; 200–202 passes.
     async fn call_webhook(
         &self,
@@ -1237,7 +1260,7 @@ impl Ctx {
         let attempts = hook.retries().max(0) + 1;
         let client = self
             .http
-            .get(false, false)
+            .get(hook.disable_tls.unwrap_or(false), false)
             .map_err(|e| format!("calling {}: {e}", hook.url))?;
         let mut last = String::new();
         for _ in 0..attempts {
