@@ -551,7 +551,8 @@ pub async fn send(
             let answer = outbound::describe_answer(response, SEND_TIMEOUT).await;
             Err(send_error(format!("answered {answer}")))
         }
-        Err(e) => Err(send_error(outbound::describe_send_error(&e, SEND_TIMEOUT))),
+        Err(e) if e.is_timeout() => Err(send_error(format!("no answer within {SEND_TIMEOUT:?}"))),
+        Err(e) => Err(send_error(outbound::error_chain(&e))),
     }
 }
 
