@@ -329,6 +329,93 @@ mod tests {
         assert_eq!(HttpClients::default().redirects(false), Redirects::None);
     }
 
+    /// Serves `app` on a free loopback port; its base URL.
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn error_answers_are_read_only_to_their_excerpt() {
+        use axum::body::{Body, Bytes};
+        use futures::StreamExt;
+        static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+        let app = axum::Router::new().fallback(|| async {
+            // 64 MiB, generated as sent.
+            let body = futures::stream::repeat_with(|| {
+                Ok::<_, std::convert::Infallible>(Bytes::from_static(&CHUNK))
+            })
+            .take(1024);
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                Body::from_stream(body),
+            )
+        });
+        let base = serve(app).await;
+        let clients = HttpClients::default();
+        let response = clients
+            .get(false, false)
+            .unwrap()
+            .get(&base)
+            .send()
+            .await
+            .unwrap();
+        let text = describe_answer(response, Duration::from_secs(5)).await;
+        assert!(
+            text.starts_with("HTTP 500 Internal Server Error: xxx"),
+            "{text}"
+        );
+        assert!(text.ends_with("the rest was not read)"), "{text}");
+        assert!(text.len() < 700, "{}", text.len());
+        let response = clients
+            .get(false, false)
+            .unwrap()
+            .get(&base)
+            .send()
+            .await
+            .unwrap();
+        let err = read_body(response, 1024 * 1024, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(err.contains("larger than 1048576 bytes"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn redirects_follow_the_settings() {
+        let other = serve(axum::Router::new().fallback(|| async { "landed" })).await;
+        let to_other = format!("{other}/landed");
+        let first = serve(
+            axum::Router::new()
+                .route(
+                    "/same",
+                    axum::routing::get(|| async { axum::response::Redirect::to("/ok") }),
+                )
+                .route("/ok", axum::routing::get(|| async { "same origin" }))
+                .fallback(move || {
+                    let to = to_other.clone();
+                    async move { axum::response::Redirect::to(&to) }
+                }),
+        )
+        .await;
+        let status = |clients: &HttpClients, credentials: bool, path: &'static str| {
+            let client = clients.get(false, credentials).unwrap();
+            let url = format!("{first}{path}");
+            async move { client.get(url).send().await.unwrap().status().as_u16() }
+        };
+        let off = HttpClients::default();
+        assert_eq!(status(&off, false, "/away").await, 303);
+        assert_eq!(status(&off, false, "/same").await, 303);
+        let on = HttpClients::new(true);
+        assert_eq!(status(&on, false, "/away").await, 200);
+        // With headers or credentials: only to the same origin.
+        assert_eq!(status(&on, true, "/away").await, 303);
+        assert_eq!(status(&on, true, "/same").await, 200);
+    }
+
     #[test]
     fn secret_urls_show_only_their_origin() {
         let shown = redacted_url("https://hooks.slack.com:8443/services/T0/B0/SECRET?token=Q");
