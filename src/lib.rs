@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod engine;
+pub mod outbound;
 pub mod traffic;
 
 /// Makes ring (kube's choice) the process's rustls crypto provider, which every TLS client here

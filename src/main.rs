@@ -55,6 +55,13 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, env = "SLUICE_LOG_FORMAT", default_value = "text")]
         log_format: LogFormat,
+        /// Follow HTTP redirects from metric providers, webhooks and alert providers (a request
+        /// carrying headers or credentials only to its own origin; never with a Referer).
+        #[arg(long, env = "SLUICE_HTTP_FOLLOW_REDIRECTS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        http_follow_redirects: bool,
+        /// The namespace whose AlertProviders every Canary may use, besides its own namespace.
+        #[arg(long, env = "SLUICE_ALERT_PROVIDER_NAMESPACE")]
+        alert_provider_namespace: Option<String>,
     },
     /// Print every CustomResourceDefinition Sluice serves, as one multi-document YAML stream.
     Crds {
@@ -277,6 +284,8 @@ fn main() -> anyhow::Result<()> {
             flagger,
             healthz_stall_seconds,
             log_format,
+            http_follow_redirects,
+            alert_provider_namespace,
         } => {
             init_logging(log_format);
             // One rustls crypto provider (ring) for kube and reqwest.
@@ -300,6 +309,8 @@ fn main() -> anyhow::Result<()> {
                 default_prometheus: prometheus_address,
                 apis: sluice::controller::Apis { argo, flagger },
                 healthz_stall: std::time::Duration::from_secs(healthz_stall_seconds),
+                http_follow_redirects,
+                alert_provider_namespace: alert_provider_namespace.filter(|n| !n.is_empty()),
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let outcome = runtime.block_on(sluice::controller::run(config));

@@ -17,8 +17,16 @@
 //! severity or above, as the API documents. (Upstream's code sends an `error` subscription the
 //! `warn` alerts and a `warn` subscription no `error` alerts, fluxcd/flagger `events.go`.)
 //!
+//! A Canary may use AlertProviders from its own namespace and from the one configured global
+//! namespace (`--alert-provider-namespace`, as Flagger's model); any other `providerRef.namespace`
+//! is refused before anything in that namespace is read.
+//!
 //! Alerts are best effort: this module returns what failed and the caller logs it; it never
 //! decides anything about a run and never retries.
+//!
+//! Must never: put a value read from the provider's Secret (address, token, proxy) into an error
+//! text, so into an Event or a log line: for Slack, Teams or Discord the URL *is* the credential.
+//! Such a URL is shown as its origin only ([`Destination::shown_url`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,8 +36,10 @@ use kube::api::Api;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
+use crate::analysis::http::display_url;
 use crate::api::flagger::alert_provider::{AlertProvider, AlertProviderType};
 use crate::api::flagger::canary::{AlertSeverity, Canary, CanaryAlert};
+use crate::outbound::{self, HttpClients};
 
 /// How long one alert may take (upstream: 5s).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,6 +47,17 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why an alert was not delivered.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "alert {alert:?}: AlertProvider {namespace}/{name} is in another namespace: a Canary may use AlertProviders from its own namespace ({canary_namespace}){global}; move the AlertProvider or fix providerRef.namespace"
+    )]
+    ForeignNamespace {
+        alert: String,
+        namespace: String,
+        name: String,
+        canary_namespace: String,
+        /// ` and from the global namespace <ns>` when one is configured.
+        global: String,
+    },
     #[error(
         "AlertProvider {namespace}/{name} (alert {alert:?}) does not exist: create it or fix providerRef"
     )]
@@ -96,7 +117,7 @@ pub struct Alert {
 }
 
 /// Where and how an AlertProvider posts.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Destination {
     pub kind: AlertProviderType,
     pub url: String,
@@ -104,6 +125,69 @@ pub struct Destination {
     pub proxy: Option<String>,
     pub channel: String,
     pub username: String,
+    /// `url` came from the Secret (so it is never shown whole).
+    pub url_from_secret: bool,
+    /// `proxy` came from the Secret.
+    pub proxy_from_secret: bool,
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Destination")
+            .field("kind", &self.kind)
+            .field("url", &self.shown_url())
+            .field("token", &self.token.as_ref().map(|_| "*****"))
+            .field("proxy", &self.proxy.as_ref().map(|_| "*****"))
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Destination {
+    /// The URL as it may be shown in an Event or a log line: its origin only when it came from
+    /// the Secret, else as written with any password hidden.
+    pub fn shown_url(&self) -> String {
+        shown(&self.url, self.url_from_secret)
+    }
+
+    /// `text` with every value that came from the Secret (the URL, its path, long path segments
+    /// and query values, the token, the proxy) replaced by `*****`: an endpoint may echo them
+    /// back in its error answer.
+    pub fn mask(&self, text: &str) -> String {
+        let mut secrets: Vec<String> = self.token.iter().cloned().collect();
+        if self.proxy_from_secret {
+            secrets.extend(self.proxy.iter().cloned());
+        }
+        if self.url_from_secret {
+            secrets.push(self.url.clone());
+            if let Ok(url) = reqwest::Url::parse(&self.url) {
+                secrets.push(url.path().to_string());
+                secrets.extend(url.query().map(str::to_string));
+                secrets.extend(
+                    url.path_segments()
+                        .into_iter()
+                        .flatten()
+                        .map(str::to_string)
+                        .filter(|s| s.len() >= 8),
+                );
+                secrets.extend(url.query_pairs().map(|(_, v)| v.into_owned()));
+            }
+        }
+        // Longest first, so a value's parts never leave the rest of it shown.
+        secrets.retain(|s| s.len() >= 4);
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.iter().fold(text.to_string(), |text, secret| {
+            text.replace(secret.as_str(), "*****")
+        })
+    }
+}
+
+fn shown(url: &str, from_secret: bool) -> String {
+    if from_secret {
+        outbound::redacted_url(url)
+    } else {
+        display_url(url)
+    }
 }
 
 fn rank(severity: AlertSeverity) -> u8 {
@@ -301,49 +385,79 @@ pub fn destination(
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
     };
-    let address = from_secret("address")
+    let secret_address = from_secret("address");
+    let url_from_secret = secret_address.is_some();
+    let address = secret_address
         .or_else(|| spec.address.clone().filter(|a| !a.is_empty()))
         .ok_or_else(|| Error::NoAddress {
             namespace: provider.namespace().unwrap_or_default(),
             name: provider.name_any(),
         })?;
     let url = post_url(spec.r#type, &address);
-    let parsed = reqwest::Url::parse(&url).map_err(|e| Error::InvalidUrl {
+    let invalid = |reason: String| Error::InvalidUrl {
         provider: provider.name_any(),
         what: "address",
-        url: address.clone(),
-        reason: e.to_string(),
-    })?;
+        url: shown(&address, url_from_secret),
+        reason,
+    };
+    // The parser's message never quotes its input.
+    let parsed = reqwest::Url::parse(&url).map_err(|e| invalid(e.to_string()))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(Error::InvalidUrl {
-            provider: provider.name_any(),
-            what: "address",
-            url: address,
-            reason: "the scheme must be http or https".into(),
-        });
+        return Err(invalid("the scheme must be http or https".into()));
     }
+    let secret_proxy = from_secret("proxy");
+    let proxy_from_secret = secret_proxy.is_some();
     Ok(Destination {
         kind: spec.r#type,
         url,
         token: from_secret("token"),
-        proxy: from_secret("proxy").or_else(|| spec.proxy.clone().filter(|p| !p.is_empty())),
+        proxy: secret_proxy.or_else(|| spec.proxy.clone().filter(|p| !p.is_empty())),
         channel: spec.channel().to_string(),
         username: spec.username().to_string(),
+        url_from_secret,
+        proxy_from_secret,
     })
 }
 
-/// Reads the AlertProvider a subscription names (and its Secret) and works out its destination.
-pub async fn resolve(
-    client: &Client,
+/// The namespace of the AlertProvider a subscription names: the Canary's own, or the global
+/// namespace `global`; any other is refused (before anything in it is read).
+pub fn provider_namespace(
     canary: &Canary,
     subscription: &CanaryAlert,
-) -> Result<Destination, Error> {
-    let namespace = subscription
+    global: Option<&str>,
+) -> Result<String, Error> {
+    let own = canary.namespace().unwrap_or_default();
+    let Some(named) = subscription
         .provider_ref
         .namespace
         .clone()
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| canary.namespace().unwrap_or_default());
+    else {
+        return Ok(own);
+    };
+    if named == own || global.is_some_and(|g| g == named) {
+        return Ok(named);
+    }
+    Err(Error::ForeignNamespace {
+        alert: subscription.name.clone(),
+        namespace: named,
+        name: subscription.provider_ref.name.clone(),
+        canary_namespace: own,
+        global: global
+            .map(|g| format!(" and from the global namespace {g}"))
+            .unwrap_or_default(),
+    })
+}
+
+/// Reads the AlertProvider a subscription names (and its Secret) and works out its destination;
+/// `global` is the namespace every Canary may use AlertProviders from.
+pub async fn resolve(
+    client: &Client,
+    canary: &Canary,
+    subscription: &CanaryAlert,
+    global: Option<&str>,
+) -> Result<Destination, Error> {
+    let namespace = provider_namespace(canary, subscription, global)?;
     let name = subscription.provider_ref.name.clone();
     let providers: Api<AlertProvider> = Api::namespaced(client.clone(), &namespace);
     let provider = match providers.get_opt(&name).await {
@@ -389,35 +503,40 @@ pub async fn resolve(
     destination(&provider, secret.as_ref())
 }
 
-/// POSTs the alert; only 200 is success (as upstream).
+/// POSTs the alert; only 200 is success (as upstream). At most a few KiB of an error answer are
+/// read, and no error text holds a value from the Secret.
 pub async fn send(
-    http: &reqwest::Client,
+    http: &HttpClients,
     destination: &Destination,
     alert: &Alert,
     provider: &str,
 ) -> Result<(), Error> {
     let send_error = |reason: String| Error::Send {
         provider: provider.to_string(),
-        url: destination.url.clone(),
-        reason,
+        url: destination.shown_url(),
+        reason: destination.mask(&reason),
     };
-    let proxied;
+    let credentials = destination.token.is_some();
     let client = match &destination.proxy {
         Some(proxy) => {
-            let proxy = reqwest::Proxy::all(proxy).map_err(|e| Error::InvalidUrl {
+            let invalid = |reason: String| Error::InvalidUrl {
                 provider: provider.to_string(),
                 what: "proxy",
-                url: proxy.clone(),
-                reason: e.to_string(),
-            })?;
-            crate::install_crypto_provider();
-            proxied = reqwest::Client::builder()
+                url: shown(proxy, destination.proxy_from_secret),
+                reason,
+            };
+            let proxy =
+                reqwest::Proxy::all(proxy).map_err(|e| invalid(outbound::error_chain(&e)))?;
+            // Built per alert: a proxy is rare, and a client keyed by a Secret's value would
+            // keep it in memory after the Secret changes.
+            outbound::builder(false, http.redirects(credentials))
                 .proxy(proxy)
                 .build()
-                .map_err(|e| send_error(e.to_string()))?;
-            &proxied
+                .map_err(|e| send_error(outbound::error_chain(&e)))?
         }
-        None => http,
+        None => http
+            .get(false, credentials)
+            .map_err(|e| send_error(e.to_string()))?,
     };
     let mut request = client
         .post(&destination.url)
@@ -429,18 +548,11 @@ pub async fn send(
     match request.send().await {
         Ok(response) if response.status().as_u16() == 200 => Ok(()),
         Ok(response) => {
-            let status = response.status();
-            let body: String = response
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(200)
-                .collect();
-            Err(send_error(format!("answered {status}: {body}")))
+            let answer = outbound::describe_answer(response, SEND_TIMEOUT).await;
+            Err(send_error(format!("answered {answer}")))
         }
         Err(e) if e.is_timeout() => Err(send_error(format!("no answer within {SEND_TIMEOUT:?}"))),
-        Err(e) => Err(send_error(e.to_string())),
+        Err(e) => Err(send_error(outbound::error_chain(&e))),
     }
 }
 
@@ -470,6 +582,8 @@ mod tests {
             proxy: None,
             channel: "general".into(),
             username: "flagger".into(),
+            url_from_secret: false,
+            proxy_from_secret: false,
         }
     }
 
@@ -608,6 +722,69 @@ mod tests {
             destination(&bad, None),
             Err(Error::NoAddress { .. })
         ));
+    }
+
+    #[test]
+    fn secret_values_are_never_shown() {
+        let provider: AlertProvider = serde_json::from_value(json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "AlertProvider",
+            "metadata": {"name": "p", "namespace": "n"},
+            "spec": {"type": "slack", "secretRef": {"name": "s"}},
+        }))
+        .unwrap();
+        let secret = BTreeMap::from([
+            (
+                "address".to_string(),
+                "https://hooks.example/services/T0/B0/SECRETPATH?token=SECRETQ".to_string(),
+            ),
+            ("token".to_string(), "SECRETTOKEN".to_string()),
+            (
+                "proxy".to_string(),
+                "http://u:SECRETPROXY@proxy:3128".to_string(),
+            ),
+        ]);
+        let d = destination(&provider, Some(&secret)).unwrap();
+        let echoed = "no hook /services/T0/B0/SECRETPATH?token=SECRETQ; SECRETPATH, SECRETQ, SECRETTOKEN, http://u:SECRETPROXY@proxy:3128";
+        let shown = format!("{} {} {:?}", d.shown_url(), d.mask(echoed), d);
+        for secret in ["SECRETPATH", "SECRETQ", "SECRETTOKEN", "SECRETPROXY"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.starts_with("https://hooks.example/"), "{shown}");
+        let mut bad = secret.clone();
+        bad.insert("address".into(), "ftp://x/SECRETPATH".into());
+        let err = destination(&provider, Some(&bad)).unwrap_err().to_string();
+        assert!(!err.contains("SECRETPATH"), "{err}");
+    }
+
+    #[test]
+    fn providers_only_from_the_own_or_the_global_namespace() {
+        let canary: Canary = serde_json::from_value(json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+            "metadata": {"name": "podinfo", "namespace": "team-a"},
+            "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"}},
+        }))
+        .unwrap();
+        let sub = |ns: Option<&str>| -> CanaryAlert {
+            serde_json::from_value(
+                json!({"name": "a", "providerRef": {"name": "p", "namespace": ns}}),
+            )
+            .unwrap()
+        };
+        let ns = |s: &CanaryAlert, g: Option<&str>| provider_namespace(&canary, s, g);
+        assert_eq!(ns(&sub(None), None).unwrap(), "team-a");
+        assert_eq!(ns(&sub(Some("team-a")), None).unwrap(), "team-a");
+        assert_eq!(
+            ns(&sub(Some("flagger")), Some("flagger")).unwrap(),
+            "flagger"
+        );
+        let err = ns(&sub(Some("team-b")), Some("flagger"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("team-b/p") && err.contains("global namespace flagger"),
+            "{err}"
+        );
+        assert!(ns(&sub(Some("team-b")), None).is_err());
     }
 
     #[test]

@@ -1,80 +1,18 @@
-//! The HTTP plumbing shared by the HTTP providers (Prometheus, web, and later Datadog, New Relic, …):
-//! a cache of `reqwest` clients, header and URL handling, bounded body reads and error text.
-//!
-//! Decides: which client serves a request (one per `(insecure, timeout)` pair, built once and reused,
-//! because a controller with a thousand runs measuring every ten seconds must not build a TLS
-//! client per measurement), and how a transport failure is put into words.
+//! The HTTP plumbing of the HTTP providers (Prometheus, web, and later Datadog, New Relic, …):
+//! header, URL and authentication handling. Clients, bounded body reads and error text are the
+//! controller's one outbound HTTP module, [`crate::outbound`], re-exported here.
 //!
 //! Must never: put a header value, a URL's password or a request body into an error message or a
 //! log line (they often hold secret arguments); panic on any URL, header or body.
 
-use std::collections::HashMap;
-use std::error::Error as _;
-use std::sync::Mutex;
-use std::time::Duration;
-
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::ProviderError;
 use crate::api::argo::analysis::{Authentication, WebMetricHeader};
-
-/// Largest response body read from a provider. Metric answers are small; a larger body is a
-/// misconfigured URL (a dashboard page, a log dump), and reading it all would cost memory.
-pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
-
-/// Characters of a response body quoted in an error message.
-pub const BODY_EXCERPT_CHARS: usize = 512;
-
-/// The longest connect phase; a longer request timeout still bounds the whole request.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `reqwest` clients keyed by `(insecure, timeout)`, built on first use and then shared (each
-/// client keeps its own connection pool, so reuse also keeps connections to Prometheus warm).
-#[derive(Default)]
-pub struct HttpClients {
-    clients: Mutex<HashMap<(bool, Duration), reqwest::Client>>,
-}
-
-impl std::fmt::Debug for HttpClients {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let count = self.clients.lock().map(|c| c.len()).unwrap_or_default();
-        f.debug_struct("HttpClients")
-            .field("clients", &count)
-            .finish()
-    }
-}
-
-impl HttpClients {
-    /// The client for requests with this TLS verification setting and overall timeout.
-    pub fn get(&self, insecure: bool, timeout: Duration) -> Result<reqwest::Client, ProviderError> {
-        // A poisoned lock only means another thread panicked while inserting; the map is still usable.
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = clients.get(&(insecure, timeout)) {
-            return Ok(client.clone());
-        }
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
-            .danger_accept_invalid_certs(insecure)
-            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ProviderError::HttpClient(error_chain(&e)))?;
-        clients.insert((insecure, timeout), client.clone());
-        Ok(client)
-    }
-
-    /// How many distinct clients have been built (for tests and diagnostics).
-    pub fn len(&self) -> usize {
-        self.clients.lock().map(|c| c.len()).unwrap_or_default()
-    }
-
-    /// Whether no client has been built yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use crate::outbound::{
+    BODY_EXCERPT_CHARS, ERROR_BODY_BYTES, HttpClients, MAX_BODY_BYTES, describe_answer,
+    describe_send_error, error_chain, excerpt, read_body,
+};
 
 /// How a request authenticates, from a metric's `authentication` block.
 #[derive(Clone, PartialEq, Eq)]
@@ -198,87 +136,6 @@ pub fn header_map(headers: &[WebMetricHeader]) -> Result<HeaderMap, String> {
     Ok(map)
 }
 
-/// The error and its causes in one line ("error sending request: … : Connection refused"), with any
-/// URL removed (it may carry secret arguments; callers name the masked URL themselves).
-pub fn error_chain(error: &reqwest::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let top = error_without_url(error);
-    parts.push(top);
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        // hyper and its connectors often repeat their cause's text; say it once.
-        if !parts.last().is_some_and(|last| last.contains(&text)) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
-}
-
-fn error_without_url(error: &reqwest::Error) -> String {
-    // `reqwest::Error` appends " for url (…)" to its own text; strip it without rebuilding the error.
-    let text = error.to_string();
-    match text.find(" for url (") {
-        Some(at) => text[..at].to_string(),
-        None => text,
-    }
-}
-
-/// A transport failure in words: a timeout says how long was waited, anything else gives the causes.
-pub fn describe_send_error(error: &reqwest::Error, timeout: Duration) -> String {
-    if error.is_timeout() {
-        format!("timed out after {}", humanize(timeout))
-    } else {
-        error_chain(error)
-    }
-}
-
-fn humanize(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{:.3}s", d.as_secs_f64())
-    }
-}
-
-/// Reads a response body, refusing one above `limit` bytes.
-pub async fn read_body(
-    mut response: reqwest::Response,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > limit {
-                    return Err(format!("response body is larger than {limit} bytes"));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body),
-            Err(e) => {
-                return Err(format!(
-                    "reading the response body failed: {}",
-                    describe_send_error(&e, timeout)
-                ));
-            }
-        }
-    }
-}
-
-/// The start of a body for an error message: at most `max` characters, cut on a character boundary,
-/// with the full size said when cut.
-pub fn excerpt(body: &[u8], max: usize) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    match text.char_indices().nth(max) {
-        None => text.to_string(),
-        Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], body.len()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,24 +197,5 @@ mod tests {
             let err = Auth::from_spec(Some(&spec)).unwrap_err();
             assert!(err.contains("not supported by Sluice yet"), "{err}");
         }
-    }
-
-    #[test]
-    fn excerpts_cut_on_character_boundaries() {
-        assert_eq!(excerpt(b"  short  ", 10), "short");
-        let long = "é".repeat(20);
-        let cut = excerpt(long.as_bytes(), 5);
-        assert!(cut.starts_with("ééééé…"), "{cut}");
-        assert!(cut.contains("40 bytes in all"), "{cut}");
-    }
-
-    #[test]
-    fn clients_are_reused_per_setting() {
-        let clients = HttpClients::default();
-        clients.get(false, Duration::from_secs(10)).unwrap();
-        clients.get(false, Duration::from_secs(10)).unwrap();
-        clients.get(true, Duration::from_secs(10)).unwrap();
-        clients.get(false, Duration::from_secs(30)).unwrap();
-        assert_eq!(clients.len(), 3);
     }
 }

@@ -110,9 +110,6 @@ pub enum ProviderError {
     /// The metric's provider configuration cannot be used as written.
     #[error("{0}")]
     Config(String),
-    /// An HTTP client could not be built (TLS setup).
-    #[error("cannot build an HTTP client: {0}")]
-    HttpClient(String),
     /// A Kubernetes API call failed.
     #[error("{action} failed: {source}")]
     Kube {

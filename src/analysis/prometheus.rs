@@ -39,6 +39,9 @@ use crate::api::argo::analysis::{Metric, PrometheusRangeQueryArgs};
 use crate::engine::analysis::Observed;
 use crate::engine::analysis::expr::Value;
 
+/// Largest error answer read (Prometheus' `{"status":"error",...}` JSON is far smaller).
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
 /// Metric-result metadata key holding the (masked) query, as upstream names it.
 pub const RESOLVED_QUERY_KEY: &str = "ResolvedPrometheusQuery";
 /// Measurement metadata key holding Prometheus' warnings, formatted as upstream (`"w1", "w2"`).
@@ -153,7 +156,8 @@ impl Provider for PrometheusProvider {
             Err(e) => return fail(&format!("the address is not a valid URL: {e}")),
         };
         let timeout = prom.timeout();
-        let client = match self.http.get(prom.insecure(), timeout) {
+        let credentials = !headers.is_empty() || auth != Auth::None;
+        let client = match self.http.get(prom.insecure(), credentials) {
             Ok(c) => c,
             Err(e) => return fail(&e.to_string()),
         };
@@ -224,6 +228,7 @@ impl ApiRequest<'_> {
         let post = self
             .client
             .post(url.clone())
+            .timeout(self.timeout)
             .headers(self.headers.clone())
             .header(
                 CONTENT_TYPE,
@@ -242,7 +247,11 @@ impl ApiRequest<'_> {
         ) {
             url.query_pairs_mut()
                 .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
-            let get = self.client.get(url).headers(self.headers.clone());
+            let get = self
+                .client
+                .get(url)
+                .timeout(self.timeout)
+                .headers(self.headers.clone());
             response = self
                 .auth
                 .apply(get)
@@ -251,7 +260,15 @@ impl ApiRequest<'_> {
                 .map_err(|e| describe_send_error(&e, self.timeout))?;
         }
         let status = response.status();
-        let body = read_body(response, MAX_BODY_BYTES, self.timeout).await?;
+        // Prometheus' own error answers are small JSON; a longer one is read no further.
+        let limit = if status.is_success() {
+            MAX_BODY_BYTES
+        } else {
+            MAX_ERROR_BODY_BYTES
+        };
+        let body = read_body(response, limit, self.timeout)
+            .await
+            .map_err(|e| format!("HTTP {status}: {e}"))?;
         decode(status, &body)
     }
 }

@@ -24,8 +24,8 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde_json_path::JsonPath;
 
 use super::http::{
-    Auth, BODY_EXCERPT_CHARS, HttpClients, MAX_BODY_BYTES, describe_send_error, display_url,
-    excerpt, header_map, parse_url, read_body,
+    Auth, BODY_EXCERPT_CHARS, HttpClients, MAX_BODY_BYTES, describe_answer, describe_send_error,
+    display_url, excerpt, header_map, parse_url, read_body,
 };
 use super::{MeasureContext, Provider};
 use crate::api::argo::analysis::Metric;
@@ -120,12 +120,16 @@ impl Provider for WebProvider {
             }
         };
         let timeout = web.timeout();
-        let client = match self.http.get(web.insecure(), timeout) {
+        let credentials = !headers.is_empty() || auth != Auth::None;
+        let client = match self.http.get(web.insecure(), credentials) {
             Ok(c) => c,
             Err(e) => return fail(&e.to_string()),
         };
 
-        let mut request = client.request(method, url).headers(headers);
+        let mut request = client
+            .request(method, url)
+            .timeout(timeout)
+            .headers(headers);
         if let Some(body) = body {
             request = request.body(body);
         }
@@ -133,17 +137,13 @@ impl Provider for WebProvider {
             Ok(r) => r,
             Err(e) => return fail(&describe_send_error(&e, timeout)),
         };
-        let status = response.status();
+        if !response.status().is_success() {
+            return fail(&describe_answer(response, timeout).await);
+        }
         let bytes = match read_body(response, MAX_BODY_BYTES, timeout).await {
             Ok(b) => b,
             Err(e) => return fail(&e),
         };
-        if !status.is_success() {
-            return fail(&format!(
-                "HTTP {status}: {}",
-                excerpt(&bytes, BODY_EXCERPT_CHARS)
-            ));
-        }
         match select(&bytes, &path, path_text) {
             Ok(result) => Observed::Value {
                 result,

@@ -66,10 +66,11 @@ use serde_json::{Value, json};
 
 use super::shared_watch::Subscription;
 use super::{FIELD_MANAGER, Shared};
-use crate::analysis::{MeasureContext, Providers};
+use crate::analysis::{HttpClients, MeasureContext, Providers};
 use crate::api::argo::analysis::{Metric, MetricProvider, PrometheusMetric};
 use crate::api::flagger::canary::{
-    Canary, CanaryMetric, CanaryPhase, CanaryStatus, CanaryWebhook, HookType, parse_go_duration,
+    Canary, CanaryMetric, CanaryPhase, CanaryStatus, CanaryWebhook, HookType, MAX_WEBHOOK_TIMEOUT,
+    parse_go_duration,
 };
 use crate::api::flagger::metric_template::MetricTemplate;
 use crate::engine::analysis::expr::Value as ExprValue;
@@ -155,7 +156,10 @@ pub struct Ctx {
     /// Route watch caches and writes not yet seen applied (`routing`).
     routing: routing::Routing,
     providers: Providers,
-    http: reqwest::Client,
+    /// Clients for webhooks and alerts, shared with the metric providers.
+    http: Arc<HttpClients>,
+    /// The namespace whose AlertProviders every Canary may use (`--alert-provider-namespace`).
+    alert_provider_namespace: Option<String>,
     default_prometheus: Option<String>,
     min_interval: Duration,
     /// When each Canary last ticked (a restart ticks at once, as Flagger does).
@@ -179,14 +183,30 @@ fn min_interval() -> Duration {
         .unwrap_or(crate::api::flagger::canary::MIN_ANALYSIS_INTERVAL)
 }
 
+/// How the Canary controller runs, from the controller's flags.
+#[derive(Debug)]
+pub struct Options {
+    /// Prometheus address for metrics that name none.
+    pub default_prometheus: Option<String>,
+    /// The HTTP clients for metrics, webhooks and alerts.
+    pub http: Arc<HttpClients>,
+    /// The namespace whose AlertProviders every Canary may use.
+    pub alert_provider_namespace: Option<String>,
+}
+
 /// Runs the Canary controller until `shutdown` resolves.
 pub async fn run(
     shared: Shared,
     deployments: Subscription<Deployment>,
     services: Subscription<Service>,
-    default_prometheus: Option<String>,
+    options: Options,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let Options {
+        default_prometheus,
+        http,
+        alert_provider_namespace,
+    } = options;
     tracing::info!(namespace = ?shared.namespace, "canary controller starting");
     let controller = Controller::new(
         shared.api::<Canary>(),
@@ -224,11 +244,9 @@ pub async fn run(
         services,
         configs,
         routing,
-        providers: Providers::new(),
-        http: {
-            crate::install_crypto_provider();
-            reqwest::Client::new()
-        },
+        providers: Providers::with_http(http.clone()),
+        http,
+        alert_provider_namespace,
         default_prometheus,
         min_interval: min_interval(),
         last_tick: PerCanary::default(),
@@ -514,6 +532,7 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     let cached = |n: &str| ctx.deployments.get(&ObjectRef::new(n).within(&namespace));
     let target = cached(&target_name);
     ctx.warn_untracked_secrets(&canary, target.as_deref()).await;
+    ctx.warn_webhook_timeouts(&canary).await;
     let primary = cached(&format!("{target_name}-primary"));
     let provider = provider(&canary);
     let interval = interval(&canary, ctx.min_interval);
@@ -1307,6 +1326,27 @@ impl Ctx {
         Verdict::pass()
     }
 
+    /// Tells a Canary once per generation which webhook timeouts are cut to the maximum.
+    async fn warn_webhook_timeouts(&self, canary: &Canary) {
+        let Some(analysis) = canary.analysis() else {
+            return;
+        };
+        let generation = canary.meta().generation.unwrap_or(0);
+        for (index, hook) in analysis.webhooks.iter().enumerate() {
+            if hook.timeout_above_max() {
+                let message = format!(
+                    "spec.analysis.webhooks[{index}].timeout {:?} is above the maximum of {}s; webhook {} is called with a {}s timeout",
+                    hook.timeout.as_deref().unwrap_or_default(),
+                    MAX_WEBHOOK_TIMEOUT.as_secs(),
+                    hook.name,
+                    MAX_WEBHOOK_TIMEOUT.as_secs()
+                );
+                let what = format!("webhook-timeout:{generation}:{index}");
+                self.warn_once(canary, &what, "InvalidSpec", &message).await;
+            }
+        }
+    }
+
     /// POSTs Flagger's payload to a webhook, with its timeout and retries; 200–202 passes.
     async fn call_webhook(
         &self,
@@ -1333,10 +1373,13 @@ impl Ctx {
             "metadata": hook.metadata.clone().unwrap_or_default(),
         });
         let attempts = hook.retries().max(0) + 1;
+        let client = self
+            .http
+            .get(hook.disable_tls.unwrap_or(false), false)
+            .map_err(|e| format!("calling {}: {e}", hook.url))?;
         let mut last = String::new();
         for _ in 0..attempts {
-            let request = self
-                .http
+            let request = client
                 .post(&hook.url)
                 .timeout(hook.timeout())
                 .json(&payload)
@@ -1345,20 +1388,19 @@ impl Ctx {
             match request {
                 Ok(response) if (200..=202).contains(&response.status().as_u16()) => return Ok(()),
                 Ok(response) => {
-                    let code = response.status();
-                    let body: String = response
-                        .text()
-                        .await
-                        .unwrap_or_default()
-                        .chars()
-                        .take(200)
-                        .collect();
-                    last = format!("{} answered {code}: {body}", hook.url);
+                    let answer = crate::outbound::describe_answer(response, hook.timeout()).await;
+                    last = format!("{} answered {answer}", hook.url);
                 }
                 Err(error) if error.is_timeout() => {
                     last = format!("{} did not answer within {:?}", hook.url, hook.timeout());
                 }
-                Err(error) => last = format!("calling {}: {error}", hook.url),
+                Err(error) => {
+                    last = format!(
+                        "calling {}: {}",
+                        hook.url,
+                        crate::outbound::error_chain(&error)
+                    );
+                }
             }
         }
         Err(last)

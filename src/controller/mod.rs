@@ -150,6 +150,10 @@ pub struct Config {
     /// How long the controller may wait on the apiserver without any answer before `/healthz`
     /// fails ([`liveness`]).
     pub healthz_stall: std::time::Duration,
+    /// Follow HTTP redirects from metric providers, webhooks and alert providers (off by default).
+    pub http_follow_redirects: bool,
+    /// The namespace whose AlertProviders every Canary may use, besides its own.
+    pub alert_provider_namespace: Option<String>,
 }
 
 /// Why the controller could not start.
@@ -217,14 +221,20 @@ async fn controllers(
     // Deployments and Services are read by both the Rollout and the Canary controllers.
     let mut deployments = shared_watch::SharedWatch::new(shared.api());
     let mut services = shared_watch::SharedWatch::new(shared.api());
+    // One HTTP client cache (and redirect setting) for metrics, webhooks and alerts.
+    let http = Arc::new(crate::outbound::HttpClients::new(
+        config.http_follow_redirects,
+    ));
     let argo = config.apis.argo.then(|| {
-        let analysis = Arc::new(analysis_run::Ctx::new(
+        let mut analysis = analysis_run::Ctx::new(
             shared.client.clone(),
             shared.recorder.clone(),
             shared.metrics.clone(),
             FIELD_MANAGER.to_string(),
             config.default_prometheus.clone(),
-        ));
+        );
+        analysis.providers = crate::analysis::Providers::with_http(http.clone());
+        let analysis = Arc::new(analysis);
         let ready = shared.ready.clone();
         let namespace = shared.namespace.clone();
         let analysis_runs = {
@@ -252,7 +262,11 @@ async fn controllers(
             shared.clone(),
             deployments.subscribe(),
             services.subscribe(),
-            config.default_prometheus.clone(),
+            canary::Options {
+                default_prometheus: config.default_prometheus.clone(),
+                http,
+                alert_provider_namespace: config.alert_provider_namespace.clone(),
+            },
             shutdown.clone(),
         )
     });

@@ -41,6 +41,9 @@ pub const DEFAULT_MEASUREMENT_RETENTION: i32 = 10;
 pub const DEFAULT_PROMETHEUS_TIMEOUT_SECONDS: i64 = 30;
 /// Web request timeout in seconds when `timeoutSeconds` is unset.
 pub const DEFAULT_WEB_TIMEOUT_SECONDS: i64 = 10;
+/// Longest request timeout (Prometheus `timeout`, web `timeoutSeconds`) the CRD schema accepts: a
+/// measurement holding a connection longer is a mistake, and holds a worker (Argo has no bound).
+pub const MAX_HTTP_TIMEOUT_SECONDS: i64 = 300;
 /// Web `jsonPath` when unset: the whole response body.
 pub const DEFAULT_WEB_JSON_PATH: &str = "{$}";
 /// Web `method` when unset.
@@ -343,8 +346,9 @@ pub struct PrometheusMetric {
     /// How to authenticate (SigV4 for Amazon Managed Prometheus, OAuth2 client credentials, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<Authentication>,
-    /// Query timeout in **seconds** (an integer, not a duration string); default 30.
+    /// Query timeout in **seconds** (an integer, not a duration string); default 30, at most 300.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_HTTP_TIMEOUT_SECONDS))]
     pub timeout: Option<i64>,
     /// Skip TLS verification of the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -447,8 +451,9 @@ pub struct WebMetric {
     /// Request body as a string (POST/PUT only; not together with `jsonBody`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// Request timeout in seconds; default 10.
+    /// Request timeout in seconds; default 10, at most 300.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_HTTP_TIMEOUT_SECONDS))]
     pub timeout_seconds: Option<i64>,
     /// JSONPath into the response used as `result`; default `{$}` (the whole body).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1050,7 +1055,11 @@ impl WebMetric {
 
 /// A positive number of seconds, or the default when unset or not positive (as upstream treats 0).
 fn seconds(value: Option<i64>, default: i64) -> std::time::Duration {
-    let secs = value.filter(|s| *s > 0).unwrap_or(default);
+    // The schema bounds it; objects stored before that bound are held to it too.
+    let secs = value
+        .filter(|s| *s > 0)
+        .unwrap_or(default)
+        .min(MAX_HTTP_TIMEOUT_SECONDS);
     std::time::Duration::from_secs(secs.unsigned_abs())
 }
 

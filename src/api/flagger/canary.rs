@@ -45,6 +45,9 @@ pub const DEFAULT_MAX_WEIGHT: i32 = 100;
 pub const DEFAULT_METRIC_INTERVAL: &str = "1m";
 /// Default webhook request timeout (Flagger: 10s).
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest webhook request timeout: a longer `timeout` is cut to it, with a Warning Event (a call
+/// holds one of the controller's workers; Flagger has no bound).
+pub const MAX_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default session affinity cookie max age in seconds (Flagger: 86400, one day).
 pub const DEFAULT_COOKIE_MAX_AGE: i64 = 86_400;
 /// The only condition type Flagger sets on a Canary.
@@ -989,12 +992,22 @@ impl CanaryWebhook {
         }
     }
 
-    /// The request timeout: `timeout`, default 10s (also when unparsable; upstream fails the call).
+    /// The request timeout: `timeout`, default 10s (also when unparsable; upstream fails the call),
+    /// at most [`MAX_WEBHOOK_TIMEOUT`].
     pub fn timeout(&self) -> Duration {
         self.timeout
             .as_deref()
             .and_then(parse_go_duration)
             .unwrap_or(DEFAULT_WEBHOOK_TIMEOUT)
+            .min(MAX_WEBHOOK_TIMEOUT)
+    }
+
+    /// Whether `timeout` asks for more than [`MAX_WEBHOOK_TIMEOUT`] (and is cut to it).
+    pub fn timeout_above_max(&self) -> bool {
+        self.timeout
+            .as_deref()
+            .and_then(parse_go_duration)
+            .is_some_and(|t| t > MAX_WEBHOOK_TIMEOUT)
     }
 
     /// **Sluice extension**: how long this gate may stay closed before the run fails; `None`

@@ -135,8 +135,16 @@ impl Ctx {
 
     /// Sends one alert to each of its subscriptions in turn.
     async fn deliver(&self, job: &Job) {
+        let global = self.alert_provider_namespace.as_deref();
         for subscription in &job.subscriptions {
-            let sent = match alert::resolve(&self.shared.client, &job.canary, subscription).await {
+            let resolved =
+                alert::resolve(&self.shared.client, &job.canary, subscription, global).await;
+            if let Err(error @ alert::Error::ForeignNamespace { .. }) = &resolved {
+                self.refuse_foreign_provider(&job.canary, subscription, error)
+                    .await;
+                continue;
+            }
+            let sent = match resolved {
                 Ok(destination) => {
                     alert::send(
                         &self.http,
@@ -159,6 +167,31 @@ impl Ctx {
                 }
             }
         }
+    }
+}
+
+impl Ctx {
+    /// Tells the Canary, once per generation and subscription, that its AlertProvider is in a
+    /// namespace it may not use (an invalid spec; every alert to it is refused unsent).
+    async fn refuse_foreign_provider(
+        &self,
+        canary: &Canary,
+        subscription: &CanaryAlert,
+        error: &alert::Error,
+    ) {
+        let index = canary
+            .analysis()
+            .and_then(|a| a.alerts.iter().position(|s| s.name == subscription.name))
+            .unwrap_or_default();
+        let generation = canary.metadata.generation.unwrap_or_default();
+        let message = format!("spec.analysis.alerts[{index}].providerRef.namespace: {error}");
+        self.warn_once(
+            canary,
+            &format!("alert-provider-namespace/{generation}/{index}"),
+            "InvalidSpec",
+            &message,
+        )
+        .await;
     }
 }
 
