@@ -571,3 +571,54 @@ async fn a_two_megabyte_value_is_stored_truncated_and_the_run_completes() {
     assert!(value.len() <= 4096, "stored {} bytes", value.len());
     assert!(value.contains("truncated"), "{value}");
 }
+
+/// A run's Event whose message is longer than the apiserver accepts (1,024 bytes) is cut, not
+/// refused: here an InvalidSpec quoting a long condition that does not parse.
+#[tokio::test]
+async fn a_long_run_event_is_cut_not_lost() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let ns = env.namespace("hostile-long-event").await;
+    let ctl = ControllerProcess::start(&env, &ns.name).await;
+    let condition = format!("result == '{}", "x".repeat(1500));
+    let name = create_run(
+        &env,
+        &ns.name,
+        json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisRun",
+            "metadata": {"name": "long-event"},
+            "spec": {"metrics": [{
+                "name": "m",
+                "successCondition": condition,
+                "provider": {"web": {"url": "http://127.0.0.1:9/never-called"}},
+            }]},
+        }),
+    )
+    .await;
+    let run = wait_completed(&env, &ns.name, &name, Duration::from_secs(60), &ctl).await;
+    let message = run
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(message.len() > 1024, "a long message: {}", message.len());
+    let events = common::eventually(Duration::from_secs(20), "the run's InvalidSpec Event", || {
+        let env = &env;
+        let ns = &ns.name;
+        let name = &name;
+        async move {
+            let events = run_event_messages(env, ns, name).await;
+            events
+                .iter()
+                .any(|e| e.starts_with("InvalidSpec: "))
+                .then_some(events)
+        }
+    })
+    .await;
+    let note = events
+        .iter()
+        .find_map(|e| e.strip_prefix("InvalidSpec: "))
+        .unwrap_or_default();
+    assert!(note.len() <= 1024 && note.ends_with('…'), "{note}");
+}

@@ -488,7 +488,7 @@ async fn publish(run: &AnalysisRun, events: Vec<crate::engine::Event>, ctx: &Ctx
                 EventType::Normal
             },
             reason: event.reason.to_string(),
-            note: Some(event.message),
+            note: Some(super::event_note(&event.message)),
             action: "Analyze".to_string(),
             secondary: None,
         };
