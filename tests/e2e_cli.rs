@@ -383,10 +383,18 @@ async fn every_verb_against_the_real_cluster() {
     .await;
 
     // undo: back to revision 1's template (image 1), as a new update.
+    let before = f.rollouts.get(name).await.unwrap().status.unwrap_or_default().current_pod_hash;
     let out = f.ok(&["undo", name]);
     assert!(out.contains("revision 1"), "{out}");
     let r = f.rollouts.get(name).await.unwrap();
     assert_eq!(image(&r), "registry.invalid/web:1");
+    // A new revision clears promoteFull (as in Argo), so promote once the controller has seen it:
+    // sent earlier, on a loaded machine, the promotion was for the previous revision and lost.
+    f.wait(name, "the undone template planned", |r| {
+        let s = r.status.clone().unwrap_or_default();
+        s.current_pod_hash != before && s.phase == Some(RolloutPhase::Paused)
+    })
+    .await;
     f.ok(&["promote", name, "--full"]);
     f.wait(name, "healthy on the undone template", |r| {
         let s = r.status.clone().unwrap_or_default();
