@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::analysis::{phase, status_text, wait_completed};
 use common::controller::ControllerProcess;
 use common::exporter::Exporter;
 use common::{TestEnv, eventually};
@@ -16,48 +17,8 @@ use sluice::api::argo::analysis::{AnalysisPhase, AnalysisRun, MetricResult};
 
 /// Creates an AnalysisRun from YAML (`metadata.name` required) in `ns`.
 async fn create_run(env: &TestEnv, ns: &str, yaml: &str) -> String {
-    let run: AnalysisRun = serde_yaml::from_str(yaml).expect("test AnalysisRun YAML");
-    let api: Api<AnalysisRun> = Api::namespaced(env.client.clone(), ns);
-    let created = api
-        .create(&PostParams::default(), &run)
-        .await
-        .unwrap_or_else(|e| panic!("creating AnalysisRun: {e}"));
-    created.metadata.name.expect("name")
-}
-
-/// Waits until the run's phase is completed and returns the run.
-async fn wait_completed(
-    env: &TestEnv,
-    ns: &str,
-    name: &str,
-    timeout: Duration,
-    ctl: &ControllerProcess,
-) -> AnalysisRun {
-    let api: Api<AnalysisRun> = Api::namespaced(env.client.clone(), ns);
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let run = api.get(name).await.expect("reading the AnalysisRun");
-        if run
-            .status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .is_some_and(|p| p.is_completed())
-        {
-            return run;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!(
-                "AnalysisRun {ns}/{name} not completed after {timeout:?}; status: {}\ncontroller log:\n{}",
-                serde_json::to_string_pretty(&run.status).unwrap_or_default(),
-                ctl.log_text()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn phase(run: &AnalysisRun) -> AnalysisPhase {
-    run.status.as_ref().and_then(|s| s.phase).expect("a phase")
+    let run = serde_yaml::from_str(yaml).expect("test AnalysisRun YAML");
+    common::analysis::create_run(env, ns, run).await
 }
 
 fn metric<'a>(run: &'a AnalysisRun, name: &str) -> &'a MetricResult {
@@ -65,10 +26,6 @@ fn metric<'a>(run: &'a AnalysisRun, name: &str) -> &'a MetricResult {
         .as_ref()
         .and_then(|s| s.metric_results.iter().find(|m| m.name == name))
         .unwrap_or_else(|| panic!("no result for metric {name}: {:?}", run.status))
-}
-
-fn dump(run: &AnalysisRun) -> String {
-    serde_json::to_string_pretty(&run.status).unwrap_or_default()
 }
 
 fn prom_run(name: &str, query: &str, extra: &str) -> String {
@@ -108,13 +65,18 @@ async fn prometheus_successful_run_records_every_measurement() {
     );
     let name = create_run(&env, &ns.name, &yaml).await;
     let run = wait_completed(&env, &ns.name, &name, Duration::from_secs(60), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Successful, "{}", dump(&run));
+    assert_eq!(
+        phase(&run),
+        AnalysisPhase::Successful,
+        "{}",
+        status_text(&run)
+    );
     let m = metric(&run, "m");
     assert_eq!(
         (m.count, m.successful, m.failed, m.error),
         (3, 3, 0, 0),
         "{}",
-        dump(&run)
+        status_text(&run)
     );
     assert_eq!(m.measurements.len(), 3);
     for meas in &m.measurements {
@@ -144,7 +106,7 @@ async fn prometheus_successful_run_records_every_measurement() {
         assert!(
             (0.9..=3.1).contains(&gap),
             "gap {gap}s between measurements: {}",
-            dump(&run)
+            status_text(&run)
         );
     }
 }
@@ -197,9 +159,9 @@ async fn prometheus_failed_inconclusive_and_nan() {
     .await;
 
     let run = wait_completed(&env, &ns.name, &failed, Duration::from_secs(60), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Failed, "{}", dump(&run));
+    assert_eq!(phase(&run), AnalysisPhase::Failed, "{}", status_text(&run));
     let m = metric(&run, "m");
-    assert_eq!((m.count, m.failed), (2, 2), "{}", dump(&run));
+    assert_eq!((m.count, m.failed), (2, 2), "{}", status_text(&run));
     assert_eq!(m.measurements[0].value.as_deref(), Some("[0.5]"));
     assert_eq!(
         m.measurements[0]
@@ -210,10 +172,15 @@ async fn prometheus_failed_inconclusive_and_nan() {
     );
 
     let run = wait_completed(&env, &ns.name, &inconclusive, Duration::from_secs(60), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Inconclusive, "{}", dump(&run));
+    assert_eq!(
+        phase(&run),
+        AnalysisPhase::Inconclusive,
+        "{}",
+        status_text(&run)
+    );
 
     let run = wait_completed(&env, &ns.name, &nan, Duration::from_secs(60), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Failed, "{}", dump(&run));
+    assert_eq!(phase(&run), AnalysisPhase::Failed, "{}", status_text(&run));
     assert_eq!(
         metric(&run, "m").measurements[0].value.as_deref(),
         Some("[NaN]")
@@ -304,7 +271,7 @@ spec:
     .await;
 
     let run = wait_completed(&env, &ns.name, &slow, Duration::from_secs(60), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Error, "{}", dump(&run));
+    assert_eq!(phase(&run), AnalysisPhase::Error, "{}", status_text(&run));
     let msg = metric(&run, "m").measurements[0]
         .message
         .clone()
@@ -313,7 +280,7 @@ spec:
     hold.abort();
 
     let run = wait_completed(&env, &ns.name, &empty, Duration::from_secs(60), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Error, "{}", dump(&run));
+    assert_eq!(phase(&run), AnalysisPhase::Error, "{}", status_text(&run));
     let msg = metric(&run, "m").measurements[0]
         .message
         .clone()
@@ -329,7 +296,7 @@ spec:
     );
 
     let run = wait_completed(&env, &ns.name, &bad, Duration::from_secs(60), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Error, "{}", dump(&run));
+    assert_eq!(phase(&run), AnalysisPhase::Error, "{}", status_text(&run));
     let msg = metric(&run, "m").measurements[0]
         .message
         .clone()
@@ -340,7 +307,7 @@ spec:
     );
 
     let run = wait_completed(&env, &ns.name, &down, Duration::from_secs(60), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Error, "{}", dump(&run));
+    assert_eq!(phase(&run), AnalysisPhase::Error, "{}", status_text(&run));
     let msg = metric(&run, "m").measurements[0]
         .message
         .clone()
@@ -367,13 +334,13 @@ async fn consecutive_errors_are_retried_then_error() {
     )
     .await;
     let run = wait_completed(&env, &ns.name, &name, Duration::from_secs(60), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Error, "{}", dump(&run));
+    assert_eq!(phase(&run), AnalysisPhase::Error, "{}", status_text(&run));
     let m = metric(&run, "m");
     assert_eq!(
         (m.error, m.consecutive_error, m.count),
         (2, 2, 0),
         "{}",
-        dump(&run)
+        status_text(&run)
     );
     let t: Vec<_> = m
         .measurements
@@ -425,7 +392,12 @@ spec:
     );
     let name = create_run(&env, &ns.name, &yaml).await;
     let run = wait_completed(&env, &ns.name, &name, Duration::from_secs(60), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Successful, "{}", dump(&run));
+    assert_eq!(
+        phase(&run),
+        AnalysisPhase::Successful,
+        "{}",
+        status_text(&run)
+    );
     let dry = metric(&run, "experimental-latency");
     assert!(dry.dry_run);
     assert_eq!(dry.phase, AnalysisPhase::Failed);
@@ -434,13 +406,13 @@ spec:
         status.dry_run_summary.as_ref().map(|s| s.failed),
         Some(1),
         "{}",
-        dump(&run)
+        status_text(&run)
     );
     assert_eq!(
         status.run_summary.as_ref().map(|s| s.successful),
         Some(1),
         "{}",
-        dump(&run)
+        status_text(&run)
     );
 }
 
@@ -479,7 +451,12 @@ async fn terminate_stops_an_open_ended_run() {
     .await
     .expect("terminating the run");
     let run = wait_completed(&env, &ns.name, &name, Duration::from_secs(30), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Successful, "{}", dump(&run));
+    assert_eq!(
+        phase(&run),
+        AnalysisPhase::Successful,
+        "{}",
+        status_text(&run)
+    );
     let message = run
         .status
         .as_ref()
@@ -533,7 +510,12 @@ spec:
     );
     let name = create_run(&env, &ns.name, &yaml).await;
     let run = wait_completed(&env, &ns.name, &name, Duration::from_secs(60), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Successful, "{}", dump(&run));
+    assert_eq!(
+        phase(&run),
+        AnalysisPhase::Successful,
+        "{}",
+        status_text(&run)
+    );
     let meas = &metric(&run, "m").measurements[0];
     assert_eq!(meas.value.as_deref(), Some("[0.99]"));
     let query = meas.query.clone().unwrap_or_default();
@@ -598,7 +580,12 @@ spec:
     let html = create_run(&env, &ns.name, &web_run("html-body", "/html")).await;
 
     let run = wait_completed(&env, &ns.name, &ok, Duration::from_secs(60), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Successful, "{}", dump(&run));
+    assert_eq!(
+        phase(&run),
+        AnalysisPhase::Successful,
+        "{}",
+        status_text(&run)
+    );
     assert_eq!(
         metric(&run, "m").measurements[0].value.as_deref(),
         Some("0.99")
@@ -609,7 +596,7 @@ spec:
             phase(&run),
             AnalysisPhase::Error,
             "{name} must never pass: {}",
-            dump(&run)
+            status_text(&run)
         );
         let msg = metric(&run, "m").measurements[0]
             .message
@@ -658,11 +645,20 @@ spec:
     let pass = create_run(&env, &ns.name, &job_run("pass", false)).await;
     let fail = create_run(&env, &ns.name, &job_run("fail", true)).await;
     let run = wait_completed(&env, &ns.name, &pass, Duration::from_secs(90), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Successful, "{}", dump(&run));
+    assert_eq!(
+        phase(&run),
+        AnalysisPhase::Successful,
+        "{}",
+        status_text(&run)
+    );
     let meas = &metric(&run, "smoke").measurements[0];
-    assert!(meas.metadata.contains_key("job-name"), "{}", dump(&run));
+    assert!(
+        meas.metadata.contains_key("job-name"),
+        "{}",
+        status_text(&run)
+    );
     let run = wait_completed(&env, &ns.name, &fail, Duration::from_secs(90), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Failed, "{}", dump(&run));
+    assert_eq!(phase(&run), AnalysisPhase::Failed, "{}", status_text(&run));
     // the Jobs are real, labelled and owned by their run
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client.clone(), &ns.name);
     let list = jobs.list(&Default::default()).await.expect("listing Jobs");
@@ -703,7 +699,7 @@ async fn a_condition_that_does_not_parse_is_reported_not_passed() {
     )
     .await;
     let run = wait_completed(&env, &ns.name, &name, Duration::from_secs(30), &ctl).await;
-    assert_eq!(phase(&run), AnalysisPhase::Error, "{}", dump(&run));
+    assert_eq!(phase(&run), AnalysisPhase::Error, "{}", status_text(&run));
     let message = run
         .status
         .as_ref()
@@ -715,7 +711,7 @@ async fn a_condition_that_does_not_parse_is_reported_not_passed() {
     assert!(
         metric_results_empty(&run),
         "nothing was measured: {}",
-        dump(&run)
+        status_text(&run)
     );
 }
 

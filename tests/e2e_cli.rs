@@ -383,7 +383,14 @@ async fn every_verb_against_the_real_cluster() {
     .await;
 
     // undo: back to revision 1's template (image 1), as a new update.
-    let before = f.rollouts.get(name).await.unwrap().status.unwrap_or_default().current_pod_hash;
+    let before = f
+        .rollouts
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default()
+        .current_pod_hash;
     let out = f.ok(&["undo", name]);
     assert!(out.contains("revision 1"), "{out}");
     let r = f.rollouts.get(name).await.unwrap();

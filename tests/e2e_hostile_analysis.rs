@@ -11,6 +11,7 @@ use axum::Router;
 use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+use common::analysis::{phase, status_text, wait_completed};
 use common::controller::ControllerProcess;
 use common::exporter::Exporter;
 use common::{TestEnv, eventually};
@@ -18,63 +19,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use sluice::api::argo::analysis::{AnalysisPhase, AnalysisRun};
+use sluice::api::argo::analysis::AnalysisPhase;
 use sluice::api::flagger::canary::{Canary, CanaryPhase};
 use sluice::api::flagger::metric_template::MetricTemplate;
 
 async fn create_run(env: &TestEnv, ns: &str, run: serde_json::Value) -> String {
-    let run: AnalysisRun = serde_json::from_value(run).expect("test AnalysisRun JSON");
-    let api: Api<AnalysisRun> = Api::namespaced(env.client.clone(), ns);
-    let created = api
-        .create(&PostParams::default(), &run)
-        .await
-        .unwrap_or_else(|e| panic!("creating AnalysisRun: {e}"));
-    created.metadata.name.expect("name")
-}
-
-/// Waits until the run completes and returns it.
-async fn wait_completed(
-    env: &TestEnv,
-    ns: &str,
-    name: &str,
-    timeout: Duration,
-    ctl: &ControllerProcess,
-) -> AnalysisRun {
-    let api: Api<AnalysisRun> = Api::namespaced(env.client.clone(), ns);
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let run = api.get(name).await.expect("reading the AnalysisRun");
-        if run
-            .status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .is_some_and(|p| p.is_completed())
-        {
-            return run;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!(
-                "AnalysisRun {ns}/{name} not completed after {timeout:?}; status: {}\ncontroller log (tail):\n{}",
-                status_text(&run),
-                tail(&ctl.log_text())
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn tail(log: &str) -> String {
-    let start = log.len().saturating_sub(6000);
-    log.get(start..).unwrap_or(log).to_string()
-}
-
-fn status_text(run: &AnalysisRun) -> String {
-    let text = serde_json::to_string_pretty(&run.status).unwrap_or_default();
-    text.chars().take(6000).collect()
-}
-
-fn phase(run: &AnalysisRun) -> AnalysisPhase {
-    run.status.as_ref().and_then(|s| s.phase).expect("a phase")
+    let run = serde_json::from_value(run).expect("test AnalysisRun JSON");
+    common::analysis::create_run(env, ns, run).await
 }
 
 /// Every string in a JSON document, unescaped, one per line, plus the document itself.
@@ -376,7 +327,7 @@ async fn nan_and_empty_metrics_do_not_promote_a_canary() {
                 Some(p @ (CanaryPhase::Failed | CanaryPhase::Succeeded)) => break p,
                 _ if tokio::time::Instant::now() > deadline => panic!(
                     "Canary {name} neither failed nor succeeded; log:\n{}",
-                    tail(&ctl.log_text())
+                    ctl.log_end()
                 ),
                 _ => tokio::time::sleep(Duration::from_millis(250)).await,
             }
@@ -603,18 +554,22 @@ async fn a_long_run_event_is_cut_not_lost() {
         .and_then(|s| s.message.clone())
         .unwrap_or_default();
     assert!(message.len() > 1024, "a long message: {}", message.len());
-    let events = common::eventually(Duration::from_secs(20), "the run's InvalidSpec Event", || {
-        let env = &env;
-        let ns = &ns.name;
-        let name = &name;
-        async move {
-            let events = run_event_messages(env, ns, name).await;
-            events
-                .iter()
-                .any(|e| e.starts_with("InvalidSpec: "))
-                .then_some(events)
-        }
-    })
+    let events = common::eventually(
+        Duration::from_secs(20),
+        "the run's InvalidSpec Event",
+        || {
+            let env = &env;
+            let ns = &ns.name;
+            let name = &name;
+            async move {
+                let events = run_event_messages(env, ns, name).await;
+                events
+                    .iter()
+                    .any(|e| e.starts_with("InvalidSpec: "))
+                    .then_some(events)
+            }
+        },
+    )
     .await;
     let note = events
         .iter()

@@ -66,7 +66,6 @@ pub fn event_note(text: &str) -> String {
     format!("{}{MARK}", &text[..end])
 }
 
-
 /// What every controller shares.
 #[derive(Clone)]
 pub struct Shared {

@@ -153,6 +153,16 @@ impl ControllerProcess {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The last few thousand characters of its log, for a failure message.
+    pub fn log_end(&self) -> String {
+        let log = self.log_text();
+        let mut start = log.len().saturating_sub(6000);
+        while !log.is_char_boundary(start) {
+            start += 1;
+        }
+        log[start..].to_string()
+    }
 }
 
 impl Drop for ControllerProcess {

@@ -18,6 +18,7 @@
 //! ```
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod analysis;
 pub mod canary;
 pub mod chart;
 pub mod controller;
