@@ -668,4 +668,50 @@ mod tests {
             "{errors:?}"
         );
     }
+
+    #[test]
+    fn steps_combine_as_argo_allows() {
+        let routed = |steps: serde_json::Value| {
+            spec(json!({"canaryService": "c", "stableService": "s",
+                "trafficRouting": {"managedRoutes": [{"name": "h"}],
+                    "plugins": {"argoproj-labs/gatewayAPI": {"httpRoute": "r"}}},
+                "steps": steps}))
+        };
+        let header =
+            json!({"name": "h", "match": [{"headerName": "x", "headerValue": {"exact": "1"}}]});
+        let ok = routed(
+            json!([{"setCanaryScale": {"replicas": 1}, "setHeaderRoute": header},
+            {"setWeight": 20, "setHeaderRoute": header}]),
+        );
+        assert_eq!(validate(&ok), vec![]);
+        let two = validate(&routed(json!([{"setWeight": 20, "pause": {}}])));
+        assert!(two[0].message.contains("at most one of"), "{two:?}");
+        let scale = validate(&routed(
+            json!([{"setCanaryScale": {"replicas": 1}, "pause": {}}]),
+        ));
+        assert_eq!(
+            scale[0].field,
+            "spec.strategy.canary.steps[0].setCanaryScale"
+        );
+        assert!(
+            scale[0]
+                .message
+                .contains("not supported by this version of Sluice")
+        );
+    }
+
+    #[test]
+    fn additional_subsets_are_refused_not_ignored() {
+        let problems = validate(&spec(json!({"canaryService": "c", "stableService": "s",
+            "trafficRouting": {"istio": {"virtualService": {"name": "v"},
+                "destinationRule": {"name": "d", "canarySubsetName": "c", "stableSubsetName": "s",
+                    "additionalSubsetNames": ["legacy"]}}},
+            "steps": [{"setWeight": 20}]})));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .field
+                .ends_with("destinationRule.additionalSubsetNames")
+        );
+    }
 }

@@ -1161,7 +1161,7 @@ mod cel_tests {
     fn accepts_what_argo_lets_join_another_action() {
         // Argo's examples/apisix/rollout.yaml.
         validate(canary(json!([{"setCanaryScale": {"replicas": 1},
-            "setHeaderRoute": {"name": "h", "match": [{"headerName": "a"}]}}])))
+            "setHeaderRoute": {"name": "h", "match": [{"headerName": "a", "headerValue": {"exact": "1"}}]}}])))
         .unwrap();
         validate(canary(
             json!([{"setWeight": 20, "setCanaryScale": {"weight": 20}}]),
