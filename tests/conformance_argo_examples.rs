@@ -311,3 +311,38 @@ fn argo_fields_no_example_shows_pass_sluice_lint() {
         );
     }
 }
+
+/// `status.duration`, which Argo's controller writes after v1.10, survives on Sluice's CRDs, so
+/// a team can run Argo's controller on them (or switch back) without losing it.
+#[tokio::test]
+async fn argo_status_duration_is_kept() {
+    use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let ns = env.namespace("argo-status").await;
+    let mut rollout = rollout_with_fields_no_example_shows();
+    rollout["spec"]["strategy"]["canary"] = serde_json::json!({"steps": [{"setWeight": 20}]});
+    let obj: DynamicObject = serde_json::from_value(rollout).unwrap();
+    let resource = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout"),
+        "rollouts",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &ns.name, &resource);
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    let duration = serde_json::json!({
+        "completionStatus": "Promoted",
+        "startedAt": "2026-01-01T00:00:00Z",
+        "seconds": 42
+    });
+    let patch = serde_json::json!({"status": {"duration": duration}});
+    let stored = api
+        .patch_status(
+            "argo-fields",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.data["status"]["duration"], duration);
+}

@@ -787,6 +787,12 @@ pub struct RolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::api::schema::preserve_unknown_nullable")]
     pub albs: Option<serde_json::Value>,
+    /// How long the last update took and how it ended (`completionStatus`): written by Argo's
+    /// controller after v1.10 (no release in the v1.10 line has it). Kept as-is so a status Argo
+    /// wrote survives on Sluice's CRDs; Sluice does not write it yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::schema::preserve_unknown_nullable")]
+    pub duration: Option<serde_json::Value>,
 }
 
 /// Why a rollout is paused, and since when.
