@@ -379,6 +379,7 @@ async fn istio_subset_split_labels_destination_rule_subsets() {
             name: "app".into(),
             canary_subset_name: "canary".into(),
             stable_subset_name: "stable".into(),
+            additional_subset_names: None,
         }),
         ..Default::default()
     };

@@ -59,10 +59,37 @@ pub fn finish_crd(crd: &mut CustomResourceDefinition) {
             .and_then(|s| s.open_api_v3_schema.as_mut())
         {
             let mut value = serde_json::to_value(&*schema).expect("a JSONSchemaProps serializes");
+            widen_quantities(&mut value);
             trim_embedded_descriptions(&mut value, false);
             *schema = serde_json::from_value::<JSONSchemaProps>(value)
                 .expect("a trimmed schema is still a JSONSchemaProps");
         }
+    }
+}
+
+/// The start of k8s-openapi's description of `Quantity`, which tells it from `IntOrString`.
+const QUANTITY_DESCRIPTION: &str = "Quantity is a fixed-point representation";
+
+/// Resource quantities accept what a Pod accepts: a string, an integer or any JSON number
+/// (`cpu: 0.001`). k8s-openapi types them `x-kubernetes-int-or-string`, which refuses `0.001`;
+/// a structural schema has no "number or string", so they are kept untyped, as Argo's CRDs
+/// keep them (the apiserver checks the quantity when the ReplicaSet or Pod is created).
+fn widen_quantities(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let is_quantity = map.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true))
+                && map
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| d.starts_with(QUANTITY_DESCRIPTION));
+            if is_quantity {
+                *value = serde_json::json!({ "x-kubernetes-preserve-unknown-fields": true });
+                return;
+            }
+            map.values_mut().for_each(widen_quantities);
+        }
+        Value::Array(items) => items.iter_mut().for_each(widen_quantities),
+        _ => {}
     }
 }
 

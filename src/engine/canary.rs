@@ -651,6 +651,16 @@ impl<'a> Planner<'a> {
 
     /// Whether a step is complete, starting whatever it needs. Pauses, aborts and actions happen here.
     fn step_done(&mut self, index: i32, step: &CanaryStep) -> bool {
+        // A route may join another action in one step (Argo's examples/apisix): requested while
+        // the step runs, as Argo's traffic reconcile does; the other action decides the end.
+        if step.set_header_route.is_some() {
+            self.actions
+                .push(Action::SetHeaderRoute { step_index: index });
+        }
+        if step.set_mirror_route.is_some() {
+            self.actions
+                .push(Action::SetMirrorRoute { step_index: index });
+        }
         if step.set_weight.is_some() || step.set_canary_scale.is_some() {
             let targets = self.targets();
             return self.at_targets(targets);
@@ -719,14 +729,7 @@ impl<'a> Planner<'a> {
                 AnalysisPhase::Pending | AnalysisPhase::Running => false,
             };
         }
-        if step.set_header_route.is_some() {
-            self.actions
-                .push(Action::SetHeaderRoute { step_index: index });
-            return true;
-        }
-        if step.set_mirror_route.is_some() {
-            self.actions
-                .push(Action::SetMirrorRoute { step_index: index });
+        if step.set_header_route.is_some() || step.set_mirror_route.is_some() {
             return true;
         }
         // Other step kinds are rejected by validation; never advance past what we don't understand.

@@ -836,6 +836,37 @@ fn header_route_steps_are_requested_and_removed_at_the_end() {
 }
 
 #[test]
+fn a_header_route_beside_set_canary_scale_is_requested_and_the_scale_ends_the_step() {
+    // Argo's examples/apisix/rollout.yaml: setCanaryScale and setHeaderRoute in one step.
+    let mut s = routed(
+        4,
+        json!([{"setCanaryScale": {"replicas": 1},
+                "setHeaderRoute": {"name": "h", "match": [{"headerName": "trace", "headerValue": {"exact": "debug"}}]}},
+               {"pause": {}}]),
+    );
+    s.strategy
+        .canary
+        .as_mut()
+        .unwrap()
+        .traffic_routing
+        .as_mut()
+        .unwrap()
+        .managed_routes = Some(vec![crate::api::argo::rollout::ManagedRoute {
+        name: "h".into(),
+    }]);
+    let (mut world, _) = deployed(s);
+    world.set_image("demo:2");
+    let mut actions = Vec::new();
+    for _ in 0..10 {
+        actions.extend(world.tick().actions);
+    }
+    assert!(actions.contains(&Action::SetHeaderRoute { step_index: 0 }));
+    assert_eq!(world.status.current_step_index, Some(1));
+    let canary = world.status.current_pod_hash.clone();
+    assert_eq!(world.replicas(&canary), 1);
+}
+
+#[test]
 fn route_objects_are_released_once_traffic_is_settled_on_stable() {
     let (mut world, _) = deployed(routed(2, json!([{"setWeight": 50}, {"pause": {}}])));
     world.set_image("demo:2");

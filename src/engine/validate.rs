@@ -199,7 +199,7 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
             if set {
                 errors.push(err(
                     format!("{base}.trafficRouting.{name}"),
-                    format!("the {name} traffic router is not supported by Sluice"),
+                    format!("the {name} traffic router is not supported by this version of Sluice"),
                 ));
             }
         }
@@ -228,6 +228,20 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
                 "stableService and canaryService are required when trafficRouting is set",
             )),
         }
+    }
+    let additional_subsets = routing
+        .and_then(|r| r.istio.as_ref())
+        .and_then(|i| i.destination_rule.as_ref())
+        .and_then(|d| d.additional_subset_names.as_ref())
+        .is_some_and(|n| !n.is_empty());
+    if additional_subsets {
+        // Argo takes the additional subsets' weights off the stable share; Sluice's Istio router
+        // would give stable `max - canary` and the route's weights would not add up.
+        errors.push(err(
+            format!("{base}.trafficRouting.istio.destinationRule.additionalSubsetNames"),
+            "additionalSubsetNames is not supported by this version of Sluice: remove it, or \
+             route the additional subsets in a route the Rollout does not manage",
+        ));
     }
     let max_weight = canary.max_traffic_weight();
     // Argo's Istio router writes `100 - weight` for stable and its validation refuses
@@ -271,6 +285,42 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
     }
 }
 
+/// Argo's rule: at most one of setWeight, pause, experiment and analysis, and at least one field.
+/// The route steps join any action (the engine requests the route, then runs the action);
+/// setCanaryScale alongside a pause or an analysis has semantics of its own in Argo (the scale
+/// decides when the step ends) that Sluice does not reproduce, so it is refused, not guessed at.
+fn validate_step_kinds(step: &CanaryStep, field: &str, errors: &mut Vec<InvalidSpec>) {
+    let main = [
+        step.set_weight.is_some(),
+        step.pause.is_some(),
+        step.experiment.is_some(),
+        step.analysis.is_some(),
+    ];
+    let others = [
+        step.set_canary_scale.is_some(),
+        step.set_header_route.is_some(),
+        step.set_mirror_route.is_some(),
+        step.plugin.is_some(),
+    ];
+    let main_count = main.iter().filter(|k| **k).count();
+    if main_count + others.iter().filter(|k| **k).count() == 0 {
+        errors.push(err(field, "a step must set one of setWeight, pause, experiment, analysis, setCanaryScale, setHeaderRoute, setMirrorRoute or plugin"));
+    } else if main_count > 1 {
+        errors.push(err(
+            field,
+            "a step sets at most one of setWeight, pause, experiment or analysis",
+        ));
+    } else if step.set_canary_scale.is_some()
+        && (step.pause.is_some() || step.analysis.is_some() || step.experiment.is_some())
+    {
+        errors.push(err(
+            format!("{field}.setCanaryScale"),
+            "setCanaryScale in the same step as a pause, analysis or experiment is not supported \
+             by this version of Sluice; give setCanaryScale a step of its own",
+        ));
+    }
+}
+
 fn validate_step(
     step: &CanaryStep,
     field: &str,
@@ -279,21 +329,7 @@ fn validate_step(
     managed: &[&str],
     errors: &mut Vec<InvalidSpec>,
 ) {
-    let kinds = [
-        step.set_weight.is_some(),
-        step.pause.is_some(),
-        step.experiment.is_some(),
-        step.analysis.is_some(),
-        step.set_canary_scale.is_some(),
-        step.set_header_route.is_some(),
-        step.set_mirror_route.is_some(),
-        step.plugin.is_some(),
-    ];
-    match kinds.iter().filter(|k| **k).count() {
-        0 => errors.push(err(field, "a step must set one of setWeight, pause, analysis, setCanaryScale, setHeaderRoute or setMirrorRoute")),
-        1 => {}
-        _ => errors.push(err(field, "a step must set only one of its fields")),
-    }
+    validate_step_kinds(step, field, errors);
     if let Some(weight) = step.set_weight
         && !(0..=max_weight).contains(&weight)
     {
@@ -361,13 +397,13 @@ fn validate_step(
     if step.experiment.is_some() {
         errors.push(err(
             format!("{field}.experiment"),
-            "experiment steps are not supported by Sluice",
+            "experiment steps are not supported by this version of Sluice",
         ));
     }
     if step.plugin.is_some() {
         errors.push(err(
             format!("{field}.plugin"),
-            "step plugins are not supported by Sluice",
+            "step plugins are not supported by this version of Sluice",
         ));
     }
 }
@@ -630,6 +666,52 @@ mod tests {
                 .iter()
                 .any(|e| e.starts_with("spec.template.spec.containers")),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn steps_combine_as_argo_allows() {
+        let routed = |steps: serde_json::Value| {
+            spec(json!({"canaryService": "c", "stableService": "s",
+                "trafficRouting": {"managedRoutes": [{"name": "h"}],
+                    "plugins": {"argoproj-labs/gatewayAPI": {"httpRoute": "r"}}},
+                "steps": steps}))
+        };
+        let header =
+            json!({"name": "h", "match": [{"headerName": "x", "headerValue": {"exact": "1"}}]});
+        let ok = routed(
+            json!([{"setCanaryScale": {"replicas": 1}, "setHeaderRoute": header},
+            {"setWeight": 20, "setHeaderRoute": header}]),
+        );
+        assert_eq!(validate(&ok), vec![]);
+        let two = validate(&routed(json!([{"setWeight": 20, "pause": {}}])));
+        assert!(two[0].message.contains("at most one of"), "{two:?}");
+        let scale = validate(&routed(
+            json!([{"setCanaryScale": {"replicas": 1}, "pause": {}}]),
+        ));
+        assert_eq!(
+            scale[0].field,
+            "spec.strategy.canary.steps[0].setCanaryScale"
+        );
+        assert!(
+            scale[0]
+                .message
+                .contains("not supported by this version of Sluice")
+        );
+    }
+
+    #[test]
+    fn additional_subsets_are_refused_not_ignored() {
+        let problems = validate(&spec(json!({"canaryService": "c", "stableService": "s",
+            "trafficRouting": {"istio": {"virtualService": {"name": "v"},
+                "destinationRule": {"name": "d", "canarySubsetName": "c", "stableSubsetName": "s",
+                    "additionalSubsetNames": ["legacy"]}}},
+            "steps": [{"setWeight": 20}]})));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .field
+                .ends_with("destinationRule.additionalSubsetNames")
         );
     }
 }

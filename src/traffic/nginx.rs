@@ -163,6 +163,10 @@ pub fn render_canary_ingress(stable: &Ingress, c: &CanarySpec<'_>) -> Result<Ing
         };
         annotations.insert(key, v.clone());
     }
+    // Full annotation names, as written, over the prefixed ones (Argo's order).
+    for (k, v) in c.config.canary_ingress_annotations.iter().flatten() {
+        annotations.insert(k.clone(), v.clone());
+    }
     if let Some(route) = c.header_route {
         for (k, v) in header_annotations(route)? {
             annotations.insert(format!("{prefix}/{k}"), v);
@@ -594,6 +598,16 @@ mod tests {
                 ]
                 .into(),
             ),
+            canary_ingress_annotations: Some(
+                [
+                    (
+                        format!("{DEFAULT_PREFIX}/load-balance"),
+                        "round_robin".to_string(),
+                    ),
+                    ("example.com/team".to_string(), "web".to_string()),
+                ]
+                .into(),
+            ),
             ..Default::default()
         };
         let w = weights(30, 100);
@@ -617,7 +631,8 @@ mod tests {
                 "nginx.ingress.kubernetes.io/canary": "true",
                 "nginx.ingress.kubernetes.io/canary-weight": "30",
                 "nginx.ingress.kubernetes.io/canary-by-cookie": "beta",
-                "nginx.ingress.kubernetes.io/load-balance": "ewma",
+                "nginx.ingress.kubernetes.io/load-balance": "round_robin",
+                "example.com/team": "web",
             })
         );
         assert_eq!(v["metadata"]["ownerReferences"][0]["uid"], "uid-1");

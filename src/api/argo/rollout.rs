@@ -297,9 +297,13 @@ pub struct PodTemplateMetadata {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
-/// One step of a canary: exactly one of its fields is set.
+/// One step of a canary. As in Argo's validation, at most one of setWeight, pause, experiment and
+/// analysis, and at least one field; setCanaryScale, setHeaderRoute, setMirrorRoute and plugin may
+/// join another action (Argo's own `examples/apisix/rollout.yaml` pairs setCanaryScale with
+/// setHeaderRoute).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[x_kube(validation = Rule::new("[has(self.setWeight), has(self.pause), has(self.experiment), has(self.analysis), has(self.setCanaryScale), has(self.setHeaderRoute), has(self.setMirrorRoute), has(self.plugin)].filter(x, x).size() == 1").message("a canary step must set exactly one of setWeight, pause, experiment, analysis, setCanaryScale, setHeaderRoute, setMirrorRoute or plugin"))]
+#[x_kube(validation = Rule::new("[has(self.setWeight), has(self.pause), has(self.experiment), has(self.analysis)].filter(x, x).size() <= 1").message("a canary step sets at most one of setWeight, pause, experiment or analysis"))]
+#[x_kube(validation = Rule::new("[has(self.setWeight), has(self.pause), has(self.experiment), has(self.analysis), has(self.setCanaryScale), has(self.setHeaderRoute), has(self.setMirrorRoute), has(self.plugin)].exists(x, x)").message("a canary step must set one of setWeight, pause, experiment, analysis, setCanaryScale, setHeaderRoute, setMirrorRoute or plugin"))]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryStep {
     /// Percentage of traffic (or replicas, without a router) for the canary.
@@ -428,6 +432,10 @@ pub struct RolloutExperimentStep {
     pub dry_run: Option<Vec<DryRun>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis_run_metadata: Option<PodTemplateMetadata>,
+    /// Seconds to wait before the experiment's ReplicaSets are scaled down (Argo's default 30).
+    /// Kept on the wire; Sluice refuses experiment steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay_seconds: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -612,6 +620,10 @@ pub struct IstioDestinationRule {
     pub name: String,
     pub canary_subset_name: String,
     pub stable_subset_name: String,
+    /// Subsets of the DestinationRule that are not the Rollout's: Argo leaves the weights of route
+    /// destinations naming them untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_subset_names: Option<Vec<String>>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -625,6 +637,10 @@ pub struct NginxTrafficRouting {
     pub additional_ingress_annotations: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_ingresses: Option<Vec<String>>,
+    /// Annotations put on the canary Ingress as written (no prefix added), overriding
+    /// `additionalIngressAnnotations`; `canary` and `canary-weight` are always the router's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_ingress_annotations: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -771,6 +787,12 @@ pub struct RolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::api::schema::preserve_unknown_nullable")]
     pub albs: Option<serde_json::Value>,
+    /// How long the last update took and how it ended (`completionStatus`): written by Argo's
+    /// controller after v1.10 (no release in the v1.10 line has it). Kept as-is so a status Argo
+    /// wrote survives on Sluice's CRDs; Sluice does not write it yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::schema::preserve_unknown_nullable")]
+    pub duration: Option<serde_json::Value>,
 }
 
 /// Why a rollout is paused, and since when.
@@ -1138,7 +1160,19 @@ mod cel_tests {
     #[test]
     fn rejects_a_step_with_two_actions() {
         let err = validate(canary(json!([{"setWeight": 20, "pause": {}}]))).unwrap_err();
-        assert!(err.contains("exactly one of setWeight"), "{err}");
+        assert!(err.contains("at most one of setWeight"), "{err}");
+    }
+
+    #[test]
+    fn accepts_what_argo_lets_join_another_action() {
+        // Argo's examples/apisix/rollout.yaml.
+        validate(canary(json!([{"setCanaryScale": {"replicas": 1},
+            "setHeaderRoute": {"name": "h", "match": [{"headerName": "a", "headerValue": {"exact": "1"}}]}}])))
+        .unwrap();
+        validate(canary(
+            json!([{"setWeight": 20, "setCanaryScale": {"weight": 20}}]),
+        ))
+        .unwrap();
     }
 
     #[test]
