@@ -8,17 +8,13 @@
 //! templates defined in the same file (arguments, metric names). YAML is read as `kubectl` reads
 //! it (YAML 1.1 booleans and numbers). Documents of other kinds pass untouched.
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 
-use crate::api::argo::analysis::{
-    AnalysisTemplateRef, AnalysisTemplateSpec, ClusterAnalysisTemplate,
-};
-use crate::api::argo::rollout::{Rollout, RolloutAnalysis, RolloutSpec};
+use crate::api::argo::analysis::{AnalysisTemplateSpec, ClusterAnalysisTemplate};
+use crate::api::argo::rollout::Rollout;
 use crate::api::validate::{is_sluice_kind, validate_manifest};
 use crate::api::yaml;
-use crate::engine::analysis::args;
+use crate::engine::validate::{self, AnalysisProblem};
 
 /// Why a file could not be linted at all.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +71,7 @@ pub fn lint_text(text: &str) -> Report {
 }
 
 /// The templates a stream defines, by `(name, cluster scope)`.
-type Templates = BTreeMap<(String, bool), AnalysisTemplateSpec>;
+type Templates = crate::engine::AnalysisTemplates;
 
 /// A document the cross-checks need.
 enum Found {
@@ -128,7 +124,7 @@ fn lint_document(index: usize, doc: &Value, report: &mut Report) -> Option<Found
     match kind {
         "Rollout" => match serde_json::from_value::<Rollout>(doc.clone()) {
             Ok(rollout) => {
-                for problem in crate::engine::validate::validate(&rollout.spec) {
+                for problem in validate::validate(&rollout.spec) {
                     let line = format!("{what}: InvalidSpec: {problem}");
                     if problem.message.contains(NOT_SUPPORTED) {
                         report.warnings.push(line);
@@ -162,83 +158,13 @@ fn lint_document(index: usize, doc: &Value, report: &mut Report) -> Option<Found
     }
 }
 
-/// Every analysis of a Rollout, with the field it is written at.
-fn analyses(spec: &RolloutSpec) -> Vec<(String, &RolloutAnalysis)> {
-    let mut out = Vec::new();
-    if let Some(canary) = &spec.strategy.canary {
-        if let Some(background) = &canary.analysis {
-            out.push((
-                "spec.strategy.canary.analysis".to_string(),
-                &background.analysis,
-            ));
-        }
-        for (i, step) in canary.steps.iter().flatten().enumerate() {
-            if let Some(analysis) = &step.analysis {
-                out.push((
-                    format!("spec.strategy.canary.steps[{i}].analysis"),
-                    analysis,
-                ));
-            }
-        }
-    }
-    if let Some(blue_green) = &spec.strategy.blue_green {
-        for (field, analysis) in [
-            ("prePromotionAnalysis", &blue_green.pre_promotion_analysis),
-            ("postPromotionAnalysis", &blue_green.post_promotion_analysis),
-        ] {
-            if let Some(analysis) = analysis {
-                out.push((format!("spec.strategy.blueGreen.{field}"), analysis));
-            }
-        }
-    }
-    out
-}
-
-/// Checks each analysis of a Rollout the way the controller builds its AnalysisRun
-/// ([`args::collect_templates`], [`args::merge_templates`]): duplicate metric names, arguments
-/// with no value, arguments no template declares. Templates defined elsewhere are not guessed at.
+/// Checks each analysis of a Rollout with the engine's own check
+/// ([`validate::resolve_analysis`]): duplicate metric names, arguments with no value (errors),
+/// arguments no template declares (warnings). A template the file does not define is not guessed
+/// at: that analysis is reported as not checked.
 fn cross_check(what: &str, rollout: &Rollout, templates: &Templates, report: &mut Report) {
-    for (field, analysis) in analyses(&rollout.spec) {
-        let refs: Vec<AnalysisTemplateRef> = analysis
-            .templates
-            .iter()
-            .flatten()
-            .map(|t| AnalysisTemplateRef {
-                template_name: t.template_name.clone().unwrap_or_default(),
-                cluster_scope: t.cluster_scope,
-            })
-            .collect();
-        let collected = args::collect_templates(&refs, |r| {
-            let key = (r.template_name.clone(), r.cluster_scope.unwrap_or(false));
-            templates
-                .get(&key)
-                .cloned()
-                .ok_or_else(|| Missing(args::display_name(&key.0, key.1)))
-        });
-        let collected = match collected {
-            Ok(collected) => collected,
-            Err(Missing(name)) => {
-                report.warnings.push(format!(
-                    "{what}: {field}: {name} is not in this file: its arguments and metrics were not checked"
-                ));
-                continue;
-            }
-        };
-        // The controller fills in pod-template hashes when it creates the run.
-        let mut rollout_args = analysis.args.clone().unwrap_or_default();
-        for arg in &mut rollout_args {
-            if arg.value.is_none()
-                && arg
-                    .value_from
-                    .as_ref()
-                    .is_some_and(|v| v.pod_template_hash_value.is_some())
-            {
-                arg.value = Some("0123456789".into());
-            }
-        }
-        let merged = args::run_arguments(&rollout_args)
-            .and_then(|run_args| args::merge_templates(&collected, &run_args));
-        match merged {
+    for (field, analysis) in validate::canary_analyses(&rollout.spec) {
+        match validate::resolve_analysis(analysis, &field, templates) {
             Ok(merged) => {
                 for unused in merged.unused_args {
                     report.warnings.push(format!(
@@ -246,17 +172,13 @@ fn cross_check(what: &str, rollout: &Rollout, templates: &Templates, report: &mu
                     ));
                 }
             }
-            Err(e) => report.errors.push(format!("{what}: {field}: {e}")),
+            Err(AnalysisProblem::Missing(problem)) => report.warnings.push(format!(
+                "{what}: {problem} (not in this file: its arguments and metrics were not checked)"
+            )),
+            Err(AnalysisProblem::Invalid(problem)) => report
+                .errors
+                .push(format!("{what}: InvalidSpec: {problem}")),
         }
-    }
-}
-
-/// A template the stream does not define.
-struct Missing(String);
-
-impl From<args::ArgsError> for Missing {
-    fn from(e: args::ArgsError) -> Self {
-        Missing(e.to_string())
     }
 }
 
@@ -325,7 +247,7 @@ mod tests {
         let report = lint_text(&text);
         assert!(
             report.errors.iter().any(|e| e.starts_with(
-                "Rollout/web: spec.strategy.canary.steps[1].analysis: metric \"m\" is defined by both"
+                "Rollout/web: InvalidSpec: spec.strategy.canary.steps[1].analysis.templates: metric \"m\" is defined by both"
             )),
             "{report:?}"
         );
@@ -358,7 +280,8 @@ mod tests {
         let report = lint_text(ROLLOUT_WITH_ANALYSIS);
         assert_eq!(report.errors, Vec::<String>::new());
         assert!(
-            report.warnings[0].contains("AnalysisTemplate/rate is not in this file"),
+            report.warnings[0].contains("AnalysisTemplate/rate not found")
+                && report.warnings[0].contains("not in this file"),
             "{report:?}"
         );
     }

@@ -13,7 +13,7 @@ use std::fmt;
 use crate::api::argo::analysis::{AnalysisTemplateRef, Argument};
 use crate::api::argo::rollout::{CanaryStep, RolloutAnalysis, RolloutSpec};
 use crate::engine::AnalysisTemplates;
-use crate::engine::analysis::args::{self, ArgsError};
+use crate::engine::analysis::args;
 use crate::engine::replicas::fenceposts;
 
 /// One reason the spec is invalid.
@@ -454,6 +454,16 @@ fn validate_analysis(analysis: &RolloutAnalysis, field: &str, errors: &mut Vec<I
 /// templates it references: each must exist (nested references too), and merging them with the
 /// Rollout's arguments must succeed (no metric defined twice, no argument without a value).
 pub fn analysis_templates(spec: &RolloutSpec, templates: &AnalysisTemplates) -> Vec<InvalidSpec> {
+    canary_analyses(spec)
+        .into_iter()
+        .filter_map(|(field, analysis)| resolve_analysis(analysis, &field, templates).err())
+        .map(AnalysisProblem::into_invalid)
+        .collect()
+}
+
+/// The analyses of a canary strategy with the field each is written at: each step's, then the
+/// background one.
+pub fn canary_analyses(spec: &RolloutSpec) -> Vec<(String, &RolloutAnalysis)> {
     let Some(canary) = &spec.strategy.canary else {
         return Vec::new();
     };
@@ -466,29 +476,34 @@ pub fn analysis_templates(spec: &RolloutSpec, templates: &AnalysisTemplates) -> 
         .analysis
         .as_ref()
         .map(|b| (format!("{base}.analysis"), &b.analysis));
-    steps
-        .chain(background)
-        .filter_map(|(field, analysis)| resolve_analysis(analysis, &field, templates).err())
-        .collect()
+    steps.chain(background).collect()
 }
 
-/// Why an analysis's templates cannot be collected.
-enum Walk {
-    Missing(AnalysisTemplateRef),
-    Args(ArgsError),
+/// Why an analysis cannot be built from the templates at hand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnalysisProblem {
+    /// A template it references (or one they reference) is not among them.
+    Missing(InvalidSpec),
+    /// The templates do not merge: a metric defined twice, an argument with no value, a cycle.
+    Invalid(InvalidSpec),
 }
 
-impl From<ArgsError> for Walk {
-    fn from(e: ArgsError) -> Self {
-        Walk::Args(e)
+impl AnalysisProblem {
+    /// The InvalidSpec either way.
+    pub fn into_invalid(self) -> InvalidSpec {
+        match self {
+            AnalysisProblem::Missing(e) | AnalysisProblem::Invalid(e) => e,
+        }
     }
 }
 
-fn resolve_analysis(
+/// One analysis (written at `field`) merged with the templates it references, as its run would
+/// be built; the merged templates say which arguments no template declares.
+pub fn resolve_analysis(
     analysis: &RolloutAnalysis,
     field: &str,
     templates: &AnalysisTemplates,
-) -> Result<(), InvalidSpec> {
+) -> Result<args::MergedTemplate, AnalysisProblem> {
     let refs = analysis.templates.as_deref().unwrap_or_default();
     let roots: Vec<AnalysisTemplateRef> = refs
         .iter()
@@ -504,12 +519,21 @@ fn resolve_analysis(
         templates
             .get(&key)
             .cloned()
-            .ok_or_else(|| Walk::Missing(r.clone()))
+            .ok_or_else(|| args::Walk::Missing(r.clone()))
     });
     let collected = match collected {
         Ok(collected) => collected,
-        Err(Walk::Missing(missing)) => return Err(missing_template(refs, &missing, field)),
-        Err(Walk::Args(e)) => return Err(err(format!("{field}.templates"), e.to_string())),
+        Err(args::Walk::Missing(missing)) => {
+            return Err(AnalysisProblem::Missing(missing_template(
+                refs, &missing, field,
+            )));
+        }
+        Err(args::Walk::Args(e)) => {
+            return Err(AnalysisProblem::Invalid(err(
+                format!("{field}.templates"),
+                e.to_string(),
+            )));
+        }
     };
     // Namespaced templates first, as the run is built; values only matter for being there
     // (valueFrom ones are read when the run is made).
@@ -530,8 +554,7 @@ fn resolve_analysis(
         })
         .collect();
     args::merge_templates(&ordered, &args)
-        .map(|_| ())
-        .map_err(|e| err(format!("{field}.templates"), e.to_string()))
+        .map_err(|e| AnalysisProblem::Invalid(err(format!("{field}.templates"), e.to_string())))
 }
 
 /// The error for a template that does not exist, on the reference that names it (or on the

@@ -21,8 +21,7 @@ use super::Error;
 use super::fresh::{self, Fresh};
 use super::observe::TEMPLATE_HASH_ANNOTATION;
 use crate::api::argo::analysis::{
-    AnalysisRun, AnalysisTemplate, AnalysisTemplateRef, AnalysisTemplateSpec,
-    ClusterAnalysisTemplate,
+    AnalysisRun, AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate,
 };
 use crate::api::argo::rollout::{
     MANAGED_BY_ROLLOUTS_ANNOTATION, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, Rollout,
@@ -438,15 +437,6 @@ impl Target<'_> {
         &self,
         request: &AnalysisRunRequest,
     ) -> Result<Vec<(String, AnalysisTemplateSpec)>, Error> {
-        enum Walk {
-            Missing(AnalysisTemplateRef),
-            Args(ArgsError),
-        }
-        impl From<ArgsError> for Walk {
-            fn from(e: ArgsError) -> Self {
-                Walk::Args(e)
-            }
-        }
         let roots = args::request_templates(request);
         let mut fetched: HashMap<(String, bool), AnalysisTemplateSpec> = HashMap::new();
         // Each pass either finishes or learns one more template; the walk's own depth limit
@@ -457,11 +447,11 @@ impl Target<'_> {
                 fetched
                     .get(&key)
                     .cloned()
-                    .ok_or_else(|| Walk::Missing(r.clone()))
+                    .ok_or_else(|| args::Walk::Missing(r.clone()))
             });
             match walk {
                 Ok(templates) => return Ok(templates),
-                Err(Walk::Args(source)) => {
+                Err(args::Walk::Args(source)) => {
                     return Err(Error::BuildAnalysisRun {
                         namespace: self.namespace(),
                         name: request.name.clone(),
@@ -469,7 +459,7 @@ impl Target<'_> {
                         source,
                     });
                 }
-                Err(Walk::Missing(reference)) => {
+                Err(args::Walk::Missing(reference)) => {
                     let cluster = reference.cluster_scope.unwrap_or(false);
                     let spec = self
                         .fetch_template(&reference.template_name, cluster)

@@ -226,6 +226,22 @@ pub fn request_templates(request: &AnalysisRunRequest) -> Vec<AnalysisTemplateRe
         .collect()
 }
 
+/// Why a walk over templates held in a map stopped: a template the map lacks, or the walk's own
+/// error (a cycle, too deep). For [`collect_templates`] callers whose `fetch` is a lookup.
+#[derive(Debug)]
+pub enum Walk {
+    /// A referenced template is not there.
+    Missing(AnalysisTemplateRef),
+    /// The references themselves are wrong.
+    Args(ArgsError),
+}
+
+impl From<ArgsError> for Walk {
+    fn from(e: ArgsError) -> Self {
+        Walk::Args(e)
+    }
+}
+
 /// Walks `roots` and their nested `templates` references depth-first, fetching each template with
 /// `fetch`, and returns `(display name, spec)` pairs in upstream's order (each template before the
 /// ones it references). A template reached twice is kept once; a cycle is an
