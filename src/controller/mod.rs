@@ -19,6 +19,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod rollout;
 pub mod shared_watch;
+pub mod status_route;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
