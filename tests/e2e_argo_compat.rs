@@ -11,9 +11,13 @@ use std::time::Duration;
 use common::analysis::{phase, status_text, wait_completed};
 use common::apiserver::PrivateApiserver;
 use common::controller::ControllerProcess;
+use common::eventually;
 use kube::api::{Api, Patch, PatchParams};
-use serde_json::json;
+use serde_json::{Value, json};
 use sluice::api::argo::analysis::{AnalysisPhase, AnalysisRun};
+use sluice::api::argo::rollout::{Rollout, RolloutPhase};
+
+const INSTANCE_LABEL: &str = "argo-rollouts.argoproj.io/controller-instance-id";
 
 fn run(name: &str) -> AnalysisRun {
     serde_yaml::from_str(&format!(
@@ -95,4 +99,154 @@ async fn analysis_run_status_is_written_through_the_main_resource() {
     );
     drop(ctl);
     apiserver.stop().await;
+}
+
+fn labelled_rollout(name: &str, instance: Option<&str>, steps: Value) -> Value {
+    let mut labels = json!({});
+    if let Some(id) = instance {
+        labels[INSTANCE_LABEL] = json!(id);
+    }
+    json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "web", "image": "registry.invalid/web:1"}]},
+            },
+            "strategy": {"canary": {"steps": steps}},
+        },
+    })
+}
+
+async fn wait_healthy(rollouts: &Api<Rollout>, name: &str, image: &str) -> Rollout {
+    eventually(
+        Duration::from_secs(90),
+        &format!("Rollout {name} Healthy on {image}"),
+        || async {
+            let r = rollouts.get(name).await.ok()?;
+            let s = r.status.as_ref()?;
+            let current = r.spec.template.as_ref()?.spec.as_ref()?.containers[0]
+                .image
+                .as_deref();
+            (s.phase == Some(RolloutPhase::Healthy)
+                && s.observed_generation == r.metadata.generation?.to_string()
+                && !s.stable_rs.is_empty()
+                && s.stable_rs == s.current_pod_hash
+                && current == Some(image))
+            .then_some(r)
+        },
+    )
+    .await
+}
+
+/// The Rollout names a controller's `rollout_info` series carry.
+fn rollouts_in_metrics(metrics: &str) -> Vec<String> {
+    let mut names: Vec<String> = metrics
+        .lines()
+        .filter(|l| l.starts_with("rollout_info{"))
+        .filter_map(|l| {
+            l.split("name=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+                .map(String::from)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Argo's `--instance-id`: two controllers (ids `a` and `b`) share a namespace; each handles only
+/// the Rollouts labelled with its id and neither handles an unlabelled one. The AnalysisRun a
+/// step of `a`'s Rollout creates carries `a`'s label, so `a` (and only `a`) measures it.
+#[tokio::test]
+async fn controllers_with_instance_ids_handle_only_their_own_objects() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let ns = env.namespace("compat-instance").await;
+    let a = ControllerProcess::start_with(&env, &ns.name, &["--instance-id", "a"]).await;
+    let b = ControllerProcess::start_with(&env, &ns.name, &["--instance-id", "b"]).await;
+    let rollouts: Api<Rollout> = Api::namespaced(env.client.clone(), &ns.name);
+
+    // `a`'s template: Argo filters templates by instance too.
+    env.create(
+        &ns.name,
+        json!({
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "AnalysisTemplate",
+            "metadata": {"name": "up", "labels": {INSTANCE_LABEL: "a"}},
+            "spec": {"metrics": [{
+                "name": "up",
+                "successCondition": "result[0] == 1",
+                "provider": {"prometheus": {"query": "vector(1)"}},
+            }]},
+        }),
+    )
+    .await;
+    let analysed =
+        json!([{"setWeight": 50}, {"analysis": {"templates": [{"templateName": "up"}]}}]);
+    env.create(&ns.name, labelled_rollout("ra", Some("a"), analysed))
+        .await;
+    env.create(
+        &ns.name,
+        labelled_rollout("rb", Some("b"), json!([{"setWeight": 50}])),
+    )
+    .await;
+    env.create(
+        &ns.name,
+        labelled_rollout("rn", None, json!([{"setWeight": 50}])),
+    )
+    .await;
+
+    wait_healthy(&rollouts, "ra", "registry.invalid/web:1").await;
+    wait_healthy(&rollouts, "rb", "registry.invalid/web:1").await;
+    assert_eq!(
+        rollouts_in_metrics(&a.metrics().await),
+        ["ra"],
+        "a handles only ra"
+    );
+    assert_eq!(
+        rollouts_in_metrics(&b.metrics().await),
+        ["rb"],
+        "b handles only rb"
+    );
+    let unlabelled = rollouts.get("rn").await.expect("rn");
+    assert!(
+        unlabelled.status.is_none(),
+        "no controller with an id touches an unlabelled Rollout: {:?}",
+        unlabelled.status
+    );
+
+    // An update of ra runs its analysis step: the run is `a`'s and `a` completes it.
+    let image = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "web", "image": "registry.invalid/web:2"}]}}}});
+    rollouts
+        .patch("ra", &PatchParams::default(), &Patch::Merge(&image))
+        .await
+        .expect("updating ra");
+    wait_healthy(&rollouts, "ra", "registry.invalid/web:2").await;
+    let runs: Api<AnalysisRun> = Api::namespaced(env.client.clone(), &ns.name);
+    let list = runs.list(&Default::default()).await.expect("listing runs");
+    assert_eq!(list.items.len(), 1, "one run, of ra's step");
+    let run = &list.items[0];
+    assert_eq!(
+        run.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(INSTANCE_LABEL)),
+        Some(&"a".to_string()),
+        "the run carries its Rollout's instance label"
+    );
+    assert_eq!(
+        phase(run),
+        AnalysisPhase::Successful,
+        "{}",
+        status_text(run)
+    );
+    drop((a, b));
 }

@@ -138,10 +138,12 @@ impl Ctx {
     }
 }
 
-/// Runs the controller until `shutdown` resolves. `namespace` limits the watch to one namespace.
+/// Runs the controller until `shutdown` resolves. `namespace` limits the watch to one namespace,
+/// `watch` to this controller instance's runs.
 pub async fn run(
     ctx: Arc<Ctx>,
     namespace: Option<&str>,
+    watch: watcher::Config,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
     on_ready: impl FnOnce() + Send + 'static,
 ) {
@@ -152,7 +154,7 @@ pub async fn run(
     // The cache keeps runs without managedFields: they mirror the status field by field and would
     // roughly double the memory per run.
     let (store, writer) = reflector::store();
-    let events = watcher::watcher(api, watcher::Config::default().any_semantic())
+    let events = watcher::watcher(api, watch)
         .default_backoff()
         .modify(|run: &mut AnalysisRun| run.managed_fields_mut().clear());
     let trigger = reflector::reflector(writer, events).applied_objects();

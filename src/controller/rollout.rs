@@ -304,8 +304,10 @@ pub async fn run(
     let idx = index.clone();
     let changes = Arc::new(Changes::default());
     let seen = changes.clone();
+    // Argo's kinds: only this controller instance's (`--instance-id`).
+    let argo = || shared.instance.watch();
     let (rollouts, rollout_events) = cache(
-        watcher(shared.api::<Rollout>(), config()),
+        watcher(shared.api::<Rollout>(), argo()),
         |_| {},
         move |e| {
             idx.rollouts_by_service.apply(e);
@@ -346,7 +348,7 @@ pub async fn run(
     );
     let idx = index.clone();
     let (analysis_runs, run_events) = cache(
-        watcher(shared.api::<AnalysisRun>(), config()),
+        watcher(shared.api::<AnalysisRun>(), argo()),
         |_| {},
         move |e| idx.analysis_runs.apply(e),
     );
@@ -366,14 +368,14 @@ pub async fn run(
     tokio::spawn(pod_events.for_each(|_| async {}));
     // The analysis templates a Rollout references are part of its validation (`engine::validate`).
     let (analysis_templates, template_events) = cache(
-        watcher(shared.api::<AnalysisTemplate>(), config()),
+        watcher(shared.api::<AnalysisTemplate>(), argo()),
         |_| {},
         |_| {},
     );
     let (cluster_analysis_templates, cluster_template_events) = cache(
         watcher(
             Api::<ClusterAnalysisTemplate>::all(shared.client.clone()),
-            config(),
+            argo(),
         ),
         |_| {},
         |_| {},
