@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::analysis::{phase, status_text, wait_completed};
@@ -249,4 +250,100 @@ async fn controllers_with_instance_ids_handle_only_their_own_objects() {
         status_text(run)
     );
     drop((a, b));
+}
+
+/// Argo's metric names that dashboards and alerts use, with Argo's labels: after an update
+/// through an analysis step, `/metrics` has `argo_rollouts_controller_info{version}`,
+/// `analysis_template_info` and `analysis_template_metric_info` for the template,
+/// `rollout_phase` (one-hot, `Completed` once done) and `rollout_events_total` for every Event
+/// reason recorded on the Rollout.
+#[tokio::test]
+async fn argo_metric_names_are_exported_with_argos_labels() {
+    use k8s_openapi::api::events::v1::Event;
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let ns = env.namespace("compat-metrics").await;
+    let ctl = ControllerProcess::start(&env, &ns.name).await;
+    let rollouts: Api<Rollout> = Api::namespaced(env.client.clone(), &ns.name);
+    env.create(
+        &ns.name,
+        json!({
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "AnalysisTemplate",
+            "metadata": {"name": "up"},
+            "spec": {"metrics": [{
+                "name": "is-up",
+                "successCondition": "result[0] == 1",
+                "provider": {"prometheus": {"query": "vector(1)"}},
+            }]},
+        }),
+    )
+    .await;
+    let steps = json!([{"setWeight": 50}, {"analysis": {"templates": [{"templateName": "up"}]}}]);
+    env.create(&ns.name, labelled_rollout("web", None, steps))
+        .await;
+    wait_healthy(&rollouts, "web", "registry.invalid/web:1").await;
+    let image = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "web", "image": "registry.invalid/web:2"}]}}}});
+    rollouts
+        .patch("web", &PatchParams::default(), &Patch::Merge(&image))
+        .await
+        .expect("updating web");
+    wait_healthy(&rollouts, "web", "registry.invalid/web:2").await;
+
+    let n = &ns.name;
+    let expected = [
+        "argo_rollouts_controller_info{version=\"sluice-v".to_string(),
+        format!(r#"analysis_template_info{{namespace="{n}",name="up"}} 1"#),
+        format!(
+            r#"analysis_template_metric_info{{namespace="{n}",name="up",type="Prometheus",metric="is-up"}} 1"#
+        ),
+        format!(
+            r#"rollout_phase{{namespace="{n}",name="web",strategy="canary",phase="Completed"}} 1"#
+        ),
+        format!(
+            r#"rollout_phase{{namespace="{n}",name="web",strategy="canary",phase="Progressing"}} 0"#
+        ),
+    ];
+    let metrics = eventually(
+        Duration::from_secs(30),
+        "Argo's metric names on /metrics",
+        || async {
+            let m = ctl.metrics().await;
+            expected.iter().all(|e| m.contains(e.as_str())).then_some(m)
+        },
+    )
+    .await;
+    let events: Api<Event> = Api::namespaced(env.client.clone(), n);
+    let reasons: BTreeSet<String> = eventually(
+        Duration::from_secs(30),
+        "Events recorded on the Rollout",
+        || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            let reasons: BTreeSet<String> = list
+                .items
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Rollout"))
+                .filter_map(|e| Some(format!("{}\",reason=\"{}", e.type_?, e.reason?)))
+                .collect();
+            (!reasons.is_empty()).then_some(reasons)
+        },
+    )
+    .await;
+    // Counted before each is published: every Event listed is in a scrape taken after.
+    let metrics = ctl.metrics().await;
+    for reason in &reasons {
+        let series =
+            format!(r#"rollout_events_total{{namespace="{n}",name="web",type="{reason}"}}"#);
+        assert!(
+            metrics.contains(&series),
+            "{series} missing from:\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("rollout_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 }

@@ -380,6 +380,10 @@ pub async fn run(
         |_| {},
         |_| {},
     );
+    shared.metrics.argo.watch_templates(
+        analysis_templates.clone(),
+        cluster_analysis_templates.clone(),
+    );
     // Route objects (HTTPRoutes, VirtualServices, ...) are watched per kind from the first
     // Rollout that names one; a changed route wakes the Rollouts that read it.
     let (route_objects, route_changes) =
@@ -716,6 +720,13 @@ fn status_body(status: &RolloutStatus) -> serde_json::Value {
 /// Records the plan's Events in the background, in order: they are not on the path from a change
 /// to the reaction (each is one more apiserver write).
 fn publish(rollout: &Rollout, actions: &[Action], ctx: &Ctx) {
+    let (namespace, name) = (rollout.namespace().unwrap_or_default(), rollout.name_any());
+    for action in actions {
+        if let Action::Event(event) = action {
+            let metrics = &ctx.shared.metrics.argo;
+            metrics.rollout_event(&namespace, &name, event.warning, event.reason);
+        }
+    }
     let events: Vec<KubeEvent> = actions
         .iter()
         .filter_map(|action| match action {
@@ -738,7 +749,6 @@ fn publish(rollout: &Rollout, actions: &[Action], ctx: &Ctx) {
     }
     let reference = rollout.object_ref(&());
     let recorder = ctx.shared.recorder.clone();
-    let name = rollout.name_any();
     tokio::spawn(async move {
         for event in events {
             if let Err(error) = recorder.publish(&event, &reference).await {
@@ -816,6 +826,12 @@ impl Ctx {
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default(),
         };
+        metrics.argo.set_rollout_phase(
+            &labels.namespace,
+            &labels.name,
+            &labels.strategy,
+            &status.conditions,
+        );
         let Ok(mut info) = self.info.lock() else {
             return;
         };
