@@ -70,12 +70,15 @@ struct TemplateMetricLabels {
     metric: String,
 }
 
+/// A Rollout's namespace and name.
+type RolloutKey = (String, String);
+
 /// Argo's metrics that Sluice's own families do not already cover.
 pub struct ArgoMetrics {
     events: Family<EventLabels, Counter>,
     /// Per Rollout (`namespace`, `name`), the (`type`, `reason`) pairs counted, so its series can
     /// be removed with it.
-    event_series: Mutex<HashMap<(String, String), BTreeSet<(String, String)>>>,
+    event_series: Mutex<HashMap<RolloutKey, BTreeSet<(String, String)>>>,
     phase: Family<PhaseLabels, Gauge>,
     templates: std::sync::Arc<TemplateCollector>,
 }
