@@ -311,7 +311,10 @@ async fn argo_metric_names_are_exported_with_argos_labels() {
         "Argo's metric names on /metrics",
         || async {
             let m = ctl.metrics().await;
-            expected.iter().all(|e| m.contains(e.as_str())).then_some(())
+            expected
+                .iter()
+                .all(|e| m.contains(e.as_str()))
+                .then_some(())
         },
     )
     .await;
@@ -346,4 +349,134 @@ async fn argo_metric_names_are_exported_with_argos_labels() {
                 .join("\n")
         );
     }
+}
+
+/// `spec.replicas` and the ReplicaSets' `spec.replicas` by pod-template hash.
+async fn replica_counts(
+    env: &common::TestEnv,
+    ns: &str,
+    rollouts: &Api<Rollout>,
+) -> (i32, Vec<i32>) {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    let desired = rollouts
+        .get("web")
+        .await
+        .ok()
+        .and_then(|r| r.spec.replicas)
+        .unwrap_or(-1);
+    let sets: Api<ReplicaSet> = Api::namespaced(env.client.clone(), ns);
+    let mut counts: Vec<(String, i32)> = sets
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|rs| {
+            let image = rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .and_then(|t| t.spec.as_ref())
+                .and_then(|s| s.containers[0].image.clone())
+                .unwrap_or_default();
+            (image, rs.spec.and_then(|s| s.replicas).unwrap_or(0))
+        })
+        .collect();
+    counts.sort();
+    (desired, counts.into_iter().map(|(_, n)| n).collect())
+}
+
+/// Watches the counts for `seconds`: every sample must equal `want` (no flapping).
+async fn hold(
+    env: &common::TestEnv,
+    ns: &str,
+    rollouts: &Api<Rollout>,
+    want: (i32, Vec<i32>),
+    seconds: u64,
+) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    while tokio::time::Instant::now() < until {
+        let seen = replica_counts(env, ns, rollouts).await;
+        assert_eq!(
+            seen, want,
+            "(spec.replicas, [stable, canary] ReplicaSets) changed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// An HPA scaling a Rollout through its scale subresource (Argo #3849, #4973): the HPA's count
+/// holds through a canary step (split 2/2) and an abort (back to 4/0), with no flapping between
+/// the HPA and the controller.
+#[tokio::test]
+async fn an_hpa_scales_a_rollout_through_a_canary_and_an_abort_without_flapping() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let ns = env.namespace("compat-hpa").await;
+    let n = ns.name.clone();
+    let _ctl = ControllerProcess::start(&env, &n).await;
+    let rollouts: Api<Rollout> = Api::namespaced(env.client.clone(), &n);
+    env.create(
+        &n,
+        labelled_rollout("web", None, json!([{"setWeight": 50}, {"pause": {}}])),
+    )
+    .await;
+    // No metrics server: min = max pins the count the HPA writes.
+    env.create(
+        &n,
+        json!({
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "web"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "web"},
+                "minReplicas": 4,
+                "maxReplicas": 4,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 50}}}],
+            },
+        }),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(90),
+        "the HPA to scale web to 4",
+        || async {
+            let counts = replica_counts(&env, &n, &rollouts).await;
+            (counts == (4, vec![4])).then_some(())
+        },
+    )
+    .await;
+    wait_healthy(&rollouts, "web", "registry.invalid/web:1").await;
+
+    let image = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "web", "image": "registry.invalid/web:2"}]}}}});
+    rollouts
+        .patch("web", &PatchParams::default(), &Patch::Merge(&image))
+        .await
+        .expect("updating web");
+    let split = (4, vec![2, 2]);
+    eventually(Duration::from_secs(60), "the canary at 2 of 4", || async {
+        (replica_counts(&env, &n, &rollouts).await == split).then_some(())
+    })
+    .await;
+    hold(&env, &n, &rollouts, split, 10).await;
+
+    rollouts
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"abort": true}})),
+        )
+        .await
+        .expect("aborting web");
+    let back = (4, vec![4, 0]);
+    eventually(
+        Duration::from_secs(60),
+        "the abort back to 4 stable",
+        || async { (replica_counts(&env, &n, &rollouts).await == back).then_some(()) },
+    )
+    .await;
+    hold(&env, &n, &rollouts, back, 10).await;
 }
