@@ -36,13 +36,10 @@ enum Command {
         /// Namespace of the leader Lease (default: --namespace, else $POD_NAMESPACE, else "default").
         #[arg(long, env = "SLUICE_LEADER_ELECTION_NAMESPACE")]
         leader_election_namespace: Option<String>,
-        /// Name of the leader Lease.
-        #[arg(
-            long,
-            env = "SLUICE_LEADER_ELECTION_NAME",
-            default_value = "sluice-controller"
-        )]
-        leader_election_name: String,
+        /// Name of the leader Lease (default: `sluice-controller`, `sluice-controller-<id>` with
+        /// --instance-id, so each instance elects its own leader).
+        #[arg(long, env = "SLUICE_LEADER_ELECTION_NAME")]
+        leader_election_name: Option<String>,
         /// Run the Argo Rollouts half: Rollouts, AnalysisRuns, AnalysisTemplates (`--argo=false`: off).
         #[arg(long, env = "SLUICE_ARGO", default_value_t = true, action = clap::ArgAction::Set)]
         argo: bool,
@@ -62,6 +59,10 @@ enum Command {
         /// The namespace whose AlertProviders every Canary may use, besides its own namespace.
         #[arg(long, env = "SLUICE_ALERT_PROVIDER_NAMESPACE")]
         alert_provider_namespace: Option<String>,
+        /// Argo's controller instance: handle only Argo objects labelled
+        /// `argo-rollouts.argoproj.io/controller-instance-id=<id>` (without it: only unlabelled ones).
+        #[arg(long, env = "SLUICE_INSTANCE_ID")]
+        instance_id: Option<String>,
     },
     /// Print every CustomResourceDefinition Sluice serves, as one multi-document YAML stream.
     Crds {
@@ -286,7 +287,9 @@ fn main() -> anyhow::Result<()> {
             log_format,
             http_follow_redirects,
             alert_provider_namespace,
+            instance_id,
         } => {
+            let instance = sluice::controller::instance::Instance::new(instance_id);
             init_logging(log_format);
             // One rustls crypto provider (ring) for kube and reqwest.
             sluice::install_crypto_provider();
@@ -296,7 +299,11 @@ fn main() -> anyhow::Result<()> {
                         .or_else(|| namespace.clone())
                         .or_else(|| std::env::var("POD_NAMESPACE").ok())
                         .unwrap_or_else(|| "default".to_string());
-                    (ns, leader_election_name)
+                    let name = leader_election_name.unwrap_or_else(|| match instance.id() {
+                        Some(id) => format!("sluice-controller-{id}"),
+                        None => "sluice-controller".to_string(),
+                    });
+                    (ns, name)
                 }),
                 identity: std::env::var("POD_NAME").unwrap_or_else(|_| {
                     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -311,6 +318,7 @@ fn main() -> anyhow::Result<()> {
                 healthz_stall: std::time::Duration::from_secs(healthz_stall_seconds),
                 http_follow_redirects,
                 alert_provider_namespace: alert_provider_namespace.filter(|n| !n.is_empty()),
+                instance,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let outcome = runtime.block_on(sluice::controller::run(config));

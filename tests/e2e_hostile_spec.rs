@@ -906,10 +906,19 @@ async fn the_job_provider_leaves_a_job_it_did_not_create_alone() {
         last["metadata"]["job-name"] = json!("victim");
         let patch = json!({"metadata": {"resourceVersion": run.metadata.resource_version},
             "status": status});
-        runs.patch_status("run", &PatchParams::default(), &Patch::Merge(&patch))
+        // `/status` where the CRD serves it, else the main resource (Argo's CRD shape).
+        let patch = Patch::Merge(&patch);
+        match runs
+            .patch_status("run", &PatchParams::default(), &patch)
             .await
-            .ok()
-            .map(|_| ())
+        {
+            Err(kube::Error::Api(e)) if e.code == 404 => runs
+                .patch("run", &PatchParams::default(), &patch)
+                .await
+                .ok(),
+            written => written.ok(),
+        }
+        .map(|_| ())
     })
     .await;
     // The next look at it (every 10 s) refuses the victim; then the run is terminated.

@@ -20,7 +20,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         argo::Rollout::crd(),
         argo::AnalysisTemplate::crd(),
         argo::ClusterAnalysisTemplate::crd(),
-        argo::AnalysisRun::crd(),
+        argo::analysis::analysis_run_crd(),
         flagger::Canary::crd(),
         flagger::MetricTemplate::crd(),
         flagger::AlertProvider::crd(),

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
@@ -72,7 +71,8 @@ async fn watch<K>(
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone,
 {
-    Controller::new(api, watcher::Config::default().any_semantic())
+    let watch = shared.instance.watch();
+    Controller::new(api, watch)
         .graceful_shutdown_on(shutdown)
         .run(
             check,

@@ -27,6 +27,9 @@ use prometheus_client::registry::Registry;
 
 use crate::api::argo::analysis::{AnalysisPhase, AnalysisRun, Metric, ProviderKind};
 
+mod argo;
+pub use argo::ArgoMetrics;
+
 /// Labels of the per-kind reconcile metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MeasurementLabels {
@@ -183,6 +186,9 @@ pub struct Metrics {
     rollout_replicas: [Family<ObjectLabels, Gauge>; 4],
     /// The AnalysisRun watch cache the `analysis_run_*` series are computed from at scrape time.
     analysis_runs: std::sync::Arc<AnalysisRunCollector>,
+    /// `rollout_events_total`, `rollout_phase`, `analysis_template_*`,
+    /// `argo_rollouts_controller_info`.
+    pub argo: ArgoMetrics,
     /// `flagger_canary_total`.
     canary_total: Family<NamespaceLabels, Gauge>,
     /// `flagger_canary_status`: 0 running, 1 successful (or idle), 2 failed.
@@ -375,8 +381,10 @@ impl Metrics {
             "Total number of canary failures",
             canary_failures.clone(),
         );
+        let argo = ArgoMetrics::register(&mut registry);
         Self {
             registry,
+            argo,
             analysis_run_reconcile,
             analysis_run_reconcile_error,
             measurements,
@@ -449,6 +457,7 @@ impl Metrics {
     /// is gone (`rollout_info` is the Rollout controller's own: it knows its labels).
     pub fn remove_rollout(&self, namespace: &str, name: &str) {
         let labels = object(namespace, name);
+        self.argo.remove_rollout(namespace, name);
         self.rollout_weight.remove(&labels);
         for family in &self.rollout_replicas {
             family.remove(&labels);

@@ -14,11 +14,13 @@ pub mod canary;
 pub mod client_metrics;
 pub mod fresh;
 pub mod http;
+pub mod instance;
 pub mod leader;
 pub mod liveness;
 pub mod metrics;
 pub mod rollout;
 pub mod shared_watch;
+pub mod status_route;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,6 +79,8 @@ pub struct Shared {
     pub ready: Readiness,
     /// Reconcile failure streaks, by object uid (of every kind: uids are unique).
     pub backoff: Arc<backoff::Backoff>,
+    /// Which Argo objects this controller handles (`--instance-id`).
+    pub instance: instance::Instance,
 }
 
 impl Shared {
@@ -153,6 +157,8 @@ pub struct Config {
     pub http_follow_redirects: bool,
     /// The namespace whose AlertProviders every Canary may use, besides its own.
     pub alert_provider_namespace: Option<String>,
+    /// Which Argo objects to handle (`--instance-id`).
+    pub instance: instance::Instance,
 }
 
 /// Why the controller could not start.
@@ -236,10 +242,11 @@ async fn controllers(
         let analysis = Arc::new(analysis);
         let ready = shared.ready.clone();
         let namespace = shared.namespace.clone();
+        let watch = shared.instance.watch();
         let analysis_runs = {
             let shutdown = shutdown.clone();
             async move {
-                analysis_run::run(analysis, namespace.as_deref(), shutdown, move || {
+                analysis_run::run(analysis, namespace.as_deref(), watch, shutdown, move || {
                     ready.synced()
                 })
                 .await
@@ -333,6 +340,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         namespace: config.namespace.clone(),
         ready: Readiness::new(health.clone(), config.apis.controllers()),
         backoff: Arc::default(),
+        instance: config.instance.clone(),
     };
     let controllers = controllers(shared, &config, shutdown.clone());
     let lost = async {

@@ -304,8 +304,10 @@ pub async fn run(
     let idx = index.clone();
     let changes = Arc::new(Changes::default());
     let seen = changes.clone();
+    // Argo's kinds: only this controller instance's (`--instance-id`).
+    let argo = || shared.instance.watch();
     let (rollouts, rollout_events) = cache(
-        watcher(shared.api::<Rollout>(), config()),
+        watcher(shared.api::<Rollout>(), argo()),
         |_| {},
         move |e| {
             idx.rollouts_by_service.apply(e);
@@ -346,7 +348,7 @@ pub async fn run(
     );
     let idx = index.clone();
     let (analysis_runs, run_events) = cache(
-        watcher(shared.api::<AnalysisRun>(), config()),
+        watcher(shared.api::<AnalysisRun>(), argo()),
         |_| {},
         move |e| idx.analysis_runs.apply(e),
     );
@@ -366,17 +368,21 @@ pub async fn run(
     tokio::spawn(pod_events.for_each(|_| async {}));
     // The analysis templates a Rollout references are part of its validation (`engine::validate`).
     let (analysis_templates, template_events) = cache(
-        watcher(shared.api::<AnalysisTemplate>(), config()),
+        watcher(shared.api::<AnalysisTemplate>(), argo()),
         |_| {},
         |_| {},
     );
     let (cluster_analysis_templates, cluster_template_events) = cache(
         watcher(
             Api::<ClusterAnalysisTemplate>::all(shared.client.clone()),
-            config(),
+            argo(),
         ),
         |_| {},
         |_| {},
+    );
+    shared.metrics.argo.watch_templates(
+        analysis_templates.clone(),
+        cluster_analysis_templates.clone(),
     );
     // Route objects (HTTPRoutes, VirtualServices, ...) are watched per kind from the first
     // Rollout that names one; a changed route wakes the Rollouts that read it.
@@ -714,6 +720,13 @@ fn status_body(status: &RolloutStatus) -> serde_json::Value {
 /// Records the plan's Events in the background, in order: they are not on the path from a change
 /// to the reaction (each is one more apiserver write).
 fn publish(rollout: &Rollout, actions: &[Action], ctx: &Ctx) {
+    let (namespace, name) = (rollout.namespace().unwrap_or_default(), rollout.name_any());
+    for action in actions {
+        if let Action::Event(event) = action {
+            let metrics = &ctx.shared.metrics.argo;
+            metrics.rollout_event(&namespace, &name, event.warning, event.reason);
+        }
+    }
     let events: Vec<KubeEvent> = actions
         .iter()
         .filter_map(|action| match action {
@@ -736,7 +749,6 @@ fn publish(rollout: &Rollout, actions: &[Action], ctx: &Ctx) {
     }
     let reference = rollout.object_ref(&());
     let recorder = ctx.shared.recorder.clone();
-    let name = rollout.name_any();
     tokio::spawn(async move {
         for event in events {
             if let Err(error) = recorder.publish(&event, &reference).await {
@@ -814,6 +826,12 @@ impl Ctx {
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default(),
         };
+        metrics.argo.set_rollout_phase(
+            &labels.namespace,
+            &labels.name,
+            &labels.strategy,
+            &status.conditions,
+        );
         let Ok(mut info) = self.info.lock() else {
             return;
         };

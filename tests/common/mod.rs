@@ -19,6 +19,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod analysis;
+pub mod apiserver;
 pub mod canary;
 pub mod chart;
 pub mod controller;

@@ -24,9 +24,10 @@ use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 
 use k8s_openapi::api::batch::v1::JobSpec;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::{CustomResource, KubeSchema};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -143,8 +144,8 @@ impl AsRef<AnalysisTemplateSpec> for ClusterAnalysisTemplateSpec {
 
 /// An instantiation of one or more templates: resolved metrics and args, measured until completion.
 ///
-/// Unlike upstream (which has no subresources), Sluice serves `/status` for AnalysisRuns, so the
-/// controller owns `status` and users own `spec`.
+/// Served like upstream's, without a status subresource: Argo's controller writes a
+/// run's status through the main resource, and must keep working on Sluice's CRDs.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "argoproj.io",
@@ -180,6 +181,18 @@ pub struct AnalysisRunSpec {
     /// When a completed run may be deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_strategy: Option<TtlStrategy>,
+}
+
+/// The AnalysisRun CRD as served: the derive's, without the `status` subresource it adds for the
+/// typed `status` field. Argo's CRD has none, and its controller writes status through the main
+/// resource, which a `/status` subresource would silently drop; Sluice's controller finds the
+/// route by discovery (`controller::status_route`).
+pub fn analysis_run_crd() -> CustomResourceDefinition {
+    let mut crd = AnalysisRun::crd();
+    for version in &mut crd.spec.versions {
+        version.subresources = None;
+    }
+    crd
 }
 
 // === Spec building blocks ===
@@ -1877,10 +1890,13 @@ spec:
         let cat = ClusterAnalysisTemplate::crd();
         assert_eq!(cat.spec.names.short_names, Some(vec!["cat".to_string()]));
         assert_eq!(cat.spec.names.plural, "clusteranalysistemplates");
-        let ar = AnalysisRun::crd();
+        let ar = analysis_run_crd();
         assert_eq!(ar.spec.names.short_names, Some(vec!["ar".to_string()]));
         let version = &ar.spec.versions[0];
-        assert!(version.subresources.as_ref().unwrap().status.is_some());
+        assert_eq!(
+            version.subresources, None,
+            "Argo's AnalysisRun CRD has none"
+        );
         let columns: Vec<_> = version
             .additional_printer_columns
             .iter()

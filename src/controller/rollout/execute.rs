@@ -410,7 +410,16 @@ impl Target<'_> {
         annotations.insert(REVISION_ANNOTATION.into(), request.revision.to_string());
         let mut run = AnalysisRun::new(&request.name, spec);
         run.metadata.namespace = Some(namespace.clone());
-        run.metadata.labels = Some(request.labels.clone());
+        // Argo labels the runs a Rollout creates with the Rollout's controller instance.
+        let mut labels = request.labels.clone();
+        if let Some(id) = self
+            .rollout
+            .labels()
+            .get(crate::controller::instance::LABEL)
+        {
+            labels.insert(crate::controller::instance::LABEL.into(), id.clone());
+        }
+        run.metadata.labels = Some(labels);
         run.metadata.annotations = Some(annotations);
         run.metadata.owner_references = self.rollout.controller_owner_ref(&()).map(|o| vec![o]);
         let pp = PostParams {
