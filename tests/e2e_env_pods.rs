@@ -100,7 +100,8 @@ async fn readiness_gate_holds_ready_until_its_condition_is_true() {
     let Some(env) = test_env().await else { return };
     let ns = env.namespace("env-pods-gate").await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns.name);
-    let spec = json!({"readinessGates": [{"conditionType": GATE}], "containers": [container(json!({}))]});
+    let spec =
+        json!({"readinessGates": [{"conditionType": GATE}], "containers": [container(json!({}))]});
     pods.create(&PostParams::default(), &pod("gated", spec))
         .await
         .unwrap();
@@ -128,7 +129,8 @@ async fn readiness_probe_delay_and_post_start_sleep_delay_ready() {
     let Some(env) = test_env().await else { return };
     let ns = env.namespace("env-pods-probe").await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns.name);
-    let probe = json!({"readinessProbe": {"initialDelaySeconds": 5, "httpGet": {"path": "/", "port": 80}}});
+    let probe =
+        json!({"readinessProbe": {"initialDelaySeconds": 5, "httpGet": {"path": "/", "port": 80}}});
     let hook = json!({"lifecycle": {"postStart": {"exec": {"command": ["sleep", "5"]}}}});
     for (name, extra) in [("probe", probe), ("hook", hook)] {
         let t0 = Instant::now();
@@ -156,7 +158,8 @@ async fn containers_that_cannot_run_never_become_ready() {
     let Some(env) = test_env().await else { return };
     let ns = env.namespace("env-pods-bad").await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns.name);
-    let bad_image = json!({"containers": [{"name": "app", "image": "nginx:1.19-alpine-argo-error"}]});
+    let bad_image =
+        json!({"containers": [{"name": "app", "image": "nginx:1.19-alpine-argo-error"}]});
     let bad_command = json!({"containers": [container(json!({"command": ["/bad-command"]}))]});
     for (name, spec) in [("image", bad_image), ("command", bad_command)] {
         pods.create(&PostParams::default(), &pod(name, spec))
@@ -190,7 +193,10 @@ async fn containers_that_cannot_run_never_become_ready() {
         Some("Pending")
     );
     let command = running(&pods, "command").await;
-    assert_eq!(waiting_reason(&command).as_deref(), Some("CrashLoopBackOff"));
+    assert_eq!(
+        waiting_reason(&command).as_deref(),
+        Some("CrashLoopBackOff")
+    );
     stays_unready(&pods, "image").await;
     stays_unready(&pods, "command").await;
 }
