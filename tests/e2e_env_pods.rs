@@ -161,7 +161,12 @@ async fn containers_that_cannot_run_never_become_ready() {
     let bad_image =
         json!({"containers": [{"name": "app", "image": "nginx:1.19-alpine-argo-error"}]});
     let bad_command = json!({"containers": [container(json!({"command": ["/bad-command"]}))]});
-    for (name, spec) in [("image", bad_image), ("command", bad_command)] {
+    let bad_tag = json!({"containers": [{"name": "app", "image": "argoproj/rollouts-demo:error"}]});
+    for (name, spec) in [
+        ("image", bad_image),
+        ("tag", bad_tag),
+        ("command", bad_command),
+    ] {
         pods.create(&PostParams::default(), &pod(name, spec))
             .await
             .unwrap();
@@ -182,22 +187,28 @@ async fn containers_that_cannot_run_never_become_ready() {
             .reason
             .clone()
     };
-    let image = eventually(WAIT, "pod image to be pulled", || async {
-        let pod = pods.get("image").await.ok()?;
-        waiting_reason(&pod).is_some().then_some(pod)
-    })
-    .await;
-    assert_eq!(waiting_reason(&image).as_deref(), Some("ErrImagePull"));
-    assert_eq!(
-        image.status.as_ref().unwrap().phase.as_deref(),
-        Some("Pending")
-    );
+    for name in ["image", "tag"] {
+        let pod = eventually(WAIT, &format!("pod {name} to be pulled"), || async {
+            let pod = pods.get(name).await.ok()?;
+            waiting_reason(&pod).is_some().then_some(pod)
+        })
+        .await;
+        assert_eq!(
+            waiting_reason(&pod).as_deref(),
+            Some("ErrImagePull"),
+            "{name}"
+        );
+        assert_eq!(
+            pod.status.as_ref().unwrap().phase.as_deref(),
+            Some("Pending")
+        );
+        stays_unready(&pods, name).await;
+    }
     let command = running(&pods, "command").await;
     assert_eq!(
         waiting_reason(&command).as_deref(),
         Some("CrashLoopBackOff")
     );
-    stays_unready(&pods, "image").await;
     stays_unready(&pods, "command").await;
 }
 
