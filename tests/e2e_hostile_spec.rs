@@ -445,6 +445,36 @@ async fn analyses_that_cannot_be_built_are_invalid_until_fixed() {
         .await;
 }
 
+/// A pod-template quantity the apiserver refuses (`memory: invalid`, as in Argo's
+/// `test/e2e/expectedfailures/malformed-rollout.yaml`) is InvalidSpec naming the field, with one
+/// Event, and no ReplicaSet is attempted; a valid quantity lets the Rollout become Healthy. Argo
+/// instead reads the value as zero and writes the Rollout back (README, Differences).
+#[tokio::test]
+async fn a_malformed_resource_quantity_is_invalid_until_fixed() {
+    let Some(f) = fixture("hs-quantity").await else {
+        return;
+    };
+    let mut malformed = rollout("malformed", json!({"steps": [{"setWeight": 50}]}));
+    malformed["spec"]["template"]["spec"]["containers"][0]["resources"] =
+        json!({"requests": {"memory": "invalid"}});
+    f.create::<Rollout>(malformed).await;
+    f.assert_invalid(
+        "malformed",
+        &[
+            "spec.template.spec.containers[0].resources.requests.memory",
+            "\"invalid\" is not a resource quantity",
+        ],
+    )
+    .await;
+    assert!(f.replica_sets_of("malformed").await.is_empty());
+    let mut fixed = pod_template("registry.invalid/web:1");
+    fixed["spec"]["containers"][0]["resources"] = json!({"requests": {"memory": "64Mi"}});
+    f.patch::<Rollout>("malformed", json!({"spec": {"template": fixed}}))
+        .await;
+    let r = f.wait_healthy("malformed").await;
+    assert!(invalid_message(&r).is_none());
+}
+
 // === Canaries that cannot run ===
 
 fn canary(name: &str, provider: &str, port: i32, analysis: Value) -> Value {

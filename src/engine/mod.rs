@@ -20,6 +20,7 @@ pub mod flagger;
 pub mod hash;
 pub mod health;
 pub mod intent;
+mod quantity;
 pub mod replicas;
 mod restart;
 pub mod sim;

@@ -99,6 +99,14 @@ fn validate_template(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
             "a pod template with at least one container is required",
         ));
     }
+    if let Some(pod) = spec.template.as_ref().and_then(|t| t.spec.as_ref()) {
+        for (field, value) in super::quantity::invalid_in_pod("spec.template.spec", pod) {
+            errors.push(err(
+                field,
+                format!("{value:?} is not a resource quantity (e.g. 64Mi, 0.5, 100m)"),
+            ));
+        }
+    }
     let Some(selector) = &spec.selector else {
         errors.push(err("spec.selector", "a selector is required"));
         return;
