@@ -62,6 +62,10 @@ enum Command {
         /// The namespace whose AlertProviders every Canary may use, besides its own namespace.
         #[arg(long, env = "SLUICE_ALERT_PROVIDER_NAMESPACE")]
         alert_provider_namespace: Option<String>,
+        /// Argo's AWS target-group verification: refused (Sluice calls no AWS API; the ALB router
+        /// verifies the weight on the Ingress annotation). `--alb-verify-weight` is its old name.
+        #[arg(long, alias = "alb-verify-weight", hide = true, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        aws_verify_target_group: bool,
     },
     /// Print every CustomResourceDefinition Sluice serves, as one multi-document YAML stream.
     Crds {
@@ -286,7 +290,14 @@ fn main() -> anyhow::Result<()> {
             log_format,
             http_follow_redirects,
             alert_provider_namespace,
+            aws_verify_target_group,
         } => {
+            if aws_verify_target_group {
+                anyhow::bail!(
+                    "--aws-verify-target-group is not supported: Sluice calls no AWS API (its ALB \
+                     router verifies the weight written on the Ingress annotation); remove the flag"
+                );
+            }
             init_logging(log_format);
             // One rustls crypto provider (ring) for kube and reqwest.
             sluice::install_crypto_provider();

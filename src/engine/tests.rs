@@ -1037,8 +1037,8 @@ fn invalid_specs_get_an_invalid_spec_condition_naming_the_field() {
             "spec.strategy.canary.stableService",
         ),
         (
-            json!({"trafficRouting": {"alb": {"servicePort": 80}}, "canaryService": "c", "stableService": "s"}),
-            "spec.strategy.canary.trafficRouting.alb",
+            json!({"trafficRouting": {"ambassador": {"mappings": ["m"]}}, "canaryService": "c", "stableService": "s"}),
+            "spec.strategy.canary.trafficRouting.ambassador",
         ),
         (
             json!({"trafficRouting": {"istio": {"virtualService": {"name": "vs"}},

@@ -187,11 +187,11 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
     if let Some(routing) = routing {
         let supported = routing.istio.is_some()
             || routing.nginx.is_some()
+            || routing.alb.is_some()
             || routing.smi.is_some()
             || routing.traefik.is_some()
             || routing.plugins.as_ref().is_some_and(|p| !p.is_empty());
         for (name, set) in [
-            ("alb", routing.alb.is_some()),
             ("ambassador", routing.ambassador.is_some()),
             ("appMesh", routing.app_mesh.is_some()),
             ("apisix", routing.apisix.is_some()),
