@@ -13,10 +13,12 @@
 //! - **header routes** (`setHeaderRoute`): `<prefix>/actions.<route>` forwards everything to the
 //!   canary, `<prefix>/conditions.<route>` holds the `http-header` conditions (exact values, ALB
 //!   wildcards `*` `?`; matches on one header name are merged into one condition, as upstream;
-//!   prefix and regex matches are refused, upstream silently sends an empty value), and every rule
-//!   gets a first path `/*` to the backend `<route>:use-annotation`, paths ordered by
-//!   `managedRoutes`. A step without matches removes the route;
-//! - **mirror routes**: the ALB cannot mirror; refused (upstream ignores the step);
+//!   prefix and regex matches are an `InvalidSpec` (`crate::engine::validate`), upstream sends an
+//!   empty value), and every rule gets a first path `/*` to the backend
+//!   `<route>:use-annotation`, paths ordered by `managedRoutes`. A step without matches removes
+//!   the route;
+//! - **mirror routes**: the ALB cannot mirror; a `setMirrorRoute` step is an `InvalidSpec`
+//!   (upstream ignores the step);
 //! - **observed weight**: the canary target group's weight when the canary and stable groups add
 //!   up to `maxTrafficWeight` on every Ingress; no action annotation is weight 0.
 //!
