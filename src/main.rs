@@ -63,6 +63,10 @@ enum Command {
         /// `argo-rollouts.argoproj.io/controller-instance-id=<id>` (without it: only unlabelled ones).
         #[arg(long, env = "SLUICE_INSTANCE_ID")]
         instance_id: Option<String>,
+        /// Argo's AWS target-group verification: refused (Sluice calls no AWS API; the ALB router
+        /// verifies the weight on the Ingress annotation). `--alb-verify-weight` is its old name.
+        #[arg(long, alias = "alb-verify-weight", hide = true, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        aws_verify_target_group: bool,
     },
     /// Print every CustomResourceDefinition Sluice serves, as one multi-document YAML stream.
     Crds {
@@ -288,7 +292,14 @@ fn main() -> anyhow::Result<()> {
             http_follow_redirects,
             alert_provider_namespace,
             instance_id,
+            aws_verify_target_group,
         } => {
+            if aws_verify_target_group {
+                anyhow::bail!(
+                    "--aws-verify-target-group is not supported: Sluice calls no AWS API (its ALB \
+                     router verifies the weight written on the Ingress annotation); remove the flag"
+                );
+            }
             let instance = sluice::controller::instance::Instance::new(instance_id);
             init_logging(log_format);
             // One rustls crypto provider (ring) for kube and reqwest.

@@ -1037,8 +1037,23 @@ fn invalid_specs_get_an_invalid_spec_condition_naming_the_field() {
             "spec.strategy.canary.stableService",
         ),
         (
-            json!({"trafficRouting": {"alb": {"servicePort": 80}}, "canaryService": "c", "stableService": "s"}),
-            "spec.strategy.canary.trafficRouting.alb",
+            json!({"trafficRouting": {"ambassador": {"mappings": ["m"]}}, "canaryService": "c", "stableService": "s"}),
+            "spec.strategy.canary.trafficRouting.ambassador",
+        ),
+        (
+            json!({"trafficRouting": {"alb": {"ingress": "i", "servicePort": 80},
+                                      "managedRoutes": [{"name": "m"}]},
+                   "canaryService": "c", "stableService": "s",
+                   "steps": [{"setMirrorRoute": {"name": "m"}}]}),
+            "spec.strategy.canary.steps[0].setMirrorRoute",
+        ),
+        (
+            json!({"trafficRouting": {"alb": {"ingress": "i", "servicePort": 80},
+                                      "managedRoutes": [{"name": "h"}]},
+                   "canaryService": "c", "stableService": "s",
+                   "steps": [{"setHeaderRoute": {"name": "h", "match": [
+                       {"headerName": "x", "headerValue": {"prefix": "a"}}]}}]}),
+            "spec.strategy.canary.steps[0].setHeaderRoute.match[0].headerValue",
         ),
         (
             json!({"trafficRouting": {"istio": {"virtualService": {"name": "vs"}},

@@ -195,11 +195,11 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
     if let Some(routing) = routing {
         let supported = routing.istio.is_some()
             || routing.nginx.is_some()
+            || routing.alb.is_some()
             || routing.smi.is_some()
             || routing.traefik.is_some()
             || routing.plugins.as_ref().is_some_and(|p| !p.is_empty());
         for (name, set) in [
-            ("alb", routing.alb.is_some()),
             ("ambassador", routing.ambassador.is_some()),
             ("appMesh", routing.app_mesh.is_some()),
             ("apisix", routing.apisix.is_some()),
@@ -280,6 +280,11 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
             errors,
         );
     }
+    if routing.is_some_and(|r| r.alb.is_some()) {
+        for (i, step) in steps.iter().enumerate() {
+            validate_alb_step(step, &format!("{base}.steps[{i}]"), errors);
+        }
+    }
     if let Some(background) = &canary.analysis {
         validate_analysis(&background.analysis, &format!("{base}.analysis"), errors);
         if let Some(start) = background.starting_step
@@ -288,6 +293,31 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
             errors.push(err(
                 format!("{base}.analysis.startingStep"),
                 format!("startingStep {start} is outside the {} steps", steps.len()),
+            ));
+        }
+    }
+}
+
+/// What the ALB router (`crate::traffic::alb`) cannot do: mirror traffic (the load balancer has
+/// no mirroring; Argo skips the step silently), or match a header by prefix or regex (ALB
+/// conditions take exact values; Argo sends an empty value).
+fn validate_alb_step(step: &CanaryStep, field: &str, errors: &mut Vec<InvalidSpec>) {
+    if step.set_mirror_route.is_some() {
+        errors.push(err(
+            format!("{field}.setMirrorRoute"),
+            "the alb traffic router cannot mirror traffic: remove the step",
+        ));
+    }
+    let matches = step
+        .set_header_route
+        .iter()
+        .flat_map(|r| r.r#match.iter().flatten());
+    for (j, m) in matches.enumerate() {
+        if m.header_value.exact.is_none() {
+            errors.push(err(
+                format!("{field}.setHeaderRoute.match[{j}].headerValue"),
+                "the alb traffic router matches exact header values only (wildcards * and ? \
+                 allowed): use exact",
             ));
         }
     }

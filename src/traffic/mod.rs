@@ -20,6 +20,7 @@
 //!
 //! This module must never decide a weight or when to change it: that is `crate::engine`.
 
+pub mod alb;
 pub mod cache;
 pub mod gateway_api;
 pub mod istio;
@@ -220,7 +221,7 @@ pub enum TrafficError {
 /// One traffic router of a Rollout.
 #[async_trait]
 pub trait Router: Send + Sync {
-    /// Short name for messages and metrics (`gatewayAPI`, `istio`, `nginx`, `smi`, `traefik`).
+    /// Short name for messages and metrics (`alb`, `gatewayAPI`, `istio`, `nginx`, `smi`, `traefik`).
     fn name(&self) -> &'static str;
 
     /// Send `weights.canary` to the canary and the rest to stable. Idempotent.
@@ -267,21 +268,34 @@ pub trait Router: Send + Sync {
     async fn release(&self, ctx: &RouterContext, weights: &Weights) -> Result<(), TrafficError>;
 }
 
+/// `trafficRouting.managedRoutes` names, in precedence order.
+fn managed_route_names(config: &RolloutTrafficRouting) -> Vec<String> {
+    config
+        .managed_routes
+        .iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect()
+}
+
 /// The routers `trafficRouting` names, in a fixed order (one arm per field). A Rollout may name
 /// several; the controller drives all of them. Errors name the field to fix.
 pub fn routers_for(config: &RolloutTrafficRouting) -> Result<Vec<Box<dyn Router>>, TrafficError> {
     let mut routers: Vec<Box<dyn Router>> = Vec::new();
     if let Some(istio) = &config.istio {
-        let managed = config
-            .managed_routes
-            .iter()
-            .flatten()
-            .map(|r| r.name.clone())
-            .collect();
-        routers.push(Box::new(istio::IstioRouter::new(istio, managed)?));
+        routers.push(Box::new(istio::IstioRouter::new(
+            istio,
+            managed_route_names(config),
+        )?));
     }
     if let Some(nginx) = &config.nginx {
         routers.push(Box::new(nginx::NginxRouter::new(nginx)?));
+    }
+    if let Some(alb) = &config.alb {
+        routers.push(Box::new(alb::AlbRouter::new(
+            alb,
+            managed_route_names(config),
+        )?));
     }
     if let Some(smi) = &config.smi {
         routers.push(Box::new(smi::SmiRouter::new(smi)));

@@ -1,0 +1,356 @@
+//! The ALB router driven by a real Rollout through `sluice controller`, on the real cluster.
+//!
+//! No AWS Load Balancer Controller runs here: the Ingress annotations are the contract, so the
+//! tests read them byte for byte as that controller (and Argo Rollouts' own e2e suite) reads
+//! them. The Ingress is applied the way Argo CD does it (server-side apply under
+//! `argocd-controller`); the Rollout's Services are `web-stable` / `web-canary`, the rule's
+//! backend `web-root` (`rootService`, port `use-annotation`).
+//!
+//! - `alb_canary_steps_header_route_and_abort`: the split action follows every step (20, 60,
+//!   exact JSON), a header route adds its action, its conditions and a first `/*` path, and an
+//!   abort sends everything back to stable: the split action stays at 0/100 (an Ingress without
+//!   it has no target), every other annotation and `spec` are Git's again and Sluice's borrowing
+//!   field manager owns nothing.
+//! - `alb_declared_action_on_two_ingresses_is_given_back`: an action annotation the manifest
+//!   declares (two Ingresses, `ingresses`, stickiness) is borrowed during the update and, after
+//!   completion, each Ingress is exactly its manifest again.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use pretty_assertions::assert_eq;
+use serde_json::{Value, json};
+use sluice::api::argo::rollout::{Rollout, RolloutPhase, RolloutStatus};
+use sluice::engine::intent::{self, Intent};
+
+use common::controller::ControllerProcess;
+use common::traffic::{GITOPS, api_for, assert_as_declared, gitops_apply, wait_released};
+use common::{TestEnv, TestNamespace, eventually};
+
+const ROLLOUT: &str = "web";
+const STABLE_SVC: &str = "web-stable";
+const CANARY_SVC: &str = "web-canary";
+const ROOT_SVC: &str = "web-root";
+const ACTION: &str = "alb.ingress.kubernetes.io/actions.web-root";
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The split action Argo Rollouts writes for `canary` of 100 on port 80.
+fn split(canary: i32) -> String {
+    format!(
+        r#"{{"Type":"forward","ForwardConfig":{{"TargetGroups":[{{"ServiceName":"{CANARY_SVC}","ServicePort":"80","Weight":{canary}}},{{"ServiceName":"{STABLE_SVC}","ServicePort":"80","Weight":{}}}]}}}}"#,
+        100 - canary
+    )
+}
+
+fn ingress(name: &str, extra: &[(&str, &str)]) -> Value {
+    let mut annotations: BTreeMap<&str, &str> = [
+        ("kubernetes.io/ingress.class", "alb"),
+        ("alb.ingress.kubernetes.io/scheme", "internet-facing"),
+    ]
+    .into();
+    annotations.extend(extra.iter().copied());
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"rules": [{"host": "web.example", "http": {"paths": [
+            {"path": "/*", "pathType": "ImplementationSpecific", "backend": {
+                "service": {"name": ROOT_SVC, "port": {"name": "use-annotation"}}}},
+            {"path": "/static", "pathType": "Prefix", "backend": {
+                "service": {"name": "cdn", "port": {"number": 80}}}},
+        ]}}]},
+    })
+}
+
+fn template(image: &str) -> Value {
+    json!({"metadata": {"labels": {"app": "web"}},
+           "spec": {"containers": [{"name": "web", "image": image}]}})
+}
+
+struct Harness {
+    env: TestEnv,
+    ns: TestNamespace,
+    ctl: ControllerProcess,
+    rollouts: Api<Rollout>,
+}
+
+impl Harness {
+    async fn start(prefix: &str) -> Option<Harness> {
+        let env = common::test_env().await?;
+        let ns = env.namespace(prefix).await;
+        for svc in [STABLE_SVC, CANARY_SVC, ROOT_SVC] {
+            env.create(
+                &ns.name,
+                json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": svc},
+                       "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}),
+            )
+            .await;
+        }
+        let ctl = ControllerProcess::start_with(&env, &ns.name, &["--leader-elect=false"]).await;
+        let rollouts = Api::namespaced(env.client.clone(), &ns.name);
+        Some(Harness {
+            env,
+            ns,
+            ctl,
+            rollouts,
+        })
+    }
+
+    /// Creates the Rollout and waits for its first revision to be Healthy.
+    async fn create_rollout(&self, routing: Value, steps: Value) {
+        let rollout: Rollout = serde_json::from_value(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": ROLLOUT},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": template("registry.invalid/web:1"),
+                "strategy": {"canary": {
+                    "canaryService": CANARY_SVC, "stableService": STABLE_SVC,
+                    "trafficRouting": routing, "steps": steps,
+                }},
+            },
+        }))
+        .expect("the Rollout");
+        self.rollouts
+            .create(&PostParams::default(), &rollout)
+            .await
+            .expect("creating the Rollout");
+        self.wait("the first revision to be Healthy", |s| {
+            !s.stable_rs.is_empty()
+                && s.stable_rs == s.current_pod_hash
+                && s.phase == Some(RolloutPhase::Healthy)
+        })
+        .await;
+    }
+
+    async fn update(&self) {
+        let patch = json!({"spec": {"template": template("registry.invalid/web:2")}});
+        self.rollouts
+            .patch(ROLLOUT, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("a new revision");
+    }
+
+    async fn wait(&self, what: &str, check: impl Fn(&RolloutStatus) -> bool) -> Rollout {
+        let what = format!("{what} (controller log: {})", self.ctl.log.display());
+        let check = &check;
+        eventually(TIMEOUT, &what, || async move {
+            let r = self.rollouts.get(ROLLOUT).await.ok()?;
+            check(&r.status.clone().unwrap_or_default()).then_some(r)
+        })
+        .await
+    }
+
+    /// Waits for a pause at step `index` with `weight` verified by the controller.
+    async fn paused_at(&self, index: i32, weight: i32) {
+        self.wait(&format!("a pause at step {index}, weight {weight}"), |s| {
+            s.current_step_index == Some(index)
+                && !s.pause_conditions.is_empty()
+                && s.canary
+                    .weights
+                    .as_ref()
+                    .is_some_and(|w| w.canary.weight == weight && w.verified == Some(true))
+        })
+        .await;
+    }
+
+    async fn intent(&self, intent: Intent) {
+        let r = self.rollouts.get(ROLLOUT).await.expect("the Rollout");
+        let (spec_patch, status_patch) = intent::patches(intent, &r);
+        if let Some(p) = spec_patch {
+            self.rollouts
+                .patch(ROLLOUT, &PatchParams::default(), &Patch::Merge(&p))
+                .await
+                .expect("intent (spec)");
+        }
+        if let Some(p) = status_patch {
+            self.rollouts
+                .patch_status(ROLLOUT, &PatchParams::default(), &Patch::Merge(&p))
+                .await
+                .expect("intent (status)");
+        }
+    }
+
+    async fn ingress(&self, name: &str) -> DynamicObject {
+        api_for(&self.env.client, &self.ns.name, &ingress(name, &[]))
+            .await
+            .get(name)
+            .await
+            .expect("the Ingress")
+    }
+}
+
+fn annotation(obj: &DynamicObject, key: &str) -> Option<String> {
+    obj.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
+fn path_backends(obj: &DynamicObject) -> Vec<String> {
+    obj.data["spec"]["rules"][0]["http"]["paths"]
+        .as_array()
+        .expect("paths")
+        .iter()
+        .map(|p| {
+            p["backend"]["service"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .into()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn alb_canary_steps_header_route_and_abort() {
+    let Some(h) = Harness::start("alb-steps").await else {
+        return;
+    };
+    let manifest = ingress("web", &[]);
+    let original = gitops_apply(&h.env.client, &h.ns.name, &manifest).await;
+    let routing = json!({
+        "managedRoutes": [{"name": "header"}],
+        "alb": {"ingress": "web", "rootService": ROOT_SVC, "servicePort": 80},
+    });
+    let steps = json!([
+        {"setWeight": 20}, {"pause": {}},
+        {"setHeaderRoute": {"name": "header", "match": [
+            {"headerName": "Custom-Header", "headerValue": {"exact": "Mozilla*"}}]}},
+        {"setWeight": 60}, {"pause": {}},
+    ]);
+    h.create_rollout(routing, steps).await;
+    // As with Argo: the settled Rollout's action sends everything to stable.
+    let settled = eventually(TIMEOUT, "the split action at 0", || async {
+        let live = h.ingress("web").await;
+        (annotation(&live, ACTION) == Some(split(0))).then_some(live)
+    })
+    .await;
+    assert_eq!(settled.data["spec"], original.data["spec"]);
+
+    h.update().await;
+    h.paused_at(1, 20).await;
+    let live = h.ingress("web").await;
+    assert_eq!(annotation(&live, ACTION), Some(split(20)));
+    assert_eq!(
+        annotation(&live, "alb.ingress.kubernetes.io/conditions.header"),
+        None
+    );
+
+    h.intent(Intent::Promote).await;
+    h.paused_at(4, 60).await;
+    let live = h.ingress("web").await;
+    assert_eq!(annotation(&live, ACTION), Some(split(60)));
+    assert_eq!(
+        annotation(&live, "alb.ingress.kubernetes.io/actions.header").as_deref(),
+        Some(
+            r#"{"Type":"forward","ForwardConfig":{"TargetGroups":[{"ServiceName":"web-canary","ServicePort":"80","Weight":100}]}}"#
+        )
+    );
+    assert_eq!(
+        annotation(&live, "alb.ingress.kubernetes.io/conditions.header").as_deref(),
+        Some(
+            r#"[{"field":"http-header","httpHeaderConfig":{"httpHeaderName":"Custom-Header","values":["Mozilla*"]}}]"#
+        )
+    );
+    assert_eq!(path_backends(&live), ["header", ROOT_SVC, "cdn"]);
+    assert_eq!(
+        live.data["spec"]["rules"][0]["http"]["paths"][0],
+        json!({"path": "/*", "pathType": "ImplementationSpecific",
+               "backend": {"service": {"name": "header", "port": {"name": "use-annotation"}}}})
+    );
+
+    h.intent(Intent::Abort).await;
+    h.wait("the abort to put all traffic back on stable", |s| {
+        s.abort
+            && s.canary
+                .weights
+                .as_ref()
+                .is_some_and(|w| w.canary.weight == 0 && w.verified == Some(true))
+    })
+    .await;
+    wait_released(&h.env.client, &h.ns.name, &manifest, TIMEOUT).await;
+    let live = eventually(TIMEOUT, "the header route's annotations to go", || async {
+        let fresh = h.ingress("web").await;
+        annotation(&fresh, "alb.ingress.kubernetes.io/conditions.header")
+            .is_none()
+            .then_some(fresh)
+    })
+    .await;
+    // Git's annotations and spec as declared, plus the split action on stable.
+    let mut expected = original.metadata.annotations.clone().unwrap_or_default();
+    expected.insert(ACTION.into(), split(0));
+    assert_eq!(
+        live.metadata.annotations.clone().unwrap_or_default(),
+        expected
+    );
+    assert_eq!(live.data["spec"], original.data["spec"], "spec as declared");
+    for entry in live.metadata.managed_fields.iter().flatten() {
+        let manager = entry.manager.as_deref().unwrap_or_default();
+        let owns_spec = entry
+            .fields_v1
+            .as_ref()
+            .is_some_and(|f| f.0.get("f:spec").is_some());
+        assert!(
+            !owns_spec || manager == GITOPS,
+            "{manager} owns spec: {entry:?}"
+        );
+    }
+    // Nothing writes it again: the settled Rollout reads the stable action as applied.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = h.ingress("web").await;
+    assert_eq!(
+        again.metadata.resource_version, live.metadata.resource_version,
+        "the Ingress was written again after the abort settled"
+    );
+}
+
+#[tokio::test]
+async fn alb_declared_action_on_two_ingresses_is_given_back() {
+    let Some(h) = Harness::start("alb-declared").await else {
+        return;
+    };
+    // The manifest's own action: Argo's reset form (stable only).
+    let declared = format!(
+        r#"{{"Type":"forward","ForwardConfig":{{"TargetGroups":[{{"ServiceName":"{STABLE_SVC}","ServicePort":"80","Weight":100}}]}}}}"#
+    );
+    let manifests = [
+        ingress("web-a", &[(ACTION, &declared)]),
+        ingress("web-b", &[(ACTION, &declared)]),
+    ];
+    let mut originals = Vec::new();
+    for m in &manifests {
+        originals.push(gitops_apply(&h.env.client, &h.ns.name, m).await);
+    }
+    let routing = json!({"alb": {
+        "ingresses": ["web-a", "web-b"], "rootService": ROOT_SVC, "servicePort": 80,
+        "stickinessConfig": {"enabled": true, "durationSeconds": 3600},
+    }});
+    h.create_rollout(routing, json!([{"setWeight": 30}, {"pause": {}}]))
+        .await;
+    h.update().await;
+    h.paused_at(1, 30).await;
+    let sticky = split(30).replace(
+        "}]}}",
+        r#"}],"TargetGroupStickinessConfig":{"Enabled":true,"DurationSeconds":3600}}}"#,
+    );
+    for name in ["web-a", "web-b"] {
+        assert_eq!(
+            annotation(&h.ingress(name).await, ACTION),
+            Some(sticky.clone())
+        );
+    }
+    h.intent(Intent::Promote).await;
+    h.wait("the update to complete", |s| {
+        s.stable_rs == s.current_pod_hash
+            && s.phase == Some(RolloutPhase::Healthy)
+            && s.canary
+                .weights
+                .as_ref()
+                .is_some_and(|w| w.canary.weight == 0 && w.verified == Some(true))
+    })
+    .await;
+    for (m, o) in manifests.iter().zip(&originals) {
+        wait_released(&h.env.client, &h.ns.name, m, TIMEOUT).await;
+        assert_as_declared(&h.env.client, &h.ns.name, m, o).await;
+    }
+}
