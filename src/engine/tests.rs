@@ -1056,6 +1056,11 @@ fn invalid_specs_get_an_invalid_spec_condition_naming_the_field() {
             "spec.strategy.canary.steps[0].setHeaderRoute.match[0].headerValue",
         ),
         (
+            json!({"trafficRouting": {"alb": {"ingress": "i", "servicePort": 80}},
+                   "pingPong": {"pingService": "ping", "pongService": "pong"}}),
+            "spec.strategy.canary.pingPong",
+        ),
+        (
             json!({"trafficRouting": {"istio": {"virtualService": {"name": "vs"}},
                                       "maxTrafficWeight": 1000},
                    "canaryService": "c", "stableService": "s"}),

@@ -166,6 +166,15 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
             }
         }
     }
+    if canary.ping_pong.is_some() {
+        // Argo's ALB ping-pong swaps the stable and canary roles between two Services at each
+        // promotion; Sluice does not, and must not route as if it did.
+        errors.push(err(
+            format!("{base}.pingPong"),
+            "pingPong is not supported by this version of Sluice: use stableService and \
+             canaryService",
+        ));
+    }
     if routing.is_none() {
         for (field, set) in [
             (
