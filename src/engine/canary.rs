@@ -1075,25 +1075,44 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// With a router, an aborted canary keeps its pods for abortScaleDownDelaySeconds (0: forever).
+    /// With a router, an aborted canary keeps its pods until the `scale-down-deadline` that
+    /// [`abort_deadline`](Self::abort_deadline) sets (abortScaleDownDelaySeconds 0: forever).
     fn aborted_canary_replicas(&mut self) -> i32 {
+        let Some(rs) = self.rs(self.current()) else {
+            return 0;
+        };
+        if self.canary().abort_scale_down_delay_seconds() == 0 {
+            return rs.replicas;
+        }
+        match rs.scale_down_deadline {
+            Some(deadline) if deadline.as_second() <= self.now.as_second() => 0,
+            Some(deadline) => {
+                self.requeue_in(deadline.as_second() - self.now.as_second());
+                rs.replicas
+            }
+            None => rs.replicas,
+        }
+    }
+
+    /// The deadline the current ReplicaSet should carry: Argo's abort delay, set once the stable
+    /// ReplicaSet can take all traffic (the deadline scales the canary down unconditionally), and
+    /// kept while aborted; none otherwise.
+    fn abort_deadline(&mut self, rs: &ReplicaSetObservation) -> Option<Timestamp> {
         let delay = i64::from(self.canary().abort_scale_down_delay_seconds());
-        let current = self.rs(self.current()).map_or(0, |rs| rs.replicas);
-        if delay == 0 {
-            return current;
+        if !self.status.abort || !self.has_router() || delay == 0 || self.promoted() {
+            return None;
         }
-        let aborted = self
-            .status
-            .aborted_at
-            .as_ref()
-            .map_or(self.now.as_second(), |t| t.0.as_second());
-        let deadline = aborted.saturating_add(delay);
-        if self.now.as_second() >= deadline {
-            0
-        } else {
-            self.requeue_in(deadline - self.now.as_second());
-            current
+        if rs.scale_down_deadline.is_some() {
+            return rs.scale_down_deadline;
         }
+        let stable_ready = self
+            .rs(&self.status.stable_rs)
+            .is_some_and(|s| s.available_replicas >= self.spec.replicas());
+        if !stable_ready || rs.replicas == 0 {
+            return None;
+        }
+        self.requeue_in(delay);
+        Some(self.after(delay))
     }
 
     /// Argo's `AtDesiredReplicaCountsForCanary`, plus router verification.
@@ -1143,10 +1162,11 @@ impl<'a> Planner<'a> {
                         replicas: targets.new,
                     });
                 }
-                if rs.scale_down_deadline.is_some() {
+                let deadline = self.abort_deadline(rs);
+                if rs.scale_down_deadline != deadline {
                     self.actions.push(Action::SetScaleDownDeadline {
                         pod_template_hash: current.clone(),
-                        deadline: None,
+                        deadline,
                     });
                 }
             }
@@ -1170,40 +1190,25 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// ReplicaSets that are neither current nor stable go to zero: after scaleDownDelaySeconds with a
-    /// router (so clients draining from them are not cut off), within maxUnavailable without one.
+    /// ReplicaSets that are neither current nor stable go to zero: with a router after their
+    /// `scale-down-deadline` (so clients draining from them are not cut off), within
+    /// maxUnavailable without one.
     fn scale_down_old_replica_sets(&mut self) {
         let current = self.current().to_string();
         let stable = self.status.stable_rs.clone();
-        let old: Vec<&ReplicaSetObservation> = self
+        let mut old: Vec<&ReplicaSetObservation> = self
             .observed
             .replica_sets
             .iter()
-            .filter(|rs| {
-                rs.pod_template_hash != current && rs.pod_template_hash != stable && rs.replicas > 0
-            })
+            .filter(|rs| rs.pod_template_hash != current && rs.pod_template_hash != stable)
             .collect();
-        if old.is_empty() {
+        if self.has_router() {
+            old.sort_by_key(|rs| std::cmp::Reverse(rs.revision));
+            self.scale_down_delayed(&old);
             return;
         }
-        if self.has_router() {
-            let delay = i64::from(self.canary().scale_down_delay_seconds());
-            for rs in old {
-                match rs.scale_down_deadline {
-                    _ if delay == 0 => self.scale_to_zero(rs),
-                    Some(deadline) if deadline.as_second() <= self.now.as_second() => {
-                        self.scale_to_zero(rs)
-                    }
-                    Some(deadline) => self.requeue_in(deadline.as_second() - self.now.as_second()),
-                    None => {
-                        self.actions.push(Action::SetScaleDownDeadline {
-                            pod_template_hash: rs.pod_template_hash.clone(),
-                            deadline: Some(self.after(delay)),
-                        });
-                        self.requeue_in(delay);
-                    }
-                }
-            }
+        old.retain(|rs| rs.replicas > 0);
+        if old.is_empty() {
             return;
         }
         let spec_replicas = self.spec.replicas();
@@ -1229,11 +1234,54 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Argo's `scaleDownDelayHelper`, newest old ReplicaSet first: each keeps its pods until its
+    /// `scale-down-deadline` (set now + scaleDownDelaySeconds when it first becomes old), at most
+    /// `scaleDownDelayRevisionLimit` of them; with dynamicStableScale a promoted rollout's old
+    /// stable goes at once.
+    fn scale_down_delayed(&mut self, old: &[&ReplicaSetObservation]) {
+        let canary = self.canary();
+        let delay = i64::from(canary.scale_down_delay_seconds());
+        let limit = canary.scale_down_delay_revision_limit.unwrap_or(i32::MAX);
+        let at_once = delay == 0 || (canary.dynamic_stable_scale() && self.promoted());
+        let mut delayed = 0;
+        for rs in old {
+            if rs.replicas == 0 || at_once {
+                self.scale_to_zero(rs);
+                continue;
+            }
+            let within_limit = delayed < limit;
+            delayed += 1;
+            match rs.scale_down_deadline {
+                _ if !within_limit => self.scale_to_zero(rs),
+                Some(deadline) if deadline.as_second() <= self.now.as_second() => {
+                    self.scale_to_zero(rs)
+                }
+                Some(deadline) => self.requeue_in(deadline.as_second() - self.now.as_second()),
+                None => {
+                    self.actions.push(Action::SetScaleDownDeadline {
+                        pod_template_hash: rs.pod_template_hash.clone(),
+                        deadline: Some(self.after(delay)),
+                    });
+                    self.requeue_in(delay);
+                }
+            }
+        }
+    }
+
+    /// Scale an old ReplicaSet to zero and drop its deadline, as Argo does on a full scale-down.
     fn scale_to_zero(&mut self, rs: &ReplicaSetObservation) {
-        self.actions.push(Action::ScaleReplicaSet {
-            pod_template_hash: rs.pod_template_hash.clone(),
-            replicas: 0,
-        });
+        if rs.replicas != 0 {
+            self.actions.push(Action::ScaleReplicaSet {
+                pod_template_hash: rs.pod_template_hash.clone(),
+                replicas: 0,
+            });
+        }
+        if rs.scale_down_deadline.is_some() {
+            self.actions.push(Action::SetScaleDownDeadline {
+                pod_template_hash: rs.pod_template_hash.clone(),
+                deadline: None,
+            });
+        }
     }
 
     /// Keep `revisionHistoryLimit` scaled-down old ReplicaSets; delete older ones.
@@ -1443,7 +1491,8 @@ impl<'a> Planner<'a> {
         let complete = self.promoted()
             && self.status.updated_replicas == spec_replicas
             && self.status.available_replicas >= spec_replicas
-            && self.status.replicas == self.status.updated_replicas;
+            // Old pods of a routed canary wait for their scale-down deadline without traffic.
+            && (self.status.replicas == self.status.updated_replicas || self.has_router());
         if paused {
             self.set_condition(
                 reason::PAUSED,
