@@ -3,6 +3,9 @@
 //! the old ReplicaSet keeps its pods until the `scale-down-deadline` annotation (Argo's key and
 //! RFC 3339 format) says, at most `scaleDownDelayRevisionLimit` old ReplicaSets wait; an aborted
 //! canary keeps its pods until its own deadline (`abortScaleDownDelaySeconds`), or for good with 0.
+//! And `canaryMetadata` / `stableMetadata`: the labels land on the pods of the canary and the
+//! stable ReplicaSet (and their templates), move when the canary is promoted, and are taken off
+//! when the field changes or goes.
 //!
 //! Each test gets its own namespace and its own controller limited to it.
 
@@ -175,6 +178,54 @@ impl Harness {
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .count()
+    }
+
+    /// The labels of each existing pod with `hash` (at least one pod).
+    async fn pod_labels(&self, hash: &str) -> Option<Vec<BTreeMap<String, String>>> {
+        let pods: Api<Pod> = Api::namespaced(self.env.client.clone(), &self.ns.name);
+        let list = pods
+            .list(&ListParams::default().labels(&format!("{HASH}={hash}")))
+            .await
+            .ok()?;
+        let labels: Vec<_> = list
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.metadata.labels.unwrap_or_default())
+            .collect();
+        (!labels.is_empty()).then_some(labels)
+    }
+
+    /// Waits until every pod with `hash`, and its ReplicaSet's template, has `role` / `role2` as
+    /// given (`None`: absent).
+    async fn wait_roles(&self, hash: &str, role: Option<&str>, role2: Option<&str>) {
+        let what = format!(
+            "pods and template of {hash} with role={role:?} role2={role2:?} (controller log: {})",
+            self.ctl.log.display()
+        );
+        let fits = |labels: &BTreeMap<String, String>| {
+            labels.get("role").map(String::as_str) == role
+                && labels.get("role2").map(String::as_str) == role2
+        };
+        eventually(TIMEOUT, &what, || async {
+            let pods = self.pod_labels(hash).await?;
+            let rs = self
+                .replica_sets
+                .get(&format!("{ROLLOUT}-{hash}"))
+                .await
+                .ok()?;
+            let template = rs.spec?.template?.metadata?.labels.unwrap_or_default();
+            (pods.iter().all(fits) && fits(&template)).then_some(())
+        })
+        .await;
+    }
+
+    async fn patch_canary(&self, canary: Value) {
+        let patch = json!({"spec": {"strategy": {"canary": canary}}});
+        self.rollouts
+            .patch(ROLLOUT, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patching spec.strategy.canary");
     }
 
     /// Waits until the ReplicaSet with `hash` has `replicas` and no deadline; returns when.
@@ -354,4 +405,66 @@ async fn an_aborted_canary_with_a_zero_abort_delay_keeps_its_pods() {
     let rs = h.rs(&canary).await;
     assert_eq!(rs.replicas, 1, "the canary keeps its pod: {rs:?}");
     assert_eq!(rs.deadline, None, "and carries no deadline");
+}
+
+/// Argo's TestEphemeralMetadata, through a router: stable pods get `role: stable`; the canary's
+/// `role: canary` while the stable's keep theirs; a changed canaryMetadata replaces the old label
+/// on the running pods; after promotion the new stable's pods carry stableMetadata; a changed
+/// stableMetadata is applied to them; removing both fields takes the labels off again.
+#[tokio::test]
+async fn canary_and_stable_metadata_follow_the_replica_sets_onto_their_pods() {
+    let canary = json!({"canaryMetadata": {"labels": {"role": "canary"}},
+                        "stableMetadata": {"labels": {"role": "stable"}},
+                        "steps": [{"setWeight": 50}, {"pause": {}}]});
+    let Some(h) = Harness::start("ro-ephemeral", canary).await else {
+        return;
+    };
+    let v1 = h
+        .rollouts
+        .get(ROLLOUT)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .stable_rs;
+    h.wait_roles(&v1, Some("stable"), None).await;
+
+    h.set_image("registry.invalid/web:2").await;
+    let s = h
+        .wait("a pause at setWeight 50", |s| {
+            !s.pause_conditions.is_empty() && s.current_pod_hash != s.stable_rs
+        })
+        .await;
+    let v2 = s.current_pod_hash.clone();
+    h.wait_roles(&v2, Some("canary"), None).await;
+    h.wait_roles(&v1, Some("stable"), None).await;
+
+    h.patch_canary(json!({"canaryMetadata": {"labels": {"role": null, "role2": "canary2"}}}))
+        .await;
+    h.wait_roles(&v2, None, Some("canary2")).await;
+
+    h.intent(Intent::Promote).await;
+    h.wait("v2 promoted and Healthy", |s| {
+        healthy(s, 2) && s.stable_rs == v2
+    })
+    .await;
+    h.wait_roles(&v2, Some("stable"), None).await;
+
+    h.patch_canary(json!({"stableMetadata": {"labels": {"role": null, "role2": "stable2"}}}))
+        .await;
+    h.wait_roles(&v2, None, Some("stable2")).await;
+
+    h.patch_canary(json!({"canaryMetadata": null, "stableMetadata": null}))
+        .await;
+    h.wait_roles(&v2, None, None).await;
+    let rs = h
+        .replica_sets
+        .get(&format!("{ROLLOUT}-{v2}"))
+        .await
+        .unwrap();
+    let annotations = rs.metadata.annotations.unwrap_or_default();
+    assert!(
+        !annotations.contains_key("rollout.argoproj.io/ephemeral-metadata"),
+        "the record goes with the fields: {annotations:?}"
+    );
 }

@@ -25,6 +25,7 @@
 //! read an object through the API per reconcile (templates are read once per run creation).
 
 mod adopt;
+mod ephemeral;
 mod execute;
 mod finalizer;
 mod index;
@@ -178,6 +179,21 @@ pub enum Error {
         namespace: String,
         name: String,
         rollout: String,
+        source: kube::Error,
+    },
+    #[error(
+        "setting Rollout {rollout}'s canaryMetadata / stableMetadata on pod {namespace}/{name}: {source}"
+    )]
+    PatchPod {
+        namespace: String,
+        name: String,
+        rollout: String,
+        source: kube::Error,
+    },
+    #[error("listing the pods of ReplicaSet {namespace}/{name}: {source}")]
+    ListPods {
+        namespace: String,
+        name: String,
         source: kube::Error,
     },
     #[error("terminating AnalysisRun {namespace}/{name}: {source}")]

@@ -21,7 +21,7 @@ use crate::engine::replicas::{self, BasicCanary, RoutedCanary, RsCounts};
 use crate::engine::restart::{self, Restart};
 use crate::engine::{
     Action, AnalysisKind, AnalysisPhase, AnalysisRunRequest, Event, Input, Plan,
-    ReplicaSetObservation, hash, validate,
+    ReplicaSetObservation, ephemeral, hash, validate,
 };
 
 /// Plan the next status and actions for a Rollout. Pure and total: never panics.
@@ -288,6 +288,7 @@ impl<'a> Planner<'a> {
         self.scale_replica_sets(targets);
         self.scale_down_old_replica_sets();
         self.delete_old_history();
+        self.ephemeral_metadata();
         self.services();
         self.traffic(targets);
         self.counts();
@@ -1154,6 +1155,7 @@ impl<'a> Planner<'a> {
                 pod_template_hash: current.clone(),
                 replicas: targets.new,
                 revision: self.revision(),
+                ephemeral_metadata: ephemeral::desired(self.spec, &self.status, &current),
             }),
             Some(rs) => {
                 if rs.replicas != targets.new {
@@ -1304,6 +1306,27 @@ impl<'a> Planner<'a> {
                 pod_template_hash: rs.pod_template_hash.clone(),
             });
         }
+    }
+
+    /// `canaryMetadata` / `stableMetadata` on every ReplicaSet that stays (see [`ephemeral`]).
+    fn ephemeral_metadata(&mut self) {
+        let deleted: Vec<String> = self
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::DeleteReplicaSet { pod_template_hash } => Some(pod_template_hash.clone()),
+                _ => None,
+            })
+            .collect();
+        let kept: Vec<ReplicaSetObservation> = self
+            .observed
+            .replica_sets
+            .iter()
+            .filter(|rs| !deleted.contains(&rs.pod_template_hash))
+            .cloned()
+            .collect();
+        let actions = ephemeral::sync(self.spec, &self.status, &kept);
+        self.actions.extend(actions);
     }
 
     /// Point the managed Services at pods that can serve: a Service never selects a ReplicaSet

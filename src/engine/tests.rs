@@ -454,6 +454,7 @@ fn an_existing_replica_set_with_the_same_template_is_adopted() {
         available_replicas: 3,
         revision: 4,
         scale_down_deadline: None,
+        ephemeral_metadata: None,
         matches_current_template: true,
     });
     world.status.current_pod_hash = "argohash".into();
