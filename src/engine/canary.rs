@@ -495,22 +495,28 @@ impl<'a> Planner<'a> {
         // A verdict already in beats any later intent: a failed analysis aborts even if the user
         // asked for a full promotion in the meantime.
         if !self.status.abort && !self.promoted() {
-            let observed = self.observed;
-            let failed = [
-                &self.status.canary.current_step_analysis_run_status,
-                &self.status.canary.current_background_analysis_run_status,
-            ]
-            .into_iter()
-            .flatten()
-            .find_map(|reference| {
-                observed.analysis_runs.iter().find(|r| {
-                    r.name == reference.name
-                        && matches!(r.phase, AnalysisPhase::Failed | AnalysisPhase::Error)
-                })
-            });
-            if let Some(run) = failed {
+            if let Some(run) = self.failed_run() {
                 self.analysis_failed(&run.name, run.phase, &run.message);
             }
+        }
+        // As Argo does, a full promotion clears an abort, but never one a failed analysis of
+        // this update caused (that verdict wins over any later intent).
+        if self.status.promote_full
+            && self.status.abort
+            && !self.promoted()
+            && self.failed_run().is_none()
+        {
+            self.status.abort = false;
+            self.status.aborted_at = None;
+            self.progressed = true;
+            self.event(
+                false,
+                reason::ROLLOUT_PROMOTED_FULL,
+                format!(
+                    "Fully promoting the aborted update to revision {}: the abort is cleared",
+                    self.revision()
+                ),
+            );
         }
         if self.status.promote_full && !self.status.abort && !self.promoted() {
             if self.index() < self.step_count() || !self.status.pause_conditions.is_empty() {
@@ -526,6 +532,23 @@ impl<'a> Planner<'a> {
             self.stop_analysis_run(AnalysisKind::Step(0));
             self.stop_analysis_run(AnalysisKind::Background);
         }
+    }
+
+    /// A Failed or Error AnalysisRun the status references for this update: the verdict.
+    fn failed_run(&self) -> Option<&'a crate::engine::AnalysisRunObservation> {
+        let observed = self.observed;
+        [
+            &self.status.canary.current_step_analysis_run_status,
+            &self.status.canary.current_background_analysis_run_status,
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|reference| {
+            observed.analysis_runs.iter().find(|r| {
+                r.name == reference.name
+                    && matches!(r.phase, AnalysisPhase::Failed | AnalysisPhase::Error)
+            })
+        })
     }
 
     /// Abort the update: traffic and replicas go back to stable; the phase becomes Degraded.

@@ -264,6 +264,27 @@ fn abort_returns_everything_to_stable_and_retry_starts_over() {
 }
 
 #[test]
+fn promote_full_clears_a_manual_abort_and_completes() {
+    let (mut world, stable) = deployed(spec(
+        4,
+        json!({"steps": [{"setWeight": 50}, {"pause": {}}]}),
+    ));
+    world.set_image("demo:2");
+    world.settle();
+    let canary = world.status.current_pod_hash.clone();
+    world.intent(Intent::Abort);
+    world.settle();
+    assert_eq!(world.status.phase, Some(RolloutPhase::Degraded));
+    world.intent(Intent::PromoteFull);
+    world.settle();
+    assert!(!world.status.abort);
+    assert_eq!(world.status.stable_rs, canary);
+    assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
+    assert_eq!(world.replicas(&stable), 0);
+    assert!(world.has_event(reason::ROLLOUT_PROMOTED_FULL));
+}
+
+#[test]
 fn promote_full_skips_remaining_steps_and_analysis() {
     let steps = json!([{"setWeight": 10}, {"pause": {}}, {"analysis": {"templates": [{"templateName": "t"}]}}, {"setWeight": 50}]);
     let (mut world, _) = deployed(spec(5, json!({"steps": steps})));
@@ -555,6 +576,11 @@ fn a_failed_analysis_aborts_and_degrades() {
             "{}",
             world.status.message
         );
+        assert_eq!(world.status.stable_rs, stable);
+        // The verdict wins over a later full promotion (Argo would clear the abort).
+        world.intent(Intent::PromoteFull);
+        world.settle();
+        assert!(world.status.abort);
         assert_eq!(world.status.stable_rs, stable);
     }
 }
