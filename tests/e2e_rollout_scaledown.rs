@@ -266,9 +266,10 @@ fn seconds_until(deadline: Timestamp) -> i64 {
     deadline.as_second() - Timestamp::now().as_second()
 }
 
-/// v1 → v2 → v3 with scaleDownDelaySeconds 30 and scaleDownDelayRevisionLimit 1: each promotion
-/// is Healthy while the previous stable still runs all its pods under a deadline ~30 s away; the
-/// third revision scales v1 down at once (beyond the limit) and v2 waits for its own deadline.
+/// v1 → v2 → v3 → v2 with scaleDownDelaySeconds 30 and scaleDownDelayRevisionLimit 1 (Argo's
+/// TestCanaryScaleDownDelay): each promotion is Healthy while the previous stable still runs all
+/// its pods under a deadline ~30 s away; v3 scales v1 down at once (beyond the limit); going back
+/// to v2 makes it revision 4 without a deadline, and v3 goes at its own deadline.
 #[tokio::test]
 async fn a_routed_promotion_is_healthy_at_once_and_old_pods_go_at_their_deadline() {
     let canary = json!({"scaleDownDelaySeconds": 30, "scaleDownDelayRevisionLimit": 1});
@@ -321,14 +322,32 @@ async fn a_routed_promotion_is_healthy_at_once_and_old_pods_go_at_their_deadline
         "v1 went at once, beyond scaleDownDelayRevisionLimit 1, before v2's deadline"
     );
 
-    let gone = h.wait_scaled_down(&v2).await;
+    assert_eq!(h.rs(&v3).await.revision, "3");
+
+    // Back to v2's template while v2 still waits: it is current again as revision 4 (Argo's
+    // numbering), without a deadline, and v3 now waits for its own.
+    h.set_image("registry.invalid/web:2").await;
+    h.wait("v2 promoted again and Healthy", |s| {
+        healthy(s, 2) && s.stable_rs == v2
+    })
+    .await;
+    let what = format!("v2 at revision 4 without {DEADLINE}, v3 with one");
+    let deadline = eventually(TIMEOUT, &what, || async {
+        let sets = h.replica_sets().await;
+        let (again, third) = (sets.get(&v2)?, sets.get(&v3)?);
+        let fits = again.revision == "4" && again.deadline.is_none() && third.replicas == 2;
+        fits.then(|| third.deadline.clone()).flatten()
+    })
+    .await;
+    let deadline = parse_deadline(&deadline);
+    let gone = h.wait_scaled_down(&v3).await;
     assert!(
         gone.as_second() >= deadline.as_second(),
-        "v2 scaled down at {gone}, before its deadline {deadline}"
+        "v3 scaled down at {gone}, before its deadline {deadline}"
     );
     let s = h.rollouts.get(ROLLOUT).await.unwrap().status.unwrap();
     assert!(healthy(&s, 2), "still Healthy after the scale-down: {s:?}");
-    assert_eq!(h.rs(&v3).await.revision, "3");
+    assert_eq!(h.rs(&v2).await.replicas, 2);
 }
 
 /// Paused at setWeight 50, then `kubectl argo rollouts abort`: the canary is annotated with a

@@ -176,19 +176,9 @@ impl<'a> Planner<'a> {
         self.status.stable_rs == self.status.current_pod_hash
     }
 
-    /// The revision of the current ReplicaSet, or the next revision if it does not exist yet.
+    /// The revision of the current ReplicaSet (see [`revision_for`](Self::revision_for)).
     fn revision(&self) -> i64 {
-        self.rs(self.current())
-            .map(|rs| rs.revision)
-            .unwrap_or_else(|| {
-                self.observed
-                    .replica_sets
-                    .iter()
-                    .map(|rs| rs.revision)
-                    .max()
-                    .unwrap_or(0)
-                    + 1
-            })
+        self.revision_for(self.current())
     }
 
     fn set_condition(&mut self, type_: &str, status: &str, reason: &str, message: String) {
@@ -454,16 +444,22 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// The revision the ReplicaSet with `hash` has as the current one: its own when it is the
+    /// newest, else the next one (as Deployments and Argo do, a ReplicaSet that becomes current
+    /// again, or a new one, is numbered after every other).
     fn revision_for(&self, hash: &str) -> i64 {
-        self.rs(hash).map(|rs| rs.revision).unwrap_or_else(|| {
-            self.observed
-                .replica_sets
-                .iter()
-                .map(|rs| rs.revision)
-                .max()
-                .unwrap_or(0)
-                + 1
-        })
+        let newest_other = self
+            .observed
+            .replica_sets
+            .iter()
+            .filter(|rs| rs.pod_template_hash != hash)
+            .map(|rs| rs.revision)
+            .max()
+            .unwrap_or(0);
+        match self.rs(hash) {
+            Some(rs) if rs.revision > newest_other => rs.revision,
+            _ => newest_other + 1,
+        }
     }
 
     fn user_intents(&mut self) {
@@ -1185,6 +1181,13 @@ impl<'a> Planner<'a> {
                     self.actions.push(Action::ScaleReplicaSet {
                         pod_template_hash: current.clone(),
                         replicas: targets.new,
+                    });
+                }
+                let revision = self.revision();
+                if rs.revision != revision {
+                    self.actions.push(Action::SetRevision {
+                        pod_template_hash: current.clone(),
+                        revision,
                     });
                 }
                 let deadline = self.abort_deadline(rs);

@@ -201,6 +201,11 @@ pub enum Action {
         pod_template_hash: String,
         replicas: i32,
     },
+    /// Set the `rollout.argoproj.io/revision` annotation of a ReplicaSet that is current again.
+    SetRevision {
+        pod_template_hash: String,
+        revision: i64,
+    },
     /// Set (or clear, with `None`) the `scale-down-deadline` annotation.
     SetScaleDownDeadline {
         pod_template_hash: String,

@@ -209,6 +209,19 @@ impl Simulation {
                     rs.available_replicas = replicas;
                 }
             }
+            Action::SetRevision {
+                pod_template_hash,
+                revision,
+            } => {
+                if let Some(rs) = self
+                    .observed
+                    .replica_sets
+                    .iter_mut()
+                    .find(|rs| rs.pod_template_hash == pod_template_hash)
+                {
+                    rs.revision = revision;
+                }
+            }
             Action::SetScaleDownDeadline {
                 pod_template_hash,
                 deadline,

@@ -264,6 +264,17 @@ fn abort_returns_everything_to_stable_and_retry_starts_over() {
 }
 
 #[test]
+fn a_replica_set_that_is_current_again_is_numbered_after_the_others() {
+    let (mut world, first) = deployed(spec(2, json!({})));
+    world.set_image("demo:2");
+    world.settle();
+    world.set_image("demo:1");
+    world.settle();
+    assert_eq!(world.status.stable_rs, first);
+    assert_eq!(world.rs(&first).unwrap().revision, 3);
+}
+
+#[test]
 fn promote_full_clears_a_manual_abort_and_completes() {
     let (mut world, stable) = deployed(spec(
         4,

@@ -150,6 +150,14 @@ impl Target<'_> {
                 let patch = json!({"spec": {"replicas": replicas}});
                 self.patch_replica_set(pod_template_hash, &patch).await
             }
+            Action::SetRevision {
+                pod_template_hash,
+                revision,
+            } => {
+                let value = revision.to_string();
+                let patch = json!({"metadata": {"annotations": {REVISION_ANNOTATION: value}}});
+                self.patch_replica_set(pod_template_hash, &patch).await
+            }
             Action::SetScaleDownDeadline {
                 pod_template_hash,
                 deadline,
