@@ -490,10 +490,11 @@ impl<'a> Planner<'a> {
         }
         // A verdict already in beats any later intent: a failed analysis aborts even if the user
         // asked for a full promotion in the meantime.
-        if !self.status.abort && !self.promoted() {
-            if let Some(run) = self.failed_run() {
-                self.analysis_failed(&run.name, run.phase, &run.message);
-            }
+        if !self.status.abort
+            && !self.promoted()
+            && let Some(run) = self.failed_run()
+        {
+            self.analysis_failed(&run.name, run.phase, &run.message);
         }
         // As Argo does, a full promotion clears an abort, but never one a failed analysis of
         // this update caused (that verdict wins over any later intent).
