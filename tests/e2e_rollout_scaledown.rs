@@ -467,6 +467,13 @@ async fn canary_and_stable_metadata_follow_the_replica_sets_onto_their_pods() {
         healthy(s, 2) && s.stable_rs == v2
     })
     .await;
+    // As Argo's test reads them: at once, once Healthy is seen.
+    let pods = h.pod_labels(&v2).await.expect("v2's pods");
+    assert!(
+        pods.iter()
+            .all(|l| l.get("role").map(String::as_str) == Some("stable")),
+        "Healthy is written only once v2's pods carry stableMetadata: {pods:?}"
+    );
     h.wait_roles(&v2, Some("stable"), None).await;
 
     h.patch_canary(json!({"stableMetadata": {"labels": {"role": null, "role2": "stable2"}}}))

@@ -10,7 +10,8 @@
 //!   route objects: crate::traffic::cache)
 //! ```
 //!
-//! The status goes first (only a new ReplicaSet, idempotent by name, is created before it),
+//! The status goes first (only a new ReplicaSet, idempotent by name, is created before it, and
+//! `canaryMetadata` / `stableMetadata` are put on pods before it),
 //! conditioned on the resourceVersion the plan was made from: a user's
 //! patch (abort, promote) that lands meanwhile makes the write fail and the plan is made again,
 //! instead of being overwritten; and an AnalysisRun is only created once the status that names
@@ -614,11 +615,19 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
     };
     // A new ReplicaSet is what a template change waits for, and creating it is idempotent (its
     // name is the template's hash; an existing one of ours is adopted), so it does not wait for
-    // the status write. Everything else follows the status, as the module doc explains.
+    // the status write. Ephemeral pod metadata (idempotent labels, no traffic) is in place before
+    // the status says Healthy, as in Argo. Everything else follows the status, as the module doc
+    // explains.
     let (first, then): (Vec<&Action>, Vec<&Action>) = plan
         .actions
         .iter()
         .partition(|a| matches!(a, Action::CreateReplicaSet { .. }));
+    let (labels, then): (Vec<&Action>, Vec<&Action>) = then
+        .into_iter()
+        .partition(|a| matches!(a, Action::SetEphemeralMetadata { .. }));
+    for action in labels {
+        target.execute(action).await?;
+    }
     if !first.is_empty() {
         for action in first {
             target.execute(action).await?;
