@@ -764,4 +764,19 @@ mod tests {
                 .ends_with("destinationRule.additionalSubsetNames")
         );
     }
+
+    #[test]
+    fn ephemeral_labels_may_not_touch_the_selector_or_the_hash() {
+        let problems = validate(&spec(json!({
+            "canaryMetadata": {"labels": {"app": "b", "role": "canary"}},
+            "stableMetadata": {"labels": {"rollouts-pod-template-hash": "x"}}})));
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.strategy.canary.canaryMetadata.labels.app",
+                "spec.strategy.canary.stableMetadata.labels.rollouts-pod-template-hash",
+            ]
+        );
+    }
 }
