@@ -517,6 +517,36 @@ async fn abort_then_retry_then_promote() {
     f.wait_replicas(&stable, 0).await;
 }
 
+/// `kubectl argo rollouts promote --full` on a manually aborted update clears the abort, as Argo
+/// does: the update completes and the old stable goes.
+#[tokio::test]
+async fn promote_full_after_a_manual_abort_completes_the_update() {
+    let Some(f) = fixture("ro-abort-full").await else {
+        return;
+    };
+    let ro = rollout(
+        "web",
+        4,
+        json!({"steps": [{"setWeight": 50}, {"pause": {}}]}),
+    );
+    let stable = deployed(&f, &ro).await;
+    f.set_image("web", "registry.invalid/web:2").await;
+    let r = f.wait("web", "paused at step 1", |r| paused_at(r, 1)).await;
+    let canary = status(&r).current_pod_hash;
+    f.intent("web", Intent::Abort).await;
+    f.wait("web", "aborted: Degraded", |r| {
+        status(r).phase == Some(RolloutPhase::Degraded)
+            && progressing_reason(r) == reason::ROLLOUT_ABORTED
+    })
+    .await;
+    f.intent("web", Intent::PromoteFull).await;
+    let r = f.wait_healthy("web").await;
+    assert_eq!(status(&r).stable_rs, canary);
+    assert!(!status(&r).abort, "the abort is cleared");
+    f.wait_replicas(&canary, 4).await;
+    f.wait_replicas(&stable, 0).await;
+}
+
 #[tokio::test]
 async fn promote_full_skips_the_remaining_steps() {
     let Some(f) = fixture("ro-full").await else {

@@ -10,7 +10,8 @@
 //!   route objects: crate::traffic::cache)
 //! ```
 //!
-//! The status goes first (only a new ReplicaSet, idempotent by name, is created before it),
+//! The status goes first (only a new ReplicaSet, idempotent by name, is created before it, and
+//! `canaryMetadata` / `stableMetadata` are put on pods before it),
 //! conditioned on the resourceVersion the plan was made from: a user's
 //! patch (abort, promote) that lands meanwhile makes the write fail and the plan is made again,
 //! instead of being overwritten; and an AnalysisRun is only created once the status that names
@@ -25,6 +26,7 @@
 //! read an object through the API per reconcile (templates are read once per run creation).
 
 mod adopt;
+mod ephemeral;
 mod execute;
 mod finalizer;
 mod index;
@@ -178,6 +180,21 @@ pub enum Error {
         namespace: String,
         name: String,
         rollout: String,
+        source: kube::Error,
+    },
+    #[error(
+        "setting Rollout {rollout}'s canaryMetadata / stableMetadata on pod {namespace}/{name}: {source}"
+    )]
+    PatchPod {
+        namespace: String,
+        name: String,
+        rollout: String,
+        source: kube::Error,
+    },
+    #[error("listing the pods of ReplicaSet {namespace}/{name}: {source}")]
+    ListPods {
+        namespace: String,
+        name: String,
         source: kube::Error,
     },
     #[error("terminating AnalysisRun {namespace}/{name}: {source}")]
@@ -604,11 +621,19 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
     };
     // A new ReplicaSet is what a template change waits for, and creating it is idempotent (its
     // name is the template's hash; an existing one of ours is adopted), so it does not wait for
-    // the status write. Everything else follows the status, as the module doc explains.
+    // the status write. Ephemeral pod metadata (idempotent labels, no traffic) is in place before
+    // the status says Healthy, as in Argo. Everything else follows the status, as the module doc
+    // explains.
     let (first, then): (Vec<&Action>, Vec<&Action>) = plan
         .actions
         .iter()
         .partition(|a| matches!(a, Action::CreateReplicaSet { .. }));
+    let (labels, then): (Vec<&Action>, Vec<&Action>) = then
+        .into_iter()
+        .partition(|a| matches!(a, Action::SetEphemeralMetadata { .. }));
+    for action in labels {
+        target.execute(action).await?;
+    }
     if !first.is_empty() {
         for action in first {
             target.execute(action).await?;

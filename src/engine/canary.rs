@@ -21,7 +21,7 @@ use crate::engine::replicas::{self, BasicCanary, RoutedCanary, RsCounts};
 use crate::engine::restart::{self, Restart};
 use crate::engine::{
     Action, AnalysisKind, AnalysisPhase, AnalysisRunRequest, Event, Input, Plan,
-    ReplicaSetObservation, hash, validate,
+    ReplicaSetObservation, ephemeral, hash, validate,
 };
 
 /// Plan the next status and actions for a Rollout. Pure and total: never panics.
@@ -176,19 +176,9 @@ impl<'a> Planner<'a> {
         self.status.stable_rs == self.status.current_pod_hash
     }
 
-    /// The revision of the current ReplicaSet, or the next revision if it does not exist yet.
+    /// The revision of the current ReplicaSet (see [`revision_for`](Self::revision_for)).
     fn revision(&self) -> i64 {
-        self.rs(self.current())
-            .map(|rs| rs.revision)
-            .unwrap_or_else(|| {
-                self.observed
-                    .replica_sets
-                    .iter()
-                    .map(|rs| rs.revision)
-                    .max()
-                    .unwrap_or(0)
-                    + 1
-            })
+        self.revision_for(self.current())
     }
 
     fn set_condition(&mut self, type_: &str, status: &str, reason: &str, message: String) {
@@ -288,6 +278,7 @@ impl<'a> Planner<'a> {
         self.scale_replica_sets(targets);
         self.scale_down_old_replica_sets();
         self.delete_old_history();
+        self.ephemeral_metadata();
         self.services();
         self.traffic(targets);
         self.counts();
@@ -453,16 +444,22 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// The revision the ReplicaSet with `hash` has as the current one: its own when it is the
+    /// newest, else the next one (as Deployments and Argo do, a ReplicaSet that becomes current
+    /// again, or a new one, is numbered after every other).
     fn revision_for(&self, hash: &str) -> i64 {
-        self.rs(hash).map(|rs| rs.revision).unwrap_or_else(|| {
-            self.observed
-                .replica_sets
-                .iter()
-                .map(|rs| rs.revision)
-                .max()
-                .unwrap_or(0)
-                + 1
-        })
+        let newest_other = self
+            .observed
+            .replica_sets
+            .iter()
+            .filter(|rs| rs.pod_template_hash != hash)
+            .map(|rs| rs.revision)
+            .max()
+            .unwrap_or(0);
+        match self.rs(hash) {
+            Some(rs) if rs.revision > newest_other => rs.revision,
+            _ => newest_other + 1,
+        }
     }
 
     fn user_intents(&mut self) {
@@ -493,23 +490,30 @@ impl<'a> Planner<'a> {
         }
         // A verdict already in beats any later intent: a failed analysis aborts even if the user
         // asked for a full promotion in the meantime.
-        if !self.status.abort && !self.promoted() {
-            let observed = self.observed;
-            let failed = [
-                &self.status.canary.current_step_analysis_run_status,
-                &self.status.canary.current_background_analysis_run_status,
-            ]
-            .into_iter()
-            .flatten()
-            .find_map(|reference| {
-                observed.analysis_runs.iter().find(|r| {
-                    r.name == reference.name
-                        && matches!(r.phase, AnalysisPhase::Failed | AnalysisPhase::Error)
-                })
-            });
-            if let Some(run) = failed {
-                self.analysis_failed(&run.name, run.phase, &run.message);
-            }
+        if !self.status.abort
+            && !self.promoted()
+            && let Some(run) = self.failed_run()
+        {
+            self.analysis_failed(&run.name, run.phase, &run.message);
+        }
+        // As Argo does, a full promotion clears an abort, but never one a failed analysis of
+        // this update caused (that verdict wins over any later intent).
+        if self.status.promote_full
+            && self.status.abort
+            && !self.promoted()
+            && self.failed_run().is_none()
+        {
+            self.status.abort = false;
+            self.status.aborted_at = None;
+            self.progressed = true;
+            self.event(
+                false,
+                reason::ROLLOUT_PROMOTED_FULL,
+                format!(
+                    "Fully promoting the aborted update to revision {}: the abort is cleared",
+                    self.revision()
+                ),
+            );
         }
         if self.status.promote_full && !self.status.abort && !self.promoted() {
             if self.index() < self.step_count() || !self.status.pause_conditions.is_empty() {
@@ -525,6 +529,23 @@ impl<'a> Planner<'a> {
             self.stop_analysis_run(AnalysisKind::Step(0));
             self.stop_analysis_run(AnalysisKind::Background);
         }
+    }
+
+    /// A Failed or Error AnalysisRun the status references for this update: the verdict.
+    fn failed_run(&self) -> Option<&'a crate::engine::AnalysisRunObservation> {
+        let observed = self.observed;
+        [
+            &self.status.canary.current_step_analysis_run_status,
+            &self.status.canary.current_background_analysis_run_status,
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|reference| {
+            observed.analysis_runs.iter().find(|r| {
+                r.name == reference.name
+                    && matches!(r.phase, AnalysisPhase::Failed | AnalysisPhase::Error)
+            })
+        })
     }
 
     /// Abort the update: traffic and replicas go back to stable; the phase becomes Degraded.
@@ -1075,25 +1096,44 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// With a router, an aborted canary keeps its pods for abortScaleDownDelaySeconds (0: forever).
+    /// With a router, an aborted canary keeps its pods until the `scale-down-deadline` that
+    /// [`abort_deadline`](Self::abort_deadline) sets (abortScaleDownDelaySeconds 0: forever).
     fn aborted_canary_replicas(&mut self) -> i32 {
+        let Some(rs) = self.rs(self.current()) else {
+            return 0;
+        };
+        if self.canary().abort_scale_down_delay_seconds() == 0 {
+            return rs.replicas;
+        }
+        match rs.scale_down_deadline {
+            Some(deadline) if deadline.as_second() <= self.now.as_second() => 0,
+            Some(deadline) => {
+                self.requeue_in(deadline.as_second() - self.now.as_second());
+                rs.replicas
+            }
+            None => rs.replicas,
+        }
+    }
+
+    /// The deadline the current ReplicaSet should carry: Argo's abort delay, set once the stable
+    /// ReplicaSet can take all traffic (the deadline scales the canary down unconditionally), and
+    /// kept while aborted; none otherwise.
+    fn abort_deadline(&mut self, rs: &ReplicaSetObservation) -> Option<Timestamp> {
         let delay = i64::from(self.canary().abort_scale_down_delay_seconds());
-        let current = self.rs(self.current()).map_or(0, |rs| rs.replicas);
-        if delay == 0 {
-            return current;
+        if !self.status.abort || !self.has_router() || delay == 0 || self.promoted() {
+            return None;
         }
-        let aborted = self
-            .status
-            .aborted_at
-            .as_ref()
-            .map_or(self.now.as_second(), |t| t.0.as_second());
-        let deadline = aborted.saturating_add(delay);
-        if self.now.as_second() >= deadline {
-            0
-        } else {
-            self.requeue_in(deadline - self.now.as_second());
-            current
+        if rs.scale_down_deadline.is_some() {
+            return rs.scale_down_deadline;
         }
+        let stable_ready = self
+            .rs(&self.status.stable_rs)
+            .is_some_and(|s| s.available_replicas >= self.spec.replicas());
+        if !stable_ready || rs.replicas == 0 {
+            return None;
+        }
+        self.requeue_in(delay);
+        Some(self.after(delay))
     }
 
     /// Argo's `AtDesiredReplicaCountsForCanary`, plus router verification.
@@ -1135,6 +1175,7 @@ impl<'a> Planner<'a> {
                 pod_template_hash: current.clone(),
                 replicas: targets.new,
                 revision: self.revision(),
+                ephemeral_metadata: ephemeral::desired(self.spec, &self.status, &current),
             }),
             Some(rs) => {
                 if rs.replicas != targets.new {
@@ -1143,10 +1184,18 @@ impl<'a> Planner<'a> {
                         replicas: targets.new,
                     });
                 }
-                if rs.scale_down_deadline.is_some() {
+                let revision = self.revision();
+                if rs.revision != revision {
+                    self.actions.push(Action::SetRevision {
+                        pod_template_hash: current.clone(),
+                        revision,
+                    });
+                }
+                let deadline = self.abort_deadline(rs);
+                if rs.scale_down_deadline != deadline {
                     self.actions.push(Action::SetScaleDownDeadline {
                         pod_template_hash: current.clone(),
-                        deadline: None,
+                        deadline,
                     });
                 }
             }
@@ -1170,40 +1219,25 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// ReplicaSets that are neither current nor stable go to zero: after scaleDownDelaySeconds with a
-    /// router (so clients draining from them are not cut off), within maxUnavailable without one.
+    /// ReplicaSets that are neither current nor stable go to zero: with a router after their
+    /// `scale-down-deadline` (so clients draining from them are not cut off), within
+    /// maxUnavailable without one.
     fn scale_down_old_replica_sets(&mut self) {
         let current = self.current().to_string();
         let stable = self.status.stable_rs.clone();
-        let old: Vec<&ReplicaSetObservation> = self
+        let mut old: Vec<&ReplicaSetObservation> = self
             .observed
             .replica_sets
             .iter()
-            .filter(|rs| {
-                rs.pod_template_hash != current && rs.pod_template_hash != stable && rs.replicas > 0
-            })
+            .filter(|rs| rs.pod_template_hash != current && rs.pod_template_hash != stable)
             .collect();
-        if old.is_empty() {
+        if self.has_router() {
+            old.sort_by_key(|rs| std::cmp::Reverse(rs.revision));
+            self.scale_down_delayed(&old);
             return;
         }
-        if self.has_router() {
-            let delay = i64::from(self.canary().scale_down_delay_seconds());
-            for rs in old {
-                match rs.scale_down_deadline {
-                    _ if delay == 0 => self.scale_to_zero(rs),
-                    Some(deadline) if deadline.as_second() <= self.now.as_second() => {
-                        self.scale_to_zero(rs)
-                    }
-                    Some(deadline) => self.requeue_in(deadline.as_second() - self.now.as_second()),
-                    None => {
-                        self.actions.push(Action::SetScaleDownDeadline {
-                            pod_template_hash: rs.pod_template_hash.clone(),
-                            deadline: Some(self.after(delay)),
-                        });
-                        self.requeue_in(delay);
-                    }
-                }
-            }
+        old.retain(|rs| rs.replicas > 0);
+        if old.is_empty() {
             return;
         }
         let spec_replicas = self.spec.replicas();
@@ -1229,11 +1263,54 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Argo's `scaleDownDelayHelper`, newest old ReplicaSet first: each keeps its pods until its
+    /// `scale-down-deadline` (set now + scaleDownDelaySeconds when it first becomes old), at most
+    /// `scaleDownDelayRevisionLimit` of them; with dynamicStableScale a promoted rollout's old
+    /// stable goes at once.
+    fn scale_down_delayed(&mut self, old: &[&ReplicaSetObservation]) {
+        let canary = self.canary();
+        let delay = i64::from(canary.scale_down_delay_seconds());
+        let limit = canary.scale_down_delay_revision_limit.unwrap_or(i32::MAX);
+        let at_once = delay == 0 || (canary.dynamic_stable_scale() && self.promoted());
+        let mut delayed = 0;
+        for rs in old {
+            if rs.replicas == 0 || at_once {
+                self.scale_to_zero(rs);
+                continue;
+            }
+            let within_limit = delayed < limit;
+            delayed += 1;
+            match rs.scale_down_deadline {
+                _ if !within_limit => self.scale_to_zero(rs),
+                Some(deadline) if deadline.as_second() <= self.now.as_second() => {
+                    self.scale_to_zero(rs)
+                }
+                Some(deadline) => self.requeue_in(deadline.as_second() - self.now.as_second()),
+                None => {
+                    self.actions.push(Action::SetScaleDownDeadline {
+                        pod_template_hash: rs.pod_template_hash.clone(),
+                        deadline: Some(self.after(delay)),
+                    });
+                    self.requeue_in(delay);
+                }
+            }
+        }
+    }
+
+    /// Scale an old ReplicaSet to zero and drop its deadline, as Argo does on a full scale-down.
     fn scale_to_zero(&mut self, rs: &ReplicaSetObservation) {
-        self.actions.push(Action::ScaleReplicaSet {
-            pod_template_hash: rs.pod_template_hash.clone(),
-            replicas: 0,
-        });
+        if rs.replicas != 0 {
+            self.actions.push(Action::ScaleReplicaSet {
+                pod_template_hash: rs.pod_template_hash.clone(),
+                replicas: 0,
+            });
+        }
+        if rs.scale_down_deadline.is_some() {
+            self.actions.push(Action::SetScaleDownDeadline {
+                pod_template_hash: rs.pod_template_hash.clone(),
+                deadline: None,
+            });
+        }
     }
 
     /// Keep `revisionHistoryLimit` scaled-down old ReplicaSets; delete older ones.
@@ -1256,6 +1333,27 @@ impl<'a> Planner<'a> {
                 pod_template_hash: rs.pod_template_hash.clone(),
             });
         }
+    }
+
+    /// `canaryMetadata` / `stableMetadata` on every ReplicaSet that stays (see [`ephemeral`]).
+    fn ephemeral_metadata(&mut self) {
+        let deleted: Vec<String> = self
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::DeleteReplicaSet { pod_template_hash } => Some(pod_template_hash.clone()),
+                _ => None,
+            })
+            .collect();
+        let kept: Vec<ReplicaSetObservation> = self
+            .observed
+            .replica_sets
+            .iter()
+            .filter(|rs| !deleted.contains(&rs.pod_template_hash))
+            .cloned()
+            .collect();
+        let actions = ephemeral::sync(self.spec, &self.status, &kept);
+        self.actions.extend(actions);
     }
 
     /// Point the managed Services at pods that can serve: a Service never selects a ReplicaSet
@@ -1443,7 +1541,8 @@ impl<'a> Planner<'a> {
         let complete = self.promoted()
             && self.status.updated_replicas == spec_replicas
             && self.status.available_replicas >= spec_replicas
-            && self.status.replicas == self.status.updated_replicas;
+            // Old pods of a routed canary wait for their scale-down deadline without traffic.
+            && (self.status.replicas == self.status.updated_replicas || self.has_router());
         if paused {
             self.set_condition(
                 reason::PAUSED,

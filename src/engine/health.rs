@@ -67,17 +67,29 @@ fn degraded_message(status: &RolloutStatus) -> Option<String> {
 }
 
 /// Replica checks shared by Argo's phase and Argo CD's health.
+///
+/// With a traffic router, old pods kept for `scaleDownDelaySeconds` (or the
+/// `scaleDownDelayRevisionLimit`) receive no traffic and do not hold the phase back: Argo reports
+/// Healthy at once and scales them down at their `scale-down-deadline`.
 fn replicas_progressing(spec: &RolloutSpec, status: &RolloutStatus) -> Option<&'static str> {
     if status.updated_replicas < spec.replicas() {
         return Some("more replicas need to be updated");
     }
-    if status.replicas > status.updated_replicas {
+    if status.replicas > status.updated_replicas && !routed(spec) {
         return Some("old replicas are pending termination");
     }
     if status.available_replicas < status.updated_replicas {
         return Some("updated replicas are still becoming available");
     }
     None
+}
+
+/// A canary with `trafficRouting`: old ReplicaSets may keep pods until their scale-down deadline.
+pub fn routed(spec: &RolloutSpec) -> bool {
+    spec.strategy
+        .canary
+        .as_ref()
+        .is_some_and(|c| c.traffic_routing.is_some())
 }
 
 /// Argo's `CalculateRolloutPhase`: the phase and its message.
@@ -123,7 +135,8 @@ pub fn phase(
     (RolloutPhase::Healthy, String::new())
 }
 
-/// Argo CD's health for a Rollout, recomputed from status fields (not from `status.phase`).
+/// Argo CD's health for a Rollout, recomputed from status fields (not from `status.phase`; Argo
+/// CD reads the phase when there is one, so both must agree, old pods of a routed canary included).
 pub fn argocd_health(spec: &RolloutSpec, status: &RolloutStatus, generation: i64) -> Health {
     if status.observed_generation != generation.to_string() {
         return Health::Progressing;

@@ -16,6 +16,7 @@
 //! The time is an input ([`Observations::now`]).
 
 pub mod analysis;
+mod ephemeral;
 pub mod flagger;
 pub mod hash;
 pub mod health;
@@ -38,7 +39,8 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::argo::rollout::{
-    AnalysisRunArgument, DryRun, MeasurementRetention, RolloutSpec, RolloutStatus, ScaleDown,
+    AnalysisRunArgument, DryRun, MeasurementRetention, PodTemplateMetadata, RolloutSpec,
+    RolloutStatus, ScaleDown,
 };
 
 pub use crate::api::argo::analysis::AnalysisPhase;
@@ -110,6 +112,9 @@ pub struct ReplicaSetObservation {
     pub revision: i64,
     /// Its `scale-down-deadline` annotation, when set.
     pub scale_down_deadline: Option<Timestamp>,
+    /// The `canaryMetadata` / `stableMetadata` it and its pods carry (its
+    /// `rollout.argoproj.io/ephemeral-metadata` annotation).
+    pub ephemeral_metadata: Option<PodTemplateMetadata>,
     /// Its pod template equals the Rollout's current template (ignoring the hash label).
     ///
     /// Lets the engine adopt a ReplicaSet made by another controller (Argo) instead of starting an
@@ -177,16 +182,30 @@ pub struct Plan {
 /// Something the controller should make true. Every action is idempotent.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// Create the ReplicaSet for the current template (named `<rollout>-<hash>`).
+    /// Create the ReplicaSet for the current template (named `<rollout>-<hash>`), its pods
+    /// carrying `ephemeral_metadata` (recorded in Argo's annotation).
     CreateReplicaSet {
         pod_template_hash: String,
         replicas: i32,
         revision: i64,
+        ephemeral_metadata: Option<PodTemplateMetadata>,
+    },
+    /// Make a ReplicaSet's pod template and its existing pods carry `desired` instead of
+    /// `previous` (keys only in `previous` are removed), then record `desired` on it.
+    SetEphemeralMetadata {
+        pod_template_hash: String,
+        previous: Option<PodTemplateMetadata>,
+        desired: Option<PodTemplateMetadata>,
     },
     /// Set `spec.replicas` of an existing ReplicaSet.
     ScaleReplicaSet {
         pod_template_hash: String,
         replicas: i32,
+    },
+    /// Set the `rollout.argoproj.io/revision` annotation of a ReplicaSet that is current again.
+    SetRevision {
+        pod_template_hash: String,
+        revision: i64,
     },
     /// Set (or clear, with `None`) the `scale-down-deadline` annotation.
     SetScaleDownDeadline {

@@ -304,7 +304,7 @@ proptest! {
         let mut observed = Observations::at(when);
         observed.replica_sets = sets.into_iter().map(|(r, s, a, rev, m, h)| ReplicaSetObservation {
             pod_template_hash: h, replicas: r, status_replicas: s, ready_replicas: a, available_replicas: a,
-            revision: rev, scale_down_deadline: None, matches_current_template: m,
+            revision: rev, scale_down_deadline: None, ephemeral_metadata: None, matches_current_template: m,
         }).collect();
         observed.traffic = traffic.map(|(w, v)| TrafficObservation { canary_weight: w, verified: v });
         observed.analysis_runs = runs.into_iter().map(|(name, p)| AnalysisRunObservation { name, phase: phases[p as usize], message: String::new() }).collect();

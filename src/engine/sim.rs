@@ -161,6 +161,7 @@ impl Simulation {
                 pod_template_hash,
                 replicas,
                 revision,
+                ephemeral_metadata,
             } => {
                 if self.rs(&pod_template_hash).is_none() {
                     let n = if ready { replicas } else { 0 };
@@ -172,8 +173,23 @@ impl Simulation {
                         available_replicas: n,
                         revision,
                         scale_down_deadline: None,
+                        ephemeral_metadata,
                         matches_current_template: true,
                     });
+                }
+            }
+            Action::SetEphemeralMetadata {
+                pod_template_hash,
+                desired,
+                ..
+            } => {
+                if let Some(rs) = self
+                    .observed
+                    .replica_sets
+                    .iter_mut()
+                    .find(|rs| rs.pod_template_hash == pod_template_hash)
+                {
+                    rs.ephemeral_metadata = desired;
                 }
             }
             Action::ScaleReplicaSet {
@@ -191,6 +207,19 @@ impl Simulation {
                 if ready || replicas < rs.available_replicas {
                     rs.ready_replicas = replicas;
                     rs.available_replicas = replicas;
+                }
+            }
+            Action::SetRevision {
+                pod_template_hash,
+                revision,
+            } => {
+                if let Some(rs) = self
+                    .observed
+                    .replica_sets
+                    .iter_mut()
+                    .find(|rs| rs.pod_template_hash == pod_template_hash)
+                {
+                    rs.revision = revision;
                 }
             }
             Action::SetScaleDownDeadline {

@@ -264,6 +264,38 @@ fn abort_returns_everything_to_stable_and_retry_starts_over() {
 }
 
 #[test]
+fn a_replica_set_that_is_current_again_is_numbered_after_the_others() {
+    let (mut world, first) = deployed(spec(2, json!({})));
+    world.set_image("demo:2");
+    world.settle();
+    world.set_image("demo:1");
+    world.settle();
+    assert_eq!(world.status.stable_rs, first);
+    assert_eq!(world.rs(&first).unwrap().revision, 3);
+}
+
+#[test]
+fn promote_full_clears_a_manual_abort_and_completes() {
+    let (mut world, stable) = deployed(spec(
+        4,
+        json!({"steps": [{"setWeight": 50}, {"pause": {}}]}),
+    ));
+    world.set_image("demo:2");
+    world.settle();
+    let canary = world.status.current_pod_hash.clone();
+    world.intent(Intent::Abort);
+    world.settle();
+    assert_eq!(world.status.phase, Some(RolloutPhase::Degraded));
+    world.intent(Intent::PromoteFull);
+    world.settle();
+    assert!(!world.status.abort);
+    assert_eq!(world.status.stable_rs, canary);
+    assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
+    assert_eq!(world.replicas(&stable), 0);
+    assert!(world.has_event(reason::ROLLOUT_PROMOTED_FULL));
+}
+
+#[test]
 fn promote_full_skips_remaining_steps_and_analysis() {
     let steps = json!([{"setWeight": 10}, {"pause": {}}, {"analysis": {"templates": [{"templateName": "t"}]}}, {"setWeight": 50}]);
     let (mut world, _) = deployed(spec(5, json!({"steps": steps})));
@@ -454,6 +486,7 @@ fn an_existing_replica_set_with_the_same_template_is_adopted() {
         available_replicas: 3,
         revision: 4,
         scale_down_deadline: None,
+        ephemeral_metadata: None,
         matches_current_template: true,
     });
     world.status.current_pod_hash = "argohash".into();
@@ -554,6 +587,11 @@ fn a_failed_analysis_aborts_and_degrades() {
             "{}",
             world.status.message
         );
+        assert_eq!(world.status.stable_rs, stable);
+        // The verdict wins over a later full promotion (Argo would clear the abort).
+        world.intent(Intent::PromoteFull);
+        world.settle();
+        assert!(world.status.abort);
         assert_eq!(world.status.stable_rs, stable);
     }
 }
@@ -739,6 +777,71 @@ fn routed_promotion_switches_the_stable_service_before_moving_traffic_back() {
 }
 
 #[test]
+fn a_routed_promotion_is_healthy_at_once_while_the_old_pods_wait_for_their_deadline() {
+    let (mut world, stable) = deployed(routed(2, json!([{"setWeight": 50}, {"pause": {}}])));
+    world.spec.progress_deadline_seconds = Some(5);
+    world.set_image("demo:2");
+    world.settle();
+    world.intent(Intent::Promote);
+    world.settle();
+    let canary = world.status.current_pod_hash.clone();
+    assert_eq!(world.status.stable_rs, canary);
+    assert_eq!(world.replicas(&stable), 2, "kept for scaleDownDelaySeconds");
+    let deadline = world.rs(&stable).unwrap().scale_down_deadline;
+    assert_eq!(
+        deadline.map(|d| d.as_second() - world.observed.now.as_second()),
+        Some(30)
+    );
+    assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
+    let completed = |w: &World, type_: &str| {
+        w.status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+    };
+    assert!(completed(&world, reason::COMPLETED));
+    assert!(completed(&world, reason::HEALTHY));
+    // Past progressDeadlineSeconds while the old pods wait: still Healthy, not timed out.
+    world.advance(10);
+    world.settle();
+    assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
+    assert_eq!(world.replicas(&stable), 2);
+    world.advance(20);
+    world.settle();
+    assert_eq!(world.replicas(&stable), 0);
+    assert_eq!(world.rs(&stable).unwrap().scale_down_deadline, None);
+    assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
+}
+
+#[test]
+fn scale_down_delay_revision_limit_keeps_only_the_newest_old_replica_sets() {
+    let mut spec = routed(1, json!([]));
+    spec.strategy
+        .canary
+        .as_mut()
+        .unwrap()
+        .scale_down_delay_revision_limit = Some(1);
+    let (mut world, first) = deployed(spec);
+    world.set_image("demo:2");
+    world.settle();
+    let second = world.status.stable_rs.clone();
+    assert_ne!(first, second);
+    assert_eq!(world.replicas(&first), 1);
+    assert!(world.rs(&first).unwrap().scale_down_deadline.is_some());
+    world.set_image("demo:3");
+    world.settle();
+    assert_eq!(
+        world.replicas(&first),
+        0,
+        "beyond scaleDownDelayRevisionLimit"
+    );
+    assert_eq!(world.rs(&first).unwrap().scale_down_deadline, None);
+    assert_eq!(world.replicas(&second), 1);
+    assert!(world.rs(&second).unwrap().scale_down_deadline.is_some());
+    assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
+}
+
+#[test]
 fn routed_abort_moves_traffic_at_once_and_keeps_canary_pods_for_the_delay() {
     let (mut world, stable) = deployed(routed(4, json!([{"setWeight": 50}, {"pause": {}}])));
     world.set_image("demo:2");
@@ -756,6 +859,15 @@ fn routed_abort_moves_traffic_at_once_and_keeps_canary_pods_for_the_delay() {
         world.replicas(&canary),
         2,
         "kept for abortScaleDownDelaySeconds"
+    );
+    assert_eq!(
+        world
+            .rs(&canary)
+            .unwrap()
+            .scale_down_deadline
+            .map(|d| d.as_second() - world.observed.now.as_second()),
+        Some(30),
+        "the canary carries Argo's scale-down-deadline"
     );
     assert_eq!(
         world

@@ -138,6 +138,32 @@ fn validate_template(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
     }
 }
 
+/// canaryMetadata / stableMetadata labels must not touch the selector or the hash label: pods
+/// would leave their ReplicaSet, which would make new ones without end.
+fn ephemeral_labels(
+    spec: &RolloutSpec,
+    canary: &crate::api::argo::rollout::CanaryStrategy,
+    errors: &mut Vec<InvalidSpec>,
+) {
+    let selector = spec.selector.as_ref().and_then(|s| s.match_labels.as_ref());
+    for (field, metadata) in [
+        ("canaryMetadata", &canary.canary_metadata),
+        ("stableMetadata", &canary.stable_metadata),
+    ] {
+        let labels = metadata.as_ref().and_then(|m| m.labels.as_ref());
+        for key in labels.into_iter().flat_map(|l| l.keys()) {
+            let reserved = key == crate::api::argo::rollout::POD_TEMPLATE_HASH_LABEL
+                || selector.is_some_and(|s| s.contains_key(key));
+            if reserved {
+                errors.push(err(
+                    format!("spec.strategy.canary.{field}.labels.{key}"),
+                    "a label of the selector or rollouts-pod-template-hash cannot be set here",
+                ));
+            }
+        }
+    }
+}
+
 fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
     let Some(canary) = &spec.strategy.canary else {
         return;
@@ -195,6 +221,7 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
             }
         }
     }
+    ephemeral_labels(spec, canary, errors);
     if canary.dynamic_stable_scale() && canary.scale_down_delay_seconds.is_some() {
         errors.push(err(
             format!("{base}.dynamicStableScale"),
@@ -782,6 +809,21 @@ mod tests {
             problems[0]
                 .field
                 .ends_with("destinationRule.additionalSubsetNames")
+        );
+    }
+
+    #[test]
+    fn ephemeral_labels_may_not_touch_the_selector_or_the_hash() {
+        let problems = validate(&spec(json!({
+            "canaryMetadata": {"labels": {"app": "b", "role": "canary"}},
+            "stableMetadata": {"labels": {"rollouts-pod-template-hash": "x"}}})));
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.strategy.canary.canaryMetadata.labels.app",
+                "spec.strategy.canary.stableMetadata.labels.rollouts-pod-template-hash",
+            ]
         );
     }
 }

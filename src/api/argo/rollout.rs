@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 pub const POD_TEMPLATE_HASH_LABEL: &str = "rollouts-pod-template-hash";
 /// Annotation on an old ReplicaSet: when it may be scaled down.
 pub const SCALE_DOWN_DEADLINE_ANNOTATION: &str = "scale-down-deadline";
+/// Annotation on a ReplicaSet recording the `canaryMetadata` / `stableMetadata` (JSON) injected
+/// into its pod template and pods, so it can be taken off again (Argo's key and format).
+pub const EPHEMERAL_METADATA_ANNOTATION: &str = "rollout.argoproj.io/ephemeral-metadata";
 /// Annotation on a Service or route managed on behalf of a Rollout.
 pub const MANAGED_BY_ROLLOUTS_ANNOTATION: &str = "argo-rollouts.argoproj.io/managed-by-rollouts";
 /// Annotation on a ReplicaSet: the Rollout revision it belongs to.
@@ -289,7 +292,7 @@ pub enum ReplicaProgressThresholdType {
 }
 
 /// Labels and annotations added to pods or objects.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct PodTemplateMetadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,

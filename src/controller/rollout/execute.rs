@@ -18,14 +18,15 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::Error;
+use super::ephemeral;
 use super::fresh::{self, Fresh};
 use super::observe::TEMPLATE_HASH_ANNOTATION;
 use crate::api::argo::analysis::{
     AnalysisRun, AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate,
 };
 use crate::api::argo::rollout::{
-    MANAGED_BY_ROLLOUTS_ANNOTATION, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, Rollout,
-    RolloutSpec, SCALE_DOWN_DEADLINE_ANNOTATION,
+    EPHEMERAL_METADATA_ANNOTATION, MANAGED_BY_ROLLOUTS_ANNOTATION, POD_TEMPLATE_HASH_LABEL,
+    PodTemplateMetadata, REVISION_ANNOTATION, Rollout, RolloutSpec, SCALE_DOWN_DEADLINE_ANNOTATION,
 };
 use crate::controller::FIELD_MANAGER;
 use crate::engine::analysis::args::{self, ArgsError};
@@ -116,8 +117,30 @@ impl Target<'_> {
                 pod_template_hash,
                 replicas,
                 revision,
+                ephemeral_metadata,
             } => {
-                self.create_replica_set(pod_template_hash, *replicas, *revision)
+                let mut rs = replica_set(
+                    self.rollout,
+                    self.spec,
+                    pod_template_hash,
+                    *replicas,
+                    *revision,
+                );
+                if let Some(template) = rs.spec.as_mut().and_then(|s| s.template.as_mut()) {
+                    ephemeral::add_to_new(
+                        &mut rs.metadata,
+                        template.metadata.get_or_insert_with(Default::default),
+                        ephemeral_metadata.as_ref(),
+                    );
+                }
+                self.create_replica_set(rs).await
+            }
+            Action::SetEphemeralMetadata {
+                pod_template_hash,
+                previous,
+                desired,
+            } => {
+                self.set_ephemeral_metadata(pod_template_hash, previous.as_ref(), desired.as_ref())
                     .await
             }
             Action::ScaleReplicaSet {
@@ -125,6 +148,14 @@ impl Target<'_> {
                 replicas,
             } => {
                 let patch = json!({"spec": {"replicas": replicas}});
+                self.patch_replica_set(pod_template_hash, &patch).await
+            }
+            Action::SetRevision {
+                pod_template_hash,
+                revision,
+            } => {
+                let value = revision.to_string();
+                let patch = json!({"metadata": {"annotations": {REVISION_ANNOTATION: value}}});
                 self.patch_replica_set(pod_template_hash, &patch).await
             }
             Action::SetScaleDownDeadline {
@@ -202,15 +233,35 @@ impl Target<'_> {
         }
     }
 
-    async fn create_replica_set(
+    /// Template first (new pods), then the existing pods, then the record (see `ephemeral`).
+    async fn set_ephemeral_metadata(
         &self,
         hash: &str,
-        replicas: i32,
-        revision: i64,
+        previous: Option<&PodTemplateMetadata>,
+        desired: Option<&PodTemplateMetadata>,
     ) -> Result<(), Error> {
+        let metadata = ephemeral::metadata_patch(previous, desired);
+        let template = json!({"spec": {"template": {"metadata": metadata}}});
+        self.patch_replica_set(hash, &template).await?;
+        ephemeral::patch_pods(
+            self.client,
+            &self.namespace(),
+            &self.rs_name(hash),
+            hash,
+            &self.name(),
+            &metadata,
+            &Self::params(),
+        )
+        .await?;
+        let record = desired.map(|d| ephemeral::record(Some(d)));
+        let annotation =
+            json!({"metadata": {"annotations": {EPHEMERAL_METADATA_ANNOTATION: record}}});
+        self.patch_replica_set(hash, &annotation).await
+    }
+
+    async fn create_replica_set(&self, rs: ReplicaSet) -> Result<(), Error> {
         let namespace = self.namespace();
-        let name = self.rs_name(hash);
-        let rs = replica_set(self.rollout, self.spec, hash, replicas, revision);
+        let name = rs.name_any();
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &namespace);
         let pp = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),

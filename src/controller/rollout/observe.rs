@@ -22,8 +22,8 @@ use super::fresh::{self, Fresh};
 use super::index::{Index, controller_named};
 use crate::api::argo::analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};
 use crate::api::argo::rollout::{
-    POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, Rollout, RolloutSpec,
-    SCALE_DOWN_DEADLINE_ANNOTATION, ScaleDown,
+    EPHEMERAL_METADATA_ANNOTATION, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, Rollout,
+    RolloutSpec, SCALE_DOWN_DEADLINE_ANNOTATION, ScaleDown,
 };
 use crate::engine::health::reason::INVALID_SPEC;
 use crate::engine::{
@@ -499,6 +499,10 @@ fn replica_set(rs: &ReplicaSet, current_hash: Option<&str>) -> Option<ReplicaSet
         scale_down_deadline: annotations
             .get(SCALE_DOWN_DEADLINE_ANNOTATION)
             .and_then(|d| d.parse().ok()),
+        // Unreadable counts as none: the engine writes it again (keys it cannot know stay).
+        ephemeral_metadata: annotations
+            .get(EPHEMERAL_METADATA_ANNOTATION)
+            .and_then(|m| serde_json::from_str(m).ok()),
         pod_template_hash: hash,
     })
 }
