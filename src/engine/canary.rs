@@ -24,6 +24,12 @@ use crate::engine::{
     ReplicaSetObservation, hash, validate,
 };
 
+mod bluegreen;
+
+/// What a blue-green Rollout's canary helpers see: no steps, no router, no Services.
+static NO_CANARY: std::sync::LazyLock<CanaryStrategy> =
+    std::sync::LazyLock::new(CanaryStrategy::default);
+
 /// Plan the next status and actions for a Rollout. Pure and total: never panics.
 pub fn plan(input: Input<'_>) -> Plan {
     let mut planner = Planner::new(input);
@@ -51,6 +57,9 @@ struct Planner<'a> {
     abort_message: Option<String>,
     /// The step index when this plan started: a user's resume applies to that step only.
     start_index: i32,
+    /// Why a Progressing rollout is waiting (shown as `status.message`), when the phase alone
+    /// does not say it.
+    wait_message: Option<String>,
 }
 
 /// The pods a plan wants for the current and the stable ReplicaSet, and the canary weight.
@@ -78,13 +87,17 @@ impl<'a> Planner<'a> {
             progressed: false,
             abort_message: None,
             start_index: input.status.current_step_index.unwrap_or(0),
+            wait_message: None,
         }
     }
 
     fn finish(mut self) -> Plan {
         let (phase, message) = health::phase(self.spec, &self.status, self.observed.generation);
         self.status.phase = Some(phase);
-        self.status.message = message;
+        self.status.message = match self.wait_message {
+            Some(wait) if phase == crate::api::argo::rollout::RolloutPhase::Progressing => wait,
+            _ => message,
+        };
         Plan {
             status: self.status,
             actions: self.actions,
@@ -94,12 +107,9 @@ impl<'a> Planner<'a> {
 
     // === helpers ===
 
+    /// The canary strategy; an empty one for a blue-green Rollout (validated: one is set).
     fn canary(&self) -> &'a CanaryStrategy {
-        self.spec
-            .strategy
-            .canary
-            .as_ref()
-            .expect("validated: canary strategy is set")
+        self.spec.strategy.canary.as_ref().unwrap_or(&NO_CANARY)
     }
 
     fn steps(&self) -> &'a [CanaryStep] {
@@ -120,9 +130,12 @@ impl<'a> Planner<'a> {
     /// maxSurge and maxUnavailable resolved against spec.replicas (validated, so never an error).
     fn fenceposts(&self) -> (i32, i32) {
         let canary = self.canary();
+        let blue_green = self.spec.strategy.blue_green.as_ref();
         replicas::fenceposts(
             canary.max_surge.as_ref(),
-            canary.max_unavailable.as_ref(),
+            blue_green.map_or(canary.max_unavailable.as_ref(), |b| {
+                b.max_unavailable.as_ref()
+            }),
             self.spec.replicas(),
         )
         .unwrap_or((1, 0))
@@ -273,6 +286,10 @@ impl<'a> Planner<'a> {
 
         self.identify_revision();
         self.user_intents();
+        if self.spec.strategy.blue_green.is_some() {
+            self.blue_green();
+            return;
+        }
         self.start_index = self.index();
         if !self.status.abort && !self.promoted() && !self.status.promote_full {
             self.run_steps();
@@ -1075,9 +1092,13 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// With a router, an aborted canary keeps its pods for abortScaleDownDelaySeconds (0: forever).
+    /// With a router (or blue-green), an aborted canary keeps its pods for
+    /// abortScaleDownDelaySeconds (0: forever).
     fn aborted_canary_replicas(&mut self) -> i32 {
-        let delay = i64::from(self.canary().abort_scale_down_delay_seconds());
+        let delay = i64::from(match &self.spec.strategy.blue_green {
+            Some(blue_green) => blue_green.abort_scale_down_delay_seconds.unwrap_or(30),
+            None => self.canary().abort_scale_down_delay_seconds(),
+        });
         let current = self.rs(self.current()).map_or(0, |rs| rs.replicas);
         if delay == 0 {
             return current;
@@ -1136,37 +1157,28 @@ impl<'a> Planner<'a> {
                 replicas: targets.new,
                 revision: self.revision(),
             }),
-            Some(rs) => {
-                if rs.replicas != targets.new {
-                    self.actions.push(Action::ScaleReplicaSet {
-                        pod_template_hash: current.clone(),
-                        replicas: targets.new,
-                    });
-                }
-                if rs.scale_down_deadline.is_some() {
-                    self.actions.push(Action::SetScaleDownDeadline {
-                        pod_template_hash: current.clone(),
-                        deadline: None,
-                    });
-                }
-            }
+            Some(rs) => self.scale_and_keep(rs, targets.new),
         }
-        if !self.promoted() {
-            let stable = self.status.stable_rs.clone();
-            if let Some(rs) = self.rs(&stable) {
-                if rs.replicas != targets.stable {
-                    self.actions.push(Action::ScaleReplicaSet {
-                        pod_template_hash: stable.clone(),
-                        replicas: targets.stable,
-                    });
-                }
-                if rs.scale_down_deadline.is_some() {
-                    self.actions.push(Action::SetScaleDownDeadline {
-                        pod_template_hash: stable,
-                        deadline: None,
-                    });
-                }
-            }
+        if !self.promoted()
+            && let Some(rs) = self.rs(&self.status.stable_rs)
+        {
+            self.scale_and_keep(rs, targets.stable);
+        }
+    }
+
+    /// Scale a ReplicaSet the Rollout needs and clear any scale-down deadline it carries.
+    fn scale_and_keep(&mut self, rs: &ReplicaSetObservation, replicas: i32) {
+        if rs.replicas != replicas {
+            self.actions.push(Action::ScaleReplicaSet {
+                pod_template_hash: rs.pod_template_hash.clone(),
+                replicas,
+            });
+        }
+        if rs.scale_down_deadline.is_some() {
+            self.actions.push(Action::SetScaleDownDeadline {
+                pod_template_hash: rs.pod_template_hash.clone(),
+                deadline: None,
+            });
         }
     }
 
@@ -1189,20 +1201,7 @@ impl<'a> Planner<'a> {
         if self.has_router() {
             let delay = i64::from(self.canary().scale_down_delay_seconds());
             for rs in old {
-                match rs.scale_down_deadline {
-                    _ if delay == 0 => self.scale_to_zero(rs),
-                    Some(deadline) if deadline.as_second() <= self.now.as_second() => {
-                        self.scale_to_zero(rs)
-                    }
-                    Some(deadline) => self.requeue_in(deadline.as_second() - self.now.as_second()),
-                    None => {
-                        self.actions.push(Action::SetScaleDownDeadline {
-                            pod_template_hash: rs.pod_template_hash.clone(),
-                            deadline: Some(self.after(delay)),
-                        });
-                        self.requeue_in(delay);
-                    }
-                }
+                self.scale_down_after(rs, delay);
             }
             return;
         }
@@ -1225,6 +1224,25 @@ impl<'a> Planner<'a> {
                     pod_template_hash: rs.pod_template_hash.clone(),
                     replicas: rs.replicas - take,
                 });
+            }
+        }
+    }
+
+    /// Scale `rs` to zero once its scale-down deadline has passed, setting one `delay` seconds
+    /// ahead first (0: at once).
+    fn scale_down_after(&mut self, rs: &ReplicaSetObservation, delay: i64) {
+        match rs.scale_down_deadline {
+            _ if delay == 0 => self.scale_to_zero(rs),
+            Some(deadline) if deadline.as_second() <= self.now.as_second() => {
+                self.scale_to_zero(rs)
+            }
+            Some(deadline) => self.requeue_in(deadline.as_second() - self.now.as_second()),
+            None => {
+                self.actions.push(Action::SetScaleDownDeadline {
+                    pod_template_hash: rs.pod_template_hash.clone(),
+                    deadline: Some(self.after(delay)),
+                });
+                self.requeue_in(delay);
             }
         }
     }

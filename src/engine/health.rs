@@ -71,13 +71,21 @@ fn replicas_progressing(spec: &RolloutSpec, status: &RolloutStatus) -> Option<&'
     if status.updated_replicas < spec.replicas() {
         return Some("more replicas need to be updated");
     }
-    if status.replicas > status.updated_replicas {
+    // Blue-green keeps the old pods for scaleDownDelaySeconds by design (Argo checks this for a
+    // canary only).
+    if status.replicas > status.updated_replicas && spec.strategy.blue_green.is_none() {
         return Some("old replicas are pending termination");
     }
     if status.available_replicas < status.updated_replicas {
         return Some("updated replicas are still becoming available");
     }
     None
+}
+
+/// A blue-green Rollout whose active Service does not select the current pods yet.
+fn cutover_pending(spec: &RolloutSpec, status: &RolloutStatus) -> bool {
+    spec.strategy.blue_green.is_some()
+        && status.blue_green.active_selector != status.current_pod_hash
 }
 
 /// Argo's `CalculateRolloutPhase`: the phase and its message.
@@ -114,6 +122,12 @@ pub fn phase(
     if let Some(message) = replicas_progressing(spec, status) {
         return (RolloutPhase::Progressing, message.into());
     }
+    if cutover_pending(spec, status) {
+        return (
+            RolloutPhase::Progressing,
+            "active service cutover pending".into(),
+        );
+    }
     if status.stable_rs != status.current_pod_hash {
         return (
             RolloutPhase::Progressing,
@@ -134,7 +148,7 @@ pub fn argocd_health(spec: &RolloutSpec, status: &RolloutStatus, generation: i64
     if spec.paused() || !status.pause_conditions.is_empty() {
         return Health::Suspended;
     }
-    if replicas_progressing(spec, status).is_some() {
+    if replicas_progressing(spec, status).is_some() || cutover_pending(spec, status) {
         return Health::Progressing;
     }
     if status.stable_rs == status.current_pod_hash {

@@ -25,6 +25,8 @@ mod restart;
 pub mod sim;
 pub mod validate;
 
+#[cfg(test)]
+mod bluegreen_tests;
 mod canary;
 #[cfg(test)]
 mod proptests;

@@ -11,7 +11,7 @@
 use std::fmt;
 
 use crate::api::argo::analysis::{AnalysisTemplateRef, Argument};
-use crate::api::argo::rollout::{CanaryStep, RolloutAnalysis, RolloutSpec};
+use crate::api::argo::rollout::{BlueGreenStrategy, CanaryStep, RolloutAnalysis, RolloutSpec};
 use crate::engine::AnalysisTemplates;
 use crate::engine::analysis::args;
 use crate::engine::replicas::fenceposts;
@@ -55,13 +55,44 @@ pub fn validate(spec: &RolloutSpec) -> Vec<InvalidSpec> {
             "spec.strategy",
             "exactly one of spec.strategy.canary or spec.strategy.blueGreen must be set",
         )),
-        (None, Some(_)) => errors.push(err(
-            "spec.strategy.blueGreen",
-            "the blueGreen strategy is not supported by this version of Sluice; use canary",
-        )),
+        (None, Some(blue_green)) => validate_blue_green(blue_green, &mut errors),
         (Some(_), None) => validate_canary(spec, &mut errors),
     }
     errors
+}
+
+fn validate_blue_green(strategy: &BlueGreenStrategy, errors: &mut Vec<InvalidSpec>) {
+    if strategy.active_service.is_empty() {
+        errors.push(err(
+            "spec.strategy.blueGreen.activeService",
+            "must name the Service that receives production traffic",
+        ));
+    }
+    if strategy.preview_service.as_deref() == Some(strategy.active_service.as_str()) {
+        errors.push(err(
+            "spec.strategy.blueGreen.previewService",
+            "must differ from activeService",
+        ));
+    }
+    let unsupported = [
+        (
+            "prePromotionAnalysis",
+            strategy.pre_promotion_analysis.is_some(),
+        ),
+        (
+            "postPromotionAnalysis",
+            strategy.post_promotion_analysis.is_some(),
+        ),
+        ("activeMetadata", strategy.active_metadata.is_some()),
+        ("previewMetadata", strategy.preview_metadata.is_some()),
+        ("antiAffinity", strategy.anti_affinity.is_some()),
+    ];
+    for (field, _) in unsupported.iter().filter(|(_, set)| *set) {
+        errors.push(err(
+            format!("spec.strategy.blueGreen.{field}"),
+            "not supported by this version of Sluice yet; remove it, or use the canary strategy",
+        ));
+    }
 }
 
 fn validate_template(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {

@@ -120,14 +120,7 @@ impl Default for Indexes {
                     .collect()
             }),
             rollouts_by_service: Index::new(|r| {
-                let mut names: Vec<String> = r
-                    .spec
-                    .strategy
-                    .canary
-                    .iter()
-                    .flat_map(|c| [c.canary_service.clone(), c.stable_service.clone()])
-                    .flatten()
-                    .collect();
+                let mut names = managed_services(&r.spec);
                 names.dedup();
                 names
             }),
@@ -380,17 +373,13 @@ pub fn observations(
         .collect();
 
     let mut services = BTreeMap::new();
-    if let Some(canary) = &spec.strategy.canary {
-        for name in [&canary.canary_service, &canary.stable_service]
-            .into_iter()
-            .flatten()
+    for name in managed_services(spec) {
+        if let Some(service) = caches
+            .services
+            .get(&ObjectRef::new(&name).within(&namespace))
         {
-            if let Some(service) = caches
-                .services
-                .get(&ObjectRef::new(name).within(&namespace))
-            {
-                services.insert(name.clone(), service_observation(&service, caches));
-            }
+            let observation = service_observation(&service, caches);
+            services.insert(name, observation);
         }
     }
 
@@ -501,6 +490,21 @@ fn replica_set(rs: &ReplicaSet, current_hash: Option<&str>) -> Option<ReplicaSet
             .and_then(|d| d.parse().ok()),
         pod_template_hash: hash,
     })
+}
+
+/// The Services whose selectors the Rollout manages: canary and stable, or active and preview.
+fn managed_services(spec: &RolloutSpec) -> Vec<String> {
+    let canary = spec
+        .strategy
+        .canary
+        .iter()
+        .flat_map(|c| [c.canary_service.clone(), c.stable_service.clone()]);
+    let blue_green = spec
+        .strategy
+        .blue_green
+        .iter()
+        .flat_map(|b| [Some(b.active_service.clone()), b.preview_service.clone()]);
+    canary.chain(blue_green).flatten().collect()
 }
 
 fn service_observation(service: &Service, caches: &Caches) -> ServiceObservation {
