@@ -511,3 +511,128 @@ async fn the_switch_through_traefik_loses_no_request_and_then_serves_only_the_ne
     assert_eq!(f.replica_sets().await[&stable].0, 2);
     f.scaled(&stable, 0).await;
 }
+
+impl Fixture {
+    /// AnalysisTemplates `passes` (vector(1), two measurements) and `fails` (vector(0)).
+    async fn templates(&self) {
+        for (name, value) in [("passes", 1), ("fails", 0)] {
+            self.env
+                .create(
+                    &self.ns.name,
+                    json!({
+                        "apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",
+                        "metadata": {"name": name},
+                        "spec": {"metrics": [{
+                            "name": "probe", "interval": "1s", "count": 2,
+                            "successCondition": "result[0] >= 1",
+                            "failureCondition": "result[0] < 1",
+                            "provider": {"prometheus": {
+                                "address": self.env.prometheus_url,
+                                "query": format!("vector({value})"),
+                            }},
+                        }]},
+                    }),
+                )
+                .await;
+        }
+    }
+}
+
+fn analysis(template: &str) -> Value {
+    json!({"templates": [{"templateName": template}]})
+}
+
+/// prePromotionAnalysis gates the switch: a passing run lets it happen (and is recorded), a
+/// failing one aborts with the active Service still on stable.
+#[tokio::test]
+async fn pre_promotion_analysis_gates_the_switch_and_its_failure_aborts() {
+    let Some(f) = fixture("bg-pre").await else {
+        return;
+    };
+    f.services(8080).await;
+    f.templates().await;
+    f.create(
+        2,
+        blue_green(json!({"prePromotionAnalysis": analysis("passes")})),
+        None,
+    )
+    .await;
+    let first = f.healthy().await;
+    f.set_image("registry.invalid/web:2").await;
+    let r = f
+        .wait("the update promoted after its pre-promotion run", |r| {
+            let s = status(r);
+            s.current_pod_hash != first
+                && s.stable_rs == s.current_pod_hash
+                && s.blue_green.active_selector == s.current_pod_hash
+        })
+        .await;
+    let run = status(&r)
+        .blue_green
+        .pre_promotion_analysis_run_status
+        .expect("a pre-promotion run recorded");
+    assert!(run.name.ends_with("-pre"), "{}", run.name);
+    assert_eq!(run.status, "Successful");
+    let second = status(&r).current_pod_hash;
+
+    let patch = json!({"spec": {
+        "template": template("registry.invalid/web:3", None),
+        "strategy": {"blueGreen": {"prePromotionAnalysis": analysis("fails")}},
+    }});
+    f.rollouts
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("a new revision with a failing pre-promotion analysis");
+    let r = f
+        .wait("Degraded after the failed pre-promotion run", |r| {
+            let s = status(r);
+            s.phase == Some(RolloutPhase::Degraded) && s.abort
+        })
+        .await;
+    assert_eq!(
+        status(&r)
+            .blue_green
+            .pre_promotion_analysis_run_status
+            .map(|r| r.status),
+        Some("Failed".into())
+    );
+    assert_eq!(f.selector("web-active").await, Some(second.clone()));
+    assert_eq!(status(&r).stable_rs, second);
+}
+
+/// postPromotionAnalysis runs after the switch; when it fails the active Service goes back to
+/// the previous pods, which were kept at full size meanwhile.
+#[tokio::test]
+async fn a_failed_post_promotion_analysis_switches_active_back() {
+    let Some(f) = fixture("bg-post").await else {
+        return;
+    };
+    f.services(8080).await;
+    f.templates().await;
+    f.create(
+        2,
+        blue_green(json!({"postPromotionAnalysis": analysis("fails")})),
+        None,
+    )
+    .await;
+    let stable = f.healthy().await;
+    f.set_image("registry.invalid/web:2").await;
+    let r = f
+        .wait("Degraded after the failed post-promotion run", |r| {
+            let s = status(r);
+            s.phase == Some(RolloutPhase::Degraded) && s.abort
+        })
+        .await;
+    let run = status(&r)
+        .blue_green
+        .post_promotion_analysis_run_status
+        .expect("a post-promotion run: made only once active served the new pods");
+    assert!(run.name.ends_with("-post"), "{}", run.name);
+    assert_eq!(run.status, "Failed");
+    assert_eq!(status(&r).stable_rs, stable);
+    eventually(TIMEOUT, "the active Service back on stable", || async {
+        (f.selector("web-active").await == Some(stable.clone())).then_some(())
+    })
+    .await;
+    assert_eq!(f.replica_sets().await[&stable].0, 2);
+}

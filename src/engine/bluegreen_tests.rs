@@ -238,13 +238,13 @@ fn preview_and_active_services_must_differ() {
 fn fields_not_acted_on_yet_are_an_invalid_spec_not_ignored() {
     let s = blue_green(
         1,
-        json!({"prePromotionAnalysis": {"templates": [{"templateName": "t"}]}, "antiAffinity": {}}),
+        json!({"previewMetadata": {"labels": {"role": "preview"}}, "antiAffinity": {}}),
     );
     let plan = World::new(s).tick();
     assert!(
         plan.status
             .message
-            .contains("spec.strategy.blueGreen.prePromotionAnalysis")
+            .contains("spec.strategy.blueGreen.previewMetadata")
             && plan
                 .status
                 .message
@@ -258,4 +258,79 @@ fn fields_not_acted_on_yet_are_an_invalid_spec_not_ignored() {
             .iter()
             .any(|a| matches!(a, Action::CreateReplicaSet { .. }))
     );
+}
+
+fn analysis(field: &str) -> serde_json::Value {
+    json!({field: {"templates": [{"templateName": "checks"}]}})
+}
+
+#[test]
+fn pre_promotion_analysis_gates_the_switch() {
+    let (mut world, stable) = deployed(blue_green(2, analysis("prePromotionAnalysis")));
+    world.set_image("demo:2");
+    world.settle();
+    let new = world.status.current_pod_hash.clone();
+    let run = world
+        .status
+        .blue_green
+        .pre_promotion_analysis_run_status
+        .clone()
+        .unwrap();
+    assert!(run.name.ends_with("-pre"), "{}", run.name);
+    assert_eq!(selector(&world, ACTIVE), Some(stable.clone()));
+    world.set_run_phase("-pre", AnalysisPhase::Successful, "");
+    world.settle();
+    assert_eq!(selector(&world, ACTIVE), Some(new.clone()));
+    assert_eq!(world.status.stable_rs, new);
+}
+
+#[test]
+fn a_failed_pre_promotion_analysis_aborts() {
+    let (mut world, stable) = deployed(blue_green(2, analysis("prePromotionAnalysis")));
+    world.set_image("demo:2");
+    world.settle();
+    world.set_run_phase("-pre", AnalysisPhase::Failed, "error rate 0.3");
+    world.settle();
+    assert_eq!(world.status.phase, Some(RolloutPhase::Degraded));
+    assert!(world.status.abort);
+    assert_eq!(selector(&world, ACTIVE), Some(stable));
+}
+
+#[test]
+fn a_failed_post_promotion_analysis_switches_active_back_while_the_old_pods_are_up() {
+    let (mut world, stable) = deployed(blue_green(2, analysis("postPromotionAnalysis")));
+    world.set_image("demo:2");
+    world.settle();
+    let new = world.status.current_pod_hash.clone();
+    assert_eq!(selector(&world, ACTIVE), Some(new.clone()));
+    let run = world
+        .status
+        .blue_green
+        .post_promotion_analysis_run_status
+        .clone()
+        .unwrap();
+    assert!(run.name.ends_with("-post"), "{}", run.name);
+    assert_eq!(
+        world.status.stable_rs, stable,
+        "not stable before the verdict"
+    );
+    assert_eq!(world.replicas(&stable), 2);
+    world.set_run_phase("-post", AnalysisPhase::Failed, "latency");
+    world.settle();
+    assert_eq!(world.status.phase, Some(RolloutPhase::Degraded));
+    assert_eq!(selector(&world, ACTIVE), Some(stable.clone()));
+    assert_eq!(world.status.stable_rs, stable);
+}
+
+#[test]
+fn a_successful_post_promotion_analysis_makes_the_update_stable() {
+    let (mut world, stable) = deployed(blue_green(2, analysis("postPromotionAnalysis")));
+    world.set_image("demo:2");
+    world.settle();
+    world.set_run_phase("-post", AnalysisPhase::Successful, "");
+    world.settle();
+    let new = world.status.current_pod_hash.clone();
+    assert_eq!(world.status.stable_rs, new);
+    assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
+    assert!(world.rs(&stable).unwrap().scale_down_deadline.is_some());
 }

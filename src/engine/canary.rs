@@ -571,22 +571,32 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn stop_analysis_run(&mut self, kind: AnalysisKind) {
-        let slot = match kind {
+    /// Where the status records the run of `kind`.
+    fn analysis_slot(&mut self, kind: &AnalysisKind) -> &mut Option<RolloutAnalysisRunStatus> {
+        match kind {
             AnalysisKind::Step(_) => &mut self.status.canary.current_step_analysis_run_status,
             AnalysisKind::Background => {
                 &mut self.status.canary.current_background_analysis_run_status
             }
-        };
-        if let Some(run) = slot.as_ref() {
+            AnalysisKind::PrePromotion => {
+                &mut self.status.blue_green.pre_promotion_analysis_run_status
+            }
+            AnalysisKind::PostPromotion => {
+                &mut self.status.blue_green.post_promotion_analysis_run_status
+            }
+        }
+    }
+
+    fn stop_analysis_run(&mut self, kind: AnalysisKind) {
+        if let Some(run) = self.analysis_slot(&kind).clone() {
             let running = self
                 .observed
                 .analysis_runs
                 .iter()
                 .any(|r| r.name == run.name && !r.phase.is_completed());
             if running {
-                let name = run.name.clone();
-                self.actions.push(Action::TerminateAnalysisRun { name });
+                self.actions
+                    .push(Action::TerminateAnalysisRun { name: run.name });
             }
         }
     }
@@ -784,16 +794,18 @@ impl<'a> Planner<'a> {
         let base = match kind {
             AnalysisKind::Step(i) => format!("{}-{}-{revision}-{i}", self.name, self.current()),
             AnalysisKind::Background => format!("{}-{}-{revision}", self.name, self.current()),
+            // Argo's names for the blue-green runs.
+            AnalysisKind::PrePromotion => {
+                format!("{}-{}-{revision}-pre", self.name, self.current())
+            }
+            AnalysisKind::PostPromotion => {
+                format!("{}-{}-{revision}-post", self.name, self.current())
+            }
         };
-        let referenced = match kind {
-            AnalysisKind::Step(_) => self.status.canary.current_step_analysis_run_status.clone(),
-            AnalysisKind::Background => self
-                .status
-                .canary
-                .current_background_analysis_run_status
-                .clone(),
-        }
-        .filter(|r| attempt_of(&r.name, &base).is_some());
+        let referenced = self
+            .analysis_slot(&kind)
+            .clone()
+            .filter(|r| attempt_of(&r.name, &base).is_some());
 
         let latest = self
             .observed
@@ -844,14 +856,7 @@ impl<'a> Planner<'a> {
             status: phase.as_str().into(),
             message: message.clone(),
         });
-        match kind {
-            AnalysisKind::Step(_) => {
-                self.status.canary.current_step_analysis_run_status = run_status
-            }
-            AnalysisKind::Background => {
-                self.status.canary.current_background_analysis_run_status = run_status
-            }
-        }
+        *self.analysis_slot(&kind) = run_status;
         (name, phase, message)
     }
 
@@ -888,6 +893,12 @@ impl<'a> Planner<'a> {
             }
             AnalysisKind::Background => {
                 labels.insert("rollout-type".into(), "Background".into());
+            }
+            AnalysisKind::PrePromotion => {
+                labels.insert("rollout-type".into(), "PrePromotion".into());
+            }
+            AnalysisKind::PostPromotion => {
+                labels.insert("rollout-type".into(), "PostPromotion".into());
             }
         }
         AnalysisRunRequest {

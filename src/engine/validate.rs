@@ -75,14 +75,6 @@ fn validate_blue_green(strategy: &BlueGreenStrategy, errors: &mut Vec<InvalidSpe
         ));
     }
     let unsupported = [
-        (
-            "prePromotionAnalysis",
-            strategy.pre_promotion_analysis.is_some(),
-        ),
-        (
-            "postPromotionAnalysis",
-            strategy.post_promotion_analysis.is_some(),
-        ),
         ("activeMetadata", strategy.active_metadata.is_some()),
         ("previewMetadata", strategy.preview_metadata.is_some()),
         ("antiAffinity", strategy.anti_affinity.is_some()),
@@ -492,11 +484,23 @@ pub fn analysis_templates(spec: &RolloutSpec, templates: &AnalysisTemplates) -> 
         .collect()
 }
 
-/// The analyses of a canary strategy with the field each is written at: each step's, then the
-/// background one.
+/// The analyses of a Rollout's strategy with the field each is written at: a canary's steps', then
+/// its background one; a blue-green's pre-, then post-promotion one.
 pub fn canary_analyses(spec: &RolloutSpec) -> Vec<(String, &RolloutAnalysis)> {
     let Some(canary) = &spec.strategy.canary else {
-        return Vec::new();
+        let base = "spec.strategy.blueGreen";
+        return spec
+            .strategy
+            .blue_green
+            .iter()
+            .flat_map(|b| {
+                [
+                    ("prePromotionAnalysis", &b.pre_promotion_analysis),
+                    ("postPromotionAnalysis", &b.post_promotion_analysis),
+                ]
+            })
+            .filter_map(|(field, analysis)| Some((format!("{base}.{field}"), analysis.as_ref()?)))
+            .collect();
     };
     let base = "spec.strategy.canary";
     let steps = canary.steps().iter().enumerate().filter_map(|(i, step)| {

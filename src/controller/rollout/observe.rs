@@ -249,15 +249,9 @@ pub fn resolve_spec(
 
 /// The templates the analyses of `spec` name directly, as `(name, clusterScope)`.
 fn analysis_refs(spec: &RolloutSpec) -> Vec<(String, bool)> {
-    let Some(canary) = &spec.strategy.canary else {
-        return Vec::new();
-    };
-    canary
-        .steps()
-        .iter()
-        .filter_map(|s| s.analysis.as_ref())
-        .chain(canary.analysis.as_ref().map(|b| &b.analysis))
-        .flat_map(|a| a.templates.as_deref().unwrap_or_default())
+    crate::engine::validate::canary_analyses(spec)
+        .into_iter()
+        .flat_map(|(_, a)| a.templates.as_deref().unwrap_or_default())
         .filter_map(|t| Some((t.template_name.clone()?, t.cluster_scope.unwrap_or(false))))
         .collect()
 }

@@ -9,9 +9,9 @@
 //! must never point the active Service at a ReplicaSet that cannot serve all of its traffic (Argo
 //! Rollouts #4750): while it waits for that, `status.message` says why.
 
-use crate::api::argo::rollout::{BlueGreenStrategy, PauseReason};
+use crate::api::argo::rollout::{BlueGreenStrategy, PauseReason, RolloutAnalysis};
 use crate::engine::health::reason;
-use crate::engine::{Action, ReplicaSetObservation};
+use crate::engine::{Action, AnalysisKind, AnalysisPhase, ReplicaSetObservation};
 
 use super::Planner;
 
@@ -30,6 +30,15 @@ impl<'a> Planner<'a> {
             self.status.blue_green.pre_promotion_analysis_run_status = None;
             self.status.blue_green.post_promotion_analysis_run_status = None;
         }
+        if self.old.aborted_at.is_some() && self.status.aborted_at.is_none() {
+            // Retry: the analyses start again.
+            self.status.blue_green.pre_promotion_analysis_run_status = None;
+            self.status.blue_green.post_promotion_analysis_run_status = None;
+        }
+        if self.status.promote_full {
+            self.stop_analysis_run(AnalysisKind::PrePromotion);
+            self.stop_analysis_run(AnalysisKind::PostPromotion);
+        }
         if self.status.abort && self.promoted() {
             // Nothing left to abort: the update already finished.
             self.status.abort = false;
@@ -40,9 +49,12 @@ impl<'a> Planner<'a> {
         if !self.promoted() && !self.status.abort {
             self.blue_green_pause(strategy, preview_target);
         }
+        let post_promotion_passed = self.post_promotion(strategy);
         self.active_service(strategy);
         self.preview_service(strategy);
-        self.promote_after_switch(strategy);
+        if post_promotion_passed {
+            self.promote_after_switch(strategy);
+        }
         self.scale_down_old_blue_green(strategy);
         self.delete_old_history();
         self.counts();
@@ -107,7 +119,7 @@ impl<'a> Planner<'a> {
     /// Argo's `reconcileBlueGreenPause` plus `calculateScaleUpPreviewCheckPoint`: once the preview
     /// is up, pause for a person (or for autoPromotionSeconds), then mark the preview as cleared
     /// for the switch (`scaleUpPreviewCheckPoint`).
-    fn blue_green_pause(&mut self, strategy: &BlueGreenStrategy, preview_target: i32) {
+    fn blue_green_pause(&mut self, strategy: &'a BlueGreenStrategy, preview_target: i32) {
         if self.spec.paused() || !self.new_rs_at(preview_target) {
             return;
         }
@@ -115,6 +127,9 @@ impl<'a> Planner<'a> {
         let fast_tracked = self.status.promote_full
             || self.status.blue_green.scale_up_preview_check_point
             || self.active_selector(strategy).is_none_or(|s| s == current);
+        if !fast_tracked && !self.pre_promotion(strategy) {
+            return;
+        }
         let done = fast_tracked || self.blue_green_pause_done(strategy);
         if done {
             self.status
@@ -126,6 +141,76 @@ impl<'a> Planner<'a> {
                 self.status.blue_green.scale_up_preview_check_point = true;
                 self.progressed = true;
             }
+        }
+    }
+
+    /// Run `prePromotionAnalysis` on the preview: whether it passed. A failure aborts the update;
+    /// an inconclusive run pauses for a person.
+    fn pre_promotion(&mut self, strategy: &'a BlueGreenStrategy) -> bool {
+        match &strategy.pre_promotion_analysis {
+            None => true,
+            Some(analysis) => self.promotion_analysis(AnalysisKind::PrePromotion, analysis),
+        }
+    }
+
+    /// The pre-promotion analysis, if any, passed (as recorded in this plan's status).
+    fn pre_promotion_passed(&self, strategy: &BlueGreenStrategy) -> bool {
+        strategy.pre_promotion_analysis.is_none()
+            || self.status.blue_green.scale_up_preview_check_point
+            || self
+                .status
+                .blue_green
+                .pre_promotion_analysis_run_status
+                .as_ref()
+                .is_some_and(|r| {
+                    r.status == AnalysisPhase::Successful.as_str()
+                        || (r.status == AnalysisPhase::Inconclusive.as_str()
+                            && self.status.controller_pause
+                            && self.status.pause_conditions.is_empty())
+                })
+    }
+
+    /// Once the active Service serves the new pods, run `postPromotionAnalysis`: whether the
+    /// update may become stable. A failure aborts, which points the active Service back at the
+    /// stable pods (still at full size: they are not scaled down before the verdict).
+    fn post_promotion(&mut self, strategy: &'a BlueGreenStrategy) -> bool {
+        let current = self.current().to_string();
+        let switched = self.active_selector(strategy) == Some(current.as_str());
+        match &strategy.post_promotion_analysis {
+            Some(analysis)
+                if switched
+                    && !self.promoted()
+                    && !self.status.abort
+                    && !self.status.promote_full =>
+            {
+                self.promotion_analysis(AnalysisKind::PostPromotion, analysis)
+            }
+            _ => true,
+        }
+    }
+
+    /// Find or create the run of `kind` and judge it: passed, or not (yet).
+    fn promotion_analysis(&mut self, kind: AnalysisKind, analysis: &'a RolloutAnalysis) -> bool {
+        let (name, phase, message) = self.analysis_run(kind, analysis);
+        match phase {
+            AnalysisPhase::Successful => true,
+            AnalysisPhase::Failed | AnalysisPhase::Error => {
+                self.analysis_failed(&name, phase, &message);
+                false
+            }
+            AnalysisPhase::Inconclusive
+                if self.status.controller_pause && self.status.pause_conditions.is_empty() =>
+            {
+                true
+            }
+            AnalysisPhase::Inconclusive => {
+                self.pause(
+                    PauseReason::InconclusiveAnalysisRun,
+                    format!("AnalysisRun {name} is Inconclusive: {message}"),
+                );
+                false
+            }
+            AnalysisPhase::Pending | AnalysisPhase::Running => false,
         }
     }
 
@@ -190,6 +275,7 @@ impl<'a> Planner<'a> {
                 && (strategy.preview_replica_count.is_none()
                     || self.status.blue_green.scale_up_preview_check_point)
                 && self.new_rs_at(self.spec.replicas())
+                && self.pre_promotion_passed(strategy)
                 && (self.status.controller_pause || self.blue_green_needs_no_pause(strategy)));
         if cleared {
             current
