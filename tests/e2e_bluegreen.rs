@@ -636,3 +636,99 @@ async fn a_failed_post_promotion_analysis_switches_active_back() {
     .await;
     assert_eq!(f.replica_sets().await[&stable].0, 2);
 }
+
+/// A SIGKILL of the controller while the pre-promotion run is measuring: the next controller
+/// adopts that run (no second one), and the switch happens once it passes.
+#[tokio::test]
+async fn sigkill_during_pre_promotion_analysis_keeps_one_run() {
+    let Some(mut f) = fixture("bg-crash").await else {
+        return;
+    };
+    f.services(8080).await;
+    f.env
+        .create(
+            &f.ns.name,
+            json!({
+                "apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",
+                "metadata": {"name": "slow"},
+                "spec": {"metrics": [{
+                    "name": "probe", "interval": "1s", "count": 8,
+                    "successCondition": "result[0] >= 1",
+                    "provider": {"prometheus": {"address": f.env.prometheus_url, "query": "vector(1)"}},
+                }]},
+            }),
+        )
+        .await;
+    f.create(
+        2,
+        blue_green(json!({"prePromotionAnalysis": analysis("slow")})),
+        None,
+    )
+    .await;
+    let stable = f.healthy().await;
+    f.set_image("registry.invalid/web:2").await;
+    f.wait("the pre-promotion run measuring", |r| {
+        status(r)
+            .blue_green
+            .pre_promotion_analysis_run_status
+            .is_some_and(|a| a.status == "Running")
+    })
+    .await;
+    f.ctl.kill();
+    assert_eq!(f.selector("web-active").await, Some(stable.clone()));
+    f.ctl = ControllerProcess::start_with(&f.env, &f.ns.name, &["--leader-elect=false"]).await;
+    let new = f.healthy().await;
+    assert_ne!(new, stable);
+    let runs: Api<sluice::api::argo::analysis::AnalysisRun> =
+        Api::namespaced(f.env.client.clone(), &f.ns.name);
+    let names: Vec<String> = runs
+        .list(&ListParams::default())
+        .await
+        .expect("listing AnalysisRuns")
+        .items
+        .into_iter()
+        .filter_map(|r| r.metadata.name)
+        .collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "one pre-promotion run, not a second: {names:?}"
+    );
+    assert!(names[0].ends_with("-pre"), "{names:?}");
+}
+
+/// A Rollout naming Services that do not exist is an InvalidSpec naming the field, with one
+/// Warning, and nothing is created; once the Services exist it deploys.
+#[tokio::test]
+async fn missing_services_are_an_invalid_spec_until_created() {
+    let Some(f) = fixture("bg-nosvc").await else {
+        return;
+    };
+    f.create(2, blue_green(json!({})), None).await;
+    f.wait("InvalidSpec naming activeService", |r| {
+        status(r).conditions.iter().any(|c| {
+            c.type_ == "InvalidSpec"
+                && c.status == "True"
+                && c.message.contains("spec.strategy.blueGreen.activeService")
+                && c.message.contains("web-active")
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(f.replica_sets().await.is_empty(), "nothing created");
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(f.env.client.clone(), &f.ns.name);
+    let warnings = events
+        .list(&ListParams::default())
+        .await
+        .expect("listing Events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("InvalidSpec"))
+        .map(|e| e.count.unwrap_or(1))
+        .sum::<i32>();
+    assert_eq!(warnings, 1, "one InvalidSpec Warning");
+    f.services(8080).await;
+    let hash = f.healthy().await;
+    assert_eq!(f.selector("web-active").await, Some(hash));
+}

@@ -334,3 +334,24 @@ fn a_successful_post_promotion_analysis_makes_the_update_stable() {
     assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
     assert!(world.rs(&stable).unwrap().scale_down_deadline.is_some());
 }
+
+#[test]
+fn a_missing_active_service_is_an_invalid_spec() {
+    let mut world = World::new(blue_green(1, json!({})));
+    world.observed.services.remove(ACTIVE);
+    let plan = world.tick();
+    assert!(
+        plan.status
+            .message
+            .contains("spec.strategy.blueGreen.activeService")
+            && plan.status.message.contains(ACTIVE),
+        "{}",
+        plan.status.message
+    );
+    assert!(
+        !plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateReplicaSet { .. }))
+    );
+}

@@ -260,6 +260,7 @@ impl<'a> Planner<'a> {
         if let Some(error) = &self.observed.traffic_config_error {
             errors.push(format!("spec.strategy.canary.trafficRouting: {error}"));
         }
+        errors.extend(self.missing_blue_green_services());
         if !errors.is_empty() {
             let message = errors.join("; ");
             let known = self

@@ -63,6 +63,24 @@ impl<'a> Planner<'a> {
         self.conditions();
     }
 
+    /// The Services a blue-green strategy names that do not exist (as Argo, an InvalidSpec).
+    pub(super) fn missing_blue_green_services(&self) -> Vec<String> {
+        let Some(strategy) = &self.spec.strategy.blue_green else {
+            return Vec::new();
+        };
+        [
+            ("activeService", Some(&strategy.active_service)),
+            ("previewService", strategy.preview_service.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(field, name)| Some((field, name?)))
+        .filter(|(_, name)| !name.is_empty() && !self.observed.services.contains_key(*name))
+        .map(|(field, name)| {
+            format!("spec.strategy.blueGreen.{field}: Service {name:?} not found; create it")
+        })
+        .collect()
+    }
+
     /// The active Service's observed `rollouts-pod-template-hash` selector.
     fn active_selector(&self, strategy: &BlueGreenStrategy) -> Option<&'a str> {
         self.observed
