@@ -198,6 +198,15 @@ fn preview_replica_count_scales_up_only_after_promotion() {
     let new = world.status.current_pod_hash.clone();
     assert_eq!(world.replicas(&new), 1);
     assert_eq!(world.status.phase, Some(RolloutPhase::Paused));
+    // Argo's counts: all pods, the updated ones, and the ready/available ones behind active.
+    let s = &world.status;
+    let counts = (
+        s.replicas,
+        s.updated_replicas,
+        s.ready_replicas,
+        s.available_replicas,
+    );
+    assert_eq!(counts, (5, 1, 4, 4));
     world.intent(Intent::Promote);
     world.settle();
     assert_eq!(world.replicas(&new), 4);

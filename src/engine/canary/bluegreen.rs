@@ -58,6 +58,7 @@ impl<'a> Planner<'a> {
         self.scale_down_old_blue_green(strategy);
         self.delete_old_history();
         self.counts();
+        self.active_counts(strategy);
         self.scale_workload();
         self.restart_pods();
         self.conditions();
@@ -79,6 +80,20 @@ impl<'a> Planner<'a> {
             format!("spec.strategy.blueGreen.{field}: Service {name:?} not found; create it")
         })
         .collect()
+    }
+
+    /// As Argo: ready, available and HPA replicas count the pods the active Service selects (all
+    /// of the Rollout's while it selects none of them).
+    fn active_counts(&mut self, strategy: &BlueGreenStrategy) {
+        let Some(active) = self
+            .active_selector(strategy)
+            .and_then(|hash| self.rs(hash))
+        else {
+            return;
+        };
+        self.status.ready_replicas = active.ready_replicas;
+        self.status.available_replicas = active.available_replicas;
+        self.status.hpa_replicas = active.status_replicas;
     }
 
     /// The active Service's observed `rollouts-pod-template-hash` selector.
