@@ -836,12 +836,17 @@ async fn invalid_after(prefix: &str, patch: Value, says: &[&str]) {
 
 #[tokio::test]
 async fn an_invalid_spec_leaves_the_replica_sets_untouched() {
-    // Blue-green is accepted on the wire, and reported as not supported yet; also a new image.
+    // A blue-green strategy whose preview Service is its active one; also a new image.
     let patch = json!({"spec": {
         "template": template("registry.invalid/web:2", json!({})),
-        "strategy": {"canary": null, "blueGreen": {"activeService": "web"}},
+        "strategy": {"canary": null, "blueGreen": {"activeService": "web", "previewService": "web"}},
     }});
-    invalid_after("ro-invalid", patch, &["blueGreen"]).await;
+    invalid_after(
+        "ro-invalid",
+        patch,
+        &["spec.strategy.blueGreen.previewService"],
+    )
+    .await;
 }
 
 /// A traffic router Sluice cannot build (here an unknown plugin) is an InvalidSpec naming

@@ -227,7 +227,10 @@ pub fn simulate(rollout: &Rollout, image: Option<&str>, verdict: Verdict) -> Str
         }
         let waiting_for_user = sim.status.pause_conditions.iter().any(|c| {
             c.reason == PauseReason::InconclusiveAnalysisRun
-                || (c.reason == PauseReason::CanaryPauseStep && plan.requeue_after.is_none())
+                || (matches!(
+                    c.reason,
+                    PauseReason::CanaryPauseStep | PauseReason::BlueGreenPause
+                ) && plan.requeue_after.is_none())
         });
         if waiting_for_user {
             let _ = writeln!(
@@ -287,13 +290,13 @@ mod tests {
     }
 
     #[test]
-    fn every_canary_example_simulates_to_a_promotion() {
+    fn every_rollout_example_simulates_to_a_promotion() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/argo");
         let mut simulated = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap();
-            if !text.contains("kind: Rollout") || text.contains("blueGreen:") {
+            if !text.contains("kind: Rollout") {
                 continue;
             }
             let out = run(path.to_str().unwrap(), Some("next:2"), Verdict::Successful).unwrap();

@@ -24,6 +24,12 @@ use crate::engine::{
     ReplicaSetObservation, ephemeral, hash, validate,
 };
 
+mod bluegreen;
+
+/// What a blue-green Rollout's canary helpers see: no steps, no router, no Services.
+static NO_CANARY: std::sync::LazyLock<CanaryStrategy> =
+    std::sync::LazyLock::new(CanaryStrategy::default);
+
 /// Plan the next status and actions for a Rollout. Pure and total: never panics.
 pub fn plan(input: Input<'_>) -> Plan {
     let mut planner = Planner::new(input);
@@ -51,6 +57,9 @@ struct Planner<'a> {
     abort_message: Option<String>,
     /// The step index when this plan started: a user's resume applies to that step only.
     start_index: i32,
+    /// Why a Progressing rollout is waiting (shown as `status.message`), when the phase alone
+    /// does not say it.
+    wait_message: Option<String>,
 }
 
 /// The pods a plan wants for the current and the stable ReplicaSet, and the canary weight.
@@ -78,13 +87,17 @@ impl<'a> Planner<'a> {
             progressed: false,
             abort_message: None,
             start_index: input.status.current_step_index.unwrap_or(0),
+            wait_message: None,
         }
     }
 
     fn finish(mut self) -> Plan {
         let (phase, message) = health::phase(self.spec, &self.status, self.observed.generation);
         self.status.phase = Some(phase);
-        self.status.message = message;
+        self.status.message = match self.wait_message {
+            Some(wait) if phase == crate::api::argo::rollout::RolloutPhase::Progressing => wait,
+            _ => message,
+        };
         Plan {
             status: self.status,
             actions: self.actions,
@@ -94,12 +107,9 @@ impl<'a> Planner<'a> {
 
     // === helpers ===
 
+    /// The canary strategy; an empty one for a blue-green Rollout (validated: one is set).
     fn canary(&self) -> &'a CanaryStrategy {
-        self.spec
-            .strategy
-            .canary
-            .as_ref()
-            .expect("validated: canary strategy is set")
+        self.spec.strategy.canary.as_ref().unwrap_or(&NO_CANARY)
     }
 
     fn steps(&self) -> &'a [CanaryStep] {
@@ -120,9 +130,12 @@ impl<'a> Planner<'a> {
     /// maxSurge and maxUnavailable resolved against spec.replicas (validated, so never an error).
     fn fenceposts(&self) -> (i32, i32) {
         let canary = self.canary();
+        let blue_green = self.spec.strategy.blue_green.as_ref();
         replicas::fenceposts(
             canary.max_surge.as_ref(),
-            canary.max_unavailable.as_ref(),
+            blue_green.map_or(canary.max_unavailable.as_ref(), |b| {
+                b.max_unavailable.as_ref()
+            }),
             self.spec.replicas(),
         )
         .unwrap_or((1, 0))
@@ -237,6 +250,7 @@ impl<'a> Planner<'a> {
         if let Some(error) = &self.observed.traffic_config_error {
             errors.push(format!("spec.strategy.canary.trafficRouting: {error}"));
         }
+        errors.extend(self.missing_blue_green_services());
         if !errors.is_empty() {
             let message = errors.join("; ");
             let known = self
@@ -263,6 +277,10 @@ impl<'a> Planner<'a> {
 
         self.identify_revision();
         self.user_intents();
+        if self.spec.strategy.blue_green.is_some() {
+            self.blue_green();
+            return;
+        }
         self.start_index = self.index();
         if !self.status.abort && !self.promoted() && !self.status.promote_full {
             self.run_steps();
@@ -575,22 +593,32 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn stop_analysis_run(&mut self, kind: AnalysisKind) {
-        let slot = match kind {
+    /// Where the status records the run of `kind`.
+    fn analysis_slot(&mut self, kind: &AnalysisKind) -> &mut Option<RolloutAnalysisRunStatus> {
+        match kind {
             AnalysisKind::Step(_) => &mut self.status.canary.current_step_analysis_run_status,
             AnalysisKind::Background => {
                 &mut self.status.canary.current_background_analysis_run_status
             }
-        };
-        if let Some(run) = slot.as_ref() {
+            AnalysisKind::PrePromotion => {
+                &mut self.status.blue_green.pre_promotion_analysis_run_status
+            }
+            AnalysisKind::PostPromotion => {
+                &mut self.status.blue_green.post_promotion_analysis_run_status
+            }
+        }
+    }
+
+    fn stop_analysis_run(&mut self, kind: AnalysisKind) {
+        if let Some(run) = self.analysis_slot(&kind).clone() {
             let running = self
                 .observed
                 .analysis_runs
                 .iter()
                 .any(|r| r.name == run.name && !r.phase.is_completed());
             if running {
-                let name = run.name.clone();
-                self.actions.push(Action::TerminateAnalysisRun { name });
+                self.actions
+                    .push(Action::TerminateAnalysisRun { name: run.name });
             }
         }
     }
@@ -788,16 +816,18 @@ impl<'a> Planner<'a> {
         let base = match kind {
             AnalysisKind::Step(i) => format!("{}-{}-{revision}-{i}", self.name, self.current()),
             AnalysisKind::Background => format!("{}-{}-{revision}", self.name, self.current()),
+            // Argo's names for the blue-green runs.
+            AnalysisKind::PrePromotion => {
+                format!("{}-{}-{revision}-pre", self.name, self.current())
+            }
+            AnalysisKind::PostPromotion => {
+                format!("{}-{}-{revision}-post", self.name, self.current())
+            }
         };
-        let referenced = match kind {
-            AnalysisKind::Step(_) => self.status.canary.current_step_analysis_run_status.clone(),
-            AnalysisKind::Background => self
-                .status
-                .canary
-                .current_background_analysis_run_status
-                .clone(),
-        }
-        .filter(|r| attempt_of(&r.name, &base).is_some());
+        let referenced = self
+            .analysis_slot(&kind)
+            .clone()
+            .filter(|r| attempt_of(&r.name, &base).is_some());
 
         let latest = self
             .observed
@@ -848,14 +878,7 @@ impl<'a> Planner<'a> {
             status: phase.as_str().into(),
             message: message.clone(),
         });
-        match kind {
-            AnalysisKind::Step(_) => {
-                self.status.canary.current_step_analysis_run_status = run_status
-            }
-            AnalysisKind::Background => {
-                self.status.canary.current_background_analysis_run_status = run_status
-            }
-        }
+        *self.analysis_slot(&kind) = run_status;
         (name, phase, message)
     }
 
@@ -892,6 +915,12 @@ impl<'a> Planner<'a> {
             }
             AnalysisKind::Background => {
                 labels.insert("rollout-type".into(), "Background".into());
+            }
+            AnalysisKind::PrePromotion => {
+                labels.insert("rollout-type".into(), "PrePromotion".into());
+            }
+            AnalysisKind::PostPromotion => {
+                labels.insert("rollout-type".into(), "PostPromotion".into());
             }
         }
         AnalysisRunRequest {
@@ -1096,13 +1125,14 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// With a router, an aborted canary keeps its pods until the `scale-down-deadline` that
-    /// [`abort_deadline`](Self::abort_deadline) sets (abortScaleDownDelaySeconds 0: forever).
+    /// With a router (or blue-green), an aborted canary keeps its pods until the
+    /// `scale-down-deadline` that [`abort_deadline`](Self::abort_deadline) sets
+    /// (abortScaleDownDelaySeconds 0: forever).
     fn aborted_canary_replicas(&mut self) -> i32 {
         let Some(rs) = self.rs(self.current()) else {
             return 0;
         };
-        if self.canary().abort_scale_down_delay_seconds() == 0 {
+        if self.abort_scale_down_delay() == 0 {
             return rs.replicas;
         }
         match rs.scale_down_deadline {
@@ -1119,8 +1149,9 @@ impl<'a> Planner<'a> {
     /// ReplicaSet can take all traffic (the deadline scales the canary down unconditionally), and
     /// kept while aborted; none otherwise.
     fn abort_deadline(&mut self, rs: &ReplicaSetObservation) -> Option<Timestamp> {
-        let delay = i64::from(self.canary().abort_scale_down_delay_seconds());
-        if !self.status.abort || !self.has_router() || delay == 0 || self.promoted() {
+        let delay = self.abort_scale_down_delay();
+        let delays = self.has_router() || self.spec.strategy.blue_green.is_some();
+        if !self.status.abort || !delays || delay == 0 || self.promoted() {
             return None;
         }
         if rs.scale_down_deadline.is_some() {
@@ -1177,45 +1208,62 @@ impl<'a> Planner<'a> {
                 revision: self.revision(),
                 ephemeral_metadata: ephemeral::desired(self.spec, &self.status, &current),
             }),
-            Some(rs) => {
-                if rs.replicas != targets.new {
-                    self.actions.push(Action::ScaleReplicaSet {
-                        pod_template_hash: current.clone(),
-                        replicas: targets.new,
-                    });
-                }
-                let revision = self.revision();
-                if rs.revision != revision {
-                    self.actions.push(Action::SetRevision {
-                        pod_template_hash: current.clone(),
-                        revision,
-                    });
-                }
-                let deadline = self.abort_deadline(rs);
-                if rs.scale_down_deadline != deadline {
-                    self.actions.push(Action::SetScaleDownDeadline {
-                        pod_template_hash: current.clone(),
-                        deadline,
-                    });
-                }
-            }
+            Some(rs) => self.scale_current(rs, targets.new),
         }
-        if !self.promoted() {
-            let stable = self.status.stable_rs.clone();
-            if let Some(rs) = self.rs(&stable) {
-                if rs.replicas != targets.stable {
-                    self.actions.push(Action::ScaleReplicaSet {
-                        pod_template_hash: stable.clone(),
-                        replicas: targets.stable,
-                    });
-                }
-                if rs.scale_down_deadline.is_some() {
-                    self.actions.push(Action::SetScaleDownDeadline {
-                        pod_template_hash: stable,
-                        deadline: None,
-                    });
-                }
-            }
+        if !self.promoted()
+            && let Some(rs) = self.rs(&self.status.stable_rs)
+        {
+            self.scale_and_keep(rs, targets.stable);
+        }
+    }
+
+    /// The current ReplicaSet at `replicas`, at this update's revision, carrying the abort's
+    /// scale-down deadline when there is one (none otherwise).
+    fn scale_current(&mut self, rs: &ReplicaSetObservation, replicas: i32) {
+        let hash = rs.pod_template_hash.clone();
+        if rs.replicas != replicas {
+            self.actions.push(Action::ScaleReplicaSet {
+                pod_template_hash: hash.clone(),
+                replicas,
+            });
+        }
+        let revision = self.revision();
+        if rs.revision != revision {
+            self.actions.push(Action::SetRevision {
+                pod_template_hash: hash.clone(),
+                revision,
+            });
+        }
+        let deadline = self.abort_deadline(rs);
+        if rs.scale_down_deadline != deadline {
+            self.actions.push(Action::SetScaleDownDeadline {
+                pod_template_hash: hash,
+                deadline,
+            });
+        }
+    }
+
+    /// abortScaleDownDelaySeconds of either strategy (default 30).
+    fn abort_scale_down_delay(&self) -> i64 {
+        i64::from(match &self.spec.strategy.blue_green {
+            Some(blue_green) => blue_green.abort_scale_down_delay_seconds.unwrap_or(30),
+            None => self.canary().abort_scale_down_delay_seconds(),
+        })
+    }
+
+    /// Scale a ReplicaSet the Rollout needs and clear any scale-down deadline it carries.
+    fn scale_and_keep(&mut self, rs: &ReplicaSetObservation, replicas: i32) {
+        if rs.replicas != replicas {
+            self.actions.push(Action::ScaleReplicaSet {
+                pod_template_hash: rs.pod_template_hash.clone(),
+                replicas,
+            });
+        }
+        if rs.scale_down_deadline.is_some() {
+            self.actions.push(Action::SetScaleDownDeadline {
+                pod_template_hash: rs.pod_template_hash.clone(),
+                deadline: None,
+            });
         }
     }
 
@@ -1280,19 +1328,29 @@ impl<'a> Planner<'a> {
             }
             let within_limit = delayed < limit;
             delayed += 1;
-            match rs.scale_down_deadline {
-                _ if !within_limit => self.scale_to_zero(rs),
-                Some(deadline) if deadline.as_second() <= self.now.as_second() => {
-                    self.scale_to_zero(rs)
-                }
-                Some(deadline) => self.requeue_in(deadline.as_second() - self.now.as_second()),
-                None => {
-                    self.actions.push(Action::SetScaleDownDeadline {
-                        pod_template_hash: rs.pod_template_hash.clone(),
-                        deadline: Some(self.after(delay)),
-                    });
-                    self.requeue_in(delay);
-                }
+            if within_limit {
+                self.scale_down_after(rs, delay);
+            } else {
+                self.scale_to_zero(rs);
+            }
+        }
+    }
+
+    /// Scale `rs` to zero once its scale-down deadline has passed, setting one `delay` seconds
+    /// ahead first (0: at once).
+    fn scale_down_after(&mut self, rs: &ReplicaSetObservation, delay: i64) {
+        match rs.scale_down_deadline {
+            _ if delay == 0 => self.scale_to_zero(rs),
+            Some(deadline) if deadline.as_second() <= self.now.as_second() => {
+                self.scale_to_zero(rs)
+            }
+            Some(deadline) => self.requeue_in(deadline.as_second() - self.now.as_second()),
+            None => {
+                self.actions.push(Action::SetScaleDownDeadline {
+                    pod_template_hash: rs.pod_template_hash.clone(),
+                    deadline: Some(self.after(delay)),
+                });
+                self.requeue_in(delay);
             }
         }
     }

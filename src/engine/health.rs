@@ -75,7 +75,11 @@ fn replicas_progressing(spec: &RolloutSpec, status: &RolloutStatus) -> Option<&'
     if status.updated_replicas < spec.replicas() {
         return Some("more replicas need to be updated");
     }
-    if status.replicas > status.updated_replicas && !routed(spec) {
+    // Routed canaries and blue-green keep old pods until their scale-down deadline by design.
+    if status.replicas > status.updated_replicas
+        && !routed(spec)
+        && spec.strategy.blue_green.is_none()
+    {
         return Some("old replicas are pending termination");
     }
     if status.available_replicas < status.updated_replicas {
@@ -90,6 +94,12 @@ pub fn routed(spec: &RolloutSpec) -> bool {
         .canary
         .as_ref()
         .is_some_and(|c| c.traffic_routing.is_some())
+}
+
+/// A blue-green Rollout whose active Service does not select the current pods yet.
+fn cutover_pending(spec: &RolloutSpec, status: &RolloutStatus) -> bool {
+    spec.strategy.blue_green.is_some()
+        && status.blue_green.active_selector != status.current_pod_hash
 }
 
 /// Argo's `CalculateRolloutPhase`: the phase and its message.
@@ -126,6 +136,12 @@ pub fn phase(
     if let Some(message) = replicas_progressing(spec, status) {
         return (RolloutPhase::Progressing, message.into());
     }
+    if cutover_pending(spec, status) {
+        return (
+            RolloutPhase::Progressing,
+            "active service cutover pending".into(),
+        );
+    }
     if status.stable_rs != status.current_pod_hash {
         return (
             RolloutPhase::Progressing,
@@ -147,7 +163,7 @@ pub fn argocd_health(spec: &RolloutSpec, status: &RolloutStatus, generation: i64
     if spec.paused() || !status.pause_conditions.is_empty() {
         return Health::Suspended;
     }
-    if replicas_progressing(spec, status).is_some() {
+    if replicas_progressing(spec, status).is_some() || cutover_pending(spec, status) {
         return Health::Progressing;
     }
     if status.stable_rs == status.current_pod_hash {

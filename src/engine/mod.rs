@@ -27,6 +27,8 @@ mod restart;
 pub mod sim;
 pub mod validate;
 
+#[cfg(test)]
+mod bluegreen_tests;
 mod canary;
 #[cfg(test)]
 mod proptests;
@@ -254,6 +256,10 @@ pub enum AnalysisKind {
     Step(i32),
     /// The background analysis of the canary.
     Background,
+    /// Blue-green `prePromotionAnalysis`: gates the switch of the active Service.
+    PrePromotion,
+    /// Blue-green `postPromotionAnalysis`: runs after the switch, before the old pods go.
+    PostPromotion,
 }
 
 /// Everything needed to create an AnalysisRun; argument values from pod-template hashes are

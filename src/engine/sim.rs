@@ -27,11 +27,22 @@ pub struct Simulation {
 
 impl Simulation {
     pub fn new(name: &str, spec: RolloutSpec) -> Self {
+        let mut observed = Observations::at(Timestamp::from_second(1_700_000_000).unwrap());
+        // The Services a blue-green strategy names exist, selecting nothing of the Rollout's yet.
+        if let Some(blue_green) = &spec.strategy.blue_green {
+            for name in
+                std::iter::once(&blue_green.active_service).chain(&blue_green.preview_service)
+            {
+                observed
+                    .services
+                    .insert(name.clone(), ServiceObservation::default());
+            }
+        }
         Self {
             name: name.to_string(),
             spec,
             status: RolloutStatus::default(),
-            observed: Observations::at(Timestamp::from_second(1_700_000_000).unwrap()),
+            observed,
             pods_ready: true,
             router_verifies: true,
             events: Vec::new(),

@@ -1274,18 +1274,6 @@ fn invalid_template_and_selector_are_reported() {
 }
 
 #[test]
-fn blue_green_is_reported_as_unsupported_not_ignored() {
-    let mut s = spec(1, json!({}));
-    s.strategy = serde_json::from_value(json!({"blueGreen": {"activeService": "a"}})).unwrap();
-    let plan = World::new(s).tick();
-    assert!(
-        plan.status.message.contains("spec.strategy.blueGreen"),
-        "{}",
-        plan.status.message
-    );
-}
-
-#[test]
 fn a_fixed_spec_clears_invalid_spec() {
     let mut world = World::new(spec(1, json!({"steps": [{"setWeight": 120}]})));
     world.tick();

@@ -11,7 +11,7 @@
 use std::fmt;
 
 use crate::api::argo::analysis::{AnalysisTemplateRef, Argument};
-use crate::api::argo::rollout::{CanaryStep, RolloutAnalysis, RolloutSpec};
+use crate::api::argo::rollout::{BlueGreenStrategy, CanaryStep, RolloutAnalysis, RolloutSpec};
 use crate::engine::AnalysisTemplates;
 use crate::engine::analysis::args;
 use crate::engine::replicas::fenceposts;
@@ -55,13 +55,36 @@ pub fn validate(spec: &RolloutSpec) -> Vec<InvalidSpec> {
             "spec.strategy",
             "exactly one of spec.strategy.canary or spec.strategy.blueGreen must be set",
         )),
-        (None, Some(_)) => errors.push(err(
-            "spec.strategy.blueGreen",
-            "the blueGreen strategy is not supported by this version of Sluice; use canary",
-        )),
+        (None, Some(blue_green)) => validate_blue_green(blue_green, &mut errors),
         (Some(_), None) => validate_canary(spec, &mut errors),
     }
     errors
+}
+
+fn validate_blue_green(strategy: &BlueGreenStrategy, errors: &mut Vec<InvalidSpec>) {
+    if strategy.active_service.is_empty() {
+        errors.push(err(
+            "spec.strategy.blueGreen.activeService",
+            "must name the Service that receives production traffic",
+        ));
+    }
+    if strategy.preview_service.as_deref() == Some(strategy.active_service.as_str()) {
+        errors.push(err(
+            "spec.strategy.blueGreen.previewService",
+            "must differ from activeService",
+        ));
+    }
+    let unsupported = [
+        ("activeMetadata", strategy.active_metadata.is_some()),
+        ("previewMetadata", strategy.preview_metadata.is_some()),
+        ("antiAffinity", strategy.anti_affinity.is_some()),
+    ];
+    for (field, _) in unsupported.iter().filter(|(_, set)| *set) {
+        errors.push(err(
+            format!("spec.strategy.blueGreen.{field}"),
+            "not supported by this version of Sluice yet; remove it, or use the canary strategy",
+        ));
+    }
 }
 
 fn validate_template(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
@@ -535,11 +558,23 @@ pub fn analysis_templates(spec: &RolloutSpec, templates: &AnalysisTemplates) -> 
         .collect()
 }
 
-/// The analyses of a canary strategy with the field each is written at: each step's, then the
-/// background one.
+/// The analyses of a Rollout's strategy with the field each is written at: a canary's steps', then
+/// its background one; a blue-green's pre-, then post-promotion one.
 pub fn canary_analyses(spec: &RolloutSpec) -> Vec<(String, &RolloutAnalysis)> {
     let Some(canary) = &spec.strategy.canary else {
-        return Vec::new();
+        let base = "spec.strategy.blueGreen";
+        return spec
+            .strategy
+            .blue_green
+            .iter()
+            .flat_map(|b| {
+                [
+                    ("prePromotionAnalysis", &b.pre_promotion_analysis),
+                    ("postPromotionAnalysis", &b.post_promotion_analysis),
+                ]
+            })
+            .filter_map(|(field, analysis)| Some((format!("{base}.{field}"), analysis.as_ref()?)))
+            .collect();
     };
     let base = "spec.strategy.canary";
     let steps = canary.steps().iter().enumerate().filter_map(|(i, step)| {

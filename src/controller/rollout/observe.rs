@@ -120,14 +120,7 @@ impl Default for Indexes {
                     .collect()
             }),
             rollouts_by_service: Index::new(|r| {
-                let mut names: Vec<String> = r
-                    .spec
-                    .strategy
-                    .canary
-                    .iter()
-                    .flat_map(|c| [c.canary_service.clone(), c.stable_service.clone()])
-                    .flatten()
-                    .collect();
+                let mut names = managed_services(&r.spec);
                 names.dedup();
                 names
             }),
@@ -256,15 +249,9 @@ pub fn resolve_spec(
 
 /// The templates the analyses of `spec` name directly, as `(name, clusterScope)`.
 fn analysis_refs(spec: &RolloutSpec) -> Vec<(String, bool)> {
-    let Some(canary) = &spec.strategy.canary else {
-        return Vec::new();
-    };
-    canary
-        .steps()
-        .iter()
-        .filter_map(|s| s.analysis.as_ref())
-        .chain(canary.analysis.as_ref().map(|b| &b.analysis))
-        .flat_map(|a| a.templates.as_deref().unwrap_or_default())
+    crate::engine::validate::canary_analyses(spec)
+        .into_iter()
+        .flat_map(|(_, a)| a.templates.as_deref().unwrap_or_default())
         .filter_map(|t| Some((t.template_name.clone()?, t.cluster_scope.unwrap_or(false))))
         .collect()
 }
@@ -380,17 +367,13 @@ pub fn observations(
         .collect();
 
     let mut services = BTreeMap::new();
-    if let Some(canary) = &spec.strategy.canary {
-        for name in [&canary.canary_service, &canary.stable_service]
-            .into_iter()
-            .flatten()
+    for name in managed_services(spec) {
+        if let Some(service) = caches
+            .services
+            .get(&ObjectRef::new(&name).within(&namespace))
         {
-            if let Some(service) = caches
-                .services
-                .get(&ObjectRef::new(name).within(&namespace))
-            {
-                services.insert(name.clone(), service_observation(&service, caches));
-            }
+            let observation = service_observation(&service, caches);
+            services.insert(name, observation);
         }
     }
 
@@ -505,6 +488,21 @@ fn replica_set(rs: &ReplicaSet, current_hash: Option<&str>) -> Option<ReplicaSet
             .and_then(|m| serde_json::from_str(m).ok()),
         pod_template_hash: hash,
     })
+}
+
+/// The Services whose selectors the Rollout manages: canary and stable, or active and preview.
+fn managed_services(spec: &RolloutSpec) -> Vec<String> {
+    let canary = spec
+        .strategy
+        .canary
+        .iter()
+        .flat_map(|c| [c.canary_service.clone(), c.stable_service.clone()]);
+    let blue_green = spec
+        .strategy
+        .blue_green
+        .iter()
+        .flat_map(|b| [Some(b.active_service.clone()), b.preview_service.clone()]);
+    canary.chain(blue_green).flatten().collect()
 }
 
 fn service_observation(service: &Service, caches: &Caches) -> ServiceObservation {
