@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use common::controller::ControllerProcess;
-use common::{TestEnv, TestNamespace, eventually, test_env};
+use common::eventually;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -26,25 +26,7 @@ use sluice::engine::intent::{self, Intent};
 const TIMEOUT: Duration = Duration::from_secs(90);
 const HASH: &str = "rollouts-pod-template-hash";
 
-struct Fixture {
-    env: TestEnv,
-    ns: TestNamespace,
-    ctl: ControllerProcess,
-    rollouts: Api<Rollout>,
-}
-
-async fn fixture(prefix: &str) -> Option<Fixture> {
-    let env = test_env().await?;
-    let ns = env.namespace(prefix).await;
-    let ctl = ControllerProcess::start_with(&env, &ns.name, &["--leader-elect=false"]).await;
-    let rollouts = Api::namespaced(env.client.clone(), &ns.name);
-    Some(Fixture {
-        env,
-        ns,
-        ctl,
-        rollouts,
-    })
-}
+use common::rollouts::{Fixture, fixture};
 
 fn template(image: &str, port: Option<u16>) -> Value {
     let mut container = json!({"name": "web", "image": image});

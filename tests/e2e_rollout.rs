@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::controller::ControllerProcess;
-use common::{TestEnv, TestNamespace, test_env};
+use common::test_env;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -22,25 +22,7 @@ use sluice::engine::intent::{self, Intent};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-struct Fixture {
-    env: TestEnv,
-    ns: TestNamespace,
-    ctl: ControllerProcess,
-    rollouts: Api<Rollout>,
-}
-
-async fn fixture(prefix: &str) -> Option<Fixture> {
-    let env = test_env().await?;
-    let ns = env.namespace(prefix).await;
-    let ctl = ControllerProcess::start_with(&env, &ns.name, &["--leader-elect=false"]).await;
-    let rollouts = Api::namespaced(env.client.clone(), &ns.name);
-    Some(Fixture {
-        env,
-        ns,
-        ctl,
-        rollouts,
-    })
-}
+use common::rollouts::{Fixture, fixture};
 
 fn template(image: &str, extra_labels: Value) -> Value {
     let mut labels = json!({"app": "web"});

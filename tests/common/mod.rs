@@ -26,6 +26,7 @@ pub mod controller;
 pub mod events;
 pub mod exporter;
 pub mod proxy;
+pub mod rollouts;
 pub mod service_account;
 pub mod traffic;
 
