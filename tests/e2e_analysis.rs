@@ -681,6 +681,112 @@ spec:
     }
 }
 
+/// A one-container Job metric running `image` with `args`.
+fn job_run_with(name: &str, image: &str, args: &str) -> String {
+    format!(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: AnalysisRun
+metadata:
+  name: {name}
+spec:
+  metrics:
+  - name: smoke
+    count: 1
+    provider:
+      job:
+        spec:
+          backoffLimit: 0
+          template:
+            spec:
+              restartPolicy: Never
+              containers:
+              - name: smoke
+                image: {image}
+                command: [sh, -c]
+                args: [{args}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_job_that_cannot_pull_its_image_or_is_terminated_is_inconclusive() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let ns = env.namespace("ar-job-stuck").await;
+    let ctl = ControllerProcess::start(&env, &ns.name).await;
+    // Upstream v1.10: a pod that can never start is no verdict, so the Rollout pauses for a person.
+    let stuck = job_run_with(
+        "stuck",
+        "nonexistent-image-that-does-not-exist:latest",
+        "\"true\"",
+    );
+    let stuck = create_run(&env, &ns.name, &stuck).await;
+    let run = wait_completed(&env, &ns.name, &stuck, Duration::from_secs(90), &ctl).await;
+    assert_eq!(
+        phase(&run),
+        AnalysisPhase::Inconclusive,
+        "{}",
+        status_text(&run)
+    );
+    let message = metric(&run, "smoke").measurements[0]
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        message.contains("ErrImagePull"),
+        "the measurement says why: {message}"
+    );
+    // A Job stopped by termination never finished: Inconclusive, not Successful.
+    let long = create_run(
+        &env,
+        &ns.name,
+        &job_run_with("long", "busybox", "\"sleep 6000\""),
+    )
+    .await;
+    let runs: Api<AnalysisRun> = Api::namespaced(env.client.clone(), &ns.name);
+    eventually(
+        Duration::from_secs(60),
+        "the long job measurement starts",
+        || async {
+            let run = runs.get(&long).await.ok()?;
+            let results = run.status?.metric_results;
+            results
+                .iter()
+                .any(|m| !m.measurements.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    runs.patch(
+        &long,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"terminate": true}})),
+    )
+    .await
+    .expect("terminating the run");
+    let run = wait_completed(&env, &ns.name, &long, Duration::from_secs(90), &ctl).await;
+    assert_eq!(
+        phase(&run),
+        AnalysisPhase::Inconclusive,
+        "{}",
+        status_text(&run)
+    );
+    let last = metric(&run, "smoke")
+        .measurements
+        .last()
+        .cloned()
+        .expect("a measurement");
+    assert_eq!(
+        last.phase,
+        AnalysisPhase::Inconclusive,
+        "{}",
+        status_text(&run)
+    );
+    assert_eq!(last.message.as_deref(), Some("metric terminated"));
+}
+
 #[tokio::test]
 async fn a_condition_that_does_not_parse_is_reported_not_passed() {
     let Some(env) = common::test_env().await else {

@@ -13,7 +13,11 @@
 //!   and `…/metric-name`, and a controller owner reference to the AnalysisRun (so deleting the run
 //!   deletes its Jobs);
 //! - the measurement metadata `job-name` / `job-namespace`;
-//! - termination: the Job is deleted and the measurement is Successful, "metric terminated".
+//! - a Job whose pod cannot start (a container waiting with `ErrImagePull`, `ImagePullBackOff` or
+//!   `InvalidImageName`: it never will on its own) is an **Inconclusive** measurement, so the
+//!   Rollout pauses for a person instead of waiting forever or failing (upstream v1.10);
+//! - termination: the Job is deleted and the measurement is **Inconclusive**, "metric terminated"
+//!   (upstream v1.10: a Job that never finished is no evidence either way).
 //!
 //! Differs from upstream: upstream requeues a run on Job events through a Job informer; Sluice polls
 //! an in-flight Job every [`RESUME_AFTER`] (a GET per running Job every ten seconds is cheap, and
@@ -30,10 +34,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
-use super::{MeasureContext, Provider, ProviderError, terminated};
+use super::{MeasureContext, Provider, ProviderError};
 use crate::api::argo::analysis::{Measurement, Metric};
 use crate::engine::AnalysisPhase;
 use crate::engine::analysis::Observed;
@@ -206,6 +211,54 @@ pub fn judge_job(job: &Job) -> Option<(AnalysisPhase, String)> {
     holding("Complete").map(|_| (AnalysisPhase::Successful, "job completed".to_string()))
 }
 
+/// Container waiting reasons that never clear on their own (upstream `terminalWaitingReasons`).
+const TERMINAL_WAITING_REASONS: [&str; 3] =
+    ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"];
+
+/// Why a Job's pods can never start, if one of its (init) containers waits for a reason that does
+/// not clear on its own: `pod <name>, container <name>: <reason>: <message>`.
+pub fn stuck_pod(pods: &[Pod]) -> Option<String> {
+    pods.iter().find_map(|pod| {
+        let status = pod.status.as_ref()?;
+        let containers = status.init_container_statuses.iter().flatten();
+        containers
+            .chain(status.container_statuses.iter().flatten())
+            .find_map(|c| {
+                let waiting = c.state.as_ref()?.waiting.as_ref()?;
+                let reason = waiting.reason.as_deref()?;
+                TERMINAL_WAITING_REASONS.contains(&reason).then(|| {
+                    format!(
+                        "pod {}, container {} cannot start: {reason}: {}",
+                        pod.metadata.name.as_deref().unwrap_or_default(),
+                        c.name,
+                        waiting.message.as_deref().unwrap_or("no message")
+                    )
+                })
+            })
+    })
+}
+
+/// A Job measurement stopped without a verdict: Inconclusive, with `message`.
+fn inconclusive(metadata: BTreeMap<String, String>, message: String) -> Observed {
+    Observed::Judged {
+        phase: AnalysisPhase::Inconclusive,
+        value: None,
+        message: Some(message),
+        metadata,
+    }
+}
+
+/// The Job's pods (by the `controller-uid` label the Job controller puts on them); none when the
+/// Job has no uid yet. A failed list is no verdict: the next look tries again.
+async fn job_pods(ctx: &MeasureContext, namespace: &str, job: &Job) -> Vec<Pod> {
+    let Some(uid) = job.metadata.uid.as_deref() else {
+        return Vec::new();
+    };
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = ListParams::default().labels(&format!("batch.kubernetes.io/controller-uid={uid}"));
+    api.list(&params).await.map(|l| l.items).unwrap_or_default()
+}
+
 /// Names of this metric's Jobs to delete so that the newest `keep` remain: oldest first by creation
 /// time, then by measurement number.
 pub fn jobs_to_collect(jobs: &[Job], metric_name: &str, keep: usize) -> Vec<String> {
@@ -284,6 +337,11 @@ fn not_ours(namespace: &str, name: &str) -> Observed {
         query: None,
         metadata: job_metadata(namespace, name),
     }
+}
+
+/// A Job stopped by the run's termination never finished: Inconclusive (upstream v1.10).
+fn terminated(namespace: &str, name: &str) -> Observed {
+    inconclusive(job_metadata(namespace, name), "metric terminated".into())
 }
 
 fn job_metadata(namespace: &str, name: &str) -> BTreeMap<String, String> {
@@ -405,10 +463,13 @@ impl Provider for JobProvider {
                 message: Some(format!("{namespace}/{name}: {message}")),
                 metadata,
             },
-            None => Observed::InProgress {
-                metadata,
-                message: Some(format!("job {namespace}/{name} is running")),
-                resume_after: RESUME_AFTER,
+            None => match stuck_pod(&job_pods(ctx, &namespace, &job).await) {
+                Some(why) => inconclusive(metadata, format!("job {namespace}/{name}: {why}")),
+                None => Observed::InProgress {
+                    metadata,
+                    message: Some(format!("job {namespace}/{name} is running")),
+                    resume_after: RESUME_AFTER,
+                },
             },
         }
     }
@@ -428,7 +489,7 @@ impl Provider for JobProvider {
             Ok(Some(job)) if !controlled_by(&job, &ctx.run_uid) => {
                 return not_ours(&namespace, &name);
             }
-            Ok(None) => return terminated(job_metadata(&namespace, &name)),
+            Ok(None) => return terminated(&namespace, &name),
             Ok(Some(_)) => {}
             Err(e) => {
                 return Observed::Error {
@@ -442,7 +503,7 @@ impl Provider for JobProvider {
             }
         }
         match delete_job(&api, &name).await {
-            Ok(()) => terminated(job_metadata(&namespace, &name)),
+            Ok(()) => terminated(&namespace, &name),
             Err(e) => Observed::Error {
                 message: format!(
                     "deleting job {namespace}/{name} failed: {}",
