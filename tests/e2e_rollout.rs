@@ -1011,10 +1011,12 @@ async fn canary_and_stable_services_follow_the_replica_sets() {
 // === analysis, deadlines, history and restarts ===
 
 impl Fixture {
-    /// Creates an AnalysisTemplate with one Prometheus metric from the test environment.
+    /// Creates an AnalysisTemplate with one metric; a Prometheus one asks the test environment's.
     async fn analysis_template(&self, name: &str, metric: Value) {
         let mut metric = metric;
-        metric["provider"]["prometheus"]["address"] = json!(self.env.prometheus_url);
+        if let Some(prometheus) = metric["provider"].get_mut("prometheus") {
+            prometheus["address"] = json!(self.env.prometheus_url);
+        }
         let template = json!({
             "apiVersion": "argoproj.io/v1alpha1",
             "kind": "AnalysisTemplate",
@@ -1202,6 +1204,60 @@ async fn a_successful_background_analysis_lets_the_update_complete() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A web metric endpoint that answers `{"ok": 1}` after `delay`: a slow first measurement.
+async fn slow_web_metric(delay: Duration) -> (String, tokio::task::JoinHandle<()>) {
+    let app = axum::Router::new().route(
+        "/metric",
+        axum::routing::get(move || async move {
+            tokio::time::sleep(delay).await;
+            axum::Json(json!({"ok": 1}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding the metric endpoint");
+    let url = format!("http://{}/metric", listener.local_addr().expect("address"));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, server)
+}
+
+#[tokio::test]
+async fn a_pause_is_entered_with_the_background_analysis_already_running() {
+    let Some(f) = fixture("ro-bg-first").await else {
+        return;
+    };
+    // The first measurement takes 3 s, so the run is Pending that long after it is created.
+    let (url, server) = slow_web_metric(Duration::from_secs(3)).await;
+    let watch = json!({
+        "name": "probe",
+        "interval": "30s",
+        "successCondition": "result.ok == 1",
+        "provider": {"web": {"url": url, "timeoutSeconds": 10}},
+    });
+    f.analysis_template("watch", watch).await;
+    let ro = rollout(
+        "web",
+        2,
+        json!({
+            "analysis": {"templates": [{"templateName": "watch"}]},
+            "steps": [{"setWeight": 50}, {"pause": {}}],
+        }),
+    );
+    deployed(&f, &ro).await;
+    f.set_image("web", "registry.invalid/web:2").await;
+    // Argo's order, which its e2e suite checks: whoever sees Paused also sees the run running.
+    f.wait("web", "paused at the pause step", |r| {
+        status(r).phase == Some(RolloutPhase::Paused)
+    })
+    .await;
+    let runs = f.analysis_runs().await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(run_phase(&runs[0]), "Running", "{:?}", runs[0].status);
+    server.abort();
 }
 
 #[tokio::test]

@@ -742,6 +742,12 @@ impl<'a> Planner<'a> {
                     self.status.controller_pause = false;
                     true
                 }
+                (None, _) if self.background_starting(index) => {
+                    // As Argo's order of events: a pause is entered with the background analysis
+                    // already running, so whoever sees Paused also sees the run that judges it.
+                    self.requeue_in(1);
+                    false
+                }
                 (None, duration) => {
                     if let Some(seconds) = duration {
                         self.requeue_in(seconds);
@@ -945,6 +951,21 @@ impl<'a> Planner<'a> {
             labels,
             annotations: metadata.annotations.unwrap_or_default(),
         }
+    }
+
+    /// Whether the background analysis is due at step `index` but no run of it is seen running
+    /// yet (judged on the observation alone, so planning twice on it decides the same).
+    fn background_starting(&self, index: i32) -> bool {
+        let Some(background) = &self.canary().analysis else {
+            return false;
+        };
+        let base = format!("{}-{}-{}", self.name, self.current(), self.revision());
+        index >= background.starting_step.unwrap_or(0)
+            && !self
+                .observed
+                .analysis_runs
+                .iter()
+                .any(|r| attempt_of(&r.name, &base).is_some() && r.phase != AnalysisPhase::Pending)
     }
 
     fn background_analysis(&mut self) {
