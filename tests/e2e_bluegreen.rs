@@ -298,8 +298,9 @@ async fn auto_promotion_seconds_promote_after_the_pause() {
     assert_eq!(f.selector("web-active").await, Some(new));
 }
 
-/// Abort: the active Service stays on stable, the preview goes back to it, the Rollout is
-/// Degraded, and the new ReplicaSet is scaled down after abortScaleDownDelaySeconds.
+/// Abort: the active Service stays on stable, the preview stays on the rejected ReplicaSet (as
+/// Argo), the Rollout is Degraded, and the new ReplicaSet is scaled down after
+/// abortScaleDownDelaySeconds.
 #[tokio::test]
 async fn abort_keeps_stable_active_and_scales_the_preview_down() {
     let Some(f) = fixture("bg-abort").await else {
@@ -327,7 +328,7 @@ async fn abort_keeps_stable_active_and_scales_the_preview_down() {
     );
     assert_eq!(f.selector("web-active").await, Some(stable.clone()));
     f.scaled(&new, 0).await;
-    assert_eq!(f.selector("web-preview").await, Some(stable.clone()));
+    assert_eq!(f.selector("web-preview").await, Some(new.clone()));
     assert_eq!(f.replica_sets().await[&stable].0, 2);
 }
 

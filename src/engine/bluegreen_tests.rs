@@ -135,7 +135,7 @@ fn abort_keeps_active_on_stable_and_scales_the_preview_down_after_the_delay() {
     assert_eq!(world.status.phase, Some(RolloutPhase::Degraded));
     assert_eq!(world.health(), Health::Degraded);
     assert_eq!(selector(&world, ACTIVE), Some(stable.clone()));
-    assert_eq!(selector(&world, PREVIEW), Some(stable.clone()));
+    assert_eq!(selector(&world, PREVIEW), Some(new.clone()));
     assert_eq!(world.replicas(&new), 2);
     world.advance(10);
     world.settle();

@@ -2,8 +2,8 @@
 //! ReplicaSet comes up beside the stable one (at `previewReplicaCount` first, if set), the preview
 //! Service selects it, the Rollout pauses (`BlueGreenPause`) unless auto-promotion is on, and on
 //! promotion the active Service switches to it; the old ReplicaSet keeps its pods for
-//! `scaleDownDelaySeconds`. An abort points the active Service back at stable and scales the new
-//! ReplicaSet down after `abortScaleDownDelaySeconds`.
+//! `scaleDownDelaySeconds`. An abort points the active Service back at stable (the preview stays
+//! on the new ReplicaSet) and scales the new ReplicaSet down after `abortScaleDownDelaySeconds`.
 //!
 //! It shares the canary planner's revision, intent, history, counting and condition logic, and
 //! must never point the active Service at a ReplicaSet that cannot serve all of its traffic (Argo
@@ -355,8 +355,9 @@ impl<'a> Planner<'a> {
         self.switch(&strategy.active_service, observed, &target);
     }
 
-    /// The preview Service selects the new ReplicaSet once it has a pod to serve (the stable one
-    /// after an abort).
+    /// The preview Service selects the new ReplicaSet once it has a pod to serve, and keeps
+    /// selecting it after an abort (as Argo: the preview shows what was rejected; Argo's e2e suite
+    /// checks it).
     fn preview_service(&mut self, strategy: &BlueGreenStrategy) {
         let Some(service) = &strategy.preview_service else {
             return;
@@ -367,11 +368,7 @@ impl<'a> Planner<'a> {
             .get(service)
             .and_then(|s| s.selector_hash.as_deref());
         self.status.blue_green.preview_selector = observed.unwrap_or_default().to_string();
-        let target = if self.status.abort {
-            self.status.stable_rs.clone()
-        } else {
-            self.current().to_string()
-        };
+        let target = self.current().to_string();
         let available = self.rs(&target).is_some_and(|rs| rs.available_replicas > 0);
         if !available || observed == Some(target.as_str()) {
             return;
