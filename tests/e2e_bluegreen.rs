@@ -715,3 +715,33 @@ async fn missing_services_are_an_invalid_spec_until_created() {
     let hash = f.healthy().await;
     assert_eq!(f.selector("web-active").await, Some(hash));
 }
+
+/// Argo's fast rollback: going back to a revision whose pods are still up (within its
+/// scaleDownDelaySeconds) switches straight back — no BlueGreenPause, no analysis.
+#[tokio::test]
+async fn going_back_within_the_scale_down_delay_switches_straight_back() {
+    let Some(f) = fixture("bg-fast-back").await else {
+        return;
+    };
+    f.services(8080).await;
+    f.create(
+        2,
+        blue_green(json!({"autoPromotionEnabled": false, "scaleDownDelaySeconds": 120})),
+        None,
+    )
+    .await;
+    let first = f.healthy().await;
+    f.set_image("registry.invalid/web:2").await;
+    let second = f.paused_in_preview(&first).await;
+    f.intent(Intent::Promote).await;
+    assert_eq!(f.healthy().await, second);
+    f.set_image("registry.invalid/web:1").await;
+    let r = f
+        .wait("back on the first revision", |r| {
+            let s = status(r);
+            s.stable_rs == first && s.phase == Some(RolloutPhase::Healthy)
+        })
+        .await;
+    assert!(status(&r).pause_conditions.is_empty(), "{:?}", status(&r));
+    assert_eq!(f.selector("web-active").await, Some(first.clone()));
+}

@@ -364,3 +364,44 @@ fn a_missing_active_service_is_an_invalid_spec() {
             .any(|a| matches!(a, Action::CreateReplicaSet { .. }))
     );
 }
+
+#[test]
+fn going_back_to_a_revision_still_up_within_its_scale_down_delay_is_a_fast_rollback() {
+    let (mut world, first) = deployed(blue_green(2, json!({"autoPromotionEnabled": false})));
+    world.set_image("demo:2");
+    world.settle();
+    world.intent(Intent::Promote);
+    world.settle();
+    let second = world.status.stable_rs.clone();
+    assert_ne!(second, first);
+    assert_eq!(
+        world.replicas(&first),
+        2,
+        "still up within its scale-down delay"
+    );
+    // Argo's isFastRollback: no BlueGreenPause, no analysis, straight back to the old pods.
+    world.set_image("demo:1");
+    world.settle();
+    assert_eq!(world.status.current_pod_hash, first);
+    assert!(world.has_event(health::reason::FAST_ROLLBACK));
+    assert_eq!(world.status.stable_rs, first);
+    assert_eq!(selector(&world, ACTIVE), Some(first.clone()));
+    assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
+    assert!(!world.status.promote_full, "cleared once promoted");
+}
+
+#[test]
+fn going_back_after_the_scale_down_delay_is_an_ordinary_update() {
+    let (mut world, first) = deployed(blue_green(2, json!({"autoPromotionEnabled": false})));
+    world.set_image("demo:2");
+    world.settle();
+    world.intent(Intent::Promote);
+    world.settle();
+    world.advance(31);
+    world.settle();
+    assert_eq!(world.replicas(&first), 0);
+    world.set_image("demo:1");
+    world.settle();
+    assert!(!world.has_event(health::reason::FAST_ROLLBACK));
+    assert_eq!(world.status.phase, Some(RolloutPhase::Paused));
+}

@@ -438,6 +438,24 @@ impl<'a> Planner<'a> {
                         ),
                     );
                 }
+            } else if let Some(why) = template_changed
+                .then(|| self.fast_rollback(&current))
+                .flatten()
+            {
+                // Argo's fast rollback: straight back, without steps, pauses or analysis.
+                if self.spec.strategy.blue_green.is_some() {
+                    self.status.promote_full = true;
+                } else {
+                    self.status.current_step_index = (steps > 0).then_some(steps);
+                }
+                self.event(
+                    false,
+                    reason::FAST_ROLLBACK,
+                    format!(
+                        "Rolled back to revision {} {why}: without steps, pauses or analysis",
+                        self.revision_for(&current)
+                    ),
+                );
             } else if template_changed {
                 self.event(
                     false,
@@ -460,6 +478,39 @@ impl<'a> Planner<'a> {
         if self.promoted() || steps == 0 {
             self.status.current_step_index = (steps > 0).then_some(steps);
         }
+    }
+
+    /// Why going back to the ReplicaSet `hash` is a fast rollback (Argo's `isFastRollback`), if it
+    /// is: it is older than the stable one (by revision) and either within `rollbackWindow` (fewer
+    /// than `revisions` ReplicaSets between the two) or, for blue-green, still up within its
+    /// scale-down delay.
+    fn fast_rollback(&self, hash: &str) -> Option<&'static str> {
+        let back_to = self.rs(hash)?.revision;
+        let stable = self.rs(&self.old.stable_rs)?.revision;
+        if back_to >= stable {
+            return None;
+        }
+        let window = self
+            .spec
+            .rollback_window
+            .as_ref()
+            .and_then(|w| w.revisions)
+            .unwrap_or(0);
+        let between = self
+            .observed
+            .replica_sets
+            .iter()
+            .filter(|rs| rs.revision > back_to && rs.revision < stable)
+            .count();
+        if window > 0 && between < window as usize {
+            return Some("within the rollback window");
+        }
+        let within_delay = self
+            .rs(hash)
+            .and_then(|rs| rs.scale_down_deadline)
+            .is_some_and(|deadline| deadline > self.now);
+        (self.spec.strategy.blue_green.is_some() && within_delay)
+            .then_some("within its scale-down delay")
     }
 
     /// The revision the ReplicaSet with `hash` has as the current one: its own when it is the

@@ -1452,3 +1452,41 @@ fn unresolved_workload_ref_is_invalid_and_touches_nothing() {
     );
     assert_eq!(world.health(), Health::Degraded);
 }
+
+/// Updates to demo:2 … demo:`to` one after the other, each promoted in full.
+fn promote_through(world: &mut World, to: i32) {
+    for n in 2..=to {
+        world.set_image(&format!("demo:{n}"));
+        world.settle();
+        world.intent(Intent::PromoteFull);
+        world.settle();
+        assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
+    }
+}
+
+#[test]
+fn a_rollback_within_the_rollback_window_skips_the_steps() {
+    let mut s = spec(2, json!({"steps": [{"setWeight": 50}, {"pause": {}}]}));
+    s.rollback_window = serde_json::from_value(json!({"revisions": 2})).unwrap();
+    let (mut world, _) = deployed(s);
+    promote_through(&mut world, 4);
+    // Back to demo:2: one revision (demo:3) lies between it and the stable demo:4.
+    world.set_image("demo:2");
+    world.settle();
+    assert!(world.has_event(health::reason::FAST_ROLLBACK));
+    assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
+    assert_eq!(world.status.stable_rs, world.status.current_pod_hash);
+}
+
+#[test]
+fn a_rollback_outside_the_rollback_window_runs_the_steps() {
+    let mut s = spec(2, json!({"steps": [{"setWeight": 50}, {"pause": {}}]}));
+    s.rollback_window = serde_json::from_value(json!({"revisions": 2})).unwrap();
+    let (mut world, _) = deployed(s);
+    promote_through(&mut world, 5);
+    // Back to demo:2: demo:3 and demo:4 lie between it and the stable demo:5.
+    world.set_image("demo:2");
+    world.settle();
+    assert!(!world.has_event(health::reason::FAST_ROLLBACK));
+    assert_eq!(world.status.phase, Some(RolloutPhase::Paused));
+}
