@@ -335,7 +335,12 @@ pub fn render_weights(
             weigh(&mut http[i], t, canary, stable);
         }
         out.push((ownership::path(&["spec", "http"]), Value::Array(http)));
-    } else if vs.routes.as_ref().is_some_and(|r| !r.is_empty()) {
+    } else if vs.routes.as_ref().is_some_and(|r| !r.is_empty())
+        && l4_wanted(vs, "tls").is_empty()
+        && l4_wanted(vs, "tcp").is_empty()
+    {
+        // As Argo: named HTTP routes of a VirtualService without `http` are passed over when
+        // TLS or TCP routes carry the split (Argo's own TLS-only example names both).
         return Err("spec.http not found but trafficRouting names HTTP routes".into());
     }
     for key in ["tls", "tcp"] {
@@ -1057,6 +1062,36 @@ mod tests {
             ..v
         };
         assert!(render_weights(&spec, &bad, &[], &hosts(), 30, 70).is_err());
+    }
+
+    #[test]
+    fn named_http_routes_are_passed_over_when_only_tls_routes_exist() {
+        // Argo's e2e istio-host-only-tls-split.yaml: `routes: [primary]`, but the VirtualService
+        // has only a TLS route, which carries the split.
+        let spec = json!({"tls": [
+            {"match": [{"port": 3000, "sniHosts": ["h"]}], "route": [
+                {"destination": {"host": "stable"}, "weight": 100},
+                {"destination": {"host": "canary"}, "weight": 0}]},
+        ]});
+        let v = IstioVirtualService {
+            name: "vs".into(),
+            routes: Some(vec!["primary".into()]),
+            tls_routes: Some(vec![IstioTlsRoute {
+                port: Some(3000),
+                sni_hosts: Some(vec!["h".into()]),
+            }]),
+            ..Default::default()
+        };
+        let out = render_weights(&spec, &v, &[], &hosts(), 10, 90).unwrap();
+        let tls = &out.iter().find(|(p, _)| p[1] == "tls").unwrap().1;
+        assert_eq!(tls[0]["route"][1]["weight"], json!(10));
+        assert_eq!(observe_weight(&json!({"tls": tls}), &v, &[], &hosts()), Some(10));
+        // With nothing else to carry the split, the named HTTP routes must exist.
+        let http_only = IstioVirtualService {
+            tls_routes: None,
+            ..v
+        };
+        assert!(render_weights(&spec, &http_only, &[], &hosts(), 10, 90).is_err());
     }
 
     #[test]
