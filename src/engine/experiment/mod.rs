@@ -296,9 +296,10 @@ impl<'a> Planner<'a> {
             } else {
                 (templates, template_message)
             }
-        } else if analyses.is_completed() && analyses != AnalysisPhase::Successful {
-            (analyses, analyses_message)
-        } else if required_successful(self.input.spec, &self.status) {
+        } else if (analyses.is_completed() && analyses != AnalysisPhase::Successful)
+            || required_successful(self.input.spec, &self.status)
+        {
+            // An analysis ended the experiment early, or every required one succeeded.
             (analyses, analyses_message)
         } else {
             (templates, template_message)

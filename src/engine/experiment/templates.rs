@@ -91,10 +91,14 @@ pub(super) fn reconcile(planner: &mut Planner<'_>, template: &ExperimentTemplate
         }
         None => {}
         Some(rs) => {
-            service(planner, template, &mut status, desired, rs);
-            if rs.replicas != desired && scale(planner, template, desired, rs) {
+            let scaled = rs.replicas != desired && scale(planner, template, desired, rs);
+            if scaled {
                 status.last_transition_time = Some(now.clone());
             }
+            // The Service goes with the scale-down to zero, so no client finds it selecting
+            // pods that are going away (Argo waits for them to be gone).
+            let gone = desired == 0 && (rs.replicas == 0 || scaled || rs.available_replicas == 0);
+            service(planner, template, &mut status, desired, gone, rs);
         }
     }
     let counts = observed.map_or((0, 0, 0), |rs| {
@@ -166,12 +170,13 @@ fn scale(
     true
 }
 
-/// The template's Service: created while it runs, deleted once its pods are gone.
+/// The template's Service: created while it runs, deleted with its pods.
 fn service(
     planner: &mut Planner<'_>,
     template: &ExperimentTemplate,
     status: &mut TemplateStatus,
     desired: i32,
+    pods_gone: bool,
     rs: &crate::engine::ReplicaSetObservation,
 ) {
     let existing = planner.input.observed.services.get(&template.name).cloned();
@@ -195,9 +200,7 @@ fn service(
             status.service_name = Some(name);
             status.pod_template_hash = Some(rs.pod_template_hash.clone());
         }
-        (_, Some(name))
-            if (desired == 0 && rs.available_replicas == 0) || template.service.is_none() =>
-        {
+        (_, Some(name)) if pods_gone || template.service.is_none() => {
             planner.actions.push(Action::DeleteService {
                 template: template.name.clone(),
                 service: name,

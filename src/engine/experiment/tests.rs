@@ -213,6 +213,12 @@ fn runs_for_its_duration_then_succeeds_and_scales_down_after_the_delay() {
         .filter(|a| matches!(a, Action::ScaleReplicaSet { replicas: 0, .. }))
         .collect();
     assert_eq!(scaled.len(), 2, "{plan:?}");
+    assert!(
+        plan.actions.iter().any(
+            |a| matches!(a, Action::DeleteService { service, .. } if service == "exp-baseline")
+        ),
+        "the Service goes with the scale-down: {plan:?}"
+    );
     // Planning again on the same observations changes nothing.
     let again = w.plan();
     assert_eq!(again.status, plan.status);
