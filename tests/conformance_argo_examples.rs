@@ -17,12 +17,13 @@ use serde_json::Value;
 /// The Argo Rollouts release whose examples are checked.
 const ARGO_ROLLOUTS_VERSION: &str = "v1.10.1";
 
-/// Sluice's kinds in `argoproj.io/v1alpha1`; other kinds (Experiment, Services, ...) are skipped.
-const KINDS: [&str; 4] = [
+/// Sluice's kinds in `argoproj.io/v1alpha1`; other kinds (Services, ...) are skipped.
+const KINDS: [&str; 5] = [
     "Rollout",
     "AnalysisTemplate",
     "ClusterAnalysisTemplate",
     "AnalysisRun",
+    "Experiment",
 ];
 
 /// Example paths that are no manifests `kubectl apply` takes, so nothing any CRD accepts: a Helm

@@ -49,6 +49,7 @@ fn typed_round_trip(api_version: &str, kind: &str, doc: &Value) -> Option<Result
             round_trip::<argo::ClusterAnalysisTemplate>(doc)
         }
         ("argoproj.io/v1alpha1", "AnalysisRun") => round_trip::<argo::AnalysisRun>(doc),
+        ("argoproj.io/v1alpha1", "Experiment") => round_trip::<argo::Experiment>(doc),
         ("flagger.app/v1beta1", "Canary") => round_trip::<flagger::Canary>(doc),
         ("flagger.app/v1beta1", "MetricTemplate") => round_trip::<flagger::MetricTemplate>(doc),
         ("flagger.app/v1beta1", "AlertProvider") => round_trip::<flagger::AlertProvider>(doc),

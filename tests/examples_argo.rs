@@ -96,6 +96,9 @@ fn argo_objects_round_trip_and_pass_the_crd_rules() {
                 (Some("argoproj.io/v1alpha1"), Some("ClusterAnalysisTemplate")) => {
                     check::<ClusterAnalysisTemplate>(doc, &what)
                 }
+                (Some("argoproj.io/v1alpha1"), Some("Experiment")) => {
+                    check::<sluice::api::argo::Experiment>(doc, &what)
+                }
                 (Some("argoproj.io/v1alpha1"), kind) => panic!("{what}: unexpected kind {kind:?}"),
                 (Some(_), Some(_)) => {}
                 _ => panic!("{what}: apiVersion and kind are required"),

@@ -21,6 +21,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         argo::AnalysisTemplate::crd(),
         argo::ClusterAnalysisTemplate::crd(),
         argo::analysis::analysis_run_crd(),
+        argo::experiment::experiment_crd(),
         flagger::Canary::crd(),
         flagger::MetricTemplate::crd(),
         flagger::AlertProvider::crd(),

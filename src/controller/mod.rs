@@ -12,6 +12,7 @@ pub mod analysis_template;
 pub mod backoff;
 pub mod canary;
 pub mod client_metrics;
+pub mod experiment;
 pub mod fresh;
 pub mod http;
 pub mod instance;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod rollout;
 pub mod shared_watch;
 pub mod status_route;
+pub mod template_fetch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +39,7 @@ pub const FIELD_MANAGER: &str = "sluice";
 /// half turned off.
 #[derive(Clone, Copy, Debug)]
 pub struct Apis {
-    /// Rollouts, AnalysisRuns, AnalysisTemplates.
+    /// Rollouts, AnalysisRuns, AnalysisTemplates, Experiments.
     pub argo: bool,
     /// Canaries (with their MetricTemplates and AlertProviders).
     pub flagger: bool,
@@ -259,8 +261,9 @@ async fn controllers(
             shutdown.clone(),
         );
         let templates = analysis_template::run(shared.clone(), shutdown.clone());
+        let experiments = experiment::run(shared.clone(), shutdown.clone());
         async move {
-            tokio::join!(analysis_runs, rollouts, templates);
+            tokio::join!(analysis_runs, rollouts, templates, experiments);
         }
     });
     let flagger = config.apis.flagger.then(|| {

@@ -17,6 +17,7 @@
 
 pub mod analysis;
 mod ephemeral;
+pub mod experiment;
 pub mod flagger;
 pub mod hash;
 pub mod health;

@@ -832,7 +832,9 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// Reads a run phase, treating `""` (what upstream writes before a run starts) as unset.
-fn phase_or_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<AnalysisPhase>, D::Error> {
+pub(crate) fn phase_or_empty<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<AnalysisPhase>, D::Error> {
     match Option::<String>::deserialize(d)? {
         None => Ok(None),
         Some(s) if s.is_empty() => Ok(None),

@@ -7,7 +7,7 @@
 //! (and the resolved spec for the pod template). Traffic actions go through the Rollout's
 //! routers (`super::traffic`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -21,15 +21,14 @@ use super::Error;
 use super::ephemeral;
 use super::fresh::{self, Fresh};
 use super::observe::TEMPLATE_HASH_ANNOTATION;
-use crate::api::argo::analysis::{
-    AnalysisRun, AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate,
-};
+use crate::api::argo::analysis::{AnalysisRun, AnalysisTemplateSpec};
 use crate::api::argo::rollout::{
     EPHEMERAL_METADATA_ANNOTATION, MANAGED_BY_ROLLOUTS_ANNOTATION, POD_TEMPLATE_HASH_LABEL,
     PodTemplateMetadata, REVISION_ANNOTATION, Rollout, RolloutSpec, SCALE_DOWN_DEADLINE_ANNOTATION,
 };
 use crate::controller::FIELD_MANAGER;
-use crate::engine::analysis::args::{self, ArgsError};
+use crate::controller::template_fetch::{self, FetchError};
+use crate::engine::analysis::args;
 use crate::engine::{Action, AnalysisRunRequest};
 
 /// What one Rollout's actions need.
@@ -498,79 +497,36 @@ impl Target<'_> {
         request: &AnalysisRunRequest,
     ) -> Result<Vec<(String, AnalysisTemplateSpec)>, Error> {
         let roots = args::request_templates(request);
-        let mut fetched: HashMap<(String, bool), AnalysisTemplateSpec> = HashMap::new();
-        // Each pass either finishes or learns one more template; the walk's own depth limit
-        // bounds the number of templates, this bounds the passes.
-        for _ in 0..256 {
-            let walk = args::collect_templates(&roots, |r| {
-                let key = (r.template_name.clone(), r.cluster_scope.unwrap_or(false));
-                fetched
-                    .get(&key)
-                    .cloned()
-                    .ok_or_else(|| args::Walk::Missing(r.clone()))
-            });
-            match walk {
-                Ok(templates) => return Ok(templates),
-                Err(args::Walk::Args(source)) => {
-                    return Err(Error::BuildAnalysisRun {
-                        namespace: self.namespace(),
-                        name: request.name.clone(),
-                        rollout: self.name(),
-                        source,
-                    });
-                }
-                Err(args::Walk::Missing(reference)) => {
-                    let cluster = reference.cluster_scope.unwrap_or(false);
-                    let spec = self
-                        .fetch_template(&reference.template_name, cluster)
-                        .await?;
-                    fetched.insert((reference.template_name.clone(), cluster), spec);
-                }
-            }
-        }
-        Err(Error::BuildAnalysisRun {
-            namespace: self.namespace(),
-            name: request.name.clone(),
-            rollout: self.name(),
-            source: ArgsError::TemplateDepth {
-                at: "the template references".into(),
-            },
-        })
-    }
-
-    async fn fetch_template(
-        &self,
-        name: &str,
-        cluster: bool,
-    ) -> Result<AnalysisTemplateSpec, Error> {
-        let namespace = self.namespace();
-        let (kind, found) = if cluster {
-            let api: Api<ClusterAnalysisTemplate> = Api::all(self.client.clone());
-            (
-                "ClusterAnalysisTemplate",
-                api.get_opt(name).await.map(|t| t.map(|t| t.spec.template)),
-            )
-        } else {
-            let api: Api<AnalysisTemplate> = Api::namespaced(self.client.clone(), &namespace);
-            (
-                "AnalysisTemplate",
-                api.get_opt(name).await.map(|t| t.map(|t| t.spec)),
-            )
-        };
-        match found {
-            Ok(Some(spec)) => Ok(spec),
-            Ok(None) => Err(Error::TemplateNotFound {
-                kind,
-                namespace,
-                name: name.to_string(),
-                rollout: self.name(),
-            }),
-            Err(source) => Err(Error::ReadTemplate {
-                kind,
-                namespace,
-                name: name.to_string(),
-                source,
-            }),
-        }
+        template_fetch::fetch(self.client, &self.namespace(), &roots)
+            .await
+            .map_err(|e| match e {
+                FetchError::Args(source) => Error::BuildAnalysisRun {
+                    namespace: self.namespace(),
+                    name: request.name.clone(),
+                    rollout: self.name(),
+                    source,
+                },
+                FetchError::NotFound {
+                    kind,
+                    namespace,
+                    name,
+                } => Error::TemplateNotFound {
+                    kind,
+                    namespace,
+                    name,
+                    rollout: self.name(),
+                },
+                FetchError::Read {
+                    kind,
+                    namespace,
+                    name,
+                    source,
+                } => Error::ReadTemplate {
+                    kind,
+                    namespace,
+                    name,
+                    source,
+                },
+            })
     }
 }

@@ -536,20 +536,43 @@ pub fn build_run_spec(
     request: &AnalysisRunRequest,
     templates: &[(String, AnalysisTemplateSpec)],
 ) -> Result<AnalysisRunSpec, ArgsError> {
+    let caller = RunCaller {
+        name: "the Rollout's analysis",
+        args: run_arguments(&request.args)?,
+        dry_run: &request.dry_run,
+        measurement_retention: &request.measurement_retention,
+    };
+    build_run_spec_for(&caller, templates)
+}
+
+/// What the creator of a run (a Rollout's analysis, an Experiment) adds to its templates.
+pub struct RunCaller<'a> {
+    /// Names the caller in errors ("the Rollout's analysis").
+    pub name: &'a str,
+    /// Run arguments, already converted ([`run_arguments`]).
+    pub args: Vec<Argument>,
+    pub dry_run: &'a [DryRun],
+    pub measurement_retention: &'a [MeasurementRetention],
+}
+
+/// [`build_run_spec`] for any caller.
+pub fn build_run_spec_for(
+    caller: &RunCaller<'_>,
+    templates: &[(String, AnalysisTemplateSpec)],
+) -> Result<AnalysisRunSpec, ArgsError> {
     let (mut ordered, cluster): (Vec<_>, Vec<_>) = templates
         .iter()
         .cloned()
         .partition(|(name, _)| !name.starts_with(CLUSTER_PREFIX));
     ordered.extend(cluster);
-    let args = run_arguments(&request.args)?;
-    let merged = merge_templates(&ordered, &args)?;
+    let merged = merge_templates(&ordered, &caller.args)?;
 
-    const FROM_ROLLOUT: &str = "the Rollout's analysis";
+    let from_caller = caller.name;
     const FROM_TEMPLATES: &str = "the templates";
-    let dry_run = request
+    let dry_run = caller
         .dry_run
         .iter()
-        .map(|d| (FROM_ROLLOUT.to_owned(), d.clone()))
+        .map(|d| (from_caller.to_owned(), d.clone()))
         .chain(
             merged
                 .dry_run
@@ -565,10 +588,10 @@ pub fn build_run_spec(
             second,
         },
     )?;
-    let retention = request
+    let retention = caller
         .measurement_retention
         .iter()
-        .map(|r| (FROM_ROLLOUT.to_owned(), r.clone()))
+        .map(|r| (from_caller.to_owned(), r.clone()))
         .chain(
             merged
                 .measurement_retention
