@@ -274,6 +274,7 @@ impl<'a> Planner<'a> {
             return;
         }
         self.remove_condition(reason::INVALID_SPEC);
+        self.release_unreferenced_services();
 
         self.identify_revision();
         self.user_intents();
@@ -303,6 +304,16 @@ impl<'a> Planner<'a> {
         self.scale_workload();
         self.restart_pods();
         self.conditions();
+    }
+
+    /// Services the spec stopped naming get their hash selector back off (Argo's service
+    /// controller does the same), else they keep selecting one ReplicaSet's pods forever.
+    fn release_unreferenced_services(&mut self) {
+        for service in &self.observed.unreferenced_services {
+            self.actions.push(Action::ReleaseService {
+                service: service.clone(),
+            });
+        }
     }
 
     /// `spec.restartAt`: evict the pods created before it, one at a time (see [`restart`]).
@@ -1717,23 +1728,16 @@ impl<'a> Planner<'a> {
                     message.clone(),
                 );
                 self.event(true, reason::PROGRESS_DEADLINE_EXCEEDED, message.clone());
-                if self.spec.progress_deadline_abort() {
-                    self.start_abort(format!(
-                        "Rollout aborted update to revision {}: {message}",
-                        self.revision()
-                    ));
-                    self.set_condition(
-                        reason::PROGRESSING,
-                        "False",
-                        reason::ROLLOUT_ABORTED,
-                        self.abort_message.clone().unwrap_or_default(),
-                    );
-                }
+                self.progress_deadline_abort(&message);
             }
             Some(last) if !self.progressed => {
                 self.requeue_in(last.saturating_add(deadline) - self.now.as_second());
             }
-            _ if exceeded && !self.progressed => {}
+            // progressDeadlineAbort set after the deadline passed still aborts, as in Argo.
+            _ if exceeded && !self.progressed => {
+                let message = existing.map(|c| c.message).unwrap_or_default();
+                self.progress_deadline_abort(&message);
+            }
             _ => {
                 let message = format!("ReplicaSet {rs_name:?} is progressing.");
                 let fresh = existing
@@ -1757,6 +1761,23 @@ impl<'a> Planner<'a> {
                 self.requeue_in(deadline);
             }
         }
+    }
+
+    /// With `progressDeadlineAbort`, an update past its progress deadline aborts.
+    fn progress_deadline_abort(&mut self, message: &str) {
+        if !self.spec.progress_deadline_abort() || self.status.abort || self.promoted() {
+            return;
+        }
+        self.start_abort(format!(
+            "Rollout aborted update to revision {}: {message}",
+            self.revision()
+        ));
+        self.set_condition(
+            reason::PROGRESSING,
+            "False",
+            reason::ROLLOUT_ABORTED,
+            self.abort_message.clone().unwrap_or_default(),
+        );
     }
 }
 
