@@ -25,6 +25,7 @@ use crate::engine::{
 };
 
 mod bluegreen;
+mod dynamic_abort;
 
 /// What a blue-green Rollout's canary helpers see: no steps, no router, no Services.
 static NO_CANARY: std::sync::LazyLock<CanaryStrategy> =
@@ -298,7 +299,7 @@ impl<'a> Planner<'a> {
         self.scale_down_old_replica_sets();
         self.delete_old_history();
         self.ephemeral_metadata();
-        self.services();
+        self.services(targets);
         self.traffic(targets);
         self.counts();
         self.scale_workload();
@@ -1030,7 +1031,11 @@ impl<'a> Planner<'a> {
             return 0;
         }
         if self.status.abort {
-            return 0;
+            return if self.dynamic_abort() {
+                self.dynamic_abort_canary_weight()
+            } else {
+                0
+            };
         }
         if self.status.promote_full || self.index() >= self.step_count() {
             return max;
@@ -1109,9 +1114,14 @@ impl<'a> Planner<'a> {
                 observed,
                 aborted: self.status.abort,
             });
-            if self.status.abort {
+            if self.status.abort && !self.abort_follows_weight() {
                 new = self.aborted_canary_replicas();
             }
+            let weight = if self.dynamic_abort() {
+                self.dynamic_abort_router_weight(weight)
+            } else {
+                weight
+            };
             return Targets {
                 new,
                 stable,
@@ -1161,7 +1171,8 @@ impl<'a> Planner<'a> {
     /// kept while aborted; none otherwise.
     fn abort_deadline(&mut self, rs: &ReplicaSetObservation) -> Option<Timestamp> {
         let delay = self.abort_scale_down_delay();
-        let delays = self.has_router() || self.spec.strategy.blue_green.is_some();
+        let delays = (self.has_router() && !self.abort_follows_weight())
+            || self.spec.strategy.blue_green.is_some();
         if !self.status.abort || !delays || delay == 0 || self.promoted() {
             return None;
         }
@@ -1426,8 +1437,9 @@ impl<'a> Planner<'a> {
     }
 
     /// Point the managed Services at pods that can serve: a Service never selects a ReplicaSet
-    /// with no available pods while another one could serve.
-    fn services(&mut self) {
+    /// with no available pods while another one could serve. After an abort the canary Service
+    /// goes back to stable, with dynamicStableScale once no traffic is left on the canary.
+    fn services(&mut self, targets: Targets) {
         let canary = self.canary();
         let stable_hash = self.status.stable_rs.clone();
         let current = self.current().to_string();
@@ -1453,8 +1465,9 @@ impl<'a> Planner<'a> {
             };
             self.select(service, desired);
         }
+        let on_canary = !self.status.abort || (self.dynamic_abort() && targets.weight > 0);
         if let Some(service) = &canary.canary_service {
-            let desired = if !self.status.abort && available(&current) > 0 {
+            let desired = if on_canary && available(&current) > 0 {
                 Some(current.clone())
             } else if available(&stable_hash) > 0 {
                 Some(stable_hash.clone())
