@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::controller::ControllerProcess;
 use common::{TestEnv, TestNamespace, eventually};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{Pod, PodCondition, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -547,21 +547,8 @@ impl Harness {
                 .items
                 .into_iter()
                 .filter(|p| p.metadata.deletion_timestamp.is_none() && !gated(p));
-            for mut pod in waiting.take(count - marked) {
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                let conditions = pod
-                    .status
-                    .get_or_insert_with(Default::default)
-                    .conditions
-                    .get_or_insert_with(Vec::new);
-                conditions.retain(|c| c.type_ != GATE);
-                conditions.push(PodCondition {
-                    type_: GATE.into(),
-                    status: "True".into(),
-                    ..Default::default()
-                });
-                if pods
-                    .replace_status(&name, &PostParams::default(), &pod)
+            for pod in waiting.take(count - marked) {
+                if common::pods::set_condition(&pods, pod, GATE, "True")
                     .await
                     .is_ok()
                 {
