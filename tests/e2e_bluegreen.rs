@@ -745,3 +745,194 @@ async fn going_back_within_the_scale_down_delay_switches_straight_back() {
     assert!(status(&r).pause_conditions.is_empty(), "{:?}", status(&r));
     assert_eq!(f.selector("web-active").await, Some(first.clone()));
 }
+
+impl Fixture {
+    /// The labels of the live pods of the ReplicaSet with `hash`.
+    async fn pod_labels(&self, hash: &str) -> Vec<BTreeMap<String, String>> {
+        let api: Api<Pod> = Api::namespaced(self.env.client.clone(), &self.ns.name);
+        api.list(&ListParams::default().labels(&format!("{HASH}={hash}")))
+            .await
+            .expect("listing pods")
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.metadata.labels.unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits until the ReplicaSet of `hash` has `count` pods, each accepted by `check`.
+    async fn pods_labelled(
+        &self,
+        hash: &str,
+        count: usize,
+        what: &str,
+        check: impl Fn(&BTreeMap<String, String>) -> bool,
+    ) {
+        eventually(
+            TIMEOUT,
+            &format!("{count} pods of {hash} {what}"),
+            || async {
+                let pods = self.pod_labels(hash).await;
+                (pods.len() == count && pods.iter().all(&check)).then_some(())
+            },
+        )
+        .await;
+    }
+
+    async fn patch_spec(&self, patch: Value) {
+        self.rollouts
+            .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patching the Rollout's spec");
+    }
+}
+
+fn label_is(key: &'static str, value: &'static str) -> impl Fn(&BTreeMap<String, String>) -> bool {
+    move |labels| labels.get(key).map(String::as_str) == Some(value)
+}
+
+/// previewMetadata is on the preview's pods until the switch, activeMetadata on the active ones;
+/// a changed field replaces the labels it put there (Argo's TestEphemeralMetadata).
+#[tokio::test]
+async fn active_and_preview_metadata_follow_the_switch() {
+    let Some(f) = fixture("bg-meta").await else {
+        return;
+    };
+    f.services(8080).await;
+    f.create(
+        2,
+        blue_green(json!({
+            "autoPromotionEnabled": false,
+            "previewMetadata": {"labels": {"role": "preview"}},
+            "activeMetadata": {"labels": {"role": "active"}},
+        })),
+        None,
+    )
+    .await;
+    let stable = f.healthy().await;
+    f.pods_labelled(&stable, 2, "role=active", label_is("role", "active"))
+        .await;
+
+    f.set_image("registry.invalid/web:2").await;
+    let new = f.paused_in_preview(&stable).await;
+    f.pods_labelled(&new, 2, "role=preview", label_is("role", "preview"))
+        .await;
+    f.pods_labelled(&stable, 2, "role=active", label_is("role", "active"))
+        .await;
+
+    f.patch_spec(json!({"spec": {"strategy": {"blueGreen": {
+        "previewMetadata": {"labels": {"role": null, "role2": "preview2"}}}}}}))
+        .await;
+    f.pods_labelled(&new, 2, "role2=preview2 and no role", |l| {
+        !l.contains_key("role") && label_is("role2", "preview2")(l)
+    })
+    .await;
+
+    f.intent(Intent::Promote).await;
+    assert_eq!(f.healthy().await, new);
+    f.pods_labelled(&new, 2, "role=active", label_is("role", "active"))
+        .await;
+    f.patch_spec(json!({"spec": {"strategy": {"blueGreen": {
+        "activeMetadata": {"labels": {"role": null, "role2": "active2"}}}}}}))
+        .await;
+    f.pods_labelled(&new, 2, "role2=active2 and no role", |l| {
+        !l.contains_key("role") && label_is("role2", "active2")(l)
+    })
+    .await;
+}
+
+/// progressDeadlineAbort turned on after the deadline already passed aborts the update, and the
+/// preview is scaled to zero after abortScaleDownDelaySeconds (Argo's
+/// TestBlueGreenExceedProgressDeadlineAbort).
+#[tokio::test]
+async fn progress_deadline_abort_set_after_the_deadline_aborts_and_scales_the_preview_down() {
+    let Some(f) = fixture("bg-pdabort").await else {
+        return;
+    };
+    f.services(8080).await;
+    f.create(
+        1,
+        blue_green(json!({"abortScaleDownDelaySeconds": 2})),
+        None,
+    )
+    .await;
+    let stable = f.healthy().await;
+    f.patch_spec(json!({"spec": {
+        "progressDeadlineAbort": false,
+        "progressDeadlineSeconds": 1,
+        "template": {
+            "metadata": {"labels": {"app": "web", "sim/never-ready": "true"}},
+            "spec": {"containers": [{"name": "web", "image": "registry.invalid/web:2"}]},
+        },
+    }}))
+    .await;
+    let r = f
+        .wait("Degraded past the progress deadline, not aborted", |r| {
+            let s = status(r);
+            s.phase == Some(RolloutPhase::Degraded)
+                && s.current_pod_hash != stable
+                && !s.abort
+                && s.conditions
+                    .iter()
+                    .any(|c| c.reason == "ProgressDeadlineExceeded")
+        })
+        .await;
+    let new = status(&r).current_pod_hash;
+    assert_eq!(f.replica_sets().await[&new].0, 1, "kept without the abort");
+
+    f.patch_spec(json!({"spec": {"progressDeadlineAbort": true}}))
+        .await;
+    f.wait("aborted", |r| {
+        let s = status(r);
+        s.abort && s.phase == Some(RolloutPhase::Degraded)
+    })
+    .await;
+    f.scaled(&new, 0).await;
+    assert_eq!(f.selector("web-active").await, Some(stable.clone()));
+    assert_eq!(f.replica_sets().await[&stable].0, 1);
+}
+
+/// Switching the strategy to canary hands the blue-green Services back: no hash selector, no
+/// managed-by annotation (Argo's TestBlueGreenToCanary).
+#[tokio::test]
+async fn switching_to_canary_gives_the_services_back_without_the_hash_selector() {
+    let Some(f) = fixture("bg-tocanary").await else {
+        return;
+    };
+    f.services(8080).await;
+    f.create(2, blue_green(json!({"scaleDownDelaySeconds": 5})), None)
+        .await;
+    let stable = f.healthy().await;
+    assert_eq!(f.selector("web-active").await, Some(stable.clone()));
+    f.patch_spec(json!({"spec": {
+        "template": {"metadata": {"annotations": {"foo": "bar"}}},
+        "strategy": {"blueGreen": null, "canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}},
+    }}))
+    .await;
+    f.wait("paused at the canary's pause step", |r| {
+        status(r).phase == Some(RolloutPhase::Paused)
+    })
+    .await;
+    let api: Api<Service> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    for name in ["web-active", "web-preview"] {
+        let service = eventually(TIMEOUT, &format!("{name} given back"), || async {
+            let s = api.get(name).await.expect("reading the Service");
+            let selector = s.spec.as_ref()?.selector.clone().unwrap_or_default();
+            (!selector.contains_key(HASH)).then_some(s)
+        })
+        .await;
+        let selector = service.spec.and_then(|s| s.selector).unwrap_or_default();
+        assert_eq!(
+            selector,
+            BTreeMap::from([("app".to_string(), "web".to_string())])
+        );
+        assert!(
+            !service
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .contains_key("argo-rollouts.argoproj.io/managed-by-rollouts"),
+            "{name}: the managed-by annotation is removed too"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{eventually, test_env};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
@@ -78,19 +78,8 @@ async fn stays_unready(pods: &Api<Pod>, name: &str) -> Pod {
 
 /// Sets the gate condition the way Argo's fixtures do: a read, then UpdateStatus.
 async fn set_gate(pods: &Api<Pod>, name: &str, status: &str) {
-    let mut pod = pods.get(name).await.unwrap();
-    let conditions = pod
-        .status
-        .get_or_insert_with(Default::default)
-        .conditions
-        .get_or_insert_with(Vec::new);
-    conditions.retain(|c| c.type_ != GATE);
-    conditions.push(PodCondition {
-        type_: GATE.into(),
-        status: status.into(),
-        ..Default::default()
-    });
-    pods.replace_status(name, &PostParams::default(), &pod)
+    let pod = pods.get(name).await.unwrap();
+    common::pods::set_condition(pods, pod, GATE, status)
         .await
         .unwrap_or_else(|e| panic!("UpdateStatus of pod {name}: {e}"));
 }

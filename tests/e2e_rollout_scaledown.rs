@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::controller::ControllerProcess;
 use common::{TestEnv, TestNamespace, eventually};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -55,7 +55,20 @@ fn template(image: &str) -> Value {
 impl Harness {
     /// A namespace with the Rollout's Services and a controller for it, and the Rollout (`canary`
     /// is its strategy, SMI routing added) Healthy at its first revision.
-    async fn start(prefix: &str, mut canary: Value) -> Option<Harness> {
+    async fn start(prefix: &str, canary: Value) -> Option<Harness> {
+        let h = Self::launch(prefix, canary, 2, template("registry.invalid/web:1")).await?;
+        h.wait("the first revision to be Healthy", |s| healthy(s, 2))
+            .await;
+        Some(h)
+    }
+
+    /// The same, with `replicas` pods of `template`, not waiting for anything.
+    async fn launch(
+        prefix: &str,
+        mut canary: Value,
+        replicas: i32,
+        template: Value,
+    ) -> Option<Harness> {
         let env = common::test_env().await?;
         let ns = env.namespace(prefix).await;
         for svc in ["web-stable", "web-canary", "web-root"] {
@@ -73,8 +86,8 @@ impl Harness {
         let rollout: Rollout = serde_json::from_value(json!({
             "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
             "metadata": {"name": ROLLOUT},
-            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
-                     "template": template("registry.invalid/web:1"),
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                     "template": template,
                      "strategy": {"canary": canary}},
         }))
         .expect("the Rollout");
@@ -84,16 +97,13 @@ impl Harness {
             .await
             .expect("creating the Rollout");
         let replica_sets = Api::namespaced(env.client.clone(), &ns.name);
-        let h = Harness {
+        Some(Harness {
             env,
             ns,
             ctl,
             rollouts,
             replica_sets,
-        };
-        h.wait("the first revision to be Healthy", |s| healthy(s, 2))
-            .await;
-        Some(h)
+        })
     }
 
     async fn wait(&self, what: &str, check: impl Fn(&RolloutStatus) -> bool) -> RolloutStatus {
@@ -108,7 +118,11 @@ impl Harness {
     }
 
     async fn set_image(&self, image: &str) {
-        let patch = json!({"spec": {"template": template(image)}});
+        self.set_template(template(image)).await;
+    }
+
+    async fn set_template(&self, template: Value) {
+        let patch = json!({"spec": {"template": template}});
         self.rollouts
             .patch(ROLLOUT, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -493,4 +507,155 @@ async fn canary_and_stable_metadata_follow_the_replica_sets_onto_their_pods() {
         !annotations.contains_key("rollout.argoproj.io/ephemeral-metadata"),
         "the record goes with the fields: {annotations:?}"
     );
+}
+
+/// The readiness gate of the gated pods: Ready only once the test sets it (as Argo's fixtures do).
+const GATE: &str = "example.com/ready";
+
+fn gated_template(image: &str) -> Value {
+    let mut t = template(image);
+    t["spec"]["readinessGates"] = json!([{"conditionType": GATE}]);
+    t
+}
+
+fn canary_weight(s: &RolloutStatus) -> i32 {
+    s.canary.weights.as_ref().map_or(0, |w| w.canary.weight)
+}
+
+impl Harness {
+    /// Sets the readiness gate of `count` more pods of `hash` True (waiting for them to exist).
+    async fn mark_ready(&self, hash: &str, count: usize) {
+        let pods: Api<Pod> = Api::namespaced(self.env.client.clone(), &self.ns.name);
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        let gated = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == GATE && c.status == "True"))
+        };
+        let mut marked = 0;
+        while marked < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {marked} of {count} pods of {hash} to mark ready"
+            );
+            let list = pods
+                .list(&ListParams::default().labels(&format!("{HASH}={hash}")))
+                .await
+                .expect("listing pods");
+            let waiting = list
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none() && !gated(p));
+            for pod in waiting.take(count - marked) {
+                if common::pods::set_condition(&pods, pod, GATE, "True")
+                    .await
+                    .is_ok()
+                {
+                    marked += 1;
+                }
+            }
+            if marked < count {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+
+    /// Waits until the ReplicaSet with `hash` has `replicas` in its spec.
+    async fn wait_replicas(&self, hash: &str, replicas: i32) {
+        let what = format!(
+            "ReplicaSet {hash} at {replicas} replicas (controller log: {})",
+            self.ctl.log.display()
+        );
+        eventually(TIMEOUT, &what, || async {
+            (self.replica_sets().await.get(hash)?.replicas == replicas).then_some(())
+        })
+        .await;
+    }
+
+    async fn selector(&self, service: &str) -> Option<String> {
+        let api: Api<Service> = Api::namespaced(self.env.client.clone(), &self.ns.name);
+        api.get(service)
+            .await
+            .ok()?
+            .spec?
+            .selector?
+            .get(HASH)
+            .cloned()
+    }
+}
+
+/// An abort with dynamicStableScale (Argo's TestCanaryDynamicStableScale): the stable, scaled
+/// down to 1 of 4 at setWeight 75, comes back up while the traffic stays where it is; as its pods
+/// become ready the weight steps back through the setWeight steps and the canary follows it
+/// down; the canary Service returns to the stable pods once no traffic is left on the canary.
+#[tokio::test]
+async fn a_dynamic_stable_scale_abort_steps_traffic_back_as_the_stable_becomes_ready() {
+    let canary = json!({"dynamicStableScale": true, "steps": [
+        {"setWeight": 25}, {"pause": {}}, {"setWeight": 75}, {"pause": {}}]});
+    let Some(h) = Harness::launch(
+        "ro-dss-abort",
+        canary,
+        4,
+        gated_template("registry.invalid/web:1"),
+    )
+    .await
+    else {
+        return;
+    };
+    let s = h
+        .wait("the first ReplicaSet", |s| !s.current_pod_hash.is_empty())
+        .await;
+    let stable = s.current_pod_hash;
+    h.mark_ready(&stable, 4).await;
+    h.wait("the first revision to be Healthy", |s| healthy(s, 4))
+        .await;
+
+    h.set_template(gated_template("registry.invalid/web:2"))
+        .await;
+    let s = h
+        .wait("the canary ReplicaSet", |s| {
+            !s.current_pod_hash.is_empty() && s.current_pod_hash != stable
+        })
+        .await;
+    let canary = s.current_pod_hash;
+    h.mark_ready(&canary, 1).await;
+    h.wait("a pause at setWeight 25", |s| {
+        s.current_step_index == Some(1) && !s.pause_conditions.is_empty()
+    })
+    .await;
+    h.intent(Intent::Promote).await;
+    h.mark_ready(&canary, 2).await;
+    h.wait("a pause at setWeight 75", |s| {
+        s.current_step_index == Some(3) && !s.pause_conditions.is_empty() && canary_weight(s) == 75
+    })
+    .await;
+    h.wait_replicas(&stable, 1).await;
+
+    h.intent(Intent::Abort).await;
+    // The stable comes back to the pods 75% needs; its new pods are not ready, so the traffic
+    // stays on the canary.
+    h.wait_replicas(&stable, 3).await;
+    let s = h.wait("the abort", |s| s.abort).await;
+    assert_eq!(canary_weight(&s), 75, "no traffic moves to unready pods");
+    assert_eq!(h.rs(&canary).await.replicas, 3);
+
+    h.mark_ready(&stable, 2).await;
+    h.wait_replicas(&canary, 1).await;
+    h.wait_replicas(&stable, 4).await;
+    let s = h
+        .wait("25% left on the canary", |s| canary_weight(s) == 25)
+        .await;
+    assert!(s.abort);
+    assert_eq!(h.selector("web-canary").await, Some(canary.clone()));
+
+    h.mark_ready(&stable, 1).await;
+    h.wait_replicas(&canary, 0).await;
+    h.wait("no traffic on the canary", |s| canary_weight(s) == 0)
+        .await;
+    let what = "the canary Service back on the stable pods";
+    eventually(TIMEOUT, what, || async {
+        (h.selector("web-canary").await == Some(stable.clone())).then_some(())
+    })
+    .await;
 }

@@ -138,6 +138,15 @@ pub enum Error {
         rollout: String,
         source: kube::Error,
     },
+    #[error(
+        "removing the rollouts-pod-template-hash selector from Service {namespace}/{name}, which Rollout {rollout} no longer names: {source} (check the controller's RBAC on Services)"
+    )]
+    ReleaseService {
+        namespace: String,
+        name: String,
+        rollout: String,
+        source: kube::Error,
+    },
     #[error("scaling Deployment {namespace}/{name} (the Rollout's workloadRef): {source}")]
     ScaleWorkload {
         namespace: String,
@@ -183,7 +192,7 @@ pub enum Error {
         source: kube::Error,
     },
     #[error(
-        "setting Rollout {rollout}'s canaryMetadata / stableMetadata on pod {namespace}/{name}: {source}"
+        "setting Rollout {rollout}'s ephemeral metadata (canaryMetadata, stableMetadata, activeMetadata, previewMetadata) on pod {namespace}/{name}: {source}"
     )]
     PatchPod {
         namespace: String,
@@ -459,10 +468,8 @@ pub async fn run(
         .owns_stream(rs_events)
         .owns_stream(run_events)
         .watches_stream(service_events, move |service: Service| {
-            by_service.rollouts_using_service(
-                &service.namespace().unwrap_or_default(),
-                &service.name_any(),
-            )
+            by_service.service_changed(&service);
+            by_service.rollouts_for_service(&service)
         })
         .watches_stream(slice_events, move |slice: EndpointSlice| {
             match slice.labels().get(SERVICE_NAME_LABEL) {

@@ -247,13 +247,13 @@ fn preview_and_active_services_must_differ() {
 fn fields_not_acted_on_yet_are_an_invalid_spec_not_ignored() {
     let s = blue_green(
         1,
-        json!({"previewMetadata": {"labels": {"role": "preview"}}, "antiAffinity": {}}),
+        json!({"previewMetadata": {"labels": {"app": "preview"}}, "antiAffinity": {}}),
     );
     let plan = World::new(s).tick();
     assert!(
         plan.status
             .message
-            .contains("spec.strategy.blueGreen.previewMetadata")
+            .contains("spec.strategy.blueGreen.previewMetadata.labels.app")
             && plan
                 .status
                 .message
@@ -267,6 +267,37 @@ fn fields_not_acted_on_yet_are_an_invalid_spec_not_ignored() {
             .iter()
             .any(|a| matches!(a, Action::CreateReplicaSet { .. }))
     );
+}
+
+#[test]
+fn preview_metadata_until_promotion_then_active_metadata() {
+    let role = |r: &str| serde_json::from_value(json!({"labels": {"role": r}})).ok();
+    let metadata = |world: &World, hash: &str| {
+        world
+            .observed
+            .replica_sets
+            .iter()
+            .find(|rs| rs.pod_template_hash == hash)
+            .and_then(|rs| rs.ephemeral_metadata.clone())
+    };
+    let (mut world, stable) = deployed(blue_green(
+        2,
+        json!({"autoPromotionEnabled": false,
+               "previewMetadata": {"labels": {"role": "preview"}},
+               "activeMetadata": {"labels": {"role": "active"}}}),
+    ));
+    assert_eq!(metadata(&world, &stable), role("active"));
+    world.set_image("demo:2");
+    world.settle();
+    let new = world.status.current_pod_hash.clone();
+    assert_eq!(world.status.phase, Some(RolloutPhase::Paused));
+    assert_eq!(metadata(&world, &new), role("preview"));
+    assert_eq!(metadata(&world, &stable), role("active"));
+    world.intent(Intent::Promote);
+    world.settle();
+    assert_eq!(world.status.stable_rs, new);
+    assert_eq!(metadata(&world, &new), role("active"));
+    assert_eq!(metadata(&world, &stable), None);
 }
 
 fn analysis(field: &str) -> serde_json::Value {
@@ -404,4 +435,29 @@ fn going_back_after_the_scale_down_delay_is_an_ordinary_update() {
     world.settle();
     assert!(!world.has_event(health::reason::FAST_ROLLBACK));
     assert_eq!(world.status.phase, Some(RolloutPhase::Paused));
+}
+
+#[test]
+fn progress_deadline_abort_set_after_the_deadline_passed_aborts_and_scales_the_preview_down() {
+    let mut s = blue_green(1, json!({"abortScaleDownDelaySeconds": 2}));
+    s.progress_deadline_seconds = Some(1);
+    let (mut world, stable) = deployed(s);
+    world.pods_ready = false;
+    world.set_image("demo:2");
+    world.settle();
+    world.advance(1);
+    world.settle();
+    let new = world.status.current_pod_hash.clone();
+    assert_eq!(world.status.phase, Some(RolloutPhase::Degraded));
+    assert!(!world.status.abort);
+    assert_eq!(world.replicas(&new), 1);
+
+    world.spec.progress_deadline_abort = Some(true);
+    world.settle();
+    assert!(world.status.abort, "{}", world.status.message);
+    assert_eq!(world.status.phase, Some(RolloutPhase::Degraded));
+    world.advance(2);
+    world.settle();
+    assert_eq!(world.replicas(&new), 0);
+    assert_eq!(world.replicas(&stable), 1);
 }

@@ -25,6 +25,7 @@ use crate::engine::{
 };
 
 mod bluegreen;
+mod dynamic_abort;
 
 /// What a blue-green Rollout's canary helpers see: no steps, no router, no Services.
 static NO_CANARY: std::sync::LazyLock<CanaryStrategy> =
@@ -274,6 +275,7 @@ impl<'a> Planner<'a> {
             return;
         }
         self.remove_condition(reason::INVALID_SPEC);
+        self.release_unreferenced_services();
 
         self.identify_revision();
         self.user_intents();
@@ -297,12 +299,22 @@ impl<'a> Planner<'a> {
         self.scale_down_old_replica_sets();
         self.delete_old_history();
         self.ephemeral_metadata();
-        self.services();
+        self.services(targets);
         self.traffic(targets);
         self.counts();
         self.scale_workload();
         self.restart_pods();
         self.conditions();
+    }
+
+    /// Services the spec stopped naming get their hash selector back off (Argo's service
+    /// controller does the same), else they keep selecting one ReplicaSet's pods forever.
+    fn release_unreferenced_services(&mut self) {
+        for service in &self.observed.unreferenced_services {
+            self.actions.push(Action::ReleaseService {
+                service: service.clone(),
+            });
+        }
     }
 
     /// `spec.restartAt`: evict the pods created before it, one at a time (see [`restart`]).
@@ -1091,7 +1103,11 @@ impl<'a> Planner<'a> {
             return 0;
         }
         if self.status.abort {
-            return 0;
+            return if self.dynamic_abort() {
+                self.dynamic_abort_canary_weight()
+            } else {
+                0
+            };
         }
         if self.status.promote_full || self.index() >= self.step_count() {
             return max;
@@ -1170,9 +1186,14 @@ impl<'a> Planner<'a> {
                 observed,
                 aborted: self.status.abort,
             });
-            if self.status.abort {
+            if self.status.abort && !self.abort_follows_weight() {
                 new = self.aborted_canary_replicas();
             }
+            let weight = if self.dynamic_abort() {
+                self.dynamic_abort_router_weight(weight)
+            } else {
+                weight
+            };
             return Targets {
                 new,
                 stable,
@@ -1222,7 +1243,8 @@ impl<'a> Planner<'a> {
     /// kept while aborted; none otherwise.
     fn abort_deadline(&mut self, rs: &ReplicaSetObservation) -> Option<Timestamp> {
         let delay = self.abort_scale_down_delay();
-        let delays = self.has_router() || self.spec.strategy.blue_green.is_some();
+        let delays = (self.has_router() && !self.abort_follows_weight())
+            || self.spec.strategy.blue_green.is_some();
         if !self.status.abort || !delays || delay == 0 || self.promoted() {
             return None;
         }
@@ -1487,8 +1509,9 @@ impl<'a> Planner<'a> {
     }
 
     /// Point the managed Services at pods that can serve: a Service never selects a ReplicaSet
-    /// with no available pods while another one could serve.
-    fn services(&mut self) {
+    /// with no available pods while another one could serve. After an abort the canary Service
+    /// goes back to stable, with dynamicStableScale once no traffic is left on the canary.
+    fn services(&mut self, targets: Targets) {
         let canary = self.canary();
         let stable_hash = self.status.stable_rs.clone();
         let current = self.current().to_string();
@@ -1514,8 +1537,9 @@ impl<'a> Planner<'a> {
             };
             self.select(service, desired);
         }
+        let on_canary = !self.status.abort || (self.dynamic_abort() && targets.weight > 0);
         if let Some(service) = &canary.canary_service {
-            let desired = if !self.status.abort && available(&current) > 0 {
+            let desired = if on_canary && available(&current) > 0 {
                 Some(current.clone())
             } else if available(&stable_hash) > 0 {
                 Some(stable_hash.clone())
@@ -1789,23 +1813,16 @@ impl<'a> Planner<'a> {
                     message.clone(),
                 );
                 self.event(true, reason::PROGRESS_DEADLINE_EXCEEDED, message.clone());
-                if self.spec.progress_deadline_abort() {
-                    self.start_abort(format!(
-                        "Rollout aborted update to revision {}: {message}",
-                        self.revision()
-                    ));
-                    self.set_condition(
-                        reason::PROGRESSING,
-                        "False",
-                        reason::ROLLOUT_ABORTED,
-                        self.abort_message.clone().unwrap_or_default(),
-                    );
-                }
+                self.progress_deadline_abort(&message);
             }
             Some(last) if !self.progressed => {
                 self.requeue_in(last.saturating_add(deadline) - self.now.as_second());
             }
-            _ if exceeded && !self.progressed => {}
+            // progressDeadlineAbort set after the deadline passed still aborts, as in Argo.
+            _ if exceeded && !self.progressed => {
+                let message = existing.map(|c| c.message).unwrap_or_default();
+                self.progress_deadline_abort(&message);
+            }
             _ => {
                 let message = format!("ReplicaSet {rs_name:?} is progressing.");
                 let fresh = existing
@@ -1829,6 +1846,23 @@ impl<'a> Planner<'a> {
                 self.requeue_in(deadline);
             }
         }
+    }
+
+    /// With `progressDeadlineAbort`, an update past its progress deadline aborts.
+    fn progress_deadline_abort(&mut self, message: &str) {
+        if !self.spec.progress_deadline_abort() || self.status.abort || self.promoted() {
+            return;
+        }
+        self.start_abort(format!(
+            "Rollout aborted update to revision {}: {message}",
+            self.revision()
+        ));
+        self.set_condition(
+            reason::PROGRESSING,
+            "False",
+            reason::ROLLOUT_ABORTED,
+            self.abort_message.clone().unwrap_or_default(),
+        );
     }
 }
 

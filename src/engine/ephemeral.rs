@@ -1,8 +1,10 @@
-//! Ephemeral pod metadata (`canaryMetadata` / `stableMetadata`): which labels and annotations the
-//! pods of each ReplicaSet should carry right now, as Argo's `reconcileEphemeralMetadata` decides.
+//! Ephemeral pod metadata (`canaryMetadata` / `stableMetadata`, blue-green's `previewMetadata` /
+//! `activeMetadata`): which labels and annotations the pods of each ReplicaSet should carry right
+//! now, as Argo's `reconcileEphemeralMetadata` decides.
 //!
-//! The canary's pods carry `canaryMetadata` while it is a canary and `stableMetadata` once it is
-//! promoted; the stable's carry `stableMetadata`; every other ReplicaSet carries none. What a
+//! The new ReplicaSet's pods carry `canaryMetadata` (`previewMetadata`) until it is promoted and
+//! `stableMetadata` (`activeMetadata`) from then on; the stable's carry `stableMetadata`
+//! (`activeMetadata`); every other ReplicaSet carries none. What a
 //! ReplicaSet carries is read from its record annotation, so a changed or removed field is taken
 //! off the pods again. Pure: it only compares and returns actions.
 
@@ -15,11 +17,15 @@ pub fn desired(
     status: &RolloutStatus,
     hash: &str,
 ) -> Option<PodTemplateMetadata> {
-    let canary = spec.strategy.canary.as_ref()?;
+    let (stable, new) = match (&spec.strategy.canary, &spec.strategy.blue_green) {
+        (Some(canary), _) => (&canary.stable_metadata, &canary.canary_metadata),
+        (None, Some(blue_green)) => (&blue_green.active_metadata, &blue_green.preview_metadata),
+        (None, None) => return None,
+    };
     let metadata = if hash == status.stable_rs || status.stable_rs.is_empty() {
-        canary.stable_metadata.as_ref()
+        stable.as_ref()
     } else if hash == status.current_pod_hash {
-        canary.canary_metadata.as_ref()
+        new.as_ref()
     } else {
         None
     };
@@ -94,6 +100,29 @@ mod tests {
         };
         assert_eq!(desired(&spec(), &promoted, "b"), labels("stable"));
         assert_eq!(desired(&spec(), &promoted, "a"), None);
+    }
+
+    #[test]
+    fn blue_green_preview_then_active() {
+        let spec: RolloutSpec = serde_json::from_value(json!({"strategy": {"blueGreen": {
+            "activeService": "web",
+            "previewMetadata": {"labels": {"role": "preview"}},
+            "activeMetadata": {"labels": {"role": "active"}},
+        }}}))
+        .unwrap();
+        let status = RolloutStatus {
+            stable_rs: "a".into(),
+            current_pod_hash: "b".into(),
+            ..Default::default()
+        };
+        assert_eq!(desired(&spec, &status, "a"), labels("active"));
+        assert_eq!(desired(&spec, &status, "b"), labels("preview"));
+        let promoted = RolloutStatus {
+            stable_rs: "b".into(),
+            ..status
+        };
+        assert_eq!(desired(&spec, &promoted, "b"), labels("active"));
+        assert_eq!(desired(&spec, &promoted, "a"), None);
     }
 
     #[test]

@@ -63,6 +63,10 @@ pub struct Observations {
     pub traffic: Option<TrafficObservation>,
     /// The Services named by `canaryService` / `stableService`, by name.
     pub services: BTreeMap<String, ServiceObservation>,
+    /// Services that still carry this Rollout's managed-by annotation and a
+    /// `rollouts-pod-template-hash` selector although the spec no longer names them (the strategy
+    /// or a Service name changed).
+    pub unreferenced_services: Vec<String>,
     /// AnalysisRuns owned by the Rollout.
     pub analysis_runs: Vec<AnalysisRunObservation>,
     /// The Deployment named by `workloadRef`, when the Rollout has one and it was found.
@@ -91,6 +95,7 @@ impl Observations {
             replica_sets: Vec::new(),
             traffic: None,
             services: BTreeMap::new(),
+            unreferenced_services: Vec::new(),
             analysis_runs: Vec::new(),
             workload: None,
             pods: Vec::new(),
@@ -222,6 +227,9 @@ pub enum Action {
         service: String,
         pod_template_hash: String,
     },
+    /// Give a Service the spec no longer names back: remove the `rollouts-pod-template-hash`
+    /// selector and the managed-by annotation, as Argo does, so it selects every pod of the app.
+    ReleaseService { service: String },
     /// Set the traffic routers' weights: `canary_weight` percent to the canary, the rest to stable.
     SetWeight {
         canary_weight: i32,

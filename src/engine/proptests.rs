@@ -133,12 +133,28 @@ fn check_plan(world: &World, before: &RolloutStatus, plan: &Plan) -> Result<(), 
                     (0..=max).contains(canary_weight),
                     "weight {canary_weight} out of 0..={max}"
                 );
-                // After an abort, traffic only ever moves to stable.
+                // After an abort, traffic only ever moves to stable: at once, or with
+                // dynamicStableScale as the stable's pods come back (never back to the canary).
                 if plan.status.abort && plan.status.stable_rs != plan.status.current_pod_hash {
-                    prop_assert_eq!(
-                        *canary_weight,
-                        0,
-                        "an aborted rollout routes everything to stable"
+                    let dynamic = world
+                        .spec
+                        .strategy
+                        .canary
+                        .as_ref()
+                        .unwrap()
+                        .dynamic_stable_scale();
+                    let before_weight = world
+                        .observed
+                        .traffic
+                        .map(|t| t.canary_weight)
+                        .or(before.canary.weights.as_ref().map(|w| w.canary.weight))
+                        .unwrap_or(0);
+                    let limit = if dynamic { before_weight } else { 0 };
+                    prop_assert!(
+                        *canary_weight <= limit,
+                        "an aborted rollout moves traffic only towards stable: {} > {}",
+                        canary_weight,
+                        limit
                     );
                 }
                 // A failed or errored analysis never raises the canary weight.
@@ -179,16 +195,12 @@ fn check_plan(world: &World, before: &RolloutStatus, plan: &Plan) -> Result<(), 
             _ => {}
         }
     }
+    let canary = world.spec.strategy.canary.as_ref().unwrap();
+    // With dynamicStableScale the weight steps down as the stable comes back (checked above).
     if plan.status.abort
         && plan.status.stable_rs != plan.status.current_pod_hash
-        && world
-            .spec
-            .strategy
-            .canary
-            .as_ref()
-            .unwrap()
-            .traffic_routing
-            .is_some()
+        && canary.traffic_routing.is_some()
+        && !canary.dynamic_stable_scale()
     {
         let routed_to_stable = world
             .observed

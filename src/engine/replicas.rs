@@ -224,8 +224,14 @@ fn adjust_within_limits(
 
 /// `ceil(replicas * weight / 100)`: replicas needed to serve a traffic weight.
 pub fn traffic_weight_to_replicas(replicas: i32, weight: i32) -> i32 {
-    let product = i64::from(replicas.max(0)) * i64::from(weight.clamp(0, 100));
-    ((product + 99) / 100) as i32
+    weight_to_replicas(replicas, weight, 100)
+}
+
+/// `ceil(replicas * weight / max_weight)`: replicas needed to serve a weight in router units.
+pub fn weight_to_replicas(replicas: i32, weight: i32, max_weight: i32) -> i32 {
+    let max = max_weight.max(1);
+    let product = i64::from(replicas.max(0)) * i64::from(weight.clamp(0, max));
+    ((product + i64::from(max) - 1) / i64::from(max)) as i32
 }
 
 /// Inputs of the traffic-routed canary.

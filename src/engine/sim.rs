@@ -296,6 +296,11 @@ impl Simulation {
                 }
             }
             Action::RestartPod { name } => self.observed.pods.retain(|p| p.name != name),
+            Action::ReleaseService { service } => {
+                self.observed
+                    .unreferenced_services
+                    .retain(|s| *s != service);
+            }
             Action::Event(event) => self.events.push(event),
             Action::SetHeaderRoute { .. }
             | Action::SetMirrorRoute { .. }

@@ -1490,3 +1490,58 @@ fn a_rollback_outside_the_rollback_window_runs_the_steps() {
     assert!(!world.has_event(health::reason::FAST_ROLLBACK));
     assert_eq!(world.status.phase, Some(RolloutPhase::Paused));
 }
+
+#[test]
+fn dynamic_stable_scale_abort_hands_traffic_back_as_the_stable_becomes_available() {
+    let s = spec(
+        4,
+        json!({
+            "canaryService": "demo-canary",
+            "stableService": "demo-stable",
+            "dynamicStableScale": true,
+            "trafficRouting": {"plugins": {"argoproj-labs/gatewayAPI": {"httpRoute": "demo"}}},
+            "steps": [{"setWeight": 25}, {"pause": {}}, {"setWeight": 75}, {"pause": {}}],
+        }),
+    );
+    let (mut world, stable) = deployed(s);
+    world.set_image("demo:2");
+    world.settle();
+    world.intent(Intent::Promote);
+    world.settle();
+    let canary = world.status.current_pod_hash.clone();
+    assert_eq!((world.replicas(&canary), world.replicas(&stable)), (3, 1));
+    let available = |world: &mut World, hash: &str, n: i32| {
+        if let Some(rs) = world
+            .observed
+            .replica_sets
+            .iter_mut()
+            .find(|rs| rs.pod_template_hash == hash)
+        {
+            rs.available_replicas = n;
+            rs.ready_replicas = n;
+        }
+    };
+    let weight = |world: &World| world.observed.traffic.map(|t| t.canary_weight);
+    let canary_selector =
+        |world: &World| world.observed.services["demo-canary"].selector_hash.clone();
+
+    // Abort: the stable comes back up, traffic stays until it can serve.
+    world.pods_ready = false;
+    world.intent(Intent::Abort);
+    world.settle();
+    assert_eq!((world.replicas(&canary), world.replicas(&stable)), (3, 3));
+    assert_eq!(weight(&world), Some(75));
+    // Three stable pods serve 75%: the weight steps back to 25 and the canary follows.
+    available(&mut world, &stable, 3);
+    world.settle();
+    assert_eq!(weight(&world), Some(25));
+    assert_eq!((world.replicas(&canary), world.replicas(&stable)), (1, 4));
+    assert_eq!(canary_selector(&world), Some(canary.clone()));
+    // All four serve: no traffic is left on the canary, which goes.
+    available(&mut world, &stable, 4);
+    world.settle();
+    assert_eq!(weight(&world), Some(0));
+    assert_eq!((world.replicas(&canary), world.replicas(&stable)), (0, 4));
+    assert_eq!(canary_selector(&world), Some(stable.clone()));
+    assert_eq!(world.status.phase, Some(RolloutPhase::Degraded));
+}

@@ -11,7 +11,9 @@
 use std::fmt;
 
 use crate::api::argo::analysis::{AnalysisTemplateRef, Argument};
-use crate::api::argo::rollout::{BlueGreenStrategy, CanaryStep, RolloutAnalysis, RolloutSpec};
+use crate::api::argo::rollout::{
+    BlueGreenStrategy, CanaryStep, PodTemplateMetadata, RolloutAnalysis, RolloutSpec,
+};
 use crate::engine::AnalysisTemplates;
 use crate::engine::analysis::args;
 use crate::engine::replicas::fenceposts;
@@ -55,13 +57,17 @@ pub fn validate(spec: &RolloutSpec) -> Vec<InvalidSpec> {
             "spec.strategy",
             "exactly one of spec.strategy.canary or spec.strategy.blueGreen must be set",
         )),
-        (None, Some(blue_green)) => validate_blue_green(blue_green, &mut errors),
+        (None, Some(blue_green)) => validate_blue_green(spec, blue_green, &mut errors),
         (Some(_), None) => validate_canary(spec, &mut errors),
     }
     errors
 }
 
-fn validate_blue_green(strategy: &BlueGreenStrategy, errors: &mut Vec<InvalidSpec>) {
+fn validate_blue_green(
+    spec: &RolloutSpec,
+    strategy: &BlueGreenStrategy,
+    errors: &mut Vec<InvalidSpec>,
+) {
     if strategy.active_service.is_empty() {
         errors.push(err(
             "spec.strategy.blueGreen.activeService",
@@ -74,14 +80,18 @@ fn validate_blue_green(strategy: &BlueGreenStrategy, errors: &mut Vec<InvalidSpe
             "must differ from activeService",
         ));
     }
-    let unsupported = [
-        ("activeMetadata", strategy.active_metadata.is_some()),
-        ("previewMetadata", strategy.preview_metadata.is_some()),
-        ("antiAffinity", strategy.anti_affinity.is_some()),
-    ];
-    for (field, _) in unsupported.iter().filter(|(_, set)| *set) {
+    ephemeral_labels(
+        spec,
+        "spec.strategy.blueGreen",
+        [
+            ("activeMetadata", &strategy.active_metadata),
+            ("previewMetadata", &strategy.preview_metadata),
+        ],
+        errors,
+    );
+    if strategy.anti_affinity.is_some() {
         errors.push(err(
-            format!("spec.strategy.blueGreen.{field}"),
+            "spec.strategy.blueGreen.antiAffinity",
             "not supported by this version of Sluice yet; remove it, or use the canary strategy",
         ));
     }
@@ -161,25 +171,24 @@ fn validate_template(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
     }
 }
 
-/// canaryMetadata / stableMetadata labels must not touch the selector or the hash label: pods
-/// would leave their ReplicaSet, which would make new ones without end.
+/// Ephemeral metadata labels (canaryMetadata / stableMetadata, activeMetadata /
+/// previewMetadata, under `base`) must not touch the selector or the hash label: pods would leave
+/// their ReplicaSet, which would make new ones without end.
 fn ephemeral_labels(
     spec: &RolloutSpec,
-    canary: &crate::api::argo::rollout::CanaryStrategy,
+    base: &str,
+    fields: [(&str, &Option<PodTemplateMetadata>); 2],
     errors: &mut Vec<InvalidSpec>,
 ) {
     let selector = spec.selector.as_ref().and_then(|s| s.match_labels.as_ref());
-    for (field, metadata) in [
-        ("canaryMetadata", &canary.canary_metadata),
-        ("stableMetadata", &canary.stable_metadata),
-    ] {
+    for (field, metadata) in fields {
         let labels = metadata.as_ref().and_then(|m| m.labels.as_ref());
         for key in labels.into_iter().flat_map(|l| l.keys()) {
             let reserved = key == crate::api::argo::rollout::POD_TEMPLATE_HASH_LABEL
                 || selector.is_some_and(|s| s.contains_key(key));
             if reserved {
                 errors.push(err(
-                    format!("spec.strategy.canary.{field}.labels.{key}"),
+                    format!("{base}.{field}.labels.{key}"),
                     "a label of the selector or rollouts-pod-template-hash cannot be set here",
                 ));
             }
@@ -244,7 +253,15 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
             }
         }
     }
-    ephemeral_labels(spec, canary, errors);
+    ephemeral_labels(
+        spec,
+        base,
+        [
+            ("canaryMetadata", &canary.canary_metadata),
+            ("stableMetadata", &canary.stable_metadata),
+        ],
+        errors,
+    );
     if canary.dynamic_stable_scale() && canary.scale_down_delay_seconds.is_some() {
         errors.push(err(
             format!("{base}.dynamicStableScale"),

@@ -25,6 +25,7 @@ pub mod chart;
 pub mod controller;
 pub mod events;
 pub mod exporter;
+pub mod pods;
 pub mod proxy;
 pub mod rollouts;
 pub mod service_account;

@@ -1,4 +1,5 @@
-//! Writes `canaryMetadata` / `stableMetadata` the engine decided on: into a ReplicaSet's pod
+//! Writes the ephemeral metadata the engine decided on (`canaryMetadata` / `stableMetadata`,
+//! `activeMetadata` / `previewMetadata`): into a ReplicaSet's pod
 //! template (so pods it creates carry them), onto its existing pods, and last into its record
 //! annotation (Argo's `rollout.argoproj.io/ephemeral-metadata`), so a crash part-way leaves the
 //! old record and the next plan does it all again.

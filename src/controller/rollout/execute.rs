@@ -173,6 +173,7 @@ impl Target<'_> {
                 service,
                 pod_template_hash,
             } => self.set_selector(service, pod_template_hash).await,
+            Action::ReleaseService { service } => self.release_service(service).await,
             Action::CreateAnalysisRun(request) => self.create_analysis_run(request).await,
             Action::TerminateAnalysisRun { name } => self.terminate(name).await,
             Action::ScaleWorkload { replicas } => self.scale_workload(*replicas).await,
@@ -372,6 +373,29 @@ impl Target<'_> {
                 rollout: self.name(),
                 source,
             })
+    }
+
+    /// Argo's `removeSelectorAndManagedByPatch`: a Service gone meanwhile is fine.
+    async fn release_service(&self, service: &str) -> Result<(), Error> {
+        let namespace = self.namespace();
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &namespace);
+        let patch = json!({
+            "metadata": {"annotations": {MANAGED_BY_ROLLOUTS_ANNOTATION: null}},
+            "spec": {"selector": {POD_TEMPLATE_HASH_LABEL: null}},
+        });
+        match api
+            .patch(service, &Self::params(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(source) => Err(Error::ReleaseService {
+                namespace,
+                name: service.to_string(),
+                rollout: self.name(),
+                source,
+            }),
+        }
     }
 
     async fn scale_workload(&self, replicas: i32) -> Result<(), Error> {

@@ -1,5 +1,6 @@
 //! Reads the cluster for one Rollout, from watch caches only (no request per reconcile): the
-//! ReplicaSets and AnalysisRuns it owns, the Services it names and their ready endpoints, the
+//! ReplicaSets and AnalysisRuns it owns, the Services it names and their ready endpoints (and
+//! those it no longer names but whose selector it still set), the
 //! Deployment its `workloadRef` names, the analysis templates its spec references, and while a
 //! restart is asked for, its pods. Turns them into
 //! the engine's [`Observations`]. Objects are found through [`Indexes`], never by scanning a
@@ -22,8 +23,8 @@ use super::fresh::{self, Fresh};
 use super::index::{Index, controller_named};
 use crate::api::argo::analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};
 use crate::api::argo::rollout::{
-    EPHEMERAL_METADATA_ANNOTATION, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, Rollout,
-    RolloutSpec, SCALE_DOWN_DEADLINE_ANNOTATION, ScaleDown,
+    EPHEMERAL_METADATA_ANNOTATION, MANAGED_BY_ROLLOUTS_ANNOTATION, POD_TEMPLATE_HASH_LABEL,
+    REVISION_ANNOTATION, Rollout, RolloutSpec, SCALE_DOWN_DEADLINE_ANNOTATION, ScaleDown,
 };
 use crate::engine::health::reason::INVALID_SPEC;
 use crate::engine::{
@@ -103,6 +104,9 @@ pub struct Indexes {
     pub rollouts_by_service: Index<Rollout>,
     /// Rollouts by the Deployment their workloadRef names.
     pub rollouts_by_deployment: Index<Rollout>,
+    /// Services with a `rollouts-pod-template-hash` selector, by the Rollout their managed-by
+    /// annotation names.
+    pub services_by_manager: Index<Service>,
 }
 
 impl Default for Indexes {
@@ -132,6 +136,7 @@ impl Default for Indexes {
                     .filter_map(|w| w.name.clone())
                     .collect()
             }),
+            services_by_manager: Index::new(|s| managing_rollout(s).into_iter().collect()),
         }
     }
 }
@@ -149,6 +154,29 @@ impl Caches {
             .iter()
             .map(|name| ObjectRef::new(name).within(namespace))
             .collect()
+    }
+
+    /// Follows one changed Service (the shared watch delivers objects, not events: one the
+    /// store no longer holds was deleted).
+    pub fn service_changed(&self, service: &Service) {
+        let event = match self.services.get(&ObjectRef::from_obj(service)) {
+            Some(held) => kube::runtime::watcher::Event::Apply(held.as_ref().clone()),
+            None => kube::runtime::watcher::Event::Delete(service.clone()),
+        };
+        self.index.services_by_manager.apply(&event);
+    }
+
+    /// Rollouts in `namespace` that name `service`, or whose hash selector it still carries.
+    pub fn rollouts_for_service(&self, service: &Service) -> Vec<ObjectRef<Rollout>> {
+        let namespace = service.namespace().unwrap_or_default();
+        let mut rollouts = self.rollouts_using_service(&namespace, &service.name_any());
+        if let Some(name) = managing_rollout(service) {
+            let manager = ObjectRef::new(&name).within(&namespace);
+            if !rollouts.contains(&manager) {
+                rollouts.push(manager);
+            }
+        }
+        rollouts
     }
 
     /// Rollouts in `namespace` whose workloadRef names Deployment `name`.
@@ -397,12 +425,26 @@ pub fn observations(
     })
     .collect();
 
+    let managed = managed_services(spec);
+    let unreferenced_services = Caches::indexed(
+        &caches.services,
+        &caches.index.services_by_manager,
+        &namespace,
+        &rollout.name_any(),
+    )
+    .iter()
+    .filter(|s| managing_rollout(s).as_deref() == Some(rollout.name_any().as_str()))
+    .map(|s| s.name_any())
+    .filter(|name| !managed.contains(name))
+    .collect();
+
     Observations {
         now,
         generation: rollout.metadata.generation.unwrap_or(1),
         replica_sets,
         traffic: None,
         services,
+        unreferenced_services,
         analysis_runs,
         workload,
         pods,
@@ -503,6 +545,24 @@ fn managed_services(spec: &RolloutSpec) -> Vec<String> {
         .iter()
         .flat_map(|b| [Some(b.active_service.clone()), b.preview_service.clone()]);
     canary.chain(blue_green).flatten().collect()
+}
+
+/// The Rollout a Service's managed-by annotation names, when the Service still carries a
+/// `rollouts-pod-template-hash` selector.
+fn managing_rollout(service: &Service) -> Option<String> {
+    let has_hash = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_some_and(|s| s.contains_key(POD_TEMPLATE_HASH_LABEL));
+    has_hash
+        .then(|| {
+            service
+                .annotations()
+                .get(MANAGED_BY_ROLLOUTS_ANNOTATION)
+                .cloned()
+        })
+        .flatten()
 }
 
 fn service_observation(service: &Service, caches: &Caches) -> ServiceObservation {

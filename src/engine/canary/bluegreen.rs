@@ -4,6 +4,8 @@
 //! promotion the active Service switches to it; the old ReplicaSet keeps its pods for
 //! `scaleDownDelaySeconds`. An abort points the active Service back at stable (the preview stays
 //! on the new ReplicaSet) and scales the new ReplicaSet down after `abortScaleDownDelaySeconds`.
+//! The preview's pods carry `previewMetadata` until the switch, then `activeMetadata` (see
+//! `engine::ephemeral`).
 //!
 //! It shares the canary planner's revision, intent, history, counting and condition logic, and
 //! must never point the active Service at a ReplicaSet that cannot serve all of its traffic (Argo
@@ -11,7 +13,7 @@
 
 use crate::api::argo::rollout::{BlueGreenStrategy, PauseReason, RolloutAnalysis};
 use crate::engine::health::reason;
-use crate::engine::{Action, AnalysisKind, AnalysisPhase, ReplicaSetObservation};
+use crate::engine::{Action, AnalysisKind, AnalysisPhase, ReplicaSetObservation, ephemeral};
 
 use super::Planner;
 
@@ -57,6 +59,7 @@ impl<'a> Planner<'a> {
         }
         self.scale_down_old_blue_green(strategy);
         self.delete_old_history();
+        self.ephemeral_metadata();
         self.counts();
         self.active_counts(strategy);
         self.scale_workload();
@@ -132,8 +135,7 @@ impl<'a> Planner<'a> {
                 pod_template_hash: current.clone(),
                 replicas: new,
                 revision: self.revision(),
-                // activeMetadata / previewMetadata are refused as InvalidSpec for now.
-                ephemeral_metadata: None,
+                ephemeral_metadata: ephemeral::desired(self.spec, &self.status, &current),
             }),
             Some(rs) => self.scale_current(rs, new),
         }
