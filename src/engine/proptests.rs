@@ -154,10 +154,7 @@ fn check_plan(world: &World, before: &RolloutStatus, plan: &Plan) -> Result<(), 
                 let observed = world.observed.traffic.map_or(0, |t| t.canary_weight);
                 // Unless the user retries: the failed run already aborted the update, and a retry
                 // replaces it with a new run (with no steps left, the canary gets full weight).
-                let retried = plan
-                    .actions
-                    .iter()
-                    .any(|a| matches!(a, Action::Event(e) if e.reason == reason::ROLLOUT_RETRY));
+                let retried = !before.abort && before.aborted_at.is_some();
                 // Or a new template: the failed run judged another revision, and the new one
                 // starts its own update (as Argo does).
                 let new_revision = plan.status.current_pod_hash != before.current_pod_hash;

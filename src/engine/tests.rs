@@ -251,7 +251,8 @@ fn abort_returns_everything_to_stable_and_retry_starts_over() {
 
     world.intent(Intent::Retry);
     world.settle();
-    assert!(world.has_event(reason::ROLLOUT_RETRY));
+    // As Argo: a retry shows as the Progressing reason, not as an Event.
+    assert!(!world.has_event(reason::ROLLOUT_RETRY));
     assert_eq!(world.status.aborted_at, None);
     assert_eq!(world.replicas(&canary), 3);
     assert_eq!(world.status.current_step_index, Some(1));
@@ -1358,6 +1359,7 @@ fn with_workload(scale_down: crate::api::argo::rollout::ScaleDown, replicas: i32
     world.observed.workload = Some(WorkloadObservation {
         scale_down,
         replicas,
+        generation: 1,
     });
     world
 }
