@@ -364,3 +364,107 @@ async fn blue_green_update_records_argos_events_in_order() {
     )
     .await;
 }
+
+// === spec.restartAt (TestRolloutRestart, TestRolloutPDBRestart) ===
+
+/// A Rollout of 4 replicas paused at `setWeight: 25` whose pods take 5 s to become ready
+/// (a postStart hook), with `maxUnavailable`.
+async fn paused_for_restart(f: &Fixture, max_unavailable: &str) {
+    let mut pod = template("registry.invalid/web:1");
+    pod["spec"]["containers"][0]["lifecycle"] =
+        json!({"postStart": {"exec": {"command": ["sleep", "5"]}}});
+    f.apply(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 4,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": pod,
+            "strategy": {"canary": {
+                "maxUnavailable": max_unavailable,
+                "steps": [{"setWeight": 25}, {"pause": {}}],
+            }},
+        },
+    }))
+    .await;
+    f.wait_for("web", "Healthy", healthy).await;
+    f.patch_spec("web", json!({"spec": {"template": {"metadata": {"annotations": {"update": "1"}}}}}))
+        .await;
+    f.wait_for("web", "Paused at the indefinite pause", |r| {
+        phase_is(RolloutPhase::Paused)(r) && status(r).available_replicas == 4
+    })
+    .await;
+}
+
+impl Fixture {
+    /// Sets `spec.restartAt` to now, as `kubectl argo rollouts restart` does (after a second, so
+    /// that every pod is older).
+    async fn restart(&self) -> k8s_openapi::jiff::Timestamp {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let at = k8s_openapi::jiff::Timestamp::from_second(
+            k8s_openapi::jiff::Timestamp::now().as_second(),
+        )
+        .expect("now");
+        self.patch_spec("web", json!({"spec": {"restartAt": at.to_string()}}))
+            .await;
+        at
+    }
+
+    async fn wait_restarted(&self, at: k8s_openapi::jiff::Timestamp) {
+        self.wait_for("web", "status.restartedAt", |r| {
+            status(r).restarted_at.as_ref().map(|t| t.0) == Some(at)
+        })
+        .await;
+    }
+}
+
+/// `maxUnavailable: 75%` of 4: three pods are evicted at once, not one after the other (Argo's
+/// budget), and the restart completes.
+#[tokio::test]
+async fn restart_evicts_as_many_pods_as_max_unavailable_allows() {
+    let Some(f) = fixture("fn-restart").await else {
+        return;
+    };
+    paused_for_restart(&f, "75%").await;
+    let at = f.restart().await;
+    // The replacements are unready for 5 s: within 4 s only one pod is left ready.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    let mut ready = 4;
+    while tokio::time::Instant::now() < deadline && ready > 1 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ready = f.rollouts.get("web").await.map_or(4, |r| status(&r).ready_replicas);
+    }
+    assert_eq!(ready, 1, "three pods evicted together");
+    f.wait_restarted(at).await;
+}
+
+/// A PodDisruptionBudget refusing every eviction holds the restart (nothing is lost, no error
+/// loop); once it is gone, the restart goes on.
+#[tokio::test]
+async fn restart_waits_for_a_pod_disruption_budget() {
+    let Some(f) = fixture("fn-restart-pdb").await else {
+        return;
+    };
+    f.apply(json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "web"},
+        "spec": {"minAvailable": 4, "selector": {"matchLabels": {"app": "web"}}},
+    }))
+    .await;
+    paused_for_restart(&f, "100%").await;
+    let at = f.restart().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = f.rollouts.get("web").await.expect("the Rollout");
+    assert_eq!(status(&r).available_replicas, 4, "the budget refused every eviction");
+    assert!(status(&r).restarted_at.is_none());
+    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(f.env.client.clone(), &f.ns.name);
+    pdbs.delete("web", &Default::default())
+        .await
+        .expect("deleting the PodDisruptionBudget");
+    f.wait_for("web", "every pod evicted at once (maxUnavailable 100%)", |r| {
+        status(r).available_replicas == 0
+    })
+    .await;
+    f.wait_restarted(at).await;
+}
