@@ -113,9 +113,11 @@ async fn workload_ref_records_the_observed_deployment_generation() {
         .expect("patching the Deployment");
     let second = generation(&changed);
     assert_ne!(first, second);
-    f.wait_for("web", "workloadObservedGeneration of the new template", |r| {
-        healthy(r) && status(r).workload_observed_generation == second
-    })
+    f.wait_for(
+        "web",
+        "workloadObservedGeneration of the new template",
+        |r| healthy(r) && status(r).workload_observed_generation == second,
+    )
     .await;
 
     // An inline template instead of the workloadRef: the field goes.
@@ -195,7 +197,12 @@ async fn workload_ref_with_a_template_is_invalid() {
 impl Fixture {
     /// The `core/v1` Events recorded on Rollout `name`, oldest first.
     async fn rollout_events(&self, name: &str) -> Vec<CoreEvent> {
-        let uid = self.rollouts.get(name).await.ok().and_then(|r| r.metadata.uid);
+        let uid = self
+            .rollouts
+            .get(name)
+            .await
+            .ok()
+            .and_then(|r| r.metadata.uid);
         let api: Api<CoreEvent> = Api::namespaced(self.env.client.clone(), &self.ns.name);
         let mut events: Vec<CoreEvent> = api
             .list(&ListParams::default())
@@ -213,7 +220,10 @@ impl Fixture {
     /// 2 s more to show that nothing follows; panics with what was recorded otherwise.
     async fn expect_event_reasons(&self, name: &str, expected: &[&str]) {
         let reasons = |events: &[CoreEvent]| -> Vec<String> {
-            events.iter().map(|e| e.reason.clone().unwrap_or_default()).collect()
+            events
+                .iter()
+                .map(|e| e.reason.clone().unwrap_or_default())
+                .collect()
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while reasons(&self.rollout_events(name).await).len() < expected.len()
@@ -225,9 +235,20 @@ impl Fixture {
         let events = self.rollout_events(name).await;
         let messages: Vec<String> = events
             .iter()
-            .map(|e| format!("{}: {}", e.reason.as_deref().unwrap_or_default(), e.message.as_deref().unwrap_or_default()))
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.reason.as_deref().unwrap_or_default(),
+                    e.message.as_deref().unwrap_or_default()
+                )
+            })
             .collect();
-        assert_eq!(reasons(&events), expected, "recorded:\n{}", messages.join("\n"));
+        assert_eq!(
+            reasons(&events),
+            expected,
+            "recorded:\n{}",
+            messages.join("\n")
+        );
         for e in &events {
             // Argo's plugin and `kubectl describe` print these; unset they show as 0001-01-01.
             assert!(
@@ -255,7 +276,8 @@ impl Fixture {
 fn phase_is(phase: RolloutPhase) -> impl Fn(&Rollout) -> bool {
     move |r: &Rollout| {
         let s = status(r);
-        s.phase == Some(phase) && s.observed_generation == r.metadata.generation.unwrap_or(0).to_string()
+        s.phase == Some(phase)
+            && s.observed_generation == r.metadata.generation.unwrap_or(0).to_string()
     }
 }
 
@@ -278,12 +300,27 @@ async fn canary_abort_retry_promote_records_argos_events_in_order() {
     .await;
     f.wait_for("web", "Healthy", healthy).await;
     // The plugin's patches: a new template, `abort`, then retry (clearing `abort`).
-    f.patch_spec("web", json!({"spec": {"template": {"metadata": {"annotations": {"update": "1"}}}}}))
+    f.patch_spec(
+        "web",
+        json!({"spec": {"template": {"metadata": {"annotations": {"update": "1"}}}}}),
+    )
+    .await;
+    f.wait_for(
+        "web",
+        "Paused at the timed pause",
+        phase_is(RolloutPhase::Paused),
+    )
+    .await;
+    f.patch_status("web", json!({"status": {"abort": true}}))
         .await;
-    f.wait_for("web", "Paused at the timed pause", phase_is(RolloutPhase::Paused)).await;
-    f.patch_status("web", json!({"status": {"abort": true}})).await;
-    f.wait_for("web", "Degraded after the abort", phase_is(RolloutPhase::Degraded)).await;
-    f.patch_status("web", json!({"status": {"abort": false}})).await;
+    f.wait_for(
+        "web",
+        "Degraded after the abort",
+        phase_is(RolloutPhase::Degraded),
+    )
+    .await;
+    f.patch_status("web", json!({"status": {"abort": false}}))
+        .await;
     f.wait_for("web", "Healthy after the retry", healthy).await;
     f.expect_event_reasons(
         "web",
@@ -339,8 +376,11 @@ async fn blue_green_update_records_argos_events_in_order() {
     }))
     .await;
     f.wait_for("web", "Healthy", healthy).await;
-    f.patch_spec("web", json!({"spec": {"template": {"metadata": {"annotations": {"update": "1"}}}}}))
-        .await;
+    f.patch_spec(
+        "web",
+        json!({"spec": {"template": {"metadata": {"annotations": {"update": "1"}}}}}),
+    )
+    .await;
     f.wait_for("web", "Healthy on the update", |r| {
         healthy(r) && status(r).blue_green.active_selector == status(r).current_pod_hash
     })
@@ -388,8 +428,11 @@ async fn paused_for_restart(f: &Fixture, max_unavailable: &str) {
     }))
     .await;
     f.wait_for("web", "Healthy", healthy).await;
-    f.patch_spec("web", json!({"spec": {"template": {"metadata": {"annotations": {"update": "1"}}}}}))
-        .await;
+    f.patch_spec(
+        "web",
+        json!({"spec": {"template": {"metadata": {"annotations": {"update": "1"}}}}}),
+    )
+    .await;
     f.wait_for("web", "Paused at the indefinite pause", |r| {
         phase_is(RolloutPhase::Paused)(r) && status(r).available_replicas == 4
     })
@@ -432,7 +475,11 @@ async fn restart_evicts_as_many_pods_as_max_unavailable_allows() {
     let mut ready = 4;
     while tokio::time::Instant::now() < deadline && ready > 1 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        ready = f.rollouts.get("web").await.map_or(4, |r| status(&r).ready_replicas);
+        ready = f
+            .rollouts
+            .get("web")
+            .await
+            .map_or(4, |r| status(&r).ready_replicas);
     }
     assert_eq!(ready, 1, "three pods evicted together");
     f.wait_restarted(at).await;
@@ -455,16 +502,22 @@ async fn restart_waits_for_a_pod_disruption_budget() {
     let at = f.restart().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let r = f.rollouts.get("web").await.expect("the Rollout");
-    assert_eq!(status(&r).available_replicas, 4, "the budget refused every eviction");
+    assert_eq!(
+        status(&r).available_replicas,
+        4,
+        "the budget refused every eviction"
+    );
     assert!(status(&r).restarted_at.is_none());
     let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
         Api::namespaced(f.env.client.clone(), &f.ns.name);
     pdbs.delete("web", &Default::default())
         .await
         .expect("deleting the PodDisruptionBudget");
-    f.wait_for("web", "every pod evicted at once (maxUnavailable 100%)", |r| {
-        status(r).available_replicas == 0
-    })
+    f.wait_for(
+        "web",
+        "every pod evicted at once (maxUnavailable 100%)",
+        |r| status(r).available_replicas == 0,
+    )
     .await;
     f.wait_restarted(at).await;
 }

@@ -239,45 +239,6 @@ pub struct Ctx {
     events: Arc<events::EventSink>,
 }
 
-/// The Rollouts this controller has seen on its watch, to record Argo's
-/// `RolloutAddedToInformer` once per Rollout and controller process, as Argo's informer does.
-struct Added {
-    seen: Mutex<std::collections::HashSet<String>>,
-    events: Arc<events::EventSink>,
-}
-
-impl Added {
-    fn apply(&self, event: &watcher::Event<Rollout>) {
-        let Ok(mut seen) = self.seen.lock() else {
-            return;
-        };
-        match event {
-            watcher::Event::Apply(r) | watcher::Event::InitApply(r) => {
-                let uid = r.uid().unwrap_or_default();
-                if seen.insert(uid) {
-                    let message = format!(
-                        "Rollout resource added to informer: {}/{}",
-                        r.namespace().unwrap_or_default(),
-                        r.name_any()
-                    );
-                    self.events.send(
-                        r.object_ref(&()),
-                        vec![events::Record {
-                            warning: false,
-                            reason: "RolloutAddedToInformer".into(),
-                            message,
-                        }],
-                    );
-                }
-            }
-            watcher::Event::Delete(r) => {
-                seen.remove(&r.uid().unwrap_or_default());
-            }
-            _ => {}
-        }
-    }
-}
-
 /// When each Rollout's not-yet-observed generation arrived on the watch, for
 /// `sluice_rollout_reaction_seconds`. Only Rollouts with a change pending have an entry.
 #[derive(Default)]
@@ -363,10 +324,7 @@ pub async fn run(
     let changes = Arc::new(Changes::default());
     let seen = changes.clone();
     let event_sink = Arc::new(events::EventSink::new(shared.client.clone()));
-    let added = Added {
-        seen: Mutex::default(),
-        events: event_sink.clone(),
-    };
+    let added = events::Added::new(event_sink.clone());
     // Argo's kinds: only this controller instance's (`--instance-id`).
     let argo = || shared.instance.watch();
     let (rollouts, rollout_events) = cache(

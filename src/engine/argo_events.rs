@@ -224,10 +224,9 @@ impl View<'_, '_> {
                     format!("Rollout is paused ({why})"),
                 ))
             }
-            (false, None) if new.aborted_at.is_none() && !new.abort => Some(normal(
-                reason::ROLLOUT_RESUMED,
-                "Rollout is resumed".into(),
-            )),
+            (false, None) if new.aborted_at.is_none() && !new.abort => {
+                Some(normal(reason::ROLLOUT_RESUMED, "Rollout is resumed".into()))
+            }
             _ => None,
         }
     }

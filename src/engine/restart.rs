@@ -63,8 +63,10 @@ pub fn next(
     let (mut wanted, mut available) = (0, 0);
     for rs in sets {
         let hash = rs.pod_template_hash.as_str();
-        let of_rs: Vec<&PodObservation> =
-            pods.iter().filter(|p| p.pod_template_hash == hash).collect();
+        let of_rs: Vec<&PodObservation> = pods
+            .iter()
+            .filter(|p| p.pod_template_hash == hash)
+            .collect();
         let live = of_rs.iter().filter(|p| !p.terminating).count();
         let live = i32::try_from(live).unwrap_or(i32::MAX);
         if live < rs.status_replicas {
@@ -72,8 +74,11 @@ pub fn next(
             return Restart::Wait;
         }
         wanted += rs.replicas.max(0);
-        // A pod just evicted may still count as available in the ReplicaSet's status.
-        available += rs.available_replicas.clamp(0, live);
+        // A pod just evicted may still count as available in the ReplicaSet's status (its watch
+        // lags behind the pods'): terminating pods are never counted, at worst twice.
+        let terminating = of_rs.iter().filter(|p| p.terminating).count();
+        let terminating = i32::try_from(terminating).unwrap_or(i32::MAX);
+        available += (rs.available_replicas - terminating).clamp(0, live);
         old_terminating |= of_rs.iter().any(|p| p.terminating && p.created < at);
         let mut old: Vec<&PodObservation> = of_rs
             .into_iter()
