@@ -76,11 +76,11 @@ fn normal(reason: &'static str, message: String) -> Event {
 }
 
 impl View<'_, '_> {
-    fn old(&self) -> &RolloutStatus {
+    fn before(&self) -> &RolloutStatus {
         self.input.status
     }
 
-    fn new(&self) -> &RolloutStatus {
+    fn after(&self) -> &RolloutStatus {
         &self.plan.status
     }
 
@@ -146,7 +146,7 @@ impl View<'_, '_> {
                 .find(|c| c.type_ == reason::COMPLETED)
                 .map(|c| c.status == "True")
         };
-        let (old, new) = (self.old(), self.new());
+        let (old, new) = (self.before(), self.after());
         let first = old.stable_rs.is_empty() && !new.stable_rs.is_empty();
         let blue_green = self.input.spec.strategy.blue_green.is_some();
         let now_false = completed(new) == Some(false) && completed(old) != Some(false);
@@ -209,7 +209,7 @@ impl View<'_, '_> {
 
     /// Argo's `sendStateChangeEvents`: a pause condition appeared, or all went without an abort.
     fn paused_or_resumed(&self) -> Option<Event> {
-        let (old, new) = (self.old(), self.new());
+        let (old, new) = (self.before(), self.after());
         match (
             old.pause_conditions.is_empty(),
             new.pause_conditions.first(),
@@ -233,7 +233,7 @@ impl View<'_, '_> {
 
     /// Argo's `promoteStable`: the stable ReplicaSet became the current one.
     fn completed(&self) -> Option<Event> {
-        let (old, new) = (self.old(), self.new());
+        let (old, new) = (self.before(), self.after());
         if new.stable_rs.is_empty()
             || new.stable_rs == old.stable_rs
             || new.stable_rs != new.current_pod_hash
