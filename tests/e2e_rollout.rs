@@ -354,14 +354,18 @@ async fn basic_canary_completes_through_every_step() {
     let events = f
         .events_after(&[
             ("RolloutStepCompleted", 4),
-            ("RolloutCompleted", 1),
+            ("RolloutCompleted", 2),
             ("RolloutUpdated", 2),
             ("RolloutPaused", 2),
         ])
         .await;
     let count = |reason: &str| events.iter().filter(|r| r.as_str() == reason).count();
     assert_eq!(count("RolloutStepCompleted"), 4, "{events:?}");
-    assert_eq!(count("RolloutCompleted"), 1, "{events:?}");
+    assert_eq!(
+        count("RolloutCompleted"),
+        2,
+        "the first revision, then the update: {events:?}"
+    );
     assert_eq!(
         count("RolloutUpdated"),
         2,

@@ -27,6 +27,7 @@
 
 mod adopt;
 mod ephemeral;
+mod events;
 mod execute;
 mod finalizer;
 mod index;
@@ -45,7 +46,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -244,6 +244,8 @@ pub struct Ctx {
     changes: Arc<Changes>,
     /// The routers' objects, watched (shared by every Rollout).
     route_objects: Arc<RouteObjects>,
+    /// Writes the Rollouts' Events, in order per Rollout.
+    events: Arc<events::EventSink>,
 }
 
 /// When each Rollout's not-yet-observed generation arrived on the watch, for
@@ -330,6 +332,8 @@ pub async fn run(
     let idx = index.clone();
     let changes = Arc::new(Changes::default());
     let seen = changes.clone();
+    let event_sink = Arc::new(events::EventSink::new(shared.client.clone()));
+    let added = events::Added::new(event_sink.clone());
     // Argo's kinds: only this controller instance's (`--instance-id`).
     let argo = || shared.instance.watch();
     let (rollouts, rollout_events) = cache(
@@ -339,6 +343,7 @@ pub async fn run(
             idx.rollouts_by_service.apply(e);
             idx.rollouts_by_deployment.apply(e);
             seen.apply(e);
+            added.apply(e);
         },
     );
     // Only ReplicaSets a Rollout made (Argo's label-filtered informer): Deployments' are ignored.
@@ -463,6 +468,7 @@ pub async fn run(
         last_sweep: Mutex::new(Instant::now()),
         changes,
         route_objects,
+        events: event_sink,
     });
     controller
         .owns_stream(rs_events)
@@ -753,41 +759,23 @@ fn status_body(status: &RolloutStatus) -> serde_json::Value {
 /// to the reaction (each is one more apiserver write).
 fn publish(rollout: &Rollout, actions: &[Action], ctx: &Ctx) {
     let (namespace, name) = (rollout.namespace().unwrap_or_default(), rollout.name_any());
-    for action in actions {
-        if let Action::Event(event) = action {
-            let metrics = &ctx.shared.metrics.argo;
-            metrics.rollout_event(&namespace, &name, event.warning, event.reason);
-        }
-    }
-    let events: Vec<KubeEvent> = actions
+    let records: Vec<events::Record> = actions
         .iter()
         .filter_map(|action| match action {
-            Action::Event(event) => Some(KubeEvent {
-                type_: if event.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: event.reason.to_string(),
-                note: Some(super::event_note(&event.message)),
-                action: "Reconcile".to_string(),
-                secondary: None,
-            }),
+            Action::Event(event) => Some(event),
             _ => None,
         })
-        .collect();
-    if events.is_empty() {
-        return;
-    }
-    let reference = rollout.object_ref(&());
-    let recorder = ctx.shared.recorder.clone();
-    tokio::spawn(async move {
-        for event in events {
-            if let Err(error) = recorder.publish(&event, &reference).await {
-                tracing::warn!(rollout = %name, %error, "recording an event");
+        .map(|event| {
+            let metrics = &ctx.shared.metrics.argo;
+            metrics.rollout_event(&namespace, &name, event.warning, event.reason);
+            events::Record {
+                warning: event.warning,
+                reason: event.reason.to_string(),
+                message: event.message.clone(),
             }
-        }
-    });
+        })
+        .collect();
+    ctx.events.send(rollout.object_ref(&()), records);
 }
 
 fn finalizer_error(rollout: &Rollout, source: kube::Error) -> Error {

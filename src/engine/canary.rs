@@ -21,7 +21,7 @@ use crate::engine::replicas::{self, BasicCanary, RoutedCanary, RsCounts};
 use crate::engine::restart::{self, Restart};
 use crate::engine::{
     Action, AnalysisKind, AnalysisPhase, AnalysisRunRequest, Event, Input, Plan,
-    ReplicaSetObservation, ephemeral, hash, validate,
+    ReplicaSetObservation, argo_events, ephemeral, hash, validate,
 };
 
 mod bluegreen;
@@ -35,7 +35,9 @@ static NO_CANARY: std::sync::LazyLock<CanaryStrategy> =
 pub fn plan(input: Input<'_>) -> Plan {
     let mut planner = Planner::new(input);
     planner.run();
-    planner.finish()
+    let mut plan = planner.finish();
+    argo_events::arrange(&input, &mut plan);
+    plan
 }
 
 /// How often a restart in progress looks again (pods are not watched; ReplicaSet changes also wake it).
@@ -234,7 +236,10 @@ impl<'a> Planner<'a> {
             .collect();
         // The controller removes workloadRef once it has read the target's template; one still
         // here means the target is missing (or of a kind Sluice cannot read).
-        if let Some(workload) = &self.spec.workload_ref {
+        if self.spec.workload_ref.is_some() && validate::template_has_content(self.spec) {
+            // Argo reports only this: the template that would be checked is not the one used.
+            errors = vec![validate::template_with_workload_ref().to_string()];
+        } else if let Some(workload) = &self.spec.workload_ref {
             errors = vec![format!(
                 "spec.workloadRef: {} {:?} not found; create it, or point workloadRef at an existing Deployment",
                 workload.kind.as_deref().unwrap_or("Deployment"),
@@ -276,6 +281,13 @@ impl<'a> Planner<'a> {
         }
         self.remove_condition(reason::INVALID_SPEC);
         self.release_unreferenced_services();
+        // Argo's `workloadObservedGeneration`: the workload generation this plan was made from.
+        self.status.workload_observed_generation = self
+            .observed
+            .workload
+            .as_ref()
+            .map(|w| w.generation.to_string())
+            .unwrap_or_default();
 
         self.identify_revision();
         self.user_intents();
@@ -317,7 +329,8 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// `spec.restartAt`: evict the pods created before it, one at a time (see [`restart`]).
+    /// `spec.restartAt`: evict the pods created before it, as many at a time as `maxUnavailable`
+    /// allows (see [`restart`]).
     fn restart_pods(&mut self) {
         let restart_at = self.spec.restart_at.as_ref().map(|t| t.0);
         let restarted_at = self.status.restarted_at.as_ref().map(|t| t.0);
@@ -331,18 +344,24 @@ impl<'a> Planner<'a> {
             sets.extend(self.rs(&current));
         }
         sets.extend(others);
+        let budget = restart::Budget {
+            replicas: self.spec.replicas(),
+            max_unavailable: self.fenceposts().1,
+        };
         match restart::next(
             restart_at,
             restarted_at,
             self.now,
             &sets,
             &self.observed.pods,
+            budget,
         ) {
             Restart::Idle => {}
             Restart::Later(seconds) => self.requeue_in(seconds),
             Restart::Wait => self.requeue_in(RESTART_CHECK_SECONDS),
-            Restart::Evict(name) => {
-                self.actions.push(Action::RestartPod { name });
+            Restart::Evict(names) => {
+                self.actions
+                    .extend(names.into_iter().map(|name| Action::RestartPod { name }));
                 self.requeue_in(RESTART_CHECK_SECONDS);
             }
             Restart::Done => {

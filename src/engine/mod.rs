@@ -16,6 +16,7 @@
 //! The time is an input ([`Observations::now`]).
 
 pub mod analysis;
+mod argo_events;
 mod ephemeral;
 pub mod experiment;
 pub mod flagger;
@@ -150,6 +151,8 @@ pub struct WorkloadObservation {
     pub scale_down: ScaleDown,
     /// The Deployment's `spec.replicas`.
     pub replicas: i32,
+    /// The Deployment's `metadata.generation`: written to `status.workloadObservedGeneration`.
+    pub generation: i64,
 }
 
 /// The canary weight the routers report, in percent of all traffic.

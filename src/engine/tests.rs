@@ -108,17 +108,36 @@ fn first_deploy_skips_the_steps() {
         json!({"steps": [{"setWeight": 20}, {"pause": {}}]}),
     ));
     let first = world.tick();
+    let (events, actions): (Vec<&Action>, Vec<&Action>) = first
+        .actions
+        .iter()
+        .partition(|a| matches!(a, Action::Event(_)));
     assert!(matches!(
-        first.actions[..],
-        [
-            Action::Event(_),
-            Action::CreateReplicaSet {
-                replicas: 4,
-                revision: 1,
-                ..
-            }
-        ]
+        actions[..],
+        [Action::CreateReplicaSet {
+            replicas: 4,
+            revision: 1,
+            ..
+        }]
     ));
+    // Argo's Events for a canary's first revision, in Argo's order.
+    let reasons: Vec<&str> = events
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(e) => Some(e.reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "RolloutUpdated",
+            "NewReplicaSetCreated",
+            "RolloutNotCompleted",
+            "ScalingReplicaSet",
+            "RolloutCompleted"
+        ]
+    );
     world.settle();
     assert_eq!(world.status.current_step_index, Some(2));
     assert_eq!(world.status.stable_rs, world.status.current_pod_hash);
@@ -251,7 +270,8 @@ fn abort_returns_everything_to_stable_and_retry_starts_over() {
 
     world.intent(Intent::Retry);
     world.settle();
-    assert!(world.has_event(reason::ROLLOUT_RETRY));
+    // As Argo: a retry shows as the Progressing reason, not as an Event.
+    assert!(!world.has_event(reason::ROLLOUT_RETRY));
     assert_eq!(world.status.aborted_at, None);
     assert_eq!(world.replicas(&canary), 3);
     assert_eq!(world.status.current_step_index, Some(1));
@@ -1358,6 +1378,7 @@ fn with_workload(scale_down: crate::api::argo::rollout::ScaleDown, replicas: i32
     world.observed.workload = Some(WorkloadObservation {
         scale_down,
         replicas,
+        generation: 1,
     });
     world
 }

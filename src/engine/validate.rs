@@ -97,19 +97,30 @@ fn validate_blue_green(
     }
 }
 
-fn validate_template(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
-    let template_has_content = spec.template.as_ref().is_some_and(|t| {
+/// Whether `spec.template` says anything (containers or labels). With a `workloadRef` it must
+/// not: the template comes from the workload, and Argo refuses both.
+pub fn template_has_content(spec: &RolloutSpec) -> bool {
+    spec.template.as_ref().is_some_and(|t| {
         t.spec.as_ref().is_some_and(|s| !s.containers.is_empty())
             || t.metadata
                 .as_ref()
                 .is_some_and(|m| m.labels.as_ref().is_some_and(|l| !l.is_empty()))
-    });
+    })
+}
+
+/// The error for a Rollout with both `workloadRef` and a template (Argo's words).
+pub fn template_with_workload_ref() -> InvalidSpec {
+    err(
+        "spec.template",
+        "template must be empty for workload reference rollout (remove spec.template or spec.workloadRef)",
+    )
+}
+
+fn validate_template(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
+    let template_has_content = template_has_content(spec);
     if spec.workload_ref.is_some() {
         if template_has_content {
-            errors.push(err(
-                "spec.template",
-                "template must be empty for a workload reference rollout",
-            ));
+            errors.push(template_with_workload_ref());
         }
         return;
     }

@@ -237,8 +237,8 @@ fn is_deployment(kind: Option<&str>) -> bool {
 
 /// The spec the engine plans with: `template` and `selector` taken from the workloadRef's
 /// Deployment and `workloadRef` removed, plus what the engine needs to scale that Deployment.
-/// When the Deployment is not in the cache, the spec keeps its `workloadRef` and the engine
-/// reports the Rollout as invalid.
+/// When the Deployment is not in the cache, or the Rollout also has a template, the spec keeps
+/// its `workloadRef` and the engine reports the Rollout as invalid.
 pub fn resolve_spec(
     rollout: &Rollout,
     caches: &Caches,
@@ -247,6 +247,10 @@ pub fn resolve_spec(
     let Some(reference) = spec.workload_ref.clone() else {
         return (spec, None);
     };
+    // Both a template and a workloadRef: left unresolved, the engine refuses it as Argo does.
+    if crate::engine::validate::template_has_content(&spec) {
+        return (spec, None);
+    }
     let namespace = rollout.namespace().unwrap_or_default();
     let deployment = reference
         .name
@@ -271,6 +275,7 @@ pub fn resolve_spec(
     let workload = WorkloadObservation {
         scale_down: reference.scale_down.unwrap_or(ScaleDown::Never),
         replicas: deployment_spec.replicas.unwrap_or(1),
+        generation: deployment.metadata.generation.unwrap_or_default(),
     };
     (spec, Some(workload))
 }
