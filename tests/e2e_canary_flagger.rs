@@ -391,3 +391,88 @@ async fn without_the_flag_a_canary_naming_no_provider_is_routed_by_istio() {
     })
     .await;
 }
+
+/// `sluice lint` agrees with the apiserver (`kubectl create --dry-run=server`) on explicit nulls:
+/// a null field is dropped by the apiserver, nullable or not (Flagger's podinfo Helm chart renders
+/// `webhooks: null`), so both accept it; a null list item, or a required field given as null, is
+/// refused by both.
+#[tokio::test]
+async fn lint_accepts_the_explicit_nulls_the_apiserver_accepts() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let ns = env.namespace("cto-lint-null").await;
+    let canary = |name: &str, analysis: &str, target: &str| {
+        format!(
+            "apiVersion: flagger.app/v1beta1\nkind: Canary\nmetadata:\n  name: {name}\nspec:\n  \
+             provider: kubernetes\n  targetRef: {target}\n  service:\n    port: 9898\n    \
+             gateways: null\n  analysis:\n    interval: 1m\n    threshold: 5\n    iterations: 10\n{analysis}"
+        )
+    };
+    let web = "{apiVersion: apps/v1, kind: Deployment, name: web}";
+    // (what, manifest, valid)
+    let cases = [
+        (
+            "webhooks: null (Flagger's podinfo chart)",
+            canary("hooks-null", "    webhooks: null\n    metrics: null\n", web),
+            true,
+        ),
+        (
+            "match: null and sessionAffinity: null",
+            canary(
+                "match-null",
+                "    match: null\n    sessionAffinity: null\n",
+                web,
+            ),
+            true,
+        ),
+        (
+            "a null webhook in the list",
+            canary("hook-item-null", "    webhooks: [null]\n", web),
+            false,
+        ),
+        (
+            "a required targetRef given as null",
+            canary("target-null", "", "null"),
+            false,
+        ),
+    ];
+    let dir = env
+        .dir
+        .join(format!("cto-lint-null-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut disagreements = Vec::new();
+    for (i, (what, manifest, valid)) in cases.iter().enumerate() {
+        let file = dir.join(format!("{i}.yaml"));
+        std::fs::write(&file, manifest).unwrap();
+        let lint = std::process::Command::new(common::controller::sluice_bin())
+            .arg("lint")
+            .arg("-f")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let apiserver = env
+            .kubectl()
+            .args(["create", "--dry-run=server", "-n", &ns.name, "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let (lint_ok, api_ok) = (lint.status.success(), apiserver.status.success());
+        if lint_ok != *valid || api_ok != *valid {
+            let text = |o: &std::process::Output| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            };
+            disagreements.push(format!(
+                "{what}: expected valid={valid}, lint {lint_ok}, apiserver {api_ok}\n{manifest}\nlint: {}\nkubectl: {}",
+                text(&lint),
+                text(&apiserver)
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n\n"));
+}
