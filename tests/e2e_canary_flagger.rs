@@ -476,3 +476,48 @@ async fn lint_accepts_the_explicit_nulls_the_apiserver_accepts() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(disagreements.is_empty(), "{}", disagreements.join("\n\n"));
 }
+
+/// A `DaemonSet` target (Flagger runs DaemonSets; Sluice does not yet) is refused, never read as
+/// a Deployment: one Warning naming `spec.targetRef.kind`, the condition `Stalled=True` /
+/// `InvalidSpec`, and nothing created (no `-primary`, no Services).
+#[tokio::test]
+async fn a_daemonset_target_is_refused_naming_the_field_and_nothing_is_created() {
+    let Some(f) = Fixture::new("cto-daemonset").await else {
+        return;
+    };
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
+    // A Deployment of the same name exists: the old code ran it as the target.
+    f.create_canary(json!({
+        "targetRef": {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "podinfo"},
+    }))
+    .await;
+    let condition = eventually(TIMEOUT, "the Stalled condition", || async {
+        stalled(&f.canaries().get("podinfo").await.unwrap())
+    })
+    .await;
+    assert!(
+        condition.starts_with("InvalidSpec: ") && condition.contains("spec.targetRef.kind"),
+        "{condition}"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let warnings = f.warnings().await;
+    assert_eq!(warnings.len(), 1, "{warnings:#?}\n{}", ctl.log_end());
+    assert!(
+        warnings[0].contains("spec.targetRef.kind") && warnings[0].contains("DaemonSet"),
+        "{warnings:#?}"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    assert!(
+        deployments
+            .get_opt("podinfo-primary")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(f.services().get_opt("podinfo").await.unwrap().is_none());
+    let canary = f.canaries().get("podinfo").await.unwrap();
+    assert_ne!(
+        canary.status.and_then(|s| s.phase),
+        Some(CanaryPhase::Initialized)
+    );
+}

@@ -426,6 +426,18 @@ pub struct UnroutedMeshProvider {
     provider: String,
 }
 
+/// Why the Canary's target is not run: Sluice runs Deployments only (Flagger also DaemonSets and,
+/// with provider kubernetes, Services).
+fn unsupported_target(canary: &Canary) -> Option<String> {
+    let target = &canary.spec.target_ref;
+    (target.kind != "Deployment").then(|| {
+        format!(
+            "spec.targetRef.kind: {:?} targets are not run by Sluice yet (only Deployment); the Canary is not acted on (nothing is created or changed) until spec.targetRef names a Deployment",
+            target.kind
+        )
+    })
+}
+
 /// `spec.provider`, else the controller's `--mesh-provider`.
 fn provider(canary: &Canary, mesh_provider: &str) -> String {
     canary
@@ -524,6 +536,13 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
             ),
         )
         .await;
+        return Ok(Requeue::await_change());
+    }
+    // A DaemonSet (or any non-Deployment) target read as a Deployment would be half-run.
+    if canary.meta().deletion_timestamp.is_none()
+        && let Some(message) = unsupported_target(&canary)
+    {
+        ctx.refuse_spec(&canary, "target-kind", &message).await;
         return Ok(Requeue::await_change());
     }
     // revertOnDeletion; the primary and the Services go with the Canary (owner references).

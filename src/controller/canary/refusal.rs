@@ -8,6 +8,9 @@
 //! write cannot help; any other is retried with the controller's back-off. The condition goes
 //! once the writes of a tick succeed.
 //!
+//! A spec Sluice does not act on (a `DaemonSet` target) is reported the same way, with reason
+//! `InvalidSpec`, once per generation.
+//!
 //! This module decides nothing about a run and writes only the Canary's status conditions and
 //! Events; it never treats a conflict (409) or throttling (429) as a refusal.
 
@@ -68,9 +71,14 @@ pub(super) fn refusal(error: &Error) -> Option<Refusal> {
     })
 }
 
-/// `status` with the `Stalled` condition saying `message` (its transition time kept when it
-/// already stood).
-pub(super) fn with_stalled(status: &CanaryStatus, message: &str, now: Timestamp) -> CanaryStatus {
+/// `status` with the `Stalled` condition for `reason` saying `message` (its transition time kept
+/// when it already stood).
+pub(super) fn with_stalled(
+    status: &CanaryStatus,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> CanaryStatus {
     let mut status = status.clone();
     let since = status
         .conditions
@@ -84,17 +92,15 @@ pub(super) fn with_stalled(status: &CanaryStatus, message: &str, now: Timestamp)
         status: "True".into(),
         last_update_time: Some(Time(now)),
         last_transition_time: Some(since),
-        reason: WRITE_REFUSED.into(),
+        reason: reason.into(),
         message: Some(message.into()),
     });
     status
 }
 
-/// `status` without a `Stalled` condition of [`WRITE_REFUSED`].
+/// `status` without the `Stalled` condition.
 pub(super) fn without_stalled(status: &mut CanaryStatus) {
-    status
-        .conditions
-        .retain(|c| !(c.r#type == STALLED && c.reason == WRITE_REFUSED));
+    status.conditions.retain(|c| c.r#type != STALLED);
 }
 
 impl Ctx {
@@ -137,23 +143,39 @@ impl Ctx {
             WRITE_REFUSED
         };
         self.warn_once(canary, &what, reason, &message).await;
-        let current = canary.status.clone().unwrap_or_default();
-        let stalled = with_stalled(&current, &message, Timestamp::now());
-        let same = current
-            .conditions
-            .iter()
-            .any(|c| c.r#type == STALLED && c.message.as_deref() == Some(message.as_str()));
-        if !same {
-            // A conflict here means the Canary changed: the next tick reports it again.
-            if let Err(e) = write_status(canary, &stalled, self).await {
-                tracing::debug!(canary = %canary.name_any(), namespace = ?canary.namespace(), error = %e, "writing the Stalled condition");
-            }
-        }
+        self.set_stalled(canary, WRITE_REFUSED, &message).await;
         tracing::debug!(canary = %canary.name_any(), generation = ?canary.meta().generation, %message, "write refused");
         if invalid {
             Ok(Requeue::await_change())
         } else {
             Err(error)
+        }
+    }
+}
+
+impl Ctx {
+    /// A spec Sluice does not act on (`spec.targetRef.kind` other than Deployment): one Warning
+    /// per generation and the condition `Stalled=True` / `InvalidSpec`; nothing else is done.
+    pub(super) async fn refuse_spec(&self, canary: &Canary, what: &str, message: &str) {
+        let what = format!("{what}:{}", canary.meta().generation.unwrap_or(0));
+        self.warn_once(canary, &what, "InvalidSpec", message).await;
+        self.set_stalled(canary, "InvalidSpec", message).await;
+    }
+
+    /// Writes the `Stalled` condition unless it already says `message`.
+    async fn set_stalled(&self, canary: &Canary, reason: &str, message: &str) {
+        let current = canary.status.clone().unwrap_or_default();
+        let same = current
+            .conditions
+            .iter()
+            .any(|c| c.r#type == STALLED && c.message.as_deref() == Some(message));
+        if same {
+            return;
+        }
+        let stalled = with_stalled(&current, reason, message, Timestamp::now());
+        // A conflict here means the Canary changed: the next tick reports it again.
+        if let Err(e) = write_status(canary, &stalled, self).await {
+            tracing::debug!(canary = %canary.name_any(), namespace = ?canary.namespace(), error = %e, "writing the Stalled condition");
         }
     }
 }
@@ -166,8 +188,8 @@ mod tests {
     fn the_condition_is_set_once_and_keeps_its_transition_time() {
         let t0 = Timestamp::from_second(1_000).unwrap();
         let t1 = Timestamp::from_second(2_000).unwrap();
-        let first = with_stalled(&CanaryStatus::default(), "refused", t0);
-        let again = with_stalled(&first, "refused again", t1);
+        let first = with_stalled(&CanaryStatus::default(), WRITE_REFUSED, "refused", t0);
+        let again = with_stalled(&first, WRITE_REFUSED, "refused again", t1);
         assert_eq!(again.conditions.len(), 1);
         assert_eq!(again.conditions[0].last_transition_time, Some(Time(t0)));
         assert_eq!(
