@@ -521,3 +521,86 @@ async fn a_daemonset_target_is_refused_naming_the_field_and_nothing_is_created()
         Some(CanaryPhase::Initialized)
     );
 }
+
+/// Flagger's Istio script pre-creates the VirtualService: the Canary adopts it without an owner
+/// reference (deleting the Canary does not garbage-collect it) and `revertOnDeletion` gives it its
+/// original spec back.
+#[tokio::test]
+async fn a_user_made_virtual_service_is_adopted_without_an_owner_and_restored_on_deletion() {
+    let Some(f) = Fixture::new("cto-vs").await else {
+        return;
+    };
+    let original = json!({"hosts": ["podinfo"], "http": [{"route": [
+        {"destination": {"host": "podinfo"}, "weight": 100}]}]});
+    f.env
+        .create(
+            &f.ns.name,
+            json!({
+                "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+                "metadata": {"name": "podinfo"},
+                "spec": original,
+            }),
+        )
+        .await;
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({"provider": "istio", "revertOnDeletion": true}))
+        .await;
+    f.wait_phase(CanaryPhase::Initialized, &ctl).await;
+    let api = f.dynamic(
+        "networking.istio.io/v1beta1",
+        "VirtualService",
+        "virtualservices",
+    );
+    let adopted = eventually(
+        TIMEOUT,
+        "the VirtualService routed to the primary",
+        || async {
+            let vs = api.get("podinfo").await.ok()?;
+            let spec = serde_json::to_value(&vs).ok()?["spec"].clone();
+            (spec["http"][0]["route"][0]["destination"]["host"] == "podinfo-primary").then_some(vs)
+        },
+    )
+    .await;
+    assert!(
+        adopted.owner_references().is_empty(),
+        "{:?}",
+        adopted.owner_references()
+    );
+
+    f.canaries()
+        .delete("podinfo", &Default::default())
+        .await
+        .unwrap();
+    eventually(TIMEOUT, "the Canary gone", || async {
+        f.canaries()
+            .get_opt("podinfo")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually(TIMEOUT, "the -primary Service collected", || async {
+        f.services()
+            .get_opt("podinfo-primary")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let back = api
+        .get_opt("podinfo")
+        .await
+        .unwrap()
+        .expect("the user's VirtualService outlives the Canary");
+    assert_eq!(serde_json::to_value(&back).unwrap()["spec"], original);
+    assert!(
+        !back
+            .annotations()
+            .keys()
+            .any(|k| k.starts_with("sluice.dev/")),
+        "{:?}",
+        back.annotations()
+    );
+}

@@ -10,7 +10,8 @@
 //! handed back anyway, with a Warning Event: the user asked for the Canary to go.
 //!
 //! A Service the user made before the Canary (`takeover`) gets its own ports and selector back
-//! instead, and keeps no trace of Sluice.
+//! instead, and keeps no trace of Sluice; a route object the user made (`routing`, adopted
+//! without an owner reference) gets its original `spec` back.
 //!
 //! This module never decides a run; it writes only the target's `spec.replicas`, the Services
 //! of the Canary's names and the Canary's finalizers.
@@ -153,6 +154,8 @@ impl Ctx {
             }
         }
         self.hand_back_apex(canary, &target, &status).await?;
+        let provider = super::provider(canary, &self.mesh_provider);
+        self.routing.give_back(canary, &provider).await?;
         Ok(true)
     }
 
