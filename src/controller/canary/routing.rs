@@ -79,8 +79,8 @@
 //!
 //! This module must never decide a weight (that is [`crate::engine::flagger`]), never read a
 //! route through the API per tick (watch caches only), never write an object the Canary
-//! does not own (or adopted) by name and provider, and never write a status field other than the three
-//! session-affinity cookies.
+//! does not own (or adopted) by name and provider, and never write a status field other than
+//! the three session-affinity cookies.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
