@@ -59,6 +59,11 @@ enum Command {
         /// The namespace whose AlertProviders every Canary may use, besides its own namespace.
         #[arg(long, env = "SLUICE_ALERT_PROVIDER_NAMESPACE")]
         alert_provider_namespace: Option<String>,
+        /// The provider of Canaries without `spec.provider` (Flagger's `-mesh-provider`, same
+        /// default): istio, gatewayapi:v1, gatewayapi:v1beta1, smi:v1alpha2/3/4, linkerd, traefik,
+        /// nginx or kubernetes.
+        #[arg(long, env = "SLUICE_MESH_PROVIDER", default_value = sluice::controller::canary::DEFAULT_PROVIDER)]
+        mesh_provider: String,
         /// Argo's controller instance: handle only Argo objects labelled
         /// `argo-rollouts.argoproj.io/controller-instance-id=<id>` (without it: only unlabelled ones).
         #[arg(long, env = "SLUICE_INSTANCE_ID")]
@@ -291,9 +296,11 @@ fn main() -> anyhow::Result<()> {
             log_format,
             http_follow_redirects,
             alert_provider_namespace,
+            mesh_provider,
             instance_id,
             aws_verify_target_group,
         } => {
+            sluice::controller::canary::check_mesh_provider(&mesh_provider)?;
             if aws_verify_target_group {
                 anyhow::bail!(
                     "--aws-verify-target-group is not supported: Sluice calls no AWS API (its ALB \
@@ -329,6 +336,7 @@ fn main() -> anyhow::Result<()> {
                 healthz_stall: std::time::Duration::from_secs(healthz_stall_seconds),
                 http_follow_redirects,
                 alert_provider_namespace: alert_provider_namespace.filter(|n| !n.is_empty()),
+                mesh_provider,
                 instance,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -14,11 +14,15 @@
 //! the Canary and carry Flux's "reconcile disabled" and Helm's "drift detection disabled"
 //! annotations, as Flagger's do, so a GitOps tool does not fight over them.
 //!
-//! Providers: `kubernetes` (Blue/Green by switching the apex Service alone); `gatewayapi`,
+//! Providers (`spec.provider`, else `--mesh-provider`, default `istio` as Flagger's):
+//! `kubernetes` (Blue/Green by switching the apex Service alone); `gatewayapi`,
 //! `istio`, `smi` / `linkerd`, `traefik` and `nginx` through the routing objects
 //! `canary::routing` generates (owned by the Canary, weights read back from watch caches; a tick
 //! waits until the last route write is applied). A Canary naming another provider is refused
 //! once per generation with a Warning Event naming `spec.provider`, and nothing is written for it.
+//!
+//! Services of the Canary's names that the user made are taken over, not owned (`takeover`); a
+//! write the apiserver refuses is a Warning and a `Stalled` condition (`refusal`).
 //!
 //! Submodules: `config_tracking` (ConfigMaps/Secrets the target references: checksums in
 //! `status.trackedConfigs`, `-primary` copies; a kind the controller may not watch is disabled
@@ -77,8 +81,7 @@ use crate::engine::analysis::expr::Value as ExprValue;
 use crate::engine::analysis::flagger::{MetricCheck, MetricVars, builtin_query, judge, render};
 use crate::engine::analysis::observed::Observed;
 use crate::engine::flagger::{
-    self as core, Action, Check, Input, KUBERNETES_PROVIDER, Observations, Outcome, Plan, Target,
-    Verdict, Workload,
+    self as core, Action, Check, Input, Observations, Outcome, Plan, Target, Verdict, Workload,
 };
 
 mod alerts;
@@ -87,13 +90,15 @@ mod finalizer;
 mod hpa;
 mod metric_template;
 mod recording;
+mod refusal;
 mod routing;
+mod takeover;
 
 /// Canaries ticked at the same time.
 const CONCURRENCY: u16 = 10;
-/// The provider used when a Canary names none (Flagger's default is istio; Sluice has no mesh
-/// default, and `kubernetes` works everywhere).
-pub const DEFAULT_PROVIDER: &str = KUBERNETES_PROVIDER;
+/// The provider used when a Canary names none and `--mesh-provider` is not given: Flagger's
+/// default (`-mesh-provider` of `cmd/flagger`).
+pub const DEFAULT_PROVIDER: &str = "istio";
 /// Environment variable that lowers the 10s minimum analysis interval (tests use 1s).
 pub const MIN_INTERVAL_ENV: &str = "SLUICE_CANARY_MIN_INTERVAL";
 /// Flux: do not reconcile this object (it is generated).
@@ -145,6 +150,12 @@ pub enum Error {
     TooManyChecks { namespace: String, name: String },
     #[error(transparent)]
     Routing(#[from] routing::RoutingError),
+    #[error("a JSON patch of Service {namespace}/{name} could not be built: {reason}")]
+    Patch {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
 }
 
 /// State shared by every tick.
@@ -173,6 +184,10 @@ pub struct Ctx {
     warned: Mutex<std::collections::HashSet<(String, String)>>,
     /// MetricTemplates (their provider type is checked before a Canary is acted on).
     metric_templates: Store<MetricTemplate>,
+    /// Canaries whose last tick had a write refused after its status write (`refusal`).
+    refused_later: PerCanary<()>,
+    /// The provider of Canaries without `spec.provider` (`--mesh-provider`).
+    mesh_provider: String,
 }
 
 fn min_interval() -> Duration {
@@ -192,6 +207,8 @@ pub struct Options {
     pub http: Arc<HttpClients>,
     /// The namespace whose AlertProviders every Canary may use.
     pub alert_provider_namespace: Option<String>,
+    /// The provider of Canaries without `spec.provider` (`--mesh-provider`).
+    pub mesh_provider: String,
 }
 
 /// Runs the Canary controller until `shutdown` resolves.
@@ -206,7 +223,9 @@ pub async fn run(
         default_prometheus,
         http,
         alert_provider_namespace,
+        mesh_provider,
     } = options;
+    shared.metrics.set_mesh_provider(&mesh_provider);
     tracing::info!(namespace = ?shared.namespace, "canary controller starting");
     let controller = Controller::new(
         shared.api::<Canary>(),
@@ -255,6 +274,8 @@ pub async fn run(
         alerts: alert_queue,
         warned: Mutex::default(),
         metric_templates,
+        refused_later: PerCanary::default(),
+        mesh_provider,
     });
     tokio::spawn(alerts::run(Arc::downgrade(&ctx), alert_receiver, metrics));
     // Deleted Canaries are not reconciled (no finalizer without revertOnDeletion): their state
@@ -385,13 +406,46 @@ fn interval(canary: &Canary, min: Duration) -> Duration {
         .max(min)
 }
 
-fn provider(canary: &Canary) -> String {
+/// Refuses at start a `--mesh-provider` Sluice cannot route (every Canary without
+/// `spec.provider` would be refused).
+pub fn check_mesh_provider(name: &str) -> Result<(), UnroutedMeshProvider> {
+    match routing::Provider::parse(name) {
+        routing::Parsed::Unsupported => Err(UnroutedMeshProvider {
+            provider: name.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `--mesh-provider` names a provider Sluice does not route.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--mesh-provider {provider:?} (SLUICE_MESH_PROVIDER, Helm value meshProvider) is not routed by Sluice: use istio, gatewayapi:v1, gatewayapi:v1beta1, smi:v1alpha2/3/4, linkerd, traefik, nginx or kubernetes"
+)]
+pub struct UnroutedMeshProvider {
+    provider: String,
+}
+
+/// Why the Canary's target is not run: Sluice runs Deployments only (Flagger also DaemonSets and,
+/// with provider kubernetes, Services).
+fn unsupported_target(canary: &Canary) -> Option<String> {
+    let target = &canary.spec.target_ref;
+    (target.kind != "Deployment").then(|| {
+        format!(
+            "spec.targetRef.kind: {:?} targets are not run by Sluice yet (only Deployment); the Canary is not acted on (nothing is created or changed) until spec.targetRef names a Deployment",
+            target.kind
+        )
+    })
+}
+
+/// `spec.provider`, else the controller's `--mesh-provider`.
+fn provider(canary: &Canary, mesh_provider: &str) -> String {
     canary
         .spec
         .provider
         .clone()
         .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| DEFAULT_PROVIDER.to_string())
+        .unwrap_or_else(|| mesh_provider.to_string())
 }
 
 fn workload(deployment: &Deployment) -> Workload {
@@ -449,7 +503,9 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     // Routed through a kind the controller may not watch: its routes could be neither read nor
     // seen applied, so nothing is written (not even the finalizer) and the user is told once.
     if canary.meta().deletion_timestamp.is_none()
-        && let Err(error) = ctx.routing.permitted(&canary, &provider(&canary))
+        && let Err(error) = ctx
+            .routing
+            .permitted(&canary, &provider(&canary, &ctx.mesh_provider))
     {
         ctx.warn_once(
             &canary,
@@ -466,7 +522,7 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     // A provider Sluice cannot route: analysing and promoting without ever shifting traffic
     // would report a canary that never was. Refused like the above: nothing is written.
     if canary.meta().deletion_timestamp.is_none()
-        && let Err(error) = routing::routable(&canary, &provider(&canary))
+        && let Err(error) = routing::routable(&canary, &provider(&canary, &ctx.mesh_provider))
     {
         ctx.warn_once(
             &canary,
@@ -480,6 +536,13 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
             ),
         )
         .await;
+        return Ok(Requeue::await_change());
+    }
+    // A DaemonSet (or any non-Deployment) target read as a Deployment would be half-run.
+    if canary.meta().deletion_timestamp.is_none()
+        && let Some(message) = unsupported_target(&canary)
+    {
+        ctx.refuse_spec(&canary, "target-kind", &message).await;
         return Ok(Requeue::await_change());
     }
     // revertOnDeletion; the primary and the Services go with the Canary (owner references).
@@ -517,7 +580,7 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     }
     // Fields the run reads differently from what they say (maxWeight 0, weights beside
     // iterations, ...) are followed as upstream does, and the user is told once per generation.
-    for message in core::reinterpreted(&canary, &provider(&canary)) {
+    for message in core::reinterpreted(&canary, &provider(&canary, &ctx.mesh_provider)) {
         let what = format!(
             "reinterpreted:{}:{message}",
             canary.meta().generation.unwrap_or(0)
@@ -534,7 +597,7 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     ctx.warn_untracked_secrets(&canary, target.as_deref()).await;
     ctx.warn_webhook_timeouts(&canary).await;
     let primary = cached(&format!("{target_name}-primary"));
-    let provider = provider(&canary);
+    let provider = provider(&canary, &ctx.mesh_provider);
     let interval = interval(&canary, ctx.min_interval);
     let last_tick = ctx.last_tick.get(&canary);
     // A step never advances before the route reports the last write applied.
@@ -604,27 +667,43 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
         .partition(|a| matches!(a, Action::CreatePrimary | Action::EnsureServices));
     for action in first {
         if let Err(error) = ctx.execute(&canary, &provider, &plan.status, action).await {
-            return ctx.refused_as_invalid(&canary, error).await;
+            return ctx.refused(&canary, error).await;
         }
     }
+    // These writes went through: a refusal they had is over, unless a later action of the last
+    // tick was refused (told again below, so the condition does not flap every tick).
+    let mut planned = plan.status.clone();
+    if ctx.refused_later.get(&canary).is_none() {
+        refusal::without_stalled(&mut planned);
+    }
     let status = canary.status.clone().unwrap_or_default();
-    if plan.status != status {
-        write_status(&canary, &plan.status, &ctx).await?;
+    let mut current = (*canary).clone();
+    if planned != status {
+        current.metadata.resource_version = Some(write_status(&canary, &planned, &ctx).await?);
+        current.status = Some(planned.clone());
     }
     let elapsed = plan.ticked.then(|| started.elapsed());
-    ctx.record(&canary, &provider, &status, &plan.status, elapsed);
+    ctx.record(&canary, &provider, &status, &planned, elapsed);
     if plan.ticked {
         ctx.last_tick.insert(&canary, observed.now);
     }
     let mut failed = None;
     for action in then {
-        if let Err(error) = ctx.execute(&canary, &provider, &plan.status, action).await {
+        if let Err(error) = ctx.execute(&canary, &provider, &planned, action).await {
             failed = Some(error);
             break;
         }
     }
     if let Some(error) = failed {
-        return Err(error);
+        if refusal::refusal(&error).is_some() {
+            ctx.refused_later.insert(&canary, ());
+        }
+        return ctx.refused(&current, error).await;
+    }
+    if ctx.refused_later.get(&canary).is_some() {
+        // The next tick drops the condition.
+        ctx.refused_later.remove(&canary);
+        return Ok(Requeue::requeue(Duration::from_millis(200)));
     }
     Ok(match plan.requeue_after {
         Some(after) => Requeue::requeue(after),
@@ -632,7 +711,9 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     })
 }
 
-async fn write_status(canary: &Canary, status: &CanaryStatus, ctx: &Ctx) -> Result<(), Error> {
+/// Applies `status` (guarded by the resourceVersion `canary` was read at); the new
+/// resourceVersion.
+async fn write_status(canary: &Canary, status: &CanaryStatus, ctx: &Ctx) -> Result<String, Error> {
     let namespace = canary.namespace().unwrap_or_default();
     let name = canary.name_any();
     let patch = json!({
@@ -647,7 +728,7 @@ async fn write_status(canary: &Canary, status: &CanaryStatus, ctx: &Ctx) -> Resu
         .patch_status(&name, &params, &Patch::Apply(&patch))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(written) => Ok(written.resource_version().unwrap_or_default()),
         Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Conflict { namespace, name }),
         Err(source) => Err(Error::WriteStatus {
             namespace,
@@ -817,6 +898,7 @@ impl Ctx {
             return;
         }
         self.last_tick.forget_absent(&self.canaries);
+        self.refused_later.forget_absent(&self.canaries);
         self.routing.forget_absent(&self.canaries);
         {
             let mut warned = self
@@ -861,37 +943,6 @@ impl Ctx {
         let status = canary.status.clone().unwrap_or_default();
         self.event_with_reason(canary, &status, true, reason, message)
             .await;
-    }
-
-    /// A generated object the apiserver refuses as invalid (422) is made from the Canary's spec
-    /// (a Service port out of range, say): retrying cannot help, so the Canary is told once per
-    /// generation with the apiserver's words, and waits for a change. Other errors are returned.
-    async fn refused_as_invalid(&self, canary: &Canary, error: Error) -> Result<Requeue, Error> {
-        let Error::Write {
-            action,
-            kind,
-            name,
-            source: kube::Error::Api(refusal),
-            ..
-        } = &error
-        else {
-            return Err(error);
-        };
-        if refusal.code != 422 {
-            return Err(error);
-        }
-        let field = if *kind == "Service" {
-            "spec.service"
-        } else {
-            "spec.targetRef"
-        };
-        let message = format!(
-            "{field}: {action} {kind} {name} was refused by the apiserver as invalid: {}; fix the Canary (or its target), nothing else is done until then",
-            refusal.message
-        );
-        let what = format!("invalid-{kind}:{}", canary.meta().generation.unwrap_or(0));
-        self.warn_once(canary, &what, "InvalidSpec", &message).await;
-        Ok(Requeue::await_change())
     }
 
     /// Tells a Canary once that the Secrets its target references are not tracked, and why.
@@ -1226,6 +1277,12 @@ impl Ctx {
             (canary_svc, value.clone()),
         ] {
             let cached = self.services.get(&ObjectRef::new(&name).within(&namespace));
+            if let Some(user) = cached.as_ref().filter(|s| takeover::is_foreign(s, canary)) {
+                let selector = json!({&label: selector});
+                self.take_over(canary, user, &json!([port]), &selector)
+                    .await?;
+                continue;
+            }
             let up_to_date = cached.as_ref().is_some_and(|s| {
                 let spec = s.spec.clone().unwrap_or_default();
                 spec.selector.unwrap_or_default().get(&label) == Some(&selector)
@@ -1267,6 +1324,47 @@ impl Ctx {
             .await
             .map_err(|e| Self::write_error(canary, "applying", "Service", &name, e))?;
         }
+        Ok(())
+    }
+
+    /// Replaces the ports and selector of a Service the user made ([`takeover`]), when they
+    /// differ from the Canary's.
+    async fn take_over(
+        &self,
+        canary: &Canary,
+        service: &Service,
+        ports: &Value,
+        selector: &Value,
+    ) -> Result<(), Error> {
+        let Some(patch) = takeover::take_over_patch(service, ports, selector) else {
+            return Ok(());
+        };
+        self.json_patch_service(canary, "taking over", &service.name_any(), patch)
+            .await
+    }
+
+    /// A JSON patch of a Service in the Canary's namespace.
+    async fn json_patch_service(
+        &self,
+        canary: &Canary,
+        action: &'static str,
+        name: &str,
+        patch: Value,
+    ) -> Result<(), Error> {
+        let namespace = canary.namespace().unwrap_or_default();
+        let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Patch {
+            namespace: namespace.clone(),
+            name: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        let api: Api<Service> = Api::namespaced(self.shared.client.clone(), &namespace);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        api.patch(name, &params, &Patch::<()>::Json(patch))
+            .await
+            .map_err(|e| Self::write_error(canary, action, "Service", name, e))?;
         Ok(())
     }
 

@@ -189,6 +189,8 @@ pub struct Metrics {
     /// `rollout_events_total`, `rollout_phase`, `analysis_template_*`,
     /// `argo_rollouts_controller_info`.
     pub argo: ArgoMetrics,
+    /// `flagger_info{version, mesh_provider}`.
+    flagger_info: Family<FlaggerInfoLabels, Gauge>,
     /// `flagger_canary_total`.
     canary_total: Family<NamespaceLabels, Gauge>,
     /// `flagger_canary_status`: 0 running, 1 successful (or idle), 2 failed.
@@ -330,7 +332,7 @@ impl Metrics {
             "Flagger version and mesh provider information",
             flagger_info.clone(),
         );
-        // Sluice has no global mesh provider; a Canary without one uses this default.
+        // Until the Canary controller says which `--mesh-provider` it runs with.
         flagger_info
             .get_or_create(&FlaggerInfoLabels {
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -399,6 +401,7 @@ impl Metrics {
             rollout_weight,
             rollout_replicas,
             analysis_runs,
+            flagger_info,
             canary_total,
             canary_status,
             canary_weight,
@@ -506,6 +509,17 @@ impl Metrics {
         self.canary_duration
             .get_or_create(&canary(namespace, target))
             .observe(seconds);
+    }
+
+    /// `flagger_info`: the controller-wide mesh provider (`--mesh-provider`).
+    pub fn set_mesh_provider(&self, provider: &str) {
+        self.flagger_info.clear();
+        self.flagger_info
+            .get_or_create(&FlaggerInfoLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                mesh_provider: provider.to_string(),
+            })
+            .set(1);
     }
 
     /// `flagger_canary_metric_analysis{name,namespace,metric}`: a metric check's last value.

@@ -159,6 +159,8 @@ pub struct Config {
     pub http_follow_redirects: bool,
     /// The namespace whose AlertProviders every Canary may use, besides its own.
     pub alert_provider_namespace: Option<String>,
+    /// The provider of Canaries without `spec.provider` (`--mesh-provider`).
+    pub mesh_provider: String,
     /// Which Argo objects to handle (`--instance-id`).
     pub instance: instance::Instance,
 }
@@ -275,6 +277,7 @@ async fn controllers(
                 default_prometheus: config.default_prometheus.clone(),
                 http,
                 alert_provider_namespace: config.alert_provider_namespace.clone(),
+                mesh_provider: config.mesh_provider.clone(),
             },
             shutdown.clone(),
         )

@@ -9,8 +9,12 @@
 //! when it is turned off. A target that does not become ready within the progress deadline is
 //! handed back anyway, with a Warning Event: the user asked for the Canary to go.
 //!
-//! This module never decides a run; it writes only the target's `spec.replicas`, the apex
-//! Service and the Canary's finalizers.
+//! A Service the user made before the Canary (`takeover`) gets its own ports and selector back
+//! instead, and keeps no trace of Sluice; a route object the user made (`routing`, adopted
+//! without an owner reference) gets its original `spec` back.
+//!
+//! This module never decides a run; it writes only the target's `spec.replicas`, the Services
+//! of the Canary's names and the Canary's finalizers.
 
 use std::time::Duration;
 
@@ -21,7 +25,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::{Ctx, Error, FIELD_MANAGER, selector_label, workload};
+use super::{Ctx, Error, FIELD_MANAGER, selector_label, takeover, workload};
 use crate::api::flagger::canary::{Canary, CanaryStatus};
 use crate::engine::flagger::{Readiness, readiness};
 
@@ -150,6 +154,8 @@ impl Ctx {
             }
         }
         self.hand_back_apex(canary, &target, &status).await?;
+        let provider = super::provider(canary, &self.mesh_provider);
+        self.routing.give_back(canary, &provider).await?;
         Ok(true)
     }
 
@@ -162,10 +168,33 @@ impl Ctx {
         status: &CanaryStatus,
     ) -> Result<(), Error> {
         let namespace = canary.namespace().unwrap_or_default();
-        let (apex, _, _) = canary.service_names();
+        let (apex, primary, canary_svc) = canary.service_names();
+        // Services the user made get what they had back (`takeover`); the -primary / -canary
+        // ones Sluice made go with the Canary.
+        for name in [&primary, &canary_svc] {
+            if let Some(service) = self.services.get(&ObjectRef::new(name).within(&namespace))
+                && let Some(patch) = takeover::give_back_patch(&service)
+            {
+                self.json_patch_service(canary, "giving back", name, patch)
+                    .await?;
+            }
+        }
         let Some(service) = self.services.get(&ObjectRef::new(&apex).within(&namespace)) else {
             return Ok(());
         };
+        if takeover::is_foreign(&service, canary) {
+            if let Some(patch) = takeover::give_back_patch(&service) {
+                self.json_patch_service(canary, "giving back", &apex, patch)
+                    .await?;
+            }
+            let message = format!(
+                "Canary {}.{namespace} deleted: {} handed back, Service {apex} has its own ports and selector again",
+                canary.name_any(),
+                target.name_any()
+            );
+            self.event(canary, "", status, false, &message).await;
+            return Ok(());
+        }
         let Some((label, value)) = selector_label(target) else {
             return Ok(());
         };

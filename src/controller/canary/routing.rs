@@ -70,13 +70,17 @@
 //! nothing for them), the others run as usual. A watch refused later (RBAC removed while
 //! running) is logged with backoff and does not flip readiness: see [`Access::observe`].
 //!
+//! **A route object the user made** (it exists without the Canary's owner reference) is adopted:
+//! written without an owner reference, its original `spec` recorded on it ([`ADOPTED_ANNOTATION`])
+//! and given back by `revertOnDeletion` ([`Routing::give_back`]).
+//!
 //! What is remembered per Canary (writes to wait for, cookies, holds) is kept by uid
 //! ([`super::PerCanary`]) and dropped for Canaries that are gone ([`Routing::forget_absent`]).
 //!
 //! This module must never decide a weight (that is [`crate::engine::flagger`]), never read a
 //! route through the API per tick (watch caches only), never write an object the Canary
-//! does not own by name and provider, and never write a status field other than the three
-//! session-affinity cookies.
+//! does not own (or adopted) by name and provider, and never write a status field other than
+//! the three session-affinity cookies.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1493,6 +1497,54 @@ impl Routing {
         self.held.forget_absent(canaries);
     }
 
+    /// Gives a route object the user made ([`adopt`]) its original `spec` back: applied under
+    /// Sluice with nothing else, so Sluice's annotations and labels go with the record.
+    pub async fn give_back(
+        &self,
+        canary: &Canary,
+        provider_name: &str,
+    ) -> Result<(), RoutingError> {
+        let Parsed::Routed(provider) = Provider::parse(provider_name) else {
+            return Ok(());
+        };
+        let namespace = canary.namespace().unwrap_or_default();
+        let name = route_name(canary, provider);
+        let Some(live) = self.cached(provider.route_kind(), &namespace, &name) else {
+            return Ok(());
+        };
+        let Some(original) = live.annotations().get(ADOPTED_ANNOTATION) else {
+            return Ok(());
+        };
+        let spec: Value = serde_json::from_str(original).unwrap_or(Value::Null);
+        let types = live.types.clone().unwrap_or_default();
+        let body = json!({
+            "apiVersion": types.api_version,
+            "kind": types.kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        });
+        let (group, version) = types
+            .api_version
+            .rsplit_once('/')
+            .unwrap_or(("", &types.api_version));
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &namespace, &ar);
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|source| RoutingError::Apply {
+            kind: types.kind.clone(),
+            namespace: namespace.clone(),
+            object: name.clone(),
+            canary: canary.name_any(),
+            source: Box::new(source),
+        })?;
+        Ok(())
+    }
+
     fn cached(&self, kind: RouteKind, namespace: &str, name: &str) -> Option<DynamicObject> {
         let cache = self.caches.get(&kind)?;
         cache
@@ -1822,6 +1874,14 @@ impl Routing {
         let checksum = objects[0]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
             .as_str()
             .map(str::to_owned);
+        let mut objects = objects;
+        let route_name = objects[0]["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if let Some(live) = self.cached(provider.route_kind(), &namespace, &route_name) {
+            adopt(canary, &live, &mut objects[0]);
+        }
         for (i, object) in objects.iter().enumerate().rev() {
             let api_version = object["apiVersion"].as_str().unwrap_or_default();
             let kind = object["kind"].as_str().unwrap_or_default();
@@ -1866,6 +1926,32 @@ impl Routing {
         }
         Ok(())
     }
+}
+
+/// Annotation on a route object the user made before the Canary: its `spec` as it was.
+pub const ADOPTED_ANNOTATION: &str = "sluice.dev/original-spec";
+
+/// A route object that exists without this Canary's owner reference is the user's (Flagger's
+/// Istio script pre-creates the VirtualService): it is written without an owner reference (so
+/// deleting the Canary never deletes it) and carries its original `spec` in
+/// [`ADOPTED_ANNOTATION`] (the first one recorded is kept), for [`Routing::give_back`].
+fn adopt(canary: &Canary, live: &DynamicObject, object: &mut Value) {
+    let uid = canary.uid().unwrap_or_default();
+    if live.owner_references().iter().any(|o| o.uid == uid) {
+        return;
+    }
+    let original = live
+        .annotations()
+        .get(ADOPTED_ANNOTATION)
+        .cloned()
+        .unwrap_or_else(|| {
+            serde_json::to_string(live.data.get("spec").unwrap_or(&Value::Null)).unwrap_or_default()
+        });
+    let meta = &mut object["metadata"];
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("ownerReferences");
+    }
+    meta["annotations"][ADOPTED_ANNOTATION] = json!(original);
 }
 
 /// The Canaries owning `object` (controller owner references of kind Canary).

@@ -295,8 +295,8 @@ pub fn readiness(
     }
 }
 
-/// The `Promoted` condition for `phase` (upstream `MakeStatusConditions`): `None` when the
-/// current one already says the same.
+/// The conditions with `Promoted` set for `phase` (upstream `MakeStatusConditions`): `None` when
+/// the current one already says the same. Other conditions (the controller's `Stalled`) are kept.
 pub fn promoted_conditions(
     current: &[CanaryCondition],
     phase: CanaryPhase,
@@ -342,14 +342,22 @@ pub fn promoted_conditions(
         Some(c) if c.status == status => c.last_transition_time.clone(),
         _ => Some(now.clone()),
     };
-    Some(vec![CanaryCondition {
+    let promoted = CanaryCondition {
         r#type: PROMOTED_CONDITION.into(),
         status: status.into(),
         last_update_time: Some(now),
         last_transition_time: transition,
         reason: reason.into(),
         message: Some(message),
-    }])
+    };
+    let mut conditions = vec![promoted];
+    conditions.extend(
+        current
+            .iter()
+            .filter(|c| c.r#type != PROMOTED_CONDITION)
+            .cloned(),
+    );
+    Some(conditions)
 }
 
 /// Flagger's string for a phase.

@@ -925,3 +925,26 @@ fn reinterpreted_fields_are_named() {
         "metrics": [{"name": "m", "query": "up"}]}));
     assert!(super::reinterpreted(&plain, "istio").is_empty());
 }
+
+#[test]
+fn the_promoted_condition_keeps_the_controllers_other_conditions() {
+    let stalled = CanaryCondition {
+        r#type: "Stalled".into(),
+        status: "True".into(),
+        last_update_time: None,
+        last_transition_time: None,
+        reason: "WriteRefused".into(),
+        message: Some("refused".into()),
+    };
+    let now = Timestamp::from_second(1_000).unwrap();
+    let conditions = promoted_conditions(
+        std::slice::from_ref(&stalled),
+        CanaryPhase::Initialized,
+        "Deployment",
+        now,
+    )
+    .unwrap();
+    let types: Vec<&str> = conditions.iter().map(|c| c.r#type.as_str()).collect();
+    assert_eq!(types, ["Promoted", "Stalled"]);
+    assert_eq!(conditions[1], stalled);
+}

@@ -1,0 +1,606 @@
+//! Flagger conformance on the real cluster (issue 17), one `sluice controller` per test limited
+//! to the test's namespace: objects the user made before the Canary are taken over as Flagger
+//! takes them over and given back; a write the apiserver refuses is told to the Canary (a Warning
+//! Event and a `Stalled` condition), not only logged; `--mesh-provider` routes Canaries that name
+//! no provider (Flagger's default, `istio`, without it).
+
+mod common;
+
+use std::time::Duration;
+
+use common::controller::ControllerProcess;
+use common::{TestEnv, eventually};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Service};
+use kube::ResourceExt;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
+use serde_json::{Value, json};
+use sluice::api::flagger::canary::{Canary, CanaryPhase};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+struct Fixture {
+    env: TestEnv,
+    ns: common::TestNamespace,
+}
+
+impl Fixture {
+    async fn new(prefix: &str) -> Option<Fixture> {
+        let env = common::test_env().await?;
+        Some(Self::with_target(env, prefix, 9898).await)
+    }
+
+    /// A namespace with the target `podinfo` serving on `port`.
+    async fn with_target(env: TestEnv, prefix: &str, port: u16) -> Fixture {
+        let ns = env.namespace(prefix).await;
+        let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &ns.name);
+        deployments
+            .create(
+                &PostParams::default(),
+                &common::canary::target("podinfo", 2, "podinfo:6.0.0", port),
+            )
+            .await
+            .expect("creating the target");
+        Fixture { env, ns }
+    }
+
+    fn dynamic(&self, api_version: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        Api::namespaced_with(
+            self.env.client.clone(),
+            &self.ns.name,
+            &ApiResource::from_gvk_with_plural(&gvk, plural),
+        )
+    }
+
+    fn canaries(&self) -> Api<Canary> {
+        Api::namespaced(self.env.client.clone(), &self.ns.name)
+    }
+
+    fn services(&self) -> Api<Service> {
+        Api::namespaced(self.env.client.clone(), &self.ns.name)
+    }
+
+    async fn create_canary(&self, spec: Value) {
+        let mut canary = json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
+            "metadata": {"name": "podinfo"},
+            "spec": {
+                "provider": "kubernetes",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+                "progressDeadlineSeconds": 60,
+                "service": {"port": 80, "targetPort": 9898},
+                "analysis": {"interval": "1s", "threshold": 2, "iterations": 2},
+            },
+        });
+        for (k, v) in spec.as_object().cloned().unwrap_or_default() {
+            canary["spec"][k] = v;
+        }
+        let canary: Canary = serde_json::from_value(canary).expect("Canary JSON");
+        self.canaries()
+            .create(&PostParams::default(), &canary)
+            .await
+            .expect("creating the Canary");
+    }
+
+    async fn wait_phase(&self, phase: CanaryPhase, ctl: &ControllerProcess) -> Canary {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let canary = self.canaries().get("podinfo").await.expect("the Canary");
+            if canary.status.as_ref().and_then(|s| s.phase) == Some(phase) {
+                return canary;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "Canary not {phase:?}; status: {:?}\nwarnings: {:#?}\nlog:\n{}",
+                    canary.status,
+                    self.warnings().await,
+                    ctl.log_end()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// `reason: message` of the Warning Events on Canaries (but the `Reinterpreted` one a
+    /// Canary without metrics or webhooks gets).
+    async fn warnings(&self) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.env.client.clone(), &self.ns.name);
+        events
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.involved_object.kind.as_deref() == Some("Canary"))
+            .filter(|e| e.type_.as_deref() == Some("Warning"))
+            .filter(|e| e.reason.as_deref() != Some("Reinterpreted"))
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.reason.unwrap_or_default(),
+                    e.message.unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+/// (name, port, targetPort) of each port, and the selector.
+fn ports_and_selector(service: &Service) -> (Vec<(String, i32, Value)>, Value) {
+    let spec = service.spec.clone().unwrap_or_default();
+    let ports = spec
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            (
+                p.name.unwrap_or_default(),
+                p.port,
+                serde_json::to_value(p.target_port).unwrap_or_default(),
+            )
+        })
+        .collect();
+    (ports, json!(spec.selector))
+}
+
+/// Flagger's `test/kubernetes/test-deployment.sh` pre-creates the apex Service with the app's own
+/// port: the Canary takes it over (its ports and selector replaced, not merged: a merge gives two
+/// ports named `http`, which the apiserver refuses), adds no owner reference or annotation of
+/// its own, and `revertOnDeletion` gives it back exactly as the user made it.
+#[tokio::test]
+async fn a_user_made_apex_service_is_taken_over_and_given_back() {
+    let Some(f) = Fixture::new("cto-apex").await else {
+        return;
+    };
+    let user: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "podinfo", "labels": {"app": "podinfo", "team": "a"},
+            "annotations": {"owner": "team-a"}},
+        "spec": {"type": "ClusterIP", "selector": {"app": "podinfo"},
+            "ports": [{"name": "http", "port": 9898, "protocol": "TCP", "targetPort": "http"}]},
+    }))
+    .unwrap();
+    let as_kubectl = PostParams {
+        field_manager: Some("kubectl-client-side-apply".into()),
+        ..Default::default()
+    };
+    f.services().create(&as_kubectl, &user).await.unwrap();
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({"revertOnDeletion": true})).await;
+    f.wait_phase(CanaryPhase::Initialized, &ctl).await;
+
+    let apex = f.services().get("podinfo").await.unwrap();
+    assert_eq!(
+        ports_and_selector(&apex),
+        (
+            vec![("http".to_string(), 80, json!(9898))],
+            json!({"app": "podinfo-primary"})
+        ),
+        "the Canary's port and selector replace the user's"
+    );
+    assert!(apex.owner_references().is_empty(), "{apex:?}");
+    assert_eq!(apex.labels(), user.labels(), "the user's labels are left");
+    assert_eq!(
+        apex.annotations().get("owner").map(String::as_str),
+        Some("team-a")
+    );
+    assert!(
+        f.warnings().await.is_empty(),
+        "{:#?}\n{}",
+        f.warnings().await,
+        ctl.log_end()
+    );
+
+    f.canaries()
+        .delete("podinfo", &Default::default())
+        .await
+        .unwrap();
+    eventually(TIMEOUT, "the Canary gone", || async {
+        f.canaries()
+            .get_opt("podinfo")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let back = f.services().get("podinfo").await.unwrap();
+    assert_eq!(
+        ports_and_selector(&back),
+        ports_and_selector(&user),
+        "the user's ports and selector are back"
+    );
+    assert_eq!(back.labels(), user.labels());
+    assert_eq!(
+        back.annotations(),
+        user.annotations(),
+        "nothing of Sluice's is left"
+    );
+    assert!(back.owner_references().is_empty());
+    // Not garbage-collected with the generated objects.
+    eventually(TIMEOUT, "the -primary Service collected", || async {
+        f.services()
+            .get_opt("podinfo-primary")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(f.services().get_opt("podinfo").await.unwrap().is_some());
+}
+
+fn stalled(canary: &Canary) -> Option<String> {
+    canary
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Stalled" && c.status == "True")
+        .map(|c| format!("{}: {}", c.reason, c.message.clone().unwrap_or_default()))
+}
+
+/// A write the apiserver refuses (a `targetPort` out of range, which only the Service's own
+/// validation checks) is one Warning Event and the condition `Stalled=True` / `WriteRefused`
+/// with the apiserver's words, not a log line per tick; fixing the Canary clears it.
+#[tokio::test]
+async fn a_refused_write_is_one_warning_and_a_stalled_condition_until_fixed() {
+    let Some(f) = Fixture::new("cto-refused").await else {
+        return;
+    };
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({"service": {"port": 80, "targetPort": 70000}}))
+        .await;
+    let condition = eventually(TIMEOUT, "the Stalled condition", || async {
+        stalled(&f.canaries().get("podinfo").await.unwrap())
+    })
+    .await;
+    assert!(
+        condition.starts_with("WriteRefused: ") && condition.contains("70000"),
+        "{condition}"
+    );
+    // Several ticks later: still one Warning.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let warnings = f.warnings().await;
+    assert_eq!(warnings.len(), 1, "{warnings:#?}\n{}", ctl.log_end());
+    assert!(
+        warnings[0].contains("spec.service") && warnings[0].contains("70000"),
+        "{warnings:#?}"
+    );
+    f.canaries()
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"service": {"targetPort": 9898}}})),
+        )
+        .await
+        .unwrap();
+    let canary = f.wait_phase(CanaryPhase::Initialized, &ctl).await;
+    let canary = if stalled(&canary).is_some() {
+        eventually(TIMEOUT, "the Stalled condition gone", || async {
+            let c = f.canaries().get("podinfo").await.unwrap();
+            stalled(&c).is_none().then_some(c)
+        })
+        .await
+    } else {
+        canary
+    };
+    let status = canary.status.unwrap();
+    assert!(
+        status.conditions.iter().any(|c| c.r#type == "Promoted"),
+        "{status:?}"
+    );
+}
+
+/// `--mesh-provider gatewayapi:v1` (Flagger's `-mesh-provider`): a Canary naming no provider is
+/// routed through a generated HTTPRoute on the real Traefik Gateway and promoted through it.
+#[tokio::test]
+async fn the_mesh_provider_flag_routes_canaries_that_name_none() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let Some(gw) = env.gateway_or_skip() else {
+        return;
+    };
+    let f = Fixture::with_target(env, "cto-mesh", gw.echo_port).await;
+    let host = format!("{}.sluice.test", f.ns.name);
+    f.env
+        .create(
+            &f.ns.name,
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                "metadata": {"name": "gw"},
+                "spec": {"gatewayClassName": gw.class, "listeners": [
+                    {"name": "web", "protocol": "HTTP", "port": gw.port, "hostname": host},
+                ]},
+            }),
+        )
+        .await;
+    let ctl =
+        ControllerProcess::start_with(&f.env, &f.ns.name, &["--mesh-provider", "gatewayapi:v1"])
+            .await;
+    f.create_canary(json!({
+        "provider": null,
+        "service": {"port": 80, "targetPort": gw.echo_port, "hosts": [host],
+            "gatewayRefs": [{"name": "gw"}]},
+        "analysis": {"interval": "1s", "threshold": 2, "stepWeight": 50, "maxWeight": 50},
+    }))
+    .await;
+    let canary = f.canaries().get("podinfo").await.unwrap();
+    assert_eq!(canary.spec.provider, None, "the Canary names no provider");
+    f.wait_phase(CanaryPhase::Initialized, &ctl).await;
+    let routes = f.dynamic("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes");
+    let route = eventually(TIMEOUT, "the generated HTTPRoute", || async {
+        routes.get_opt("podinfo").await.ok()?
+    })
+    .await;
+    let backends = serde_json::to_value(&route).unwrap()["spec"]["rules"][0]["backendRefs"].clone();
+    assert_eq!(
+        backends[0]["name"],
+        "podinfo-primary",
+        "{}",
+        serde_json::to_string_pretty(&route).unwrap()
+    );
+    let virtual_services = f.dynamic(
+        "networking.istio.io/v1beta1",
+        "VirtualService",
+        "virtualservices",
+    );
+    assert!(virtual_services.get_opt("podinfo").await.unwrap().is_none());
+    let deployments: Api<Deployment> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    deployments
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "podinfo", "image": "podinfo:6.0.1"}]}}}})),
+        )
+        .await
+        .unwrap();
+    f.wait_phase(CanaryPhase::Succeeded, &ctl).await;
+    let primary = deployments.get("podinfo-primary").await.unwrap();
+    assert_eq!(
+        primary.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("podinfo:6.0.1")
+    );
+}
+
+/// Without `--mesh-provider`, a Canary naming no provider gets Flagger's default, `istio`: its
+/// VirtualService is generated.
+#[tokio::test]
+async fn without_the_flag_a_canary_naming_no_provider_is_routed_by_istio() {
+    let Some(f) = Fixture::new("cto-default").await else {
+        return;
+    };
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({"provider": null})).await;
+    f.wait_phase(CanaryPhase::Initialized, &ctl).await;
+    let virtual_services = f.dynamic(
+        "networking.istio.io/v1beta1",
+        "VirtualService",
+        "virtualservices",
+    );
+    eventually(TIMEOUT, "the generated VirtualService", || async {
+        virtual_services.get_opt("podinfo").await.ok()?
+    })
+    .await;
+}
+
+/// `sluice lint` agrees with the apiserver (`kubectl create --dry-run=server`) on explicit nulls:
+/// a null field is dropped by the apiserver, nullable or not (Flagger's podinfo Helm chart renders
+/// `webhooks: null`), so both accept it; a null list item, or a required field given as null, is
+/// refused by both.
+#[tokio::test]
+async fn lint_accepts_the_explicit_nulls_the_apiserver_accepts() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let ns = env.namespace("cto-lint-null").await;
+    let canary = |name: &str, analysis: &str, target: &str| {
+        format!(
+            "apiVersion: flagger.app/v1beta1\nkind: Canary\nmetadata:\n  name: {name}\nspec:\n  \
+             provider: kubernetes\n  targetRef: {target}\n  service:\n    port: 9898\n    \
+             gateways: null\n  analysis:\n    interval: 1m\n    threshold: 5\n    iterations: 10\n{analysis}"
+        )
+    };
+    let web = "{apiVersion: apps/v1, kind: Deployment, name: web}";
+    // (what, manifest, valid)
+    let cases = [
+        (
+            "webhooks: null (Flagger's podinfo chart)",
+            canary("hooks-null", "    webhooks: null\n    metrics: null\n", web),
+            true,
+        ),
+        (
+            "match: null and sessionAffinity: null",
+            canary(
+                "match-null",
+                "    match: null\n    sessionAffinity: null\n",
+                web,
+            ),
+            true,
+        ),
+        (
+            "a null webhook in the list",
+            canary("hook-item-null", "    webhooks: [null]\n", web),
+            false,
+        ),
+        (
+            "a required targetRef given as null",
+            canary("target-null", "", "null"),
+            false,
+        ),
+    ];
+    let dir = env
+        .dir
+        .join(format!("cto-lint-null-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut disagreements = Vec::new();
+    for (i, (what, manifest, valid)) in cases.iter().enumerate() {
+        let file = dir.join(format!("{i}.yaml"));
+        std::fs::write(&file, manifest).unwrap();
+        let lint = std::process::Command::new(common::controller::sluice_bin())
+            .arg("lint")
+            .arg("-f")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let apiserver = env
+            .kubectl()
+            .args(["create", "--dry-run=server", "-n", &ns.name, "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let (lint_ok, api_ok) = (lint.status.success(), apiserver.status.success());
+        if lint_ok != *valid || api_ok != *valid {
+            let text = |o: &std::process::Output| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            };
+            disagreements.push(format!(
+                "{what}: expected valid={valid}, lint {lint_ok}, apiserver {api_ok}\n{manifest}\nlint: {}\nkubectl: {}",
+                text(&lint),
+                text(&apiserver)
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n\n"));
+}
+
+/// A `DaemonSet` target (Flagger runs DaemonSets; Sluice does not yet) is refused, never read as
+/// a Deployment: one Warning naming `spec.targetRef.kind`, the condition `Stalled=True` /
+/// `InvalidSpec`, and nothing created (no `-primary`, no Services).
+#[tokio::test]
+async fn a_daemonset_target_is_refused_naming_the_field_and_nothing_is_created() {
+    let Some(f) = Fixture::new("cto-daemonset").await else {
+        return;
+    };
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
+    // A Deployment of the same name exists: the old code ran it as the target.
+    f.create_canary(json!({
+        "targetRef": {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "podinfo"},
+    }))
+    .await;
+    let condition = eventually(TIMEOUT, "the Stalled condition", || async {
+        stalled(&f.canaries().get("podinfo").await.unwrap())
+    })
+    .await;
+    assert!(
+        condition.starts_with("InvalidSpec: ") && condition.contains("spec.targetRef.kind"),
+        "{condition}"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let warnings = f.warnings().await;
+    assert_eq!(warnings.len(), 1, "{warnings:#?}\n{}", ctl.log_end());
+    assert!(
+        warnings[0].contains("spec.targetRef.kind") && warnings[0].contains("DaemonSet"),
+        "{warnings:#?}"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    assert!(
+        deployments
+            .get_opt("podinfo-primary")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(f.services().get_opt("podinfo").await.unwrap().is_none());
+    let canary = f.canaries().get("podinfo").await.unwrap();
+    assert_ne!(
+        canary.status.and_then(|s| s.phase),
+        Some(CanaryPhase::Initialized)
+    );
+}
+
+/// Flagger's Istio script pre-creates the VirtualService: the Canary adopts it without an owner
+/// reference (deleting the Canary does not garbage-collect it) and `revertOnDeletion` gives it its
+/// original spec back.
+#[tokio::test]
+async fn a_user_made_virtual_service_is_adopted_without_an_owner_and_restored_on_deletion() {
+    let Some(f) = Fixture::new("cto-vs").await else {
+        return;
+    };
+    let original = json!({"hosts": ["podinfo"], "http": [{"route": [
+        {"destination": {"host": "podinfo"}, "weight": 100}]}]});
+    f.env
+        .create(
+            &f.ns.name,
+            json!({
+                "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+                "metadata": {"name": "podinfo"},
+                "spec": original,
+            }),
+        )
+        .await;
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({"provider": "istio", "revertOnDeletion": true}))
+        .await;
+    f.wait_phase(CanaryPhase::Initialized, &ctl).await;
+    let api = f.dynamic(
+        "networking.istio.io/v1beta1",
+        "VirtualService",
+        "virtualservices",
+    );
+    let adopted = eventually(
+        TIMEOUT,
+        "the VirtualService routed to the primary",
+        || async {
+            let vs = api.get("podinfo").await.ok()?;
+            let spec = serde_json::to_value(&vs).ok()?["spec"].clone();
+            (spec["http"][0]["route"][0]["destination"]["host"] == "podinfo-primary").then_some(vs)
+        },
+    )
+    .await;
+    assert!(
+        adopted.owner_references().is_empty(),
+        "{:?}",
+        adopted.owner_references()
+    );
+
+    f.canaries()
+        .delete("podinfo", &Default::default())
+        .await
+        .unwrap();
+    eventually(TIMEOUT, "the Canary gone", || async {
+        f.canaries()
+            .get_opt("podinfo")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually(TIMEOUT, "the -primary Service collected", || async {
+        f.services()
+            .get_opt("podinfo-primary")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let back = api
+        .get_opt("podinfo")
+        .await
+        .unwrap()
+        .expect("the user's VirtualService outlives the Canary");
+    assert_eq!(serde_json::to_value(&back).unwrap()["spec"], original);
+    assert!(
+        !back
+            .annotations()
+            .keys()
+            .any(|k| k.starts_with("sluice.dev/")),
+        "{:?}",
+        back.annotations()
+    );
+}
