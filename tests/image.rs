@@ -90,6 +90,7 @@ fn image_build_makes_a_non_root_shell_less_oci_archive() {
         .join("target")
         .join(format!("image-test-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
+    let _cleanup = RemoveOnDrop(work.clone());
     let archive = work.join("sluice.tar");
     let printed = run(Command::new(root().join("deploy/image/build"))
         .arg("--binary")
@@ -172,6 +173,13 @@ fn image_build_makes_a_non_root_shell_less_oci_archive() {
         executables.is_empty(),
         "binaries besides /sluice: {executables:?}"
     );
+}
 
-    std::fs::remove_dir_all(&work).unwrap();
+/// Removes a directory when dropped, also when an assertion failed (the archive is large).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
