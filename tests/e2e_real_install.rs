@@ -2,7 +2,8 @@
 //! environment's real node (`SLUICE_REAL_NODE=1 tests/env/up`; tests/env/README.md, "A real
 //! node"): the image built by `deploy/image/build` from this build's binary and imported into the
 //! node's containerd, two replicas Ready through their real `/readyz` probes, exactly one holding
-//! the Lease, and after `kubectl delete pod` of the leader the other one takes the Lease; the
+//! the Lease, and after `kubectl delete pod` of the leader the other one takes the Lease and
+//! finishes a Rollout that was in its timed pause; the
 //! security context as the kernel holds it for the container's process (`/proc/<pid>/status`:
 //! uid 65532, no capabilities, no new privileges; a read-only root mount).
 //!
@@ -20,7 +21,9 @@ use common::{TestEnv, eventually, test_env};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use sluice::api::argo::rollout::{Rollout, RolloutPhase, RolloutStatus};
 
 const NODE_TAINT_KEY: &str = "sluice.dev/real-node";
 /// Image start, probes and Lease handover on a loaded 2-core machine.
@@ -212,6 +215,40 @@ async fn container_pid(pods: &Api<Pod>, pod: &str, socket: &str) -> u32 {
         .unwrap_or_else(|| panic!("no task {id} in:\n{tasks}"))
 }
 
+/// A canary Rollout (its pods on the kwok nodes): 50 %, then a 20 s pause.
+fn rollout(image: &str) -> Rollout {
+    serde_json::from_value(json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": image}]},
+            },
+            "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": "20s"}}]}},
+        },
+    }))
+    .unwrap()
+}
+
+/// Waits until `check` accepts the Rollout's status.
+async fn wait_rollout(rollouts: &Api<Rollout>, what: &str, check: impl Fn(&RolloutStatus) -> bool) {
+    eventually(TIMEOUT, what, || async {
+        let r = rollouts.get("web").await.ok()?;
+        r.status.as_ref().is_some_and(&check).then_some(())
+    })
+    .await;
+}
+
+fn finished(s: &RolloutStatus) -> bool {
+    s.phase == Some(RolloutPhase::Healthy)
+        && !s.current_pod_hash.is_empty()
+        && s.stable_rs == s.current_pod_hash
+}
+
 async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
     leases
         .get_opt("sluice-controller")
@@ -283,13 +320,39 @@ async fn chart_on_a_real_node_two_ready_pods_one_leader_failover() {
         "the root filesystem is writable: {root_mount}"
     );
 
-    // The leader's pod deleted: the standby takes the Lease.
+    // A Rollout the in-cluster leader takes to its timed pause on a new revision.
+    let rollouts: Api<Rollout> = Api::namespaced(env.client.clone(), &ns.name);
+    rollouts
+        .create(&PostParams::default(), &rollout("registry.invalid/web:1"))
+        .await
+        .unwrap();
+    wait_rollout(&rollouts, "the first revision Healthy", finished).await;
+    let stable = rollouts.get("web").await.unwrap().status.unwrap().stable_rs;
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "registry.invalid/web:2"}]}}}});
+    rollouts
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_rollout(&rollouts, "the new revision in its pause (step 1)", |s| {
+        s.current_step_index == Some(1) && s.current_pod_hash != stable
+    })
+    .await;
+
+    // The leader's pod deleted: the standby takes the Lease and finishes the Rollout.
     pods.delete(&leader, &DeleteParams::default())
         .await
         .unwrap();
-    eventually(TIMEOUT, "the standby holding the Lease", || async {
-        (lease_holder(&leases).await.as_deref() == Some(standby.as_str())).then_some(())
+    // The standby, or the Deployment's replacement pod if it wins the race: never the deleted one.
+    let new_leader = eventually(TIMEOUT, "another pod holding the Lease", || async {
+        lease_holder(&leases).await.filter(|h| *h != leader)
     })
+    .await;
+    eprintln!("leader {leader} deleted; the Lease went to {new_leader} (standby was {standby})");
+    wait_rollout(
+        &rollouts,
+        "the new revision promoted by the new leader",
+        |s| finished(s) && s.stable_rs != stable,
+    )
     .await;
     // The Deployment replaces the deleted pod; two Ready again.
     ready_pods(&pods, &node, 2).await;
