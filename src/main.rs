@@ -6,10 +6,19 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sluice::cli::rollouts::{Outcome, Session, Target};
 use sluice::engine::intent::Intent;
 
+/// `sluice --version`: the crate version and the git commit it was built from (`build.rs`;
+/// "unknown" when built outside a git checkout).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SLUICE_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
-    version,
+    version = VERSION,
     about = "Progressive delivery for Kubernetes (Argo Rollouts and Flagger APIs)"
 )]
 struct Cli {

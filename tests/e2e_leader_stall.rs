@@ -473,12 +473,27 @@ async fn chart_pdb_anti_affinity_digest_and_rbac_halves() {
         "{affinity}"
     );
 
-    // Pinned by digest.
-    let digest = format!("sha256:{}", "ab".repeat(32));
-    let docs = render(&[&format!("image.digest={digest}")]);
+    // Pinned by tag (the crate's version, the chart's appVersion) and, with a digest, by both.
+    let image = |docs: &[serde_json::Value]| {
+        find(docs, "Deployment").unwrap()["spec"]["template"]["spec"]["containers"][0]["image"]
+            .clone()
+    };
+    let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
-        find(&docs, "Deployment").unwrap()["spec"]["template"]["spec"]["containers"][0]["image"],
-        format!("ghcr.io/sluice-rs/sluice@{digest}")
+        image(&render(&[])),
+        format!("ghcr.io/sluice-rs/sluice:{version}")
+    );
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    assert_eq!(
+        image(&render(&[&format!("image.digest={digest}")])),
+        format!("ghcr.io/sluice-rs/sluice:{version}@{digest}")
+    );
+    assert_eq!(
+        image(&render(&[
+            "image.tag=1.2.3",
+            &format!("image.digest={digest}")
+        ])),
+        format!("ghcr.io/sluice-rs/sluice:1.2.3@{digest}")
     );
 
     // Either half of the RBAC dropped, and the controller told not to run it.
