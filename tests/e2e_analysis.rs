@@ -21,6 +21,17 @@ async fn create_run(env: &TestEnv, ns: &str, yaml: &str) -> String {
     common::analysis::create_run(env, ns, run).await
 }
 
+/// `spec.terminate: true`, as `kubectl argo rollouts terminate analysisrun` sends it.
+async fn terminate(api: &Api<AnalysisRun>, name: &str) {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"terminate": true}})),
+    )
+    .await
+    .expect("terminating the run");
+}
+
 fn metric<'a>(run: &'a AnalysisRun, name: &str) -> &'a MetricResult {
     run.status
         .as_ref()
@@ -443,13 +454,7 @@ async fn terminate_stops_an_open_ended_run() {
         (run.status?.metric_results.first()?.count >= 2).then_some(())
     })
     .await;
-    api.patch(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"terminate": true}})),
-    )
-    .await
-    .expect("terminating the run");
+    terminate(&api, &name).await;
     let run = wait_completed(&env, &ns.name, &name, Duration::from_secs(30), &ctl).await;
     assert_eq!(
         phase(&run),
@@ -759,13 +764,7 @@ async fn a_job_that_cannot_pull_its_image_or_is_terminated_is_inconclusive() {
         },
     )
     .await;
-    runs.patch(
-        &long,
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"terminate": true}})),
-    )
-    .await
-    .expect("terminating the run");
+    terminate(&runs, &long).await;
     let run = wait_completed(&env, &ns.name, &long, Duration::from_secs(90), &ctl).await;
     assert_eq!(
         phase(&run),

@@ -1085,7 +1085,10 @@ mod tests {
         let out = render_weights(&spec, &v, &[], &hosts(), 10, 90).unwrap();
         let tls = &out.iter().find(|(p, _)| p[1] == "tls").unwrap().1;
         assert_eq!(tls[0]["route"][1]["weight"], json!(10));
-        assert_eq!(observe_weight(&json!({"tls": tls}), &v, &[], &hosts()), Some(10));
+        assert_eq!(
+            observe_weight(&json!({"tls": tls}), &v, &[], &hosts()),
+            Some(10)
+        );
         // With nothing else to carry the split, the named HTTP routes must exist.
         let http_only = IstioVirtualService {
             tls_routes: None,
