@@ -216,6 +216,28 @@ pub fn simulate(rollout: &Rollout, image: Option<&str>, verdict: Verdict) -> Str
             sim.set_run_phase(&run, phase, "simulated verdict");
             continue;
         }
+        if let Some(experiment) = sim
+            .observed
+            .experiments
+            .iter_mut()
+            .find(|e| e.phase == AnalysisPhase::Running)
+        {
+            // An experiment's verdict is its analyses' (or, without any, its duration's end).
+            experiment.phase = match verdict {
+                Verdict::Successful => AnalysisPhase::Successful,
+                Verdict::Failed => AnalysisPhase::Failed,
+                Verdict::Inconclusive => AnalysisPhase::Inconclusive,
+            };
+            experiment.message = "simulated verdict".into();
+            let _ = writeln!(
+                out,
+                "t+{:>4}s  answer  Experiment {} is {}",
+                sim.observed.now.as_second() - start,
+                experiment.name,
+                experiment.phase.as_str()
+            );
+            continue;
+        }
         // ReleaseTraffic is planned on every settled reconcile: only other actions change things.
         if plan.actions.iter().any(|a| {
             !matches!(
@@ -227,6 +249,7 @@ pub fn simulate(rollout: &Rollout, image: Option<&str>, verdict: Verdict) -> Str
         }
         let waiting_for_user = sim.status.pause_conditions.iter().any(|c| {
             c.reason == PauseReason::InconclusiveAnalysisRun
+                || c.reason == PauseReason::InconclusiveExperiment
                 || (matches!(
                     c.reason,
                     PauseReason::CanaryPauseStep | PauseReason::BlueGreenPause

@@ -29,6 +29,7 @@ mod adopt;
 mod ephemeral;
 mod events;
 mod execute;
+mod experiment;
 mod finalizer;
 mod index;
 mod observe;
@@ -57,6 +58,7 @@ use super::metrics::{RolloutInfoLabels, RolloutReplicas};
 use super::shared_watch::Subscription;
 use super::{FIELD_MANAGER, Shared};
 use crate::api::argo::analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};
+use crate::api::argo::experiment::Experiment;
 use crate::api::argo::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus};
 use crate::engine::analysis::args::ArgsError;
 use crate::engine::{self, Action, Input};
@@ -202,6 +204,35 @@ pub enum Error {
     },
     #[error("listing the pods of ReplicaSet {namespace}/{name}: {source}")]
     ListPods {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error(
+        "building Experiment {namespace}/{name} for Rollout {rollout}'s experiment step: {source}"
+    )]
+    BuildExperiment {
+        namespace: String,
+        name: String,
+        rollout: String,
+        source: ArgsError,
+    },
+    #[error(
+        "reading ReplicaSet {namespace}/{name} to build an Experiment from its pod template: {source}"
+    )]
+    ReadExperimentReplicaSet {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("creating Experiment {namespace}/{name}: {source}")]
+    CreateExperiment {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("terminating Experiment {namespace}/{name}: {source}")]
+    TerminateExperiment {
         namespace: String,
         name: String,
         source: kube::Error,
@@ -383,6 +414,12 @@ pub async fn run(
         |_| {},
         move |e| idx.analysis_runs.apply(e),
     );
+    let idx = index.clone();
+    let (experiments, experiment_events) = cache(
+        watcher(shared.api::<Experiment>(), argo()),
+        |_| {},
+        move |e| idx.experiments.apply(e),
+    );
     let (deployments, deployment_events) = (deployments.store.clone(), deployments.changes());
     // Pods are only read while a restart is asked for, and only their metadata is kept. Their
     // changes trigger nothing: a restart in progress looks again on its own (and ReplicaSet
@@ -430,6 +467,7 @@ pub async fn run(
         services,
         endpoint_slices,
         analysis_runs,
+        experiments,
         deployments,
         pods,
         analysis_templates,
@@ -445,6 +483,7 @@ pub async fn run(
         super::store_synced(&ready.services).await;
         super::store_synced(&ready.endpoint_slices).await;
         super::store_synced(&ready.analysis_runs).await;
+        super::store_synced(&ready.experiments).await;
         super::store_synced(&ready.deployments).await;
         super::store_synced(&ready.pods).await;
         super::store_synced(&ready.analysis_templates).await;
@@ -473,6 +512,7 @@ pub async fn run(
     controller
         .owns_stream(rs_events)
         .owns_stream(run_events)
+        .owns_stream(experiment_events)
         .watches_stream(service_events, move |service: Service| {
             by_service.service_changed(&service);
             by_service.rollouts_for_service(&service)
@@ -630,6 +670,7 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         replica_set_cache: &ctx.caches.replica_sets,
         analysis_runs: &ctx.analysis_runs,
         analysis_run_cache: &ctx.caches.analysis_runs,
+        experiment_cache: &ctx.caches.experiments,
         traffic: routers.as_ref(),
     };
     // A new ReplicaSet is what a template change waits for, and creating it is idempotent (its

@@ -26,6 +26,7 @@ use crate::engine::{
 
 mod bluegreen;
 mod dynamic_abort;
+mod experiment_step;
 
 /// What a blue-green Rollout's canary helpers see: no steps, no router, no Services.
 static NO_CANARY: std::sync::LazyLock<CanaryStrategy> =
@@ -300,6 +301,7 @@ impl<'a> Planner<'a> {
             self.run_steps();
             self.background_analysis();
         }
+        self.cancel_other_experiments();
         // As Argo does: controllerPause only outlives a plan while a pause condition exists, so a
         // resume is consumed by the step it was meant for and never skips a later pause.
         if self.status.pause_conditions.is_empty() {
@@ -843,6 +845,9 @@ impl<'a> Planner<'a> {
                     false
                 }
             };
+        }
+        if let Some(experiment) = &step.experiment {
+            return self.experiment_step(index, experiment);
         }
         if let Some(analysis) = &step.analysis {
             let (name, phase, message) = self.analysis_run(AnalysisKind::Step(index), analysis);
@@ -1907,6 +1912,9 @@ fn describe(step: &CanaryStep) -> String {
     }
     if step.analysis.is_some() {
         return "analysis".into();
+    }
+    if step.experiment.is_some() {
+        return "experiment".into();
     }
     if step.set_canary_scale.is_some() {
         return "setCanaryScale".into();

@@ -81,6 +81,8 @@ pub struct Observations {
     /// reference, nested references included, by name; one missing here does not exist. `None`
     /// when templates were not observed (offline simulations): they are then not checked.
     pub analysis_templates: Option<AnalysisTemplates>,
+    /// Experiments owned by the Rollout (its `experiment:` steps).
+    pub experiments: Vec<ExperimentObservation>,
 }
 
 /// Templates by `(name, clusterScope)`.
@@ -102,6 +104,7 @@ impl Observations {
             pods: Vec::new(),
             traffic_config_error: None,
             analysis_templates: None,
+            experiments: Vec::new(),
         }
     }
 }
@@ -180,6 +183,30 @@ pub struct AnalysisRunObservation {
     pub message: String,
 }
 
+/// One Experiment owned by the Rollout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExperimentObservation {
+    pub name: String,
+    pub phase: AnalysisPhase,
+    pub message: String,
+    /// Its `spec.terminate` is set.
+    pub terminating: bool,
+}
+
+/// Everything needed to create the Experiment of a canary `experiment:` step besides the step
+/// itself and the two ReplicaSets' pod templates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExperimentRequest {
+    pub name: String,
+    pub step_index: i32,
+    pub revision: i64,
+    /// The ReplicaSets `specRef: stable` and `specRef: canary` copy.
+    pub stable_hash: String,
+    pub canary_hash: String,
+    /// The step's analyses, pod-template-hash argument values resolved.
+    pub analyses: Vec<crate::api::argo::rollout::RolloutExperimentStepAnalysisTemplateRef>,
+}
+
 /// The result of planning: the next status, what to do, and when to look again.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
@@ -253,6 +280,10 @@ pub enum Action {
     CreateAnalysisRun(AnalysisRunRequest),
     /// Set `spec.terminate` on a running AnalysisRun.
     TerminateAnalysisRun { name: String },
+    /// Create the Experiment of an `experiment:` step (skipped if the name exists).
+    CreateExperiment(ExperimentRequest),
+    /// Set `spec.terminate` on a running Experiment.
+    TerminateExperiment { name: String },
     /// Set `spec.replicas` of the Deployment named by `workloadRef`.
     ScaleWorkload { replicas: i32 },
     /// Evict one pod so its ReplicaSet replaces it (`spec.restartAt`).

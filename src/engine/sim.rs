@@ -290,6 +290,32 @@ impl Simulation {
                     run.phase = AnalysisPhase::Successful;
                 }
             }
+            Action::CreateExperiment(request) => {
+                if !self
+                    .observed
+                    .experiments
+                    .iter()
+                    .any(|e| e.name == request.name)
+                {
+                    self.observed.experiments.push(ExperimentObservation {
+                        name: request.name,
+                        phase: AnalysisPhase::Running,
+                        message: String::new(),
+                        terminating: false,
+                    });
+                }
+            }
+            Action::TerminateExperiment { name } => {
+                if let Some(experiment) = self
+                    .observed
+                    .experiments
+                    .iter_mut()
+                    .find(|e| e.name == name)
+                {
+                    experiment.terminating = true;
+                    experiment.phase = AnalysisPhase::Successful;
+                }
+            }
             Action::ScaleWorkload { replicas } => {
                 if let Some(workload) = self.observed.workload.as_mut() {
                     workload.replicas = replicas;

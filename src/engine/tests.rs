@@ -1148,8 +1148,8 @@ fn invalid_specs_get_an_invalid_spec_condition_naming_the_field() {
             "spec.strategy.canary.steps[0]",
         ),
         (
-            json!({"steps": [{"experiment": {"templates": []}}]}),
-            "spec.strategy.canary.steps[0].experiment",
+            json!({"steps": [{"experiment": {"templates": [{"name": "c", "specRef": "canary", "weight": 5}]}}]}),
+            "spec.strategy.canary.steps[0].experiment.templates[0].weight",
         ),
         (
             json!({"maxSurge": 0, "maxUnavailable": 0}),

@@ -410,6 +410,28 @@ fn validate_alb_step(step: &CanaryStep, field: &str, errors: &mut Vec<InvalidSpe
     }
 }
 
+/// An `experiment:` step: templates copy the stable or the canary ReplicaSet; a template's
+/// `weight` (traffic to the experiment's pods through the router) is not built, so it is refused
+/// rather than ignored.
+fn experiment_step(
+    field: &str,
+    experiment: &crate::api::argo::rollout::RolloutExperimentStep,
+    errors: &mut Vec<InvalidSpec>,
+) {
+    for (i, template) in experiment.templates.iter().enumerate() {
+        let at = format!("{field}.templates[{i}]");
+        if !matches!(template.spec_ref.as_str(), "stable" | "canary") {
+            errors.push(err(format!("{at}.specRef"), "must be stable or canary"));
+        }
+        if template.weight.is_some() {
+            errors.push(err(
+                format!("{at}.weight"),
+                "experiment template weight is not supported by this version of Sluice; remove it (the experiment's pods then get no traffic from the router)",
+            ));
+        }
+    }
+}
+
 /// Argo's rule: at most one of setWeight, pause, experiment and analysis, and at least one field.
 /// The route steps join any action (the engine requests the route, then runs the action);
 /// setCanaryScale alongside a pause or an analysis has semantics of its own in Argo (the scale
@@ -519,11 +541,8 @@ fn validate_step(
     if let Some(route) = &step.set_mirror_route {
         route_name("setMirrorRoute", Some(route.name.as_str()), errors);
     }
-    if step.experiment.is_some() {
-        errors.push(err(
-            format!("{field}.experiment"),
-            "experiment steps are not supported by this version of Sluice",
-        ));
+    if let Some(experiment) = &step.experiment {
+        experiment_step(&format!("{field}.experiment"), experiment, errors);
     }
     if step.plugin.is_some() {
         errors.push(err(

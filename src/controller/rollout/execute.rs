@@ -22,6 +22,7 @@ use super::ephemeral;
 use super::fresh::{self, Fresh};
 use super::observe::TEMPLATE_HASH_ANNOTATION;
 use crate::api::argo::analysis::{AnalysisRun, AnalysisTemplateSpec};
+use crate::api::argo::experiment::Experiment;
 use crate::api::argo::rollout::{
     EPHEMERAL_METADATA_ANNOTATION, MANAGED_BY_ROLLOUTS_ANNOTATION, POD_TEMPLATE_HASH_LABEL,
     PodTemplateMetadata, REVISION_ANNOTATION, Rollout, RolloutSpec, SCALE_DOWN_DEADLINE_ANNOTATION,
@@ -29,7 +30,7 @@ use crate::api::argo::rollout::{
 use crate::controller::FIELD_MANAGER;
 use crate::controller::template_fetch::{self, FetchError};
 use crate::engine::analysis::args;
-use crate::engine::{Action, AnalysisRunRequest};
+use crate::engine::{Action, AnalysisRunRequest, ExperimentRequest};
 
 /// What one Rollout's actions need.
 pub struct Target<'a> {
@@ -41,6 +42,7 @@ pub struct Target<'a> {
     pub replica_set_cache: &'a Store<ReplicaSet>,
     pub analysis_runs: &'a Fresh<AnalysisRun>,
     pub analysis_run_cache: &'a Store<AnalysisRun>,
+    pub experiment_cache: &'a Store<Experiment>,
     /// The Rollout's traffic routers, if it names any.
     pub traffic: Option<&'a super::traffic::Traffic>,
 }
@@ -176,6 +178,8 @@ impl Target<'_> {
             Action::ReleaseService { service } => self.release_service(service).await,
             Action::CreateAnalysisRun(request) => self.create_analysis_run(request).await,
             Action::TerminateAnalysisRun { name } => self.terminate(name).await,
+            Action::CreateExperiment(request) => self.create_experiment(request).await,
+            Action::TerminateExperiment { name } => self.terminate_experiment(name).await,
             Action::ScaleWorkload { replicas } => self.scale_workload(*replicas).await,
             Action::RestartPod { name } => self.evict(name).await,
             Action::SetWeight { .. }
@@ -450,6 +454,86 @@ impl Target<'_> {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(source) => Err(Error::TerminateAnalysisRun {
+                namespace,
+                name: name.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Create the Experiment of an experiment step from the stable and canary ReplicaSets (both
+    /// exist: the engine asks only then; one not found yet waits for the next plan).
+    async fn create_experiment(&self, request: &ExperimentRequest) -> Result<(), Error> {
+        let namespace = self.namespace();
+        if self
+            .experiment_cache
+            .get(&ObjectRef::new(&request.name).within(&namespace))
+            .is_some()
+        {
+            return Ok(());
+        }
+        let step = self
+            .spec
+            .strategy
+            .canary
+            .as_ref()
+            .and_then(|c| c.steps.as_ref()?.get(request.step_index as usize))
+            .and_then(|s| s.experiment.as_ref());
+        // The watch cache keeps ReplicaSets without their pod templates: read the two once.
+        let replica_sets: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &namespace);
+        let read = |hash: &str| {
+            let name = self.rs_name(hash);
+            let api = replica_sets.clone();
+            async move {
+                api.get_opt(&name)
+                    .await
+                    .map_err(|source| Error::ReadExperimentReplicaSet {
+                        namespace: self.namespace(),
+                        name,
+                        source,
+                    })
+            }
+        };
+        let stable = read(&request.stable_hash).await?;
+        let canary = read(&request.canary_hash).await?;
+        let (Some(step), Some(stable), Some(canary)) = (step, stable, canary) else {
+            tracing::debug!(rollout = %self.name(), experiment = %request.name, "experiment waits for its ReplicaSets");
+            return Ok(());
+        };
+        let experiment = super::experiment::build(self.rollout, step, request, &stable, &canary)
+            .map_err(|source| Error::BuildExperiment {
+                namespace: namespace.clone(),
+                name: request.name.clone(),
+                rollout: self.name(),
+                source,
+            })?;
+        let api: Api<Experiment> = Api::namespaced(self.client.clone(), &namespace);
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api.create(&pp, &experiment).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(source) => Err(Error::CreateExperiment {
+                namespace,
+                name: request.name.clone(),
+                source,
+            }),
+        }
+    }
+
+    async fn terminate_experiment(&self, name: &str) -> Result<(), Error> {
+        let namespace = self.namespace();
+        let api: Api<Experiment> = Api::namespaced(self.client.clone(), &namespace);
+        let patch = json!({"spec": {"terminate": true}});
+        match api
+            .patch(name, &Self::params(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(source) => Err(Error::TerminateExperiment {
                 namespace,
                 name: name.to_string(),
                 source,

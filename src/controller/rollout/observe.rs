@@ -22,14 +22,15 @@ use kube::{Resource, ResourceExt};
 use super::fresh::{self, Fresh};
 use super::index::{Index, controller_named};
 use crate::api::argo::analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};
+use crate::api::argo::experiment::Experiment;
 use crate::api::argo::rollout::{
     EPHEMERAL_METADATA_ANNOTATION, MANAGED_BY_ROLLOUTS_ANNOTATION, POD_TEMPLATE_HASH_LABEL,
     REVISION_ANNOTATION, Rollout, RolloutSpec, SCALE_DOWN_DEADLINE_ANNOTATION, ScaleDown,
 };
 use crate::engine::health::reason::INVALID_SPEC;
 use crate::engine::{
-    AnalysisPhase, AnalysisRunObservation, AnalysisTemplates, Observations, PodObservation,
-    ReplicaSetObservation, ServiceObservation, WorkloadObservation, hash,
+    AnalysisPhase, AnalysisRunObservation, AnalysisTemplates, ExperimentObservation, Observations,
+    PodObservation, ReplicaSetObservation, ServiceObservation, WorkloadObservation, hash,
 };
 
 /// The label EndpointSlices carry with the name of their Service.
@@ -44,6 +45,8 @@ pub struct Caches {
     pub services: Store<Service>,
     pub endpoint_slices: Store<EndpointSlice>,
     pub analysis_runs: Store<AnalysisRun>,
+    /// Experiments (of canary `experiment:` steps).
+    pub experiments: Store<Experiment>,
     pub deployments: Store<Deployment>,
     /// Metadata only, of pods with a `rollouts-pod-template-hash` label (for `restartAt`).
     pub pods: Store<PartialObjectMeta<Pod>>,
@@ -75,6 +78,7 @@ impl Caches {
                 .wait_until_ready()
                 .now_or_never()
                 .is_some()
+            && self.experiments.wait_until_ready().now_or_never().is_some()
             && self.deployments.wait_until_ready().now_or_never().is_some()
             && self.pods.wait_until_ready().now_or_never().is_some()
             && self
@@ -96,6 +100,8 @@ pub struct Indexes {
     pub replica_sets: Index<ReplicaSet>,
     /// AnalysisRuns by the name of their controlling Rollout.
     pub analysis_runs: Index<AnalysisRun>,
+    /// Experiments by the name of their controlling Rollout.
+    pub experiments: Index<Experiment>,
     /// Pods by the name of their controlling ReplicaSet.
     pub pods: Index<PartialObjectMeta<Pod>>,
     /// EndpointSlices by the name of their Service.
@@ -114,6 +120,7 @@ impl Default for Indexes {
         Self {
             replica_sets: Index::new(|rs| controller_named(rs, "Rollout")),
             analysis_runs: Index::new(|run| controller_named(run, "Rollout")),
+            experiments: Index::new(|e| controller_named(e, "Rollout")),
             pods: Index::new(|pod| controller_named(pod, "ReplicaSet")),
             endpoint_slices: Index::new(|slice| {
                 slice
@@ -442,6 +449,26 @@ pub fn observations(
     .map(|s| s.name_any())
     .filter(|name| !managed.contains(name))
     .collect();
+    let experiments = Caches::indexed(
+        &caches.experiments,
+        &caches.index.experiments,
+        &namespace,
+        &rollout.name_any(),
+    )
+    .into_iter()
+    .filter(|e| controlled_by(e.as_ref(), rollout))
+    .map(|e| {
+        let status = e.status.as_ref();
+        ExperimentObservation {
+            name: e.name_any(),
+            phase: status
+                .and_then(|s| s.phase)
+                .unwrap_or(AnalysisPhase::Pending),
+            message: status.and_then(|s| s.message.clone()).unwrap_or_default(),
+            terminating: e.spec.terminate == Some(true),
+        }
+    })
+    .collect();
 
     Observations {
         now,
@@ -455,6 +482,7 @@ pub fn observations(
         pods,
         traffic_config_error: None,
         analysis_templates: Some(analysis_templates(&namespace, spec, caches)),
+        experiments,
     }
 }
 
