@@ -364,7 +364,7 @@ pub async fn run(
     let changes = Arc::new(Changes::default());
     let seen = changes.clone();
     let event_sink = Arc::new(events::EventSink::new(shared.client.clone()));
-    let added = events::Added::new(event_sink.clone());
+    let added = events::Added::new(event_sink.clone(), shared.metrics.clone());
     // Argo's kinds: only this controller instance's (`--instance-id`).
     let argo = || shared.instance.watch();
     let (rollouts, rollout_events) = cache(

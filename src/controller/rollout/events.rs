@@ -24,6 +24,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::api::argo::rollout::Rollout;
+use crate::controller::metrics::Metrics;
 
 /// Lanes writing Events at the same time (one Rollout's always share a lane).
 const LANES: usize = 8;
@@ -164,13 +165,15 @@ fn core_event(reference: &ObjectReference, record: &Record, now: Timestamp) -> C
 pub struct Added {
     seen: Mutex<HashSet<String>>,
     events: Arc<EventSink>,
+    metrics: Arc<Metrics>,
 }
 
 impl Added {
-    pub fn new(events: Arc<EventSink>) -> Self {
+    pub fn new(events: Arc<EventSink>, metrics: Arc<Metrics>) -> Self {
         Self {
             seen: Mutex::default(),
             events,
+            metrics,
         }
     }
 
@@ -183,16 +186,18 @@ impl Added {
             watcher::Event::Apply(r) | watcher::Event::InitApply(r) => {
                 let uid = r.uid().unwrap_or_default();
                 if seen.insert(uid) {
-                    let message = format!(
-                        "Rollout resource added to informer: {}/{}",
-                        r.namespace().unwrap_or_default(),
-                        r.name_any()
-                    );
+                    let (namespace, name) = (r.namespace().unwrap_or_default(), r.name_any());
+                    let message = format!("Rollout resource added to informer: {namespace}/{name}");
+                    // Counted before it is published, as every other Rollout Event.
+                    let reason = "RolloutAddedToInformer";
+                    self.metrics
+                        .argo
+                        .rollout_event(&namespace, &name, false, reason);
                     self.events.send(
                         r.object_ref(&()),
                         vec![Record {
                             warning: false,
-                            reason: "RolloutAddedToInformer".into(),
+                            reason: reason.into(),
                             message,
                         }],
                     );
