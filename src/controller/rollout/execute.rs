@@ -443,9 +443,16 @@ impl Target<'_> {
         }
     }
 
-    async fn terminate(&self, name: &str) -> Result<(), Error> {
-        let namespace = self.namespace();
-        let api: Api<AnalysisRun> = Api::namespaced(self.client.clone(), &namespace);
+    /// `spec.terminate: true` on an AnalysisRun or Experiment; one already gone is fine.
+    async fn set_terminate<K>(&self, name: &str) -> Result<(), kube::Error>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace());
         let patch = json!({"spec": {"terminate": true}});
         match api
             .patch(name, &Self::params(), &Patch::Merge(&patch))
@@ -453,8 +460,15 @@ impl Target<'_> {
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(source) => Err(source),
+        }
+    }
+
+    async fn terminate(&self, name: &str) -> Result<(), Error> {
+        match self.set_terminate::<AnalysisRun>(name).await {
+            Ok(()) => Ok(()),
             Err(source) => Err(Error::TerminateAnalysisRun {
-                namespace,
+                namespace: self.namespace(),
                 name: name.to_string(),
                 source,
             }),
@@ -524,17 +538,10 @@ impl Target<'_> {
     }
 
     async fn terminate_experiment(&self, name: &str) -> Result<(), Error> {
-        let namespace = self.namespace();
-        let api: Api<Experiment> = Api::namespaced(self.client.clone(), &namespace);
-        let patch = json!({"spec": {"terminate": true}});
-        match api
-            .patch(name, &Self::params(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        match self.set_terminate::<Experiment>(name).await {
+            Ok(()) => Ok(()),
             Err(source) => Err(Error::TerminateExperiment {
-                namespace,
+                namespace: self.namespace(),
                 name: name.to_string(),
                 source,
             }),
