@@ -342,8 +342,9 @@ async fn rbac_is_least_privilege() {
         .unwrap();
     assert_eq!(
         events.1["apiGroups"],
-        serde_json::json!(["events.k8s.io"]),
-        "Events go through events.k8s.io (kube's Recorder)"
+        serde_json::json!(["", "events.k8s.io"]),
+        "Rollout Events are core/v1 (Argo's reasons, as Argo writes them); the rest go through \
+         events.k8s.io (kube's Recorder)"
     );
 }
 
