@@ -1387,7 +1387,7 @@ async fn without_secret_permissions_configmaps_are_tracked_and_secrets_reported_
     };
     let Some(helm) = f.env.helm.clone() else {
         let msg = "skipped: the env file names no HELM (rerun tests/env/up, which builds helm)";
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        if common::is_ci() {
             panic!("CI=true but {msg}");
         }
         eprintln!("{msg}");

@@ -112,7 +112,7 @@ async fn a_route_kind_the_controller_may_not_watch_holds_only_its_own_canaries()
     };
     let Some(helm) = env.helm.clone() else {
         let msg = "skipped: the env file names no HELM (rerun tests/env/up, which builds helm)";
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        if common::is_ci() {
             panic!("CI=true but {msg}");
         }
         eprintln!("{msg}");

@@ -265,6 +265,13 @@ async fn chart_on_a_real_node_two_ready_pods_one_leader_failover() {
         return;
     };
     let Some((node, socket)) = real_node() else {
+        // CI brings the real node up (.ci/run sets SLUICE_REAL_NODE=1): there, its absence is a
+        // failure, never a skip counted as a pass.
+        assert!(
+            !common::is_ci(),
+            "CI runs with a real node, but the test environment has none: start it with \
+             SLUICE_REAL_NODE=1 tests/env/up (see tests/env/README.md, \"A real node\")"
+        );
         eprintln!(
             "skipped: no real node in the test environment (SLUICE_REAL_NODE=1 tests/env/up)"
         );

@@ -1182,10 +1182,14 @@ impl<'a> Planner<'a> {
             })
         };
         if self.promoted() {
+            let weight = match self.dynamic_stable_rollback() {
+                Some(_) => self.dynamic_abort_router_weight(0),
+                None => 0,
+            };
             return Targets {
                 new: spec_replicas,
                 stable: 0,
-                weight: 0,
+                weight,
             };
         }
         if self.has_router() {
@@ -1391,11 +1395,13 @@ impl<'a> Planner<'a> {
     fn scale_down_old_replica_sets(&mut self) {
         let current = self.current().to_string();
         let stable = self.status.stable_rs.clone();
+        let previous_canary = self.previous_canary();
         let mut old: Vec<&ReplicaSetObservation> = self
             .observed
             .replica_sets
             .iter()
             .filter(|rs| rs.pod_template_hash != current && rs.pod_template_hash != stable)
+            .filter(|rs| previous_canary.as_ref() != Some(&rs.pod_template_hash))
             .collect();
         if self.has_router() {
             old.sort_by_key(|rs| std::cmp::Reverse(rs.revision));
@@ -1563,8 +1569,9 @@ impl<'a> Planner<'a> {
         }
         let on_canary = !self.status.abort || (self.dynamic_abort() && targets.weight > 0);
         if let Some(service) = &canary.canary_service {
-            let desired = if on_canary && available(&current) > 0 {
-                Some(current.clone())
+            let canary_hash = self.previous_canary().unwrap_or(current.clone());
+            let desired = if on_canary && available(&canary_hash) > 0 {
+                Some(canary_hash)
             } else if available(&stable_hash) > 0 {
                 Some(stable_hash.clone())
             } else {
@@ -1599,6 +1606,8 @@ impl<'a> Planner<'a> {
         let max = canary.max_traffic_weight();
         let current = self.current().to_string();
         let stable = self.status.stable_rs.clone();
+        // Undone with dynamicStableScale: traffic is split with the previous canary until then.
+        let canary_hash = self.previous_canary().unwrap_or(current.clone());
         let service_ready = |name: &Option<String>, hash: &str| {
             name.as_ref().is_none_or(|n| {
                 self.observed.services.get(n).is_some_and(|s| {
@@ -1638,7 +1647,11 @@ impl<'a> Planner<'a> {
         if !applied {
             self.actions.push(Action::SetWeight {
                 canary_weight: weight,
-                canary_hash: current.clone(),
+                canary_hash: if weight > 0 {
+                    canary_hash.clone()
+                } else {
+                    current.clone()
+                },
                 stable_hash: stable.clone(),
             });
             self.requeue = Some(
@@ -1650,7 +1663,7 @@ impl<'a> Planner<'a> {
             canary: WeightDestination {
                 weight: t.canary_weight,
                 service_name: canary.canary_service.clone().unwrap_or_default(),
-                pod_template_hash: current.clone(),
+                pod_template_hash: canary_hash.clone(),
             },
             stable: WeightDestination {
                 weight: max - t.canary_weight,

@@ -1513,6 +1513,64 @@ fn a_rollback_outside_the_rollback_window_runs_the_steps() {
 }
 
 #[test]
+fn dynamic_stable_scale_undo_keeps_the_previous_canary_until_the_stable_serves_everything() {
+    let s = spec(
+        4,
+        json!({
+            "canaryService": "demo-canary",
+            "stableService": "demo-stable",
+            "dynamicStableScale": true,
+            "trafficRouting": {"plugins": {"argoproj-labs/gatewayAPI": {"httpRoute": "demo"}}},
+            "steps": [{"setWeight": 25}, {"pause": {}}, {"setWeight": 75}, {"pause": {}}],
+        }),
+    );
+    let (mut world, stable) = deployed(s);
+    world.set_image("demo:2");
+    world.settle();
+    let canary = world.status.current_pod_hash.clone();
+    assert_eq!((world.replicas(&canary), world.replicas(&stable)), (1, 3));
+    let weight = |world: &World| world.observed.traffic.map(|t| t.canary_weight);
+    let canary_selector =
+        |world: &World| world.observed.services["demo-canary"].selector_hash.clone();
+    let weights_hash = |world: &World| {
+        world
+            .status
+            .canary
+            .weights
+            .as_ref()
+            .map(|w| w.canary.pod_template_hash.clone())
+    };
+    assert_eq!(weight(&world), Some(25));
+
+    // Undo to the stable template: it scales back up, but its fourth pod is not available yet,
+    // so a quarter of the traffic stays on the previous canary, which keeps its pod.
+    world.pods_ready = false;
+    world.set_image("demo:1");
+    world.settle();
+    assert_eq!(world.status.current_pod_hash, stable);
+    assert_eq!((world.replicas(&stable), world.replicas(&canary)), (4, 1));
+    assert_eq!(weight(&world), Some(25));
+    assert_eq!(weights_hash(&world), Some(canary.clone()));
+    assert_eq!(canary_selector(&world), Some(canary.clone()));
+
+    // All four stable pods serve: traffic leaves the canary first, then its pod goes.
+    if let Some(rs) = world
+        .observed
+        .replica_sets
+        .iter_mut()
+        .find(|rs| rs.pod_template_hash == stable)
+    {
+        rs.available_replicas = 4;
+        rs.ready_replicas = 4;
+    }
+    world.settle();
+    assert_eq!(weight(&world), Some(0));
+    assert_eq!(weights_hash(&world), Some(stable.clone()));
+    assert_eq!(world.replicas(&canary), 0);
+    assert_eq!(canary_selector(&world), Some(stable.clone()));
+}
+
+#[test]
 fn dynamic_stable_scale_abort_hands_traffic_back_as_the_stable_becomes_available() {
     let s = spec(
         4,

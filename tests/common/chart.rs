@@ -19,7 +19,7 @@ pub fn root() -> PathBuf {
 pub fn helm_or_skip(env: &TestEnv) -> Option<PathBuf> {
     if env.helm.is_none() {
         let msg = "skipped: the env file names no HELM (rerun tests/env/up, which builds helm)";
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        if super::is_ci() {
             panic!("CI=true but {msg}");
         }
         eprintln!("{msg}");

@@ -96,7 +96,8 @@ pub fn env_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/testenv/env")
 }
 
-fn is_ci() -> bool {
+/// Whether this is a CI run (`CI=true`), where a missing part fails a test instead of skipping it.
+pub fn is_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 

@@ -5,6 +5,11 @@
 //! template equals the Rollout's (ignoring the hash label, with Kubernetes' defaults applied) is
 //! the Rollout's current one.
 //!
+//! The same comparison finds Sluice's own ReplicaSet when a Rollout's template comes back with
+//! Kubernetes' defaults spelled out — `kubectl argo rollouts undo` copies a ReplicaSet's template,
+//! as the apiserver stored it, into the Rollout — so an undo reuses (and renumbers) that
+//! ReplicaSet as Argo does instead of starting a new one.
+//!
 //! The defaults are applied by the apiserver itself, through a server-side dry-run create of the
 //! ReplicaSet Sluice would make, instead of being re-implemented. A match is recorded on the
 //! ReplicaSet as the `sluice.dev/template-hash` annotation (Sluice sets it on every ReplicaSet it
@@ -28,7 +33,9 @@ use crate::api::argo::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutSpec};
 use crate::controller::FIELD_MANAGER;
 use crate::engine::hash::pod_template_hash;
 
-/// Finds a ReplicaSet of `rollout` made by another controller whose pod template is `spec`'s, and
+/// Finds a ReplicaSet of `rollout` whose pod template is `spec`'s though its hash is not — made by
+/// another controller, or Sluice's own for a template now written with Kubernetes' defaults
+/// spelled out (`kubectl argo rollouts undo` copies a ReplicaSet's defaulted template back) — and
 /// marks it as running `spec`'s template. Returns whether one was adopted (plan again then).
 pub async fn adopt(
     client: &kube::Client,
@@ -42,46 +49,19 @@ pub async fn adopt(
     };
     let status = rollout.status.clone().unwrap_or_default();
     let current = pod_template_hash(template, status.collision_count);
-    if replica_sets.iter().any(|rs| runs_template(rs, &current)) {
+    if replica_sets.is_empty() || replica_sets.iter().any(|rs| runs_template(rs, &current)) {
         return Ok(false);
     }
-    // Made elsewhere (no annotation) and kept whole in the cache for this comparison.
-    let mut foreign: Vec<&Arc<ReplicaSet>> = replica_sets
-        .iter()
-        .filter(|rs| !rs.annotations().contains_key(TEMPLATE_HASH_ANNOTATION))
-        .filter(|rs| template_of(rs).is_some_and(|t| t.spec.is_some()))
-        .collect();
-    if foreign.is_empty() {
-        return Ok(false);
-    }
-    // The one the status names first, then the newest.
-    foreign.sort_by_key(|rs| {
-        (
-            rs.labels().get(POD_TEMPLATE_HASH_LABEL) != Some(&status.current_pod_hash),
-            std::cmp::Reverse(rs.creation_timestamp()),
-        )
-    });
-
     let namespace = rollout.namespace().unwrap_or_default();
     let api: Api<ReplicaSet> = Api::namespaced(client.clone(), &namespace);
-    let desired = execute::replica_set(rollout, spec, &current, 0, 0);
-    let params = PostParams {
-        dry_run: true,
-        field_manager: Some(FIELD_MANAGER.into()),
-    };
-    let defaulted = match api.create(&params, &desired).await {
-        Ok(rs) => rs,
-        // A ReplicaSet of that name exists but is not this Rollout's: creating it will say so.
-        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    let Some(wanted) = template_of(&defaulted).map(comparable) else {
+    let Some(wanted) = defaulted(&api, rollout, spec, &current).await? else {
         return Ok(false);
     };
-    let Some(found) = foreign
-        .into_iter()
-        .find(|rs| template_of(rs).map(comparable).as_ref() == Some(&wanted))
-    else {
+    let found = match foreign_match(replica_sets, &status.current_pod_hash, &wanted) {
+        Some(rs) => Some(rs),
+        None => own_match(&api, replica_sets, &wanted).await?,
+    };
+    let Some(found) = found else {
         return Ok(false);
     };
     let patch = json!({"metadata": {"annotations": {TEMPLATE_HASH_ANNOTATION: current}}});
@@ -100,6 +80,74 @@ pub async fn adopt(
         Some(updated),
     );
     Ok(true)
+}
+
+/// The ReplicaSet Sluice would make for `spec`, with the apiserver's defaults applied (a
+/// server-side dry-run create), as compared; `None` when a ReplicaSet of that name exists but is
+/// not this Rollout's (creating it will say so).
+async fn defaulted(
+    api: &Api<ReplicaSet>,
+    rollout: &Rollout,
+    spec: &RolloutSpec,
+    hash: &str,
+) -> Result<Option<Value>, kube::Error> {
+    let desired = execute::replica_set(rollout, spec, hash, 0, 0);
+    let params = PostParams {
+        dry_run: true,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    match api.create(&params, &desired).await {
+        Ok(rs) => Ok(template_of(&rs).map(comparable)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A ReplicaSet made elsewhere (no annotation; kept whole in the cache for this comparison) with
+/// the `wanted` template: the one the status names first, then the newest.
+fn foreign_match<'a>(
+    replica_sets: &'a [Arc<ReplicaSet>],
+    status_hash: &str,
+    wanted: &Value,
+) -> Option<&'a Arc<ReplicaSet>> {
+    let mut foreign: Vec<&Arc<ReplicaSet>> = replica_sets
+        .iter()
+        .filter(|rs| !rs.annotations().contains_key(TEMPLATE_HASH_ANNOTATION))
+        .filter(|rs| template_of(rs).is_some_and(|t| t.spec.is_some()))
+        .collect();
+    foreign.sort_by_key(|rs| {
+        (
+            rs.labels().get(POD_TEMPLATE_HASH_LABEL).map(String::as_str) != Some(status_hash),
+            std::cmp::Reverse(rs.creation_timestamp()),
+        )
+    });
+    foreign
+        .into_iter()
+        .find(|rs| template_of(rs).map(comparable).as_ref() == Some(wanted))
+}
+
+/// One of Sluice's own ReplicaSets with the `wanted` template, newest first. The cache drops their
+/// pod specs (most of the object), so each is read from the apiserver: this runs once per new
+/// template, for at most `revisionHistoryLimit` + 2 ReplicaSets.
+async fn own_match<'a>(
+    api: &Api<ReplicaSet>,
+    replica_sets: &'a [Arc<ReplicaSet>],
+    wanted: &Value,
+) -> Result<Option<&'a Arc<ReplicaSet>>, kube::Error> {
+    let mut ours: Vec<&Arc<ReplicaSet>> = replica_sets
+        .iter()
+        .filter(|rs| rs.annotations().contains_key(TEMPLATE_HASH_ANNOTATION))
+        .collect();
+    ours.sort_by_key(|rs| std::cmp::Reverse(rs.creation_timestamp()));
+    for rs in ours {
+        let Some(live) = api.get_opt(&rs.name_any()).await? else {
+            continue;
+        };
+        if template_of(&live).map(comparable).as_ref() == Some(wanted) {
+            return Ok(Some(rs));
+        }
+    }
+    Ok(None)
 }
 
 fn template_of(rs: &ReplicaSet) -> Option<&PodTemplateSpec> {

@@ -6,7 +6,11 @@
 //! pods once no traffic is left on the canary.
 //!
 //! Without an explicit `abortScaleDownDelaySeconds` the canary follows the weight down; with one,
-//! it keeps its pods until the scale-down deadline as on any routed abort. Must never put more
+//! it keeps its pods until the scale-down deadline as on any routed abort.
+//!
+//! Going back to the stable template in the middle of an update (`undo`) is the same hand-back
+//! (Argo's `IsDynamicallyRollingBackToStable`): traffic stays split between the stable and the
+//! *previous* canary, named by the recorded weights, until the stable's pods can take it all. Must never put more
 //! traffic on the stable side than its available pods can serve, nor more on the canary than it
 //! had when the abort began.
 
@@ -23,6 +27,37 @@ impl Planner<'_> {
             && self.canary().dynamic_stable_scale()
             && self.rs(self.current()).is_some()
             && self.rs(&self.status.stable_rs).is_some()
+    }
+
+    /// The previous canary's hash while the template is back on the stable one with
+    /// dynamicStableScale and a router, and the stable is not yet fully available: that canary
+    /// keeps its pods, the canary Service and its share of traffic until the stable can serve it.
+    pub(super) fn dynamic_stable_rollback(&self) -> Option<String> {
+        if !self.promoted() || !self.has_router() || !self.canary().dynamic_stable_scale() {
+            return None;
+        }
+        let previous = &self.old.canary.weights.as_ref()?.canary.pod_template_hash;
+        if previous == self.current() || self.rs(previous).is_none() {
+            return None;
+        }
+        let stable = self.rs(self.current())?;
+        (stable.available_replicas < self.spec.replicas()).then(|| previous.clone())
+    }
+
+    /// The previous canary of such a rollback while it still holds traffic: it stays named by
+    /// the weights and the canary Service, and keeps its pods, until the routers report none left
+    /// on it (Argo's `isReplicaSetReferenced`), however the stable's availability moves.
+    pub(super) fn previous_canary(&self) -> Option<String> {
+        if let Some(previous) = self.dynamic_stable_rollback() {
+            return Some(previous);
+        }
+        if !self.promoted() || !self.has_router() || !self.canary().dynamic_stable_scale() {
+            return None;
+        }
+        let previous = &self.old.canary.weights.as_ref()?.canary.pod_template_hash;
+        let holds_traffic = self.observed.traffic.is_some_and(|t| t.canary_weight > 0);
+        (previous != self.current() && self.rs(previous).is_some() && holds_traffic)
+            .then(|| previous.clone())
     }
 
     /// The canary keeps following the weight down (no scale-down deadline): Argo's
