@@ -7,8 +7,12 @@
 //! security context as the kernel holds it for the container's process (`/proc/<pid>/status`:
 //! uid 65532, no capabilities, no new privileges; a read-only root mount).
 //!
-//! Without a real node in the environment the test skips (the node is opt-in); with one it must
-//! pass.
+//! A second test has the in-cluster controller run a Rollout with an analysis step and a Canary
+//! on Prometheus reached through its Service (kube-proxy on the node), scrapes `/metrics` through
+//! the metrics Service from a BusyBox pod, upgrades the release mid-update and uninstalls it.
+//!
+//! Without a real node in the environment the tests skip (the node is opt-in) — except in CI,
+//! which runs with one and fails without it.
 
 mod common;
 
@@ -18,12 +22,15 @@ use std::time::Duration;
 
 use common::service_account::run;
 use common::{TestEnv, eventually, test_env};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use sluice::api::argo::analysis::{AnalysisPhase, AnalysisRun};
 use sluice::api::argo::rollout::{Rollout, RolloutPhase, RolloutStatus};
+use sluice::api::flagger::canary::{Canary, CanaryPhase};
 
 const NODE_TAINT_KEY: &str = "sluice.dev/real-node";
 /// Image start, probes and Lease handover on a loaded 2-core machine.
@@ -38,6 +45,13 @@ fn real_node() -> Option<(String, String)> {
     let node = std::env::var("SLUICE_REAL_NODE").ok()?;
     let socket = std::env::var("SLUICE_REAL_NODE_SOCKET").ok()?;
     Some((node, socket))
+}
+
+/// The image of this build, imported into the node's containerd once for every test here;
+/// its digest (`sha256:...`).
+fn image(socket: &str) -> String {
+    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIGEST.get_or_init(|| build_and_import(socket)).clone()
 }
 
 /// Builds the image from this build's binary and imports it into the node's containerd;
@@ -104,22 +118,6 @@ impl Drop for Release {
 }
 
 fn helm_install(env: &TestEnv, helm: &PathBuf, ns: &str, node: &str, digest: &str) -> Release {
-    let (api_host, api_port) = apiserver_for_pods(env);
-    let sets = [
-        "replicas=2".to_string(),
-        format!("image.digest={digest}"),
-        "image.pullPolicy=Never".to_string(),
-        format!("controller.watchNamespace={ns}"),
-        format!("nodeSelector.kubernetes\\.io/hostname={node}"),
-        format!("tolerations[0].key={NODE_TAINT_KEY}"),
-        "tolerations[0].operator=Exists".to_string(),
-        "tolerations[0].effect=NoSchedule".to_string(),
-        // No kube-proxy on the test node: the apiserver's own endpoint (tests/env/README.md).
-        "controller.extraEnv[0].name=KUBERNETES_SERVICE_HOST".to_string(),
-        format!("controller.extraEnv[0].value={api_host}"),
-        "controller.extraEnv[1].name=KUBERNETES_SERVICE_PORT".to_string(),
-        format!("controller.extraEnv[1].value={api_port}"),
-    ];
     let release = format!("sluice-{}", &ns[ns.len().saturating_sub(6)..]);
     let mut cmd = Command::new(helm);
     cmd.args(["install", &release])
@@ -127,8 +125,8 @@ fn helm_install(env: &TestEnv, helm: &PathBuf, ns: &str, node: &str, digest: &st
         .args(["--namespace", ns, "--skip-crds"])
         .arg("--kubeconfig")
         .arg(&env.kubeconfig);
-    for set in &sets {
-        cmd.args(["--set-string", set]);
+    for set in chart_values(env, ns, node, digest) {
+        cmd.args(["--set-string", &set]);
     }
     run(&mut cmd, "helm install");
     Release {
@@ -137,6 +135,46 @@ fn helm_install(env: &TestEnv, helm: &PathBuf, ns: &str, node: &str, digest: &st
         namespace: ns.to_string(),
         kubeconfig: env.kubeconfig.clone(),
     }
+}
+
+/// `helm upgrade` of `release` with the install's values and `extra` ones.
+fn helm_upgrade(env: &TestEnv, release: &Release, node: &str, digest: &str, extra: &[&str]) {
+    let mut cmd = Command::new(&release.helm);
+    cmd.args(["upgrade", &release.name])
+        .arg(root().join("deploy/helm/sluice"))
+        .args(["--namespace", &release.namespace, "--skip-crds"])
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig);
+    let values = chart_values(env, &release.namespace, node, digest);
+    for set in values
+        .iter()
+        .map(String::as_str)
+        .chain(extra.iter().copied())
+    {
+        cmd.args(["--set-string", set]);
+    }
+    run(&mut cmd, "helm upgrade");
+}
+
+/// The chart's values for two replicas on the real node, running the imported image.
+fn chart_values(env: &TestEnv, ns: &str, node: &str, digest: &str) -> Vec<String> {
+    let (api_host, api_port) = apiserver_for_pods(env);
+    vec![
+        "replicas=2".to_string(),
+        format!("image.digest={digest}"),
+        "image.pullPolicy=Never".to_string(),
+        format!("controller.watchNamespace={ns}"),
+        format!("nodeSelector.kubernetes\\.io/hostname={node}"),
+        format!("tolerations[0].key={NODE_TAINT_KEY}"),
+        "tolerations[0].operator=Exists".to_string(),
+        "tolerations[0].effect=NoSchedule".to_string(),
+        // The apiserver's certificate names its endpoint, not the Service's ClusterIP
+        // (tests/env/README.md).
+        "controller.extraEnv[0].name=KUBERNETES_SERVICE_HOST".to_string(),
+        format!("controller.extraEnv[0].value={api_host}"),
+        "controller.extraEnv[1].name=KUBERNETES_SERVICE_PORT".to_string(),
+        format!("controller.extraEnv[1].value={api_port}"),
+    ]
 }
 
 /// The `kubernetes` Service's endpoint address and port.
@@ -194,13 +232,17 @@ async fn ready_pods(pods: &Api<Pod>, node: &str, n: usize) -> Vec<String> {
 /// The host PID of the controller container of `pod` (from containerd, by the container ID the
 /// kubelet reports).
 async fn container_pid(pods: &Api<Pod>, pod: &str, socket: &str) -> u32 {
-    let pod = pods.get(pod).await.unwrap();
-    let id = pod
-        .status
-        .and_then(|s| s.container_statuses)
-        .and_then(|c| c.into_iter().next())
-        .and_then(|c| c.container_id)
-        .expect("a container ID");
+    let id = eventually(TIMEOUT, &format!("the container ID of {pod}"), || async {
+        pods.get(pod)
+            .await
+            .ok()?
+            .status?
+            .container_statuses?
+            .into_iter()
+            .next()?
+            .container_id
+    })
+    .await;
     let id = id.trim_start_matches("containerd://");
     let tasks = run(
         Command::new("ctr").args(["-a", socket, "-n", "k8s.io", "tasks", "ls"]),
@@ -259,11 +301,13 @@ async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
         .holder_identity
 }
 
-#[tokio::test]
-async fn chart_on_a_real_node_two_ready_pods_one_leader_failover() {
-    let Some(env) = test_env().await else {
-        return;
-    };
+/// The test environment, helm, the real node and its containerd socket; `None` (after saying
+/// why) where the environment has no real node and this is not CI.
+async fn real_node_env() -> Option<(TestEnv, PathBuf, String, String, Serial)> {
+    // One at a time: each test runs two controller pods and their probes on the one node.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let serial = ONE_AT_A_TIME.lock().await;
+    let env = test_env().await?;
     let Some((node, socket)) = real_node() else {
         // CI brings the real node up (.ci/run sets SLUICE_REAL_NODE=1): there, its absence is a
         // failure, never a skip counted as a pass.
@@ -275,12 +319,21 @@ async fn chart_on_a_real_node_two_ready_pods_one_leader_failover() {
         eprintln!(
             "skipped: no real node in the test environment (SLUICE_REAL_NODE=1 tests/env/up)"
         );
+        return None;
+    };
+    let helm = common::chart::helm_or_skip(&env)?;
+    Some((env, helm, node, socket, serial))
+}
+
+/// Held for the whole of a test on the real node (see [`real_node_env`]).
+type Serial = tokio::sync::MutexGuard<'static, ()>;
+
+#[tokio::test]
+async fn chart_on_a_real_node_two_ready_pods_one_leader_failover() {
+    let Some((env, helm, node, socket, _serial)) = real_node_env().await else {
         return;
     };
-    let Some(helm) = common::chart::helm_or_skip(&env) else {
-        return;
-    };
-    let digest = build_and_import(&socket);
+    let digest = image(&socket);
     let ns = env.namespace("real-install").await;
     let _release = helm_install(&env, &helm, &ns.name, &node, &digest);
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns.name);
@@ -363,4 +416,356 @@ async fn chart_on_a_real_node_two_ready_pods_one_leader_failover() {
     .await;
     // The Deployment replaces the deleted pod; two Ready again.
     ready_pods(&pods, &node, 2).await;
+}
+
+/// A Service `prometheus` whose EndpointSlice names the env's Prometheus on the bridge address
+/// (`tests/env/real-node` forwards it there); its ClusterIP, reached through kube-proxy.
+async fn prometheus_service(env: &TestEnv, ns: &str) -> String {
+    let host = std::env::var("SLUICE_REAL_NODE_HOST").unwrap_or_else(|_| "10.88.0.1".into());
+    let port: i32 = env
+        .prometheus_url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("the env's Prometheus URL has a port");
+    env.create(
+        ns,
+        json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "prometheus"},
+            "spec": {"ports": [{"name": "http", "port": 9090, "targetPort": port}]},
+        }),
+    )
+    .await;
+    env.create(
+        ns,
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "prometheus-host",
+                         "labels": {"kubernetes.io/service-name": "prometheus"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [host], "conditions": {"ready": true}}],
+        }),
+    )
+    .await;
+    let services: Api<Service> = Api::namespaced(env.client.clone(), ns);
+    let ip = services
+        .get("prometheus")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .cluster_ip;
+    ip.expect("a ClusterIP")
+}
+
+/// What the in-cluster controller drives: a canary Rollout with an analysis step on Prometheus
+/// (through its Service) and a timed pause, and a Flagger Canary with a MetricTemplate on it.
+async fn workloads(env: &TestEnv, ns: &str, prometheus: &str) {
+    let address = format!("http://{prometheus}:9090");
+    for name in ["web-stable", "web-canary"] {
+        env.create(
+            ns,
+            json!({
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+            }),
+        )
+        .await;
+    }
+    env.create(
+        ns,
+        json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",
+            "metadata": {"name": "passes"},
+            "spec": {"metrics": [{
+                "name": "probe", "count": 2, "interval": "1s",
+                "successCondition": "result[0] >= 1",
+                "provider": {"prometheus": {"address": address, "query": "vector(1)"}},
+            }]},
+        }),
+    )
+    .await;
+    let mut web = serde_json::to_value(rollout("registry.invalid/web:1")).unwrap();
+    web["spec"]["strategy"] = json!({"canary": {
+        "canaryService": "web-canary", "stableService": "web-stable",
+        "steps": [
+            {"setWeight": 50},
+            {"analysis": {"templates": [{"templateName": "passes"}]}},
+            {"pause": {}},
+        ],
+    }});
+    env.create(ns, web).await;
+    env.create(
+        ns,
+        json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "MetricTemplate",
+            "metadata": {"name": "success-rate"},
+            "spec": {"provider": {"type": "prometheus", "address": address},
+                     "query": "vector(99.5)"},
+        }),
+    )
+    .await;
+    env.create(
+        ns,
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "podinfo", "labels": {"app": "podinfo"}},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "podinfo"}},
+                "template": {"metadata": {"labels": {"app": "podinfo"}},
+                             "spec": {"containers": [{"name": "podinfo", "image": "podinfo:6.0.0",
+                                                      "ports": [{"containerPort": 9898}]}]}},
+            },
+        }),
+    )
+    .await;
+    env.create(
+        ns,
+        json!({
+            "apiVersion": "flagger.app/v1beta1", "kind": "Canary", "metadata": {"name": "podinfo"},
+            "spec": {
+                "provider": "kubernetes",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+                "progressDeadlineSeconds": 120,
+                "service": {"port": 80, "targetPort": 9898},
+                "analysis": {
+                    "interval": "2s", "threshold": 2, "iterations": 2,
+                    "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
+                                 "thresholdRange": {"min": 99}}],
+                },
+            },
+        }),
+    )
+    .await;
+}
+
+async fn wait_canary(canaries: &Api<Canary>, what: &str, phase: CanaryPhase) {
+    eventually(TIMEOUT, what, || async {
+        let c = canaries.get("podinfo").await.ok()?;
+        (c.status?.phase? == phase).then_some(())
+    })
+    .await;
+}
+
+/// Runs BusyBox's `wget -qO- url` in a pod on the real node and returns what it printed (read from
+/// the node's pod log files: the apiserver cannot reach this kubelet for `kubectl logs`).
+async fn fetch_from_a_pod(env: &TestEnv, ns: &str, node: &str, url: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "scrape"},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "tolerations": [{"key": NODE_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "wget", "image": "localhost/sluice/busybox:1.35",
+                            "imagePullPolicy": "Never", "args": ["wget", "-qO-", url]}],
+        },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let phase = eventually(TIMEOUT, "the scrape pod finished", || async {
+        let phase = pods.get("scrape").await.ok()?.status?.phase?;
+        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+    })
+    .await;
+    let uid = pods.get("scrape").await.unwrap().metadata.uid.unwrap();
+    let log = format!("/var/log/pods/{ns}_scrape_{uid}/wget/0.log");
+    let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{log}: {e}"));
+    assert_eq!(phase, "Succeeded", "wget {url} failed:\n{text}");
+    text
+}
+
+fn controller_pod_names(list: &[Pod]) -> Vec<String> {
+    list.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.metadata.name.clone().unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn chart_on_a_real_node_analysis_through_services_metrics_upgrade_uninstall() {
+    let Some((env, helm, node, socket, _serial)) = real_node_env().await else {
+        return;
+    };
+    let digest = image(&socket);
+    let ns = env.namespace("real-svc").await;
+    let release = helm_install(&env, &helm, &ns.name, &node, &digest);
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns.name);
+    let installed = ready_pods(&pods, &node, 2).await;
+
+    // A Rollout with an analysis step and a Canary, their metrics read from Prometheus through
+    // its Service (ClusterIP → kube-proxy) by the controller inside its pod.
+    let prometheus = prometheus_service(&env, &ns.name).await;
+    workloads(&env, &ns.name, &prometheus).await;
+    let rollouts: Api<Rollout> = Api::namespaced(env.client.clone(), &ns.name);
+    let canaries: Api<Canary> = Api::namespaced(env.client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &ns.name);
+    wait_rollout(&rollouts, "the first revision Healthy", finished).await;
+    wait_canary(
+        &canaries,
+        "the Canary Initialized",
+        CanaryPhase::Initialized,
+    )
+    .await;
+    let stable = rollouts.get("web").await.unwrap().status.unwrap().stable_rs;
+    let image = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "web", "image": "registry.invalid/web:2"}]}}}});
+    rollouts
+        .patch("web", &PatchParams::default(), &Patch::Merge(&image))
+        .await
+        .unwrap();
+    let podinfo = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "podinfo", "image": "podinfo:6.0.1"}]}}}});
+    deployments
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Strategic(podinfo),
+        )
+        .await
+        .unwrap();
+    wait_rollout(&rollouts, "the analysis passed, paused at step 2", |s| {
+        s.current_step_index == Some(2)
+            && s.current_pod_hash != stable
+            && !s.pause_conditions.is_empty()
+    })
+    .await;
+    let runs = Api::<AnalysisRun>::namespaced(env.client.clone(), &ns.name);
+    let only_run = || async {
+        let list = runs.list(&ListParams::default()).await.unwrap().items;
+        assert_eq!(
+            list.len(),
+            1,
+            "one AnalysisRun for the analysis step: {list:#?}"
+        );
+        list[0].status.as_ref().and_then(|s| s.phase)
+    };
+    assert_eq!(only_run().await, Some(AnalysisPhase::Successful));
+    wait_canary(
+        &canaries,
+        "the Canary's new revision promoted",
+        CanaryPhase::Succeeded,
+    )
+    .await;
+
+    // /metrics through the metrics Service, from another pod on the node. (The bridge CNI
+    // plugin enforces no NetworkPolicy: the chart's policy is rendered but not exercised here.)
+    let services: Api<Service> = Api::namespaced(env.client.clone(), &ns.name);
+    let metrics = services
+        .get(&format!("{}-metrics", release.name))
+        .await
+        .expect("the chart's metrics Service");
+    let ip = metrics
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("a ClusterIP");
+    let scraped =
+        fetch_from_a_pod(&env, &ns.name, &node, &format!("http://{ip}:8090/metrics")).await;
+    assert!(
+        scraped.contains("rollout_info") || scraped.contains("sluice_"),
+        "no Sluice metric in what the metrics Service served:\n{scraped}"
+    );
+
+    // helm upgrade to a changed value while the Rollout is paused mid-update: the controller's
+    // pods are replaced, and the new ones carry the Rollout on from its step (no second run).
+    helm_upgrade(
+        &env,
+        &release,
+        &node,
+        &digest,
+        &["controller.logLevel=debug"],
+    );
+    eventually(
+        TIMEOUT,
+        "both controller pods replaced by the upgrade",
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/name=sluice"))
+                .await
+                .ok()?;
+            let names = controller_pod_names(&list.items);
+            let ready = list.items.iter().filter(|p| ready(p)).count();
+            (names.len() == 2 && ready == 2 && names.iter().all(|n| !installed.contains(n)))
+                .then_some(())
+        },
+    )
+    .await;
+    let after = rollouts.get("web").await.unwrap().status.unwrap();
+    assert_eq!(
+        after.current_step_index,
+        Some(2),
+        "progress lost in the upgrade: {after:#?}"
+    );
+    run(
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["promote", "web", "-n", &ns.name, "--kubeconfig"])
+            .arg(&env.kubeconfig),
+        "sluice promote",
+    );
+    wait_rollout(
+        &rollouts,
+        "the update finished by the upgraded controller",
+        |s| finished(s) && s.stable_rs != stable,
+    )
+    .await;
+    assert_eq!(only_run().await, Some(AnalysisPhase::Successful));
+
+    // helm uninstall: the controller goes; what it managed stays, untouched.
+    let before = rollouts.get("web").await.unwrap();
+    run(
+        Command::new(&release.helm)
+            .args([
+                "uninstall",
+                &release.name,
+                "--namespace",
+                &ns.name,
+                "--wait",
+            ])
+            .arg("--kubeconfig")
+            .arg(&env.kubeconfig),
+        "helm uninstall",
+    );
+    eventually(TIMEOUT, "the controller's pods gone", || async {
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=sluice"))
+            .await
+            .ok()?;
+        list.items.is_empty().then_some(())
+    })
+    .await;
+    let kept = rollouts.get("web").await.unwrap();
+    assert!(kept.metadata.deletion_timestamp.is_none());
+    assert_eq!(kept.spec, before.spec);
+    assert_eq!(
+        kept.status.as_ref().map(|s| &s.stable_rs),
+        before.status.as_ref().map(|s| &s.stable_rs)
+    );
+    let canary = canaries.get("podinfo").await.unwrap();
+    assert!(canary.metadata.deletion_timestamp.is_none());
+    assert_eq!(
+        canary.status.and_then(|s| s.phase),
+        Some(CanaryPhase::Succeeded)
+    );
+    // Traffic keeps flowing where it was: the apex Service on the primary, the stable Service on
+    // the promoted ReplicaSet.
+    let apex = services
+        .get("podinfo")
+        .await
+        .expect("the Canary's apex Service");
+    assert_eq!(
+        apex.spec
+            .and_then(|s| s.selector)
+            .and_then(|s| s.get("app").cloned()),
+        Some("podinfo-primary".to_string())
+    );
+    let stable_svc = services.get("web-stable").await.unwrap();
+    assert_eq!(
+        stable_svc
+            .spec
+            .and_then(|s| s.selector)
+            .and_then(|s| s.get("rollouts-pod-template-hash").cloned()),
+        kept.status.map(|s| s.stable_rs)
+    );
 }
