@@ -716,6 +716,12 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         // Plan again from the version that carries it (the status write is conditioned on it).
         return Ok(Requeue::requeue(Duration::ZERO));
     }
+    // A new phase is what tools wait for before reading the Rollout's history: its Events are
+    // written first, so a Rollout seen Healthy (or Degraded) already shows why.
+    let events_first = plan.status.phase != status.phase;
+    if events_first {
+        publish(rollout, &plan.actions, ctx, true).await;
+    }
     if plan.status != status {
         write_status(rollout, &plan.status, ctx).await?;
     }
@@ -729,7 +735,9 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         }
     }
     // Events describe the status just stored, so they go out even if an action failed.
-    publish(rollout, &plan.actions, ctx);
+    if !events_first {
+        publish(rollout, &plan.actions, ctx, false).await;
+    }
     if let Some(error) = failed {
         return Err(error);
     }
@@ -797,8 +805,9 @@ fn status_body(status: &RolloutStatus) -> serde_json::Value {
 }
 
 /// Records the plan's Events in the background, in order: they are not on the path from a change
-/// to the reaction (each is one more apiserver write).
-fn publish(rollout: &Rollout, actions: &[Action], ctx: &Ctx) {
+/// to the reaction (each is one more apiserver write) — unless `wait`, then they are written
+/// (within [`EVENTS_FIRST_BOUND`]) before this returns.
+async fn publish(rollout: &Rollout, actions: &[Action], ctx: &Ctx, wait: bool) {
     let (namespace, name) = (rollout.namespace().unwrap_or_default(), rollout.name_any());
     let records: Vec<events::Record> = actions
         .iter()
@@ -816,8 +825,18 @@ fn publish(rollout: &Rollout, actions: &[Action], ctx: &Ctx) {
             }
         })
         .collect();
-    ctx.events.send(rollout.object_ref(&()), records);
+    if wait {
+        let reference = rollout.object_ref(&());
+        ctx.events
+            .send_and_wait(reference, records, EVENTS_FIRST_BOUND)
+            .await;
+    } else {
+        ctx.events.send(rollout.object_ref(&()), records);
+    }
 }
+
+/// How long a phase change waits for its Events before the status is written anyway.
+const EVENTS_FIRST_BOUND: Duration = Duration::from_secs(2);
 
 fn finalizer_error(rollout: &Rollout, source: kube::Error) -> Error {
     Error::Finalizer {

@@ -21,7 +21,7 @@ use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::api::argo::rollout::Rollout;
 use crate::controller::metrics::Metrics;
@@ -43,6 +43,8 @@ pub struct Record {
 struct Job {
     reference: ObjectReference,
     records: Vec<Record>,
+    /// Told once the records are written (or given up on).
+    written: Option<oneshot::Sender<()>>,
 }
 
 /// Writes Events in order per object.
@@ -65,14 +67,43 @@ impl EventSink {
 
     /// Queues `records` on `reference`, after every Event queued on it before.
     pub fn send(&self, reference: ObjectReference, records: Vec<Record>) {
+        self.queue(reference, records, None);
+    }
+
+    /// Queues `records` like [`send`](Self::send) and waits, at most `bound`, until they and
+    /// every Event queued on `reference` before them are written.
+    pub async fn send_and_wait(
+        &self,
+        reference: ObjectReference,
+        records: Vec<Record>,
+        bound: std::time::Duration,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        if self.queue(reference, records, Some(tx)) {
+            let _ = tokio::time::timeout(bound, rx).await;
+        }
+    }
+
+    /// Whether a job was queued.
+    fn queue(
+        &self,
+        reference: ObjectReference,
+        records: Vec<Record>,
+        written: Option<oneshot::Sender<()>>,
+    ) -> bool {
         if records.is_empty() {
-            return;
+            return false;
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         reference.uid.hash(&mut hasher);
         let lane = (hasher.finish() as usize) % self.lanes.len();
         // A closed lane means the runtime is shutting down; the Events go with it.
-        let _ = self.lanes[lane].send(Job { reference, records });
+        let job = Job {
+            reference,
+            records,
+            written,
+        };
+        self.lanes[lane].send(job).is_ok()
     }
 }
 
@@ -95,6 +126,9 @@ async fn lane(client: Client, mut jobs: mpsc::UnboundedReceiver<Job>) {
                     "recording an event"
                 );
             }
+        }
+        if let Some(written) = job.written {
+            let _ = written.send(());
         }
     }
 }
