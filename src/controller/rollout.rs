@@ -45,7 +45,6 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -421,16 +420,17 @@ pub async fn run(
         move |e| idx.experiments.apply(e),
     );
     let (deployments, deployment_events) = (deployments.store.clone(), deployments.changes());
-    // Pods are only read while a restart is asked for, and only their metadata is kept. Their
-    // changes trigger nothing: a restart in progress looks again on its own (and ReplicaSet
-    // status changes wake it).
+    // Pods are only read while a restart is asked for: their metadata and Ready condition are
+    // kept (a ReplicaSet's status lags behind the pods it just lost and re-created, so a restart
+    // budgets on the pods' own readiness too). Their changes trigger nothing: a restart in
+    // progress looks again on its own (and ReplicaSet status changes wake it).
     let idx = index.clone();
     let (pods, pod_events) = cache(
         watcher(
-            shared.api::<PartialObjectMeta<Pod>>(),
+            shared.api::<Pod>(),
             config().labels(POD_TEMPLATE_HASH_LABEL),
         ),
-        |_| {},
+        observe::slim_pod,
         move |e| idx.pods.apply(e),
     );
     tokio::spawn(pod_events.for_each(|_| async {}));

@@ -144,6 +144,8 @@ pub struct PodObservation {
     pub created: Timestamp,
     /// It has a `deletionTimestamp`.
     pub terminating: bool,
+    /// Its Ready condition is True.
+    pub ready: bool,
 }
 
 /// The Deployment a `workloadRef` names: its template is already in the spec; this is what the

@@ -75,10 +75,16 @@ pub fn next(
         }
         wanted += rs.replicas.max(0);
         // A pod just evicted may still count as available in the ReplicaSet's status (its watch
-        // lags behind the pods'): terminating pods are never counted, at worst twice.
+        // lags behind the pods'): terminating pods are never counted, at worst twice; nor are
+        // its replacements until they are Ready (gone at once, as pods without a grace period
+        // are, the evicted pods leave no trace but a status that still counts them).
         let terminating = of_rs.iter().filter(|p| p.terminating).count();
         let terminating = i32::try_from(terminating).unwrap_or(i32::MAX);
-        available += (rs.available_replicas - terminating).clamp(0, live);
+        let ready = of_rs.iter().filter(|p| !p.terminating && p.ready).count();
+        let ready = i32::try_from(ready).unwrap_or(i32::MAX);
+        available += (rs.available_replicas - terminating)
+            .min(ready)
+            .clamp(0, live);
         old_terminating |= of_rs.iter().any(|p| p.terminating && p.created < at);
         let mut old: Vec<&PodObservation> = of_rs
             .into_iter()
@@ -135,6 +141,7 @@ mod tests {
             pod_template_hash: hash.into(),
             created: t(created),
             terminating,
+            ready: !terminating,
         }
     }
 
@@ -248,6 +255,30 @@ mod tests {
                     pod("a2", "s", 60, false),
                 ],
                 budget: budget(2, 0),
+                want: Restart::Wait,
+            },
+            Case {
+                what: "evicted pods gone at once, the status still counting them: replacements \
+                       count only once Ready",
+                at: Some(50),
+                done: None,
+                sets: vec![&s3, &c1],
+                pods: vec![
+                    pod("c1", "c", 0, false),
+                    PodObservation {
+                        ready: false,
+                        ..pod("a2", "s", 60, false)
+                    },
+                    PodObservation {
+                        ready: false,
+                        ..pod("b2", "s", 60, false)
+                    },
+                    PodObservation {
+                        ready: false,
+                        ..pod("d2", "s", 60, false)
+                    },
+                ],
+                budget: budget(4, 3),
                 want: Restart::Wait,
             },
             Case {

@@ -12,10 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
@@ -49,7 +48,7 @@ pub struct Caches {
     pub experiments: Store<Experiment>,
     pub deployments: Store<Deployment>,
     /// Metadata only, of pods with a `rollouts-pod-template-hash` label (for `restartAt`).
-    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub pods: Store<Pod>,
     pub analysis_templates: Store<AnalysisTemplate>,
     pub cluster_analysis_templates: Store<ClusterAnalysisTemplate>,
     pub index: Arc<Indexes>,
@@ -103,7 +102,7 @@ pub struct Indexes {
     /// Experiments by the name of their controlling Rollout.
     pub experiments: Index<Experiment>,
     /// Pods by the name of their controlling ReplicaSet.
-    pub pods: Index<PartialObjectMeta<Pod>>,
+    pub pods: Index<Pod>,
     /// EndpointSlices by the name of their Service.
     pub endpoint_slices: Index<EndpointSlice>,
     /// Rollouts by the canary and stable Services they name.
@@ -520,9 +519,34 @@ fn pods(
                 pod_template_hash: pod.labels().get(POD_TEMPLATE_HASH_LABEL)?.clone(),
                 created: pod.meta().creation_timestamp.as_ref()?.0,
                 terminating: pod.meta().deletion_timestamp.is_some(),
+                ready: pod_ready(&pod),
             })
         })
         .collect()
+}
+
+/// A pod as the cache keeps it: metadata and the Ready condition, nothing else.
+pub fn slim_pod(pod: &mut Pod) {
+    pod.spec = None;
+    let ready = pod
+        .status
+        .take()
+        .and_then(|s| s.conditions)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.type_ == "Ready")
+        .collect::<Vec<_>>();
+    pod.status = Some(PodStatus {
+        conditions: Some(ready),
+        ..Default::default()
+    });
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Sluice's hash of the Rollout template a ReplicaSet runs: set on every ReplicaSet Sluice creates
