@@ -374,7 +374,18 @@ async fn active_never_switches_to_pods_that_are_not_ready() {
 /// afterwards only the new pods answer.
 #[tokio::test]
 async fn the_switch_through_traefik_loses_no_request_and_then_serves_only_the_new_version() {
-    let Some(f) = fixture("bg-traffic").await else {
+    switch_through_traefik("bg-traffic", false).await;
+}
+
+/// The same switch with the controller SIGKILLed right after the promotion and started again:
+/// still no request lost, and the new controller finishes the switch.
+#[tokio::test]
+async fn sigkill_mid_switch_loses_no_request() {
+    switch_through_traefik("bg-switch-crash", true).await;
+}
+
+async fn switch_through_traefik(prefix: &str, crash: bool) {
+    let Some(mut f) = fixture(prefix).await else {
         return;
     };
     let Some(gw) = f.env.gateway_or_skip() else {
@@ -466,6 +477,14 @@ async fn the_switch_through_traefik_loses_no_request_and_then_serves_only_the_ne
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     f.intent(Intent::Promote).await;
+    if crash {
+        // Killed as it switches: the Services are as the dead controller left them, traffic
+        // keeps flowing, and the next controller takes the switch from there.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        f.ctl.kill();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        f.ctl = ControllerProcess::start_with(&f.env, &ns, &["--leader-elect=false"]).await;
+    }
     assert_eq!(f.healthy().await, new);
     // Only the new pods answer once the data plane has caught up with the switch.
     eventually(TIMEOUT, "only the new pods to answer", || async {
