@@ -78,7 +78,9 @@ use crate::api::flagger::canary::{
 };
 use crate::api::flagger::metric_template::MetricTemplate;
 use crate::engine::analysis::expr::Value as ExprValue;
-use crate::engine::analysis::flagger::{MetricCheck, MetricVars, builtin_query, judge, render};
+use crate::engine::analysis::flagger::{
+    MetricCheck, MetricVars, builtin_query, judge, metrics_provider, render,
+};
 use crate::engine::analysis::observed::Observed;
 use crate::engine::flagger::{
     self as core, Action, Check, Input, Observations, Outcome, Plan, Target, Verdict, Workload,
@@ -649,7 +651,7 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
                 break;
             }
             Outcome::Need(check) => {
-                let verdict = ctx.check(&canary, &provider, check).await;
+                let verdict = ctx.check(&canary, check).await;
                 tracing::debug!(canary = %name, %namespace, ?check, ?verdict, "check");
                 observed.verdicts.insert(check, verdict);
             }
@@ -1369,7 +1371,7 @@ impl Ctx {
     }
 
     /// Runs one check the core asked for.
-    async fn check(&self, canary: &Canary, provider: &str, check: Check) -> Verdict {
+    async fn check(&self, canary: &Canary, check: Check) -> Verdict {
         let analysis = canary.analysis().cloned().unwrap_or_default();
         let phase = canary
             .status
@@ -1415,7 +1417,7 @@ impl Ctx {
         }
         if check == Check::Analysis {
             for metric in &analysis.metrics {
-                let verdict = self.metric(canary, provider, metric).await;
+                let verdict = self.metric(canary, metric).await;
                 if !verdict.ok {
                     return verdict;
                 }
@@ -1506,7 +1508,7 @@ impl Ctx {
 
     /// One metric check: a MetricTemplate, an inline query or a builtin, run on Prometheus and
     /// judged as Flagger does.
-    async fn metric(&self, canary: &Canary, provider: &str, metric: &CanaryMetric) -> Verdict {
+    async fn metric(&self, canary: &Canary, metric: &CanaryMetric) -> Verdict {
         let namespace = canary.namespace().unwrap_or_default();
         let vars = MetricVars::for_canary(canary, metric);
         let server = canary.spec.metrics_server.clone().filter(|s| !s.is_empty());
@@ -1531,7 +1533,8 @@ impl Ctx {
                 }
             }
         } else {
-            match builtin_query(&metric.name, provider, &vars) {
+            let provider = metrics_provider(canary.spec.provider.as_deref(), &self.mesh_provider);
+            match builtin_query(&metric.name, &provider, &vars) {
                 Some(Ok(b)) => (plain(b.query.clone()), Some(b)),
                 Some(Err(e)) => {
                     return Verdict::fail(format!("Halt advancement: {e}"));
