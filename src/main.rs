@@ -26,6 +26,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the controller variant's size costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller against the current kubeconfig (or the in-cluster config).
@@ -81,6 +83,14 @@ enum Command {
         /// verifies the weight on the Ingress annotation). `--alb-verify-weight` is its old name.
         #[arg(long, alias = "alb-verify-weight", hide = true, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
         aws_verify_target_group: bool,
+        /// Copy to each `-primary` Deployment only the target's labels with one of these
+        /// comma-separated prefixes (`*`: all but Flux's; Flagger's `-include-label-prefix`).
+        /// Not given: every label is copied.
+        #[arg(long, env = "SLUICE_INCLUDE_LABEL_PREFIX")]
+        include_label_prefix: Option<String>,
+        /// Flagger's controller-wide alerting.
+        #[command(flatten)]
+        alerting: sluice::alert::global::Flags,
     },
     /// Print every CustomResourceDefinition Sluice serves, as one multi-document YAML stream.
     Crds {
@@ -264,7 +274,9 @@ fn parse() -> Cli {
     if plugin {
         command = command.bin_name("kubectl sluice");
     }
-    let matches = command.get_matches();
+    let matches = command.get_matches_from(sluice::cli::flagger_flags::double_dashed(
+        std::env::args_os(),
+    ));
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
@@ -308,8 +320,11 @@ fn main() -> anyhow::Result<()> {
             mesh_provider,
             instance_id,
             aws_verify_target_group,
+            include_label_prefix,
+            alerting,
         } => {
             sluice::controller::canary::check_mesh_provider(&mesh_provider)?;
+            let alerting = alerting.resolve(|name| std::env::var(name).ok())?;
             if aws_verify_target_group {
                 anyhow::bail!(
                     "--aws-verify-target-group is not supported: Sluice calls no AWS API (its ALB \
@@ -346,6 +361,9 @@ fn main() -> anyhow::Result<()> {
                 http_follow_redirects,
                 alert_provider_namespace: alert_provider_namespace.filter(|n| !n.is_empty()),
                 mesh_provider,
+                alerting,
+                include_label_prefix: include_label_prefix
+                    .map(|p| sluice::engine::label_prefix::parse(&p)),
                 instance,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -28,6 +28,8 @@
 //! text, so into an Event or a log line: for Slack, Teams or Discord the URL *is* the credential.
 //! Such a URL is shown as its origin only ([`Destination::shown_url`]).
 
+pub mod global;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

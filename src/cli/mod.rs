@@ -2,6 +2,7 @@
 //! print. `sluice` also runs as the kubectl plugin `kubectl sluice` (a binary or link named
 //! `kubectl-sluice` on the PATH).
 
+pub mod flagger_flags;
 pub mod lint;
 pub mod rollouts;
 pub mod simulate;

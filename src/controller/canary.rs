@@ -70,6 +70,7 @@ use serde_json::{Value, json};
 
 use super::shared_watch::Subscription;
 use super::{FIELD_MANAGER, Shared};
+use crate::alert::global::GlobalAlerting;
 use crate::analysis::{HttpClients, MeasureContext, Providers};
 use crate::api::argo::analysis::{Metric, MetricProvider, PrometheusMetric};
 use crate::api::flagger::canary::{
@@ -78,7 +79,9 @@ use crate::api::flagger::canary::{
 };
 use crate::api::flagger::metric_template::MetricTemplate;
 use crate::engine::analysis::expr::Value as ExprValue;
-use crate::engine::analysis::flagger::{MetricCheck, MetricVars, builtin_query, judge, render};
+use crate::engine::analysis::flagger::{
+    MetricCheck, MetricVars, builtin_query, judge, metrics_provider, render,
+};
 use crate::engine::analysis::observed::Observed;
 use crate::engine::flagger::{
     self as core, Action, Check, Input, Observations, Outcome, Plan, Target, Verdict, Workload,
@@ -188,6 +191,10 @@ pub struct Ctx {
     refused_later: PerCanary<()>,
     /// The provider of Canaries without `spec.provider` (`--mesh-provider`).
     mesh_provider: String,
+    /// The controller-wide notifier and event webhook (`--slack-url`, `--event-webhook`, …).
+    alerting: GlobalAlerting,
+    /// The target labels a `-primary` Deployment gets (`--include-label-prefix`; `None`: all).
+    include_label_prefix: Option<Vec<String>>,
 }
 
 fn min_interval() -> Duration {
@@ -209,6 +216,10 @@ pub struct Options {
     pub alert_provider_namespace: Option<String>,
     /// The provider of Canaries without `spec.provider` (`--mesh-provider`).
     pub mesh_provider: String,
+    /// The controller-wide notifier and event webhook (`--slack-url`, `--event-webhook`, …).
+    pub alerting: GlobalAlerting,
+    /// The target labels a `-primary` Deployment gets (`--include-label-prefix`; `None`: all).
+    pub include_label_prefix: Option<Vec<String>>,
 }
 
 /// Runs the Canary controller until `shutdown` resolves.
@@ -224,6 +235,8 @@ pub async fn run(
         http,
         alert_provider_namespace,
         mesh_provider,
+        alerting,
+        include_label_prefix,
     } = options;
     shared.metrics.set_mesh_provider(&mesh_provider);
     tracing::info!(namespace = ?shared.namespace, "canary controller starting");
@@ -276,6 +289,8 @@ pub async fn run(
         metric_templates,
         refused_later: PerCanary::default(),
         mesh_provider,
+        alerting,
+        include_label_prefix,
     });
     tokio::spawn(alerts::run(Arc::downgrade(&ctx), alert_receiver, metrics));
     // Deleted Canaries are not reconciled (no finalizer without revertOnDeletion): their state
@@ -649,7 +664,7 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
                 break;
             }
             Outcome::Need(check) => {
-                let verdict = ctx.check(&canary, &provider, check).await;
+                let verdict = ctx.check(&canary, check).await;
                 tracing::debug!(canary = %name, %namespace, ?check, ?verdict, "check");
                 observed.verdicts.insert(check, verdict);
             }
@@ -1153,22 +1168,49 @@ impl Ctx {
         if let Err(error) = created {
             tracing::warn!(canary = %name, %error, "recording an event");
         }
-        let hooks: Vec<CanaryWebhook> = canary
+        self.event_webhooks(canary, status, warning, message).await;
+    }
+
+    /// Posts an Event to the Canary's `event` webhooks, else to `--event-webhook` (as Flagger's
+    /// `sendEventToWebhook`): `eventMessage`, `eventType` and `timestamp` (ms) in the metadata,
+    /// over any of the hook's own keys.
+    async fn event_webhooks(
+        &self,
+        canary: &Canary,
+        status: &CanaryStatus,
+        warning: bool,
+        message: &str,
+    ) {
+        let mut hooks: Vec<CanaryWebhook> = canary
             .analysis()
             .map(|a| a.webhooks_of(HookType::Event).cloned().collect())
             .unwrap_or_default();
-        for hook in hooks {
-            let mut hook = hook;
+        let global = match (&self.alerting.event_webhook, hooks.is_empty()) {
+            (Some(destination), true) => {
+                hooks.push(CanaryWebhook {
+                    name: "events".into(),
+                    url: destination.url.clone(),
+                    ..CanaryWebhook::default()
+                });
+                Some(destination)
+            }
+            _ => None,
+        };
+        let timestamp = Timestamp::now().as_millisecond().to_string();
+        for mut hook in hooks {
             let mut metadata = hook.metadata.take().unwrap_or_default();
             metadata.insert("eventMessage".into(), message.into());
             metadata.insert(
                 "eventType".into(),
                 if warning { "Warning" } else { "Normal" }.into(),
             );
+            metadata.insert("timestamp".into(), timestamp.clone());
             hook.metadata = Some(metadata);
             let phase = status.phase.unwrap_or(CanaryPhase::Unspecified);
-            if let Err(message) = self.call_webhook(canary, &hook, phase).await {
-                tracing::debug!(canary = %canary.name_any(), hook = %hook.name, %message, "event webhook failed");
+            if let Err(error) = self.call_webhook(canary, &hook, phase).await {
+                // The flag's URL is a credential: never logged.
+                let error = global.map_or(error.clone(), |d| d.mask(&error));
+                tracing::debug!(canary = %canary.name_any(), hook = %hook.name, %error, "event webhook failed");
             }
         }
     }
@@ -1204,7 +1246,10 @@ impl Ctx {
             .or_else(|| existing.as_ref().and_then(|p| p.spec.as_ref()?.replicas))
             .or(spec.replicas.filter(|r| *r > 0))
             .unwrap_or(1);
-        let mut labels = target.labels().clone();
+        let mut labels = match &self.include_label_prefix {
+            Some(prefixes) => crate::engine::label_prefix::include(target.labels(), prefixes),
+            None => target.labels().clone(),
+        };
         labels.insert(label.clone(), primary_value.clone());
         let mut body = json!({
             "apiVersion": "apps/v1",
@@ -1369,7 +1414,7 @@ impl Ctx {
     }
 
     /// Runs one check the core asked for.
-    async fn check(&self, canary: &Canary, provider: &str, check: Check) -> Verdict {
+    async fn check(&self, canary: &Canary, check: Check) -> Verdict {
         let analysis = canary.analysis().cloned().unwrap_or_default();
         let phase = canary
             .status
@@ -1415,7 +1460,7 @@ impl Ctx {
         }
         if check == Check::Analysis {
             for metric in &analysis.metrics {
-                let verdict = self.metric(canary, provider, metric).await;
+                let verdict = self.metric(canary, metric).await;
                 if !verdict.ok {
                     return verdict;
                 }
@@ -1506,7 +1551,7 @@ impl Ctx {
 
     /// One metric check: a MetricTemplate, an inline query or a builtin, run on Prometheus and
     /// judged as Flagger does.
-    async fn metric(&self, canary: &Canary, provider: &str, metric: &CanaryMetric) -> Verdict {
+    async fn metric(&self, canary: &Canary, metric: &CanaryMetric) -> Verdict {
         let namespace = canary.namespace().unwrap_or_default();
         let vars = MetricVars::for_canary(canary, metric);
         let server = canary.spec.metrics_server.clone().filter(|s| !s.is_empty());
@@ -1531,7 +1576,8 @@ impl Ctx {
                 }
             }
         } else {
-            match builtin_query(&metric.name, provider, &vars) {
+            let provider = metrics_provider(canary.spec.provider.as_deref(), &self.mesh_provider);
+            match builtin_query(&metric.name, &provider, &vars) {
                 Some(Ok(b)) => (plain(b.query.clone()), Some(b)),
                 Some(Err(e)) => {
                     return Verdict::fail(format!("Halt advancement: {e}"));

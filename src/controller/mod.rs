@@ -161,6 +161,10 @@ pub struct Config {
     pub alert_provider_namespace: Option<String>,
     /// The provider of Canaries without `spec.provider` (`--mesh-provider`).
     pub mesh_provider: String,
+    /// Flagger's controller-wide notifier and event webhook (`--slack-url`, `--event-webhook`, …).
+    pub alerting: crate::alert::global::GlobalAlerting,
+    /// The target labels a `-primary` Deployment gets (`--include-label-prefix`; `None`: all).
+    pub include_label_prefix: Option<Vec<String>>,
     /// Which Argo objects to handle (`--instance-id`).
     pub instance: instance::Instance,
 }
@@ -278,6 +282,8 @@ async fn controllers(
                 http,
                 alert_provider_namespace: config.alert_provider_namespace.clone(),
                 mesh_provider: config.mesh_provider.clone(),
+                alerting: config.alerting.clone(),
+                include_label_prefix: config.include_label_prefix.clone(),
             },
             shutdown.clone(),
         )

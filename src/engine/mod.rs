@@ -23,6 +23,7 @@ pub mod flagger;
 pub mod hash;
 pub mod health;
 pub mod intent;
+pub mod label_prefix;
 mod quantity;
 pub mod replicas;
 mod restart;

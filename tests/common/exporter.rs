@@ -1,10 +1,12 @@
 //! A metrics endpoint whose values the test sets, scraped by the test environment's Prometheus
 //! through `file_sd` (every second). Series are `sluice_test_value{test="<id>", series="<s>"}`;
 //! NaN and infinities are allowed, and a removed series disappears from the next scrape.
+//! Counters with any name and labels ([`Exporter::count`]) stand in for an app's or a proxy's
+//! own metrics (the series Flagger's builtin queries read).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
@@ -16,9 +18,25 @@ pub struct Exporter {
     /// The `test` label value of every series this exporter serves.
     pub id: String,
     values: Arc<Mutex<BTreeMap<String, f64>>>,
+    counters: Counters,
     target_file: std::path::PathBuf,
     prometheus_url: String,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Counters by their series (`name{labels}`): (value when last set, per second, since when).
+type Counters = Arc<Mutex<BTreeMap<String, (f64, f64, Instant)>>>;
+
+/// The counters' exposition lines, each at its value now.
+fn counter_lines(counters: &Counters) -> String {
+    let counters = counters.lock().map(|c| c.clone()).unwrap_or_default();
+    counters
+        .iter()
+        .map(|(series, (base, per_second, since))| {
+            let value = base + per_second * since.elapsed().as_secs_f64();
+            format!("{series} {}\n", value.floor())
+        })
+        .collect()
 }
 
 fn format_value(v: f64) -> String {
@@ -42,11 +60,14 @@ impl Exporter {
         let values: Arc<Mutex<BTreeMap<String, f64>>> = Arc::default();
         let served = values.clone();
         let served_id = id.clone();
+        let counters: Counters = Arc::default();
+        let served_counters = counters.clone();
         let app = Router::new().route(
             "/metrics",
             get(move || {
                 let values = served.clone();
                 let id = served_id.clone();
+                let counters = served_counters.clone();
                 async move {
                     let values = values.lock().map(|v| v.clone()).unwrap_or_default();
                     let mut out = String::from("# TYPE sluice_test_value gauge\n");
@@ -56,6 +77,7 @@ impl Exporter {
                             format_value(v)
                         ));
                     }
+                    out.push_str(&counter_lines(&counters));
                     out
                 }
             }),
@@ -77,6 +99,7 @@ impl Exporter {
         Exporter {
             id,
             values,
+            counters,
             target_file,
             prometheus_url: env.prometheus_url.clone(),
             task,
@@ -87,6 +110,19 @@ impl Exporter {
     pub fn set(&self, series: &str, value: f64) {
         if let Ok(mut v) = self.values.lock() {
             v.insert(series.to_string(), value);
+        }
+    }
+
+    /// Serves `series` (a metric name with its labels, `http_requests_total{code="200"}`) as a
+    /// counter growing by `per_second` from its value now (0 when new): its `rate()` is
+    /// `per_second` once Prometheus has scraped it twice.
+    pub fn count(&self, series: &str, per_second: f64) {
+        if let Ok(mut c) = self.counters.lock() {
+            let now = Instant::now();
+            let base = c.get(series).map_or(0.0, |(base, rate, since)| {
+                base + rate * since.elapsed().as_secs_f64()
+            });
+            c.insert(series.to_string(), (base, per_second, now));
         }
     }
 

@@ -1,5 +1,7 @@
 //! Sends a Canary's alerts (the core's `Action::Alert`) through the AlertProviders its
-//! `analysis.alerts` subscribe with ([`crate::alert`]), off the tick path.
+//! `analysis.alerts` subscribe with ([`crate::alert`]), or, for a Canary with no `alerts` at
+//! all, through the controller-wide notifier (`--slack-url` / `--msteams-url`, every severity, as
+//! Flagger's global notifier), off the tick path.
 //!
 //! ```text
 //!  tick ──Ctx::alert (never waits)──▶ bounded queue ──dispatcher──▶ one lane per Canary
@@ -42,6 +44,8 @@ pub(super) struct Job {
     status: CanaryStatus,
     alert: Alert,
     subscriptions: Vec<CanaryAlert>,
+    /// Through the controller-wide notifier (the Canary subscribes to no AlertProvider).
+    global: bool,
 }
 
 /// The sending side of the alert queue, held by [`Ctx`].
@@ -111,7 +115,9 @@ impl Ctx {
         metadata: bool,
     ) {
         let subscriptions = alert::subscriptions(canary, severity);
-        if subscriptions.is_empty() {
+        let global = self.alerting.notifier.is_some()
+            && canary.analysis().is_none_or(|a| a.alerts.is_empty());
+        if subscriptions.is_empty() && !global {
             return;
         }
         let job = Job {
@@ -129,12 +135,26 @@ impl Ctx {
                 severity,
             },
             subscriptions,
+            global,
         };
         self.alerts.push(&self.shared.metrics, job);
     }
 
     /// Sends one alert to each of its subscriptions in turn.
     async fn deliver(&self, job: &Job) {
+        if job.global
+            && let Some(notifier) = &self.alerting.notifier
+        {
+            let flag = match notifier.kind {
+                crate::api::flagger::alert_provider::AlertProviderType::Msteams => "--msteams-url",
+                _ => "--slack-url",
+            };
+            if let Err(error) = alert::send(&self.http, notifier, &job.alert, flag).await {
+                tracing::warn!(canary = %job.alert.name, namespace = %job.alert.namespace, %error, "alert not sent");
+                let text = format!("Alert not sent: {error}");
+                self.event(&job.canary, "", &job.status, true, &text).await;
+            }
+        }
         let global = self.alert_provider_namespace.as_deref();
         for subscription in &job.subscriptions {
             let resolved =
@@ -280,6 +300,7 @@ mod tests {
                 severity: AlertSeverity::Info,
             },
             subscriptions: Vec::new(),
+            global: false,
         }
     }
 
