@@ -42,7 +42,12 @@ pub enum Error {
     },
 }
 
-/// Serves until SIGTERM or Ctrl-C; tasks still running are dropped with the process.
+/// How long requests still being answered (a blocking `bash` task) may finish after SIGTERM
+/// (Flagger's shutdown timeout).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// Serves until SIGTERM or Ctrl-C, then lets requests in flight finish for up to a minute; tasks
+/// still running in the background are dropped with the process.
 pub async fn run(config: Config) -> Result<(), Error> {
     let namespaces = Some(config.namespace_regexp.as_str())
         .filter(|p| !p.is_empty())
@@ -66,10 +71,17 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .await
         .map_err(serve)?;
     tracing::info!(addr = %config.addr, timeout = ?config.timeout, "starting the load tester");
-    axum::serve(listener, server::router(state))
-        .with_graceful_shutdown(crate::controller::shutdown_signal())
-        .await
-        .map_err(serve)?;
+    let signal = futures::FutureExt::shared(crate::controller::shutdown_signal());
+    let server =
+        axum::serve(listener, server::router(state)).with_graceful_shutdown(signal.clone());
+    let grace = async {
+        signal.await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(serve)?,
+        () = grace => tracing::warn!("requests still running {SHUTDOWN_GRACE:?} after the signal; stopping anyway"),
+    }
     tracing::info!("HTTP server stopped");
     Ok(())
 }
