@@ -92,6 +92,25 @@ enum Command {
         #[command(flatten)]
         alerting: sluice::alert::global::Flags,
     },
+    /// Flagger's load tester: gates, webhook tasks (`cmd`, `bash`) and built-in `hey` load tests
+    /// for Canary webhooks (Flagger's single-dash flags work too: `-port=8080`).
+    Loadtester {
+        /// Port to listen on, on every interface.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Bound on every task (a Go duration: 30s, 10m, 1h).
+        #[arg(long, default_value = "1h", value_parser = parse_go_duration)]
+        timeout: std::time::Duration,
+        /// Serve only Canaries whose namespace matches (empty: all).
+        #[arg(long, default_value = "")]
+        namespace_regexp: String,
+        /// Log level (RUST_LOG, when set, wins).
+        #[arg(long, alias = "zap-log-level", value_enum, default_value = "info")]
+        log_level: LogLevel,
+        /// Log encoding (Flagger's names).
+        #[arg(long, value_enum, default_value = "json")]
+        zap_encoding: ZapEncoding,
+    },
     /// Print every CustomResourceDefinition Sluice serves, as one multi-document YAML stream.
     Crds {
         /// Write one file per CRD (`<plural>.<group>.yaml`) into this directory instead of printing.
@@ -247,15 +266,43 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
+/// A Go duration (`-timeout 1h`).
+fn parse_go_duration(text: &str) -> Result<std::time::Duration, String> {
+    sluice::api::flagger::canary::parse_go_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration like 30s, 10m or 1h"))
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
 }
 
+/// Flagger's `-log-level` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogLevel {
+    Debug,
+    Info,
+    #[value(alias = "warn")]
+    Warning,
+    Error,
+}
+
+/// Flagger's `-zap-encoding` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ZapEncoding {
+    Json,
+    Console,
+}
+
 fn init_logging(format: LogFormat) {
+    init_logging_at(format, "info");
+}
+
+/// Logging at `level` unless RUST_LOG says otherwise.
+fn init_logging_at(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),
@@ -274,9 +321,9 @@ fn parse() -> Cli {
     if plugin {
         command = command.bin_name("kubectl sluice");
     }
-    let matches = command.get_matches_from(sluice::cli::flagger_flags::double_dashed(
-        std::env::args_os(),
-    ));
+    // Go's single-dash spellings: the load tester's every flag, the controller's Flagger ones.
+    let args = sluice::loadtester::go_style_flags(std::env::args_os().collect());
+    let matches = command.get_matches_from(sluice::cli::flagger_flags::double_dashed(args));
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
@@ -374,6 +421,33 @@ fn main() -> anyhow::Result<()> {
                 runtime.shutdown_background();
             }
             outcome?;
+        }
+        Command::Loadtester {
+            port,
+            timeout,
+            namespace_regexp,
+            log_level,
+            zap_encoding,
+        } => {
+            let format = match zap_encoding {
+                ZapEncoding::Json => LogFormat::Json,
+                ZapEncoding::Console => LogFormat::Text,
+            };
+            let level = match log_level {
+                LogLevel::Debug => "info,sluice=debug",
+                LogLevel::Info => "info",
+                LogLevel::Warning => "warn",
+                LogLevel::Error => "error",
+            };
+            init_logging_at(format, level);
+            sluice::install_crypto_provider();
+            let config = sluice::loadtester::Config {
+                addr: std::net::SocketAddr::from(([0, 0, 0, 0], port)),
+                timeout,
+                namespace_regexp,
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(sluice::loadtester::run(config))?;
         }
         Command::Simulate {
             file,

@@ -25,6 +25,7 @@ pub mod chart;
 pub mod controller;
 pub mod events;
 pub mod exporter;
+pub mod loadtester;
 pub mod pods;
 pub mod proxy;
 pub mod rollouts;
