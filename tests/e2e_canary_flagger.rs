@@ -604,3 +604,354 @@ async fn a_user_made_virtual_service_is_adopted_without_an_owner_and_restored_on
         back.annotations()
     );
 }
+
+/// The labels and annotations of a Service, and its ports as (name, port).
+fn service_shape(service: &Service) -> (Vec<(String, i32)>, Value, Value) {
+    let ports = service
+        .spec
+        .clone()
+        .unwrap_or_default()
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.name.unwrap_or_default(), p.port))
+        .collect();
+    (ports, json!(service.labels()), json!(service.annotations()))
+}
+
+/// Item 3 of issue 17, as Flagger's Istio and NGINX scripts check it: `service.apex` (and
+/// `primary` / `canary`) labels and annotations land on the generated Services; with
+/// `portDiscovery` the target's other container ports become Service ports (by their names);
+/// the target's annotations are copied to `-primary` without Flux's `toolkit.fluxcd.io` keys, at
+/// creation and again at promotion; the canary Ingress of the `nginx` provider carries the
+/// user's Ingress's labels and annotations (`kubernetes.io/ingress.class` among them).
+#[tokio::test]
+async fn metadata_and_discovered_ports_are_copied_as_flagger_copies_them() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let ns = env.namespace("cto-meta").await;
+    let f = Fixture { env, ns };
+    let mut target =
+        serde_json::to_value(common::canary::target("podinfo", 1, "podinfo:6.0.0", 9898)).unwrap();
+    target["metadata"]["annotations"] = json!({
+        "app.kubernetes.io/instance": "test-annotation-prefix",
+        "kustomize.toolkit.fluxcd.io/checksum": "0a40893b",
+    });
+    target["spec"]["template"]["spec"]["containers"][0]["ports"] = json!([
+        {"name": "http", "containerPort": 9898},
+        {"name": "http-metrics", "containerPort": 9797},
+        {"name": "grpc", "containerPort": 9999},
+    ]);
+    let deployments: Api<Deployment> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(target).unwrap(),
+        )
+        .await
+        .unwrap();
+    f.env
+        .create(
+            &f.ns.name,
+            json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "podinfo", "labels": {"app.kubernetes.io/name": "podinfo"},
+                    "annotations": {"kubernetes.io/ingress.class": "nginx"}},
+                "spec": {"rules": [{"host": "app.example.com", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix", "backend":
+                        {"service": {"name": "podinfo", "port": {"number": 80}}}}]}}]},
+            }),
+        )
+        .await;
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({
+        "provider": "nginx",
+        "ingressRef": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": "podinfo"},
+        "service": {"port": 80, "targetPort": 9898, "portDiscovery": true,
+            "apex": {"labels": {"test": "labels-test"}, "annotations": {"test": "annotations-test"}},
+            "primary": {"labels": {"tier": "primary"}},
+            "canary": {"annotations": {"note": "canary"}}},
+    }))
+    .await;
+    f.wait_phase(CanaryPhase::Initialized, &ctl).await;
+
+    let ports = vec![
+        ("http".to_string(), 80),
+        ("grpc".to_string(), 9999),
+        ("http-metrics".to_string(), 9797),
+    ];
+    for (name, label, annotation) in [
+        (
+            "podinfo",
+            Some(("test", "labels-test")),
+            Some(("test", "annotations-test")),
+        ),
+        ("podinfo-primary", Some(("tier", "primary")), None),
+        ("podinfo-canary", None, Some(("note", "canary"))),
+    ] {
+        let (got_ports, labels, annotations) =
+            service_shape(&f.services().get(name).await.unwrap());
+        assert_eq!(
+            got_ports, ports,
+            "{name}: service.port, then the discovered ports"
+        );
+        assert_eq!(labels["app"], name, "{name}: {labels}");
+        if let Some((k, v)) = label {
+            assert_eq!(labels[k], v, "{name}: {labels}");
+        }
+        if let Some((k, v)) = annotation {
+            assert_eq!(annotations[k], v, "{name}: {annotations}");
+        }
+        assert_eq!(
+            annotations["kustomize.toolkit.fluxcd.io/reconcile"], "disabled",
+            "{name}: {annotations}"
+        );
+    }
+
+    let primary_annotations = |d: Deployment| json!(d.annotations());
+    let annotations = primary_annotations(deployments.get("podinfo-primary").await.unwrap());
+    assert_eq!(
+        annotations["app.kubernetes.io/instance"], "test-annotation-prefix",
+        "{annotations}"
+    );
+    assert!(
+        annotations
+            .get("kustomize.toolkit.fluxcd.io/checksum")
+            .is_none(),
+        "{annotations}"
+    );
+
+    let ingresses = f.dynamic("networking.k8s.io/v1", "Ingress", "ingresses");
+    let copy = ingresses.get("podinfo-canary").await.unwrap();
+    assert_eq!(
+        copy.annotations()
+            .get("kubernetes.io/ingress.class")
+            .map(String::as_str),
+        Some("nginx"),
+        "{:?}",
+        copy.annotations()
+    );
+    assert_eq!(
+        copy.labels()
+            .get("app.kubernetes.io/name")
+            .map(String::as_str),
+        Some("podinfo"),
+        "{:?}",
+        copy.labels()
+    );
+
+    // Promotion copies the annotations again.
+    deployments
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({
+                "metadata": {"annotations": {"app.kubernetes.io/instance": "v2"}},
+                "spec": {"template": {"spec": {"containers": [
+                    {"name": "podinfo", "image": "podinfo:6.0.1"}]}}}})),
+        )
+        .await
+        .unwrap();
+    f.wait_phase(CanaryPhase::Succeeded, &ctl).await;
+    let annotations = primary_annotations(deployments.get("podinfo-primary").await.unwrap());
+    assert_eq!(
+        annotations["app.kubernetes.io/instance"], "v2",
+        "{annotations}"
+    );
+}
+
+/// (path, phase) of every webhook call.
+type Calls = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// Webhooks that record the `phase` of every call: `/rollout` (confirm-rollout) always open,
+/// `/promotion` (confirm-promotion) closed on its first call, open after.
+struct PhaseHooks {
+    url: String,
+    calls: Calls,
+}
+
+impl PhaseHooks {
+    async fn start() -> PhaseHooks {
+        use axum::http::StatusCode;
+        let calls: Calls = Default::default();
+        let record = |path: &'static str, calls: Calls| {
+            move |body: axum::Json<Value>| async move {
+                let phase = body["phase"].as_str().unwrap_or_default().to_string();
+                let mut calls = calls.lock().unwrap();
+                let first = !calls.iter().any(|(p, _)| p == path);
+                calls.push((path.to_string(), phase));
+                if path == "/promotion" && first {
+                    StatusCode::FORBIDDEN
+                } else {
+                    StatusCode::OK
+                }
+            }
+        };
+        let app = axum::Router::new()
+            .route(
+                "/rollout",
+                axum::routing::post(record("/rollout", calls.clone())),
+            )
+            .route(
+                "/promotion",
+                axum::routing::post(record("/promotion", calls.clone())),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        PhaseHooks {
+            url: format!("http://{addr}"),
+            calls,
+        }
+    }
+
+    fn phases(&self, path: &str) -> Vec<String> {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, phase)| phase.clone())
+            .collect()
+    }
+}
+
+/// Every status the Canary `podinfo` is written with, in order (a watch from before it exists).
+fn record_statuses(
+    canaries: Api<Canary>,
+) -> std::sync::Arc<std::sync::Mutex<Vec<sluice::api::flagger::canary::CanaryStatus>>> {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<_>>> = Default::default();
+    let into = seen.clone();
+    tokio::spawn(async move {
+        let mut stream = watcher::watcher(canaries, watcher::Config::default()).boxed();
+        while let Some(event) = stream.next().await {
+            if let Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) = event
+                && let Some(status) = c.status
+            {
+                let mut seen = into.lock().unwrap();
+                if seen.last() != Some(&status) {
+                    seen.push(status);
+                }
+            }
+        }
+    });
+    seen
+}
+
+/// Item 6 of issue 17, against a Blue/Green run routed by the `nginx` provider: the status has
+/// `failedChecks: 0` already while `Initializing`; `canaryWeight` is never written as 100 (the
+/// last iteration routes all traffic to the canary, but Flagger reports no weight for
+/// Blue/Green); `Promoting` keeps `iterations`; the confirm-rollout webhook is sent the Canary's
+/// own phase and confirm-promotion `Progressing` (also once the run waits for promotion); and
+/// deleting the Canary (`revertOnDeletion`) shows the phase `Terminating` while it reverts.
+#[tokio::test]
+async fn blue_green_status_and_webhook_phases_are_flaggers() {
+    let Some(f) = Fixture::new("cto-status").await else {
+        return;
+    };
+    f.env
+        .create(
+            &f.ns.name,
+            json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "podinfo"},
+                "spec": {"rules": [{"host": "app.example.com", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix", "backend":
+                        {"service": {"name": "podinfo", "port": {"number": 80}}}}]}}]},
+            }),
+        )
+        .await;
+    let hooks = PhaseHooks::start().await;
+    let statuses = record_statuses(f.canaries());
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({
+        "provider": "nginx",
+        "revertOnDeletion": true,
+        "ingressRef": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": "podinfo"},
+        "analysis": {"interval": "1s", "threshold": 2, "iterations": 2, "webhooks": [
+            {"name": "rollout-gate", "type": "confirm-rollout", "url": format!("{}/rollout", hooks.url)},
+            {"name": "promotion-gate", "type": "confirm-promotion",
+             "url": format!("{}/promotion", hooks.url)},
+        ]},
+    }))
+    .await;
+    f.wait_phase(CanaryPhase::Initialized, &ctl).await;
+    let deployments: Api<Deployment> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    deployments
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "podinfo", "image": "podinfo:6.0.1"}]}}}})),
+        )
+        .await
+        .unwrap();
+    f.wait_phase(CanaryPhase::Succeeded, &ctl).await;
+    f.canaries()
+        .delete("podinfo", &Default::default())
+        .await
+        .unwrap();
+    eventually(TIMEOUT, "the Canary gone", || async {
+        f.canaries()
+            .get_opt("podinfo")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    let statuses = statuses.lock().unwrap().clone();
+    let phases: Vec<_> = statuses
+        .iter()
+        .map(|s| (s.phase, s.canary_weight, s.iterations))
+        .collect();
+    let mut wrong = Vec::new();
+    let initializing: Vec<_> = statuses
+        .iter()
+        .filter(|s| s.phase == Some(CanaryPhase::Initializing))
+        .collect();
+    if initializing.is_empty() || initializing.iter().any(|s| s.failed_checks != Some(0)) {
+        wrong.push(format!("failedChecks while Initializing: {initializing:?}"));
+    }
+    if statuses.iter().any(|s| s.canary_weight == Some(100)) {
+        wrong.push("canaryWeight 100 written during a Blue/Green run".to_string());
+    }
+    let promoting: Vec<_> = statuses
+        .iter()
+        .filter(|s| s.phase == Some(CanaryPhase::Promoting))
+        .map(|s| s.iterations)
+        .collect();
+    if promoting.is_empty() || promoting.iter().any(|i| *i != Some(3)) {
+        wrong.push(format!(
+            "iterations while Promoting (expected 3): {promoting:?}"
+        ));
+    }
+    if !statuses
+        .iter()
+        .any(|s| s.phase == Some(CanaryPhase::Terminating))
+    {
+        wrong.push("no Terminating phase on deletion".to_string());
+    }
+    let rollout = hooks.phases("/rollout");
+    if rollout.first().map(String::as_str) != Some("Initialized") {
+        wrong.push(format!(
+            "confirm-rollout phases {rollout:?} (expected Initialized first)"
+        ));
+    }
+    let promotion = hooks.phases("/promotion");
+    if promotion.len() < 2 || promotion.iter().any(|p| p != "Progressing") {
+        wrong.push(format!(
+            "confirm-promotion phases {promotion:?} (expected Progressing)"
+        ));
+    }
+    assert!(
+        wrong.is_empty(),
+        "{wrong:#?}\n(phase, canaryWeight, iterations): {phases:?}\n{}",
+        ctl.log_end()
+    );
+}

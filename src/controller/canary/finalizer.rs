@@ -5,6 +5,9 @@
 //! outlives the Canary), then the finalizer is removed and garbage collection takes the primary,
 //! the `-primary` / `-canary` Services and the config copies.
 //!
+//! While it reverts, the Canary's phase is `Terminating` (Events "Terminating canary ..." and,
+//! once the finalizer is gone, "Terminated canary ...", as Flagger's).
+//!
 //! The finalizer is added while `spec.revertOnDeletion` is true and removed (without reverting)
 //! when it is turned off. A target that does not become ready within the progress deadline is
 //! handed back anyway, with a Warning Event: the user asked for the Canary to go.
@@ -48,10 +51,25 @@ impl Ctx {
             if !has {
                 return Ok(Some(Requeue::await_change()));
             }
-            if canary.revert_on_deletion() && !self.revert(canary).await? {
+            if !canary.revert_on_deletion() {
+                self.set_finalizer(canary, false).await?;
+                return Ok(Some(Requeue::await_change()));
+            }
+            if self.set_terminating(canary).await? {
+                // Its own change ticks the Canary again (the status moved its resourceVersion).
+                return Ok(Some(Requeue::requeue(REVERT_POLL)));
+            }
+            if !self.revert(canary).await? {
                 return Ok(Some(Requeue::requeue(REVERT_POLL)));
             }
             self.set_finalizer(canary, false).await?;
+            let status = canary.status.clone().unwrap_or_default();
+            let message = format!(
+                "Terminated canary {}.{}",
+                canary.name_any(),
+                canary.namespace().unwrap_or_default()
+            );
+            self.event(canary, "", &status, false, &message).await;
             return Ok(Some(Requeue::await_change()));
         }
         match (canary.revert_on_deletion(), has) {
@@ -66,6 +84,25 @@ impl Ctx {
                 .map(|()| Some(Requeue::await_change())),
             _ => Ok(None),
         }
+    }
+
+    /// Writes the `Terminating` phase (and tells it, as upstream does) unless the status says it
+    /// already; `true` when it wrote.
+    async fn set_terminating(&self, canary: &Canary) -> Result<bool, Error> {
+        let status = canary.status.clone().unwrap_or_default();
+        let kind = &canary.spec.target_ref.kind;
+        let Some(next) = crate::engine::flagger::terminating(&status, kind, Timestamp::now())
+        else {
+            return Ok(false);
+        };
+        super::write_status(canary, &next, self).await?;
+        let message = format!(
+            "Terminating canary {}.{}",
+            canary.name_any(),
+            canary.namespace().unwrap_or_default()
+        );
+        self.event(canary, "", &next, false, &message).await;
+        Ok(true)
     }
 
     /// Adds or removes the finalizer, guarded by the resourceVersion it was decided from.
