@@ -263,9 +263,15 @@ async fn a_refused_write_is_one_warning_and_a_stalled_condition_until_fixed() {
         condition.starts_with("WriteRefused: ") && condition.contains("70000"),
         "{condition}"
     );
-    // Several ticks later: still one Warning.
+    // Several ticks later: still one Warning (besides the primary's readiness waits a loaded
+    // machine may add while initialising).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let warnings = f.warnings().await;
+    let warnings: Vec<String> = f
+        .warnings()
+        .await
+        .into_iter()
+        .filter(|w| !w.starts_with("Synced: waiting for rollout to finish"))
+        .collect();
     assert_eq!(warnings.len(), 1, "{warnings:#?}\n{}", ctl.log_end());
     assert!(
         warnings[0].contains("spec.service") && warnings[0].contains("70000"),
@@ -954,4 +960,286 @@ async fn blue_green_status_and_webhook_phases_are_flaggers() {
         "{wrong:#?}\n(phase, canaryWeight, iterations): {phases:?}\n{}",
         ctl.log_end()
     );
+}
+
+/// `reason: message` of every Event on Canaries (Normal ones included).
+async fn canary_events(f: &Fixture) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    events
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.involved_object.kind.as_deref() == Some("Canary"))
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// Item 8 of issue 17, the Service fields Sluice ignored: `service.headless` makes the three
+/// generated Services headless, `service.trafficDistribution` is set on them, and an annotation
+/// named in `service.unmanagedMetadata` keeps the value another tool gave it when Sluice applies
+/// the Service again (here after a change of `service.apex`).
+#[tokio::test]
+async fn headless_traffic_distribution_and_unmanaged_metadata_shape_the_services() {
+    let Some(f) = Fixture::new("cto-svcfields").await else {
+        return;
+    };
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({
+        "service": {"port": 80, "targetPort": 9898, "headless": true,
+            "trafficDistribution": "PreferClose",
+            "apex": {"annotations": {"note": "from-canary"}},
+            "unmanagedMetadata": {"annotations": ["note"]}},
+    }))
+    .await;
+    f.wait_phase(CanaryPhase::Initialized, &ctl).await;
+    for name in ["podinfo", "podinfo-primary", "podinfo-canary"] {
+        let service = serde_json::to_value(f.services().get(name).await.unwrap()).unwrap();
+        assert_eq!(service["spec"]["clusterIP"], "None", "{name}: {service}");
+        assert_eq!(
+            service["spec"]["trafficDistribution"], "PreferClose",
+            "{name}: {service}"
+        );
+    }
+    let apex = f.services().get("podinfo").await.unwrap();
+    assert_eq!(
+        apex.annotations().get("note").map(String::as_str),
+        Some("from-canary")
+    );
+    let as_other_tool = PatchParams {
+        field_manager: Some("external-tool".into()),
+        ..Default::default()
+    };
+    f.services()
+        .patch(
+            "podinfo",
+            &as_other_tool,
+            &Patch::Merge(json!({"metadata": {"annotations": {"note": "from-elsewhere"}}})),
+        )
+        .await
+        .unwrap();
+    f.canaries()
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"service": {"apex": {"labels": {"rev": "2"}}}}})),
+        )
+        .await
+        .unwrap();
+    let apex = eventually(TIMEOUT, "the apex Service applied again", || async {
+        let apex = f.services().get("podinfo").await.ok()?;
+        (apex.labels().get("rev").map(String::as_str) == Some("2")).then_some(apex)
+    })
+    .await;
+    assert_eq!(
+        apex.annotations().get("note").map(String::as_str),
+        Some("from-elsewhere"),
+        "an unmanaged annotation keeps its value"
+    );
+}
+
+/// Item 8: Istio `service.delegation` generates a delegate VirtualService (no hosts, no
+/// gateways); with `service.hosts` set it is refused as Flagger refuses it, but told: one
+/// Warning and `Stalled=True` / `InvalidSpec` naming the field, until the hosts go.
+#[tokio::test]
+async fn istio_delegation_generates_a_delegate_virtual_service() {
+    let Some(f) = Fixture::new("cto-delegate").await else {
+        return;
+    };
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({
+        "provider": "istio",
+        "service": {"port": 80, "targetPort": 9898, "delegation": true,
+            "hosts": ["app.example.com"]},
+    }))
+    .await;
+    let condition = eventually(TIMEOUT, "the Stalled condition", || async {
+        stalled(&f.canaries().get("podinfo").await.unwrap())
+    })
+    .await;
+    assert!(
+        condition.starts_with("InvalidSpec: ") && condition.contains("service.delegation"),
+        "{condition}\n{}",
+        ctl.log_end()
+    );
+    let warnings = f.warnings().await;
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("service.delegation"), "{warnings:#?}");
+    f.canaries()
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"service": {"hosts": null}}})),
+        )
+        .await
+        .unwrap();
+    f.wait_phase(CanaryPhase::Initialized, &ctl).await;
+    let virtual_services = f.dynamic(
+        "networking.istio.io/v1beta1",
+        "VirtualService",
+        "virtualservices",
+    );
+    let vs = eventually(TIMEOUT, "the delegate VirtualService", || async {
+        virtual_services.get_opt("podinfo").await.ok()?
+    })
+    .await;
+    let spec = serde_json::to_value(&vs).unwrap()["spec"].clone();
+    assert!(spec.get("hosts").is_none(), "{spec}");
+    assert!(spec.get("gateways").is_none(), "{spec}");
+    assert_eq!(
+        spec["http"][0]["route"][0]["destination"]["host"], "podinfo-primary",
+        "{spec}"
+    );
+}
+
+/// Item 8: `autoscalerRef.primaryScalerQueries` beside a HorizontalPodAutoscaler (Flagger uses
+/// them for KEDA ScaledObjects only, which Sluice refuses) is named in a Warning, not ignored.
+#[tokio::test]
+async fn primary_scaler_queries_beside_an_hpa_are_named_in_a_warning() {
+    let Some(f) = Fixture::new("cto-scalerq").await else {
+        return;
+    };
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
+    f.create_canary(json!({
+        "autoscalerRef": {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "name": "podinfo", "primaryScalerQueries": {"trigger": "sum(up)"}},
+    }))
+    .await;
+    let warning = eventually(TIMEOUT, "the Warning naming the field", || async {
+        canary_events(&f)
+            .await
+            .into_iter()
+            .find(|e| e.contains("spec.autoscalerRef.primaryScalerQueries"))
+    })
+    .await;
+    assert!(
+        warning.starts_with("Reinterpreted: "),
+        "{warning}\n{}",
+        ctl.log_end()
+    );
+}
+
+/// An HTTPS server on 127.0.0.1 with a self-signed certificate (made with `openssl`) that answers
+/// every request `200 OK`; its URL.
+fn self_signed_https_server(dir: &std::path::Path) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-subj", "/CN=localhost", "-days", "2", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("running openssl");
+    assert!(made.status.success(), "{made:?}");
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let Ok(connection) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut tls = rustls::StreamOwned::new(connection, stream);
+                // Read the request head and its body (a client that distrusts the certificate
+                // hangs up during the handshake: the read fails).
+                let (mut request, mut chunk) = (Vec::new(), [0u8; 4096]);
+                loop {
+                    match tls.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                    let text = String::from_utf8_lossy(&request).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let _ = tls.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    format!("https://127.0.0.1:{port}/gate")
+}
+
+/// Item 8: a webhook's `disableTLS` is honoured (Sluice had it already; this pins it): a
+/// confirm-rollout gate on a server with a self-signed certificate stays closed while the
+/// certificate is verified, and opens once `disableTLS: true` is set.
+#[tokio::test]
+async fn a_webhook_with_disable_tls_reaches_a_self_signed_server() {
+    let Some(f) = Fixture::new("cto-tls").await else {
+        return;
+    };
+    let url = self_signed_https_server(&f.env.dir.join(format!("{}-tls", f.ns.name)));
+    let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
+    let analysis = |disable_tls: bool| {
+        json!({"interval": "1s", "threshold": 2, "iterations": 2, "webhooks": [
+            {"name": "gate", "type": "confirm-rollout", "url": url, "disableTLS": disable_tls}]})
+    };
+    f.create_canary(json!({"analysis": analysis(false)})).await;
+    f.wait_phase(CanaryPhase::Initialized, &ctl).await;
+    let deployments: Api<Deployment> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    deployments
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "podinfo", "image": "podinfo:6.0.1"}]}}}})),
+        )
+        .await
+        .unwrap();
+    f.wait_phase(CanaryPhase::Waiting, &ctl).await;
+    f.canaries()
+        .patch(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"analysis": analysis(true)}})),
+        )
+        .await
+        .unwrap();
+    f.wait_phase(CanaryPhase::Succeeded, &ctl).await;
 }

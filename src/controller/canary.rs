@@ -602,7 +602,11 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     let interval = interval(&canary, ctx.min_interval);
     let last_tick = ctx.last_tick.get(&canary);
     // A step never advances before the route reports the last write applied.
-    let router = match ctx.routing.observe(&canary, &provider).await? {
+    let observation = match ctx.routing.observe(&canary, &provider).await {
+        Ok(observation) => observation,
+        Err(error) => return ctx.refused(&canary, Error::Routing(error)).await,
+    };
+    let router = match observation {
         routing::Observation::Ready(weights) => weights,
         routing::Observation::Pending(reason) => {
             tracing::debug!(canary = %name, %namespace, %reason, "waiting for the route");

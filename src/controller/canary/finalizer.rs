@@ -55,14 +55,17 @@ impl Ctx {
                 self.set_finalizer(canary, false).await?;
                 return Ok(Some(Requeue::await_change()));
             }
-            if self.set_terminating(canary).await? {
-                // Its own change ticks the Canary again (the status moved its resourceVersion).
+            // The revert's first step is not held back by the status write (the target starts
+            // scaling up at once); the finalizer goes with the resourceVersion that write made.
+            let reverted = self.revert(canary).await?;
+            let mut current = canary.clone();
+            if let Some(version) = self.set_terminating(canary).await? {
+                current.metadata.resource_version = Some(version);
+            }
+            if !reverted {
                 return Ok(Some(Requeue::requeue(REVERT_POLL)));
             }
-            if !self.revert(canary).await? {
-                return Ok(Some(Requeue::requeue(REVERT_POLL)));
-            }
-            self.set_finalizer(canary, false).await?;
+            self.set_finalizer(&current, false).await?;
             let status = canary.status.clone().unwrap_or_default();
             let message = format!(
                 "Terminated canary {}.{}",
@@ -87,22 +90,22 @@ impl Ctx {
     }
 
     /// Writes the `Terminating` phase (and tells it, as upstream does) unless the status says it
-    /// already; `true` when it wrote.
-    async fn set_terminating(&self, canary: &Canary) -> Result<bool, Error> {
+    /// already; the new resourceVersion when it wrote.
+    async fn set_terminating(&self, canary: &Canary) -> Result<Option<String>, Error> {
         let status = canary.status.clone().unwrap_or_default();
         let kind = &canary.spec.target_ref.kind;
         let Some(next) = crate::engine::flagger::terminating(&status, kind, Timestamp::now())
         else {
-            return Ok(false);
+            return Ok(None);
         };
-        super::write_status(canary, &next, self).await?;
+        let version = super::write_status(canary, &next, self).await?;
         let message = format!(
             "Terminating canary {}.{}",
             canary.name_any(),
             canary.namespace().unwrap_or_default()
         );
         self.event(canary, "", &next, false, &message).await;
-        Ok(true)
+        Ok(Some(version))
     }
 
     /// Adds or removes the finalizer, guarded by the resourceVersion it was decided from.

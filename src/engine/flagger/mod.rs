@@ -434,6 +434,14 @@ pub fn reinterpreted(canary: &Canary, provider: &str) -> Vec<String> {
             "spec.analysis.iterations: set together with stepWeight/stepWeights, the run counts iterations (Blue/Green, or A/B with match) and the weights are ignored; remove one of them".into(),
         );
     }
+    let scaler = canary.spec.autoscaler_ref.as_ref();
+    if scaler
+        .is_some_and(|s| s.kind == "HorizontalPodAutoscaler" && s.primary_scaler_queries.is_some())
+    {
+        found.push(
+            "spec.autoscalerRef.primaryScalerQueries: only KEDA ScaledObjects have scaler queries, so with a HorizontalPodAutoscaler they are not used (as in Flagger); remove them".into(),
+        );
+    }
     if analysis.metrics.is_empty() && analysis.webhooks.is_empty() {
         found.push(
             "spec.analysis.metrics: the Canary has no metrics and no webhooks, so every check passes and a new revision is promoted without any evidence; add a metric or a webhook".into(),

@@ -925,9 +925,16 @@ fn reinterpreted_fields_are_named() {
     );
     let blue_green = super::reinterpreted(&all, "kubernetes");
     assert!(blue_green[1].starts_with("spec.analysis.stepWeight: the kubernetes provider"));
-    let plain = canary(serde_json::json!({"stepWeight": 10, "maxWeight": 50,
+    let mut plain = canary(serde_json::json!({"stepWeight": 10, "maxWeight": 50,
         "metrics": [{"name": "m", "query": "up"}]}));
     assert!(super::reinterpreted(&plain, "istio").is_empty());
+    plain.spec.autoscaler_ref = serde_json::from_value(serde_json::json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "name": "d",
+        "primaryScalerQueries": {"trigger": "sum(up)"}}))
+    .unwrap();
+    let found = super::reinterpreted(&plain, "istio");
+    assert_eq!(found.len(), 1);
+    assert!(found[0].starts_with("spec.autoscalerRef.primaryScalerQueries:"));
 }
 
 #[test]
