@@ -851,9 +851,10 @@ fn record_statuses(
 /// Item 6 of issue 17, against a Blue/Green run routed by the `nginx` provider: the status has
 /// `failedChecks: 0` already while `Initializing`; `canaryWeight` is never written as 100 (the
 /// last iteration routes all traffic to the canary, but Flagger reports no weight for
-/// Blue/Green); `Promoting` keeps `iterations`; the confirm-rollout webhook is sent the Canary's
-/// own phase and confirm-promotion `Progressing` (also once the run waits for promotion); and
-/// deleting the Canary (`revertOnDeletion`) shows the phase `Terminating` while it reverts.
+/// Blue/Green in status; `flagger_canary_weight` does report the 100 routed); `Promoting` keeps
+/// `iterations`; the confirm-rollout webhook is sent the Canary's own phase and
+/// confirm-promotion `Progressing` (also once the run waits for promotion); and deleting the
+/// Canary (`revertOnDeletion`) shows the phase `Terminating` while it reverts.
 #[tokio::test]
 async fn blue_green_status_and_webhook_phases_are_flaggers() {
     let Some(f) = Fixture::new("cto-status").await else {
@@ -874,6 +875,24 @@ async fn blue_green_status_and_webhook_phases_are_flaggers() {
     let hooks = PhaseHooks::start().await;
     let statuses = record_statuses(f.canaries());
     let ctl = ControllerProcess::start(&f.env, &f.ns.name).await;
+    // The largest canary weight `flagger_canary_weight` reports during the run.
+    let metric_weight = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(-1));
+    let (url, seen) = (format!("{}/metrics", ctl.http_url), metric_weight.clone());
+    let poller = tokio::spawn(async move {
+        loop {
+            if let Ok(response) = reqwest::get(&url).await {
+                let text = response.text().await.unwrap_or_default();
+                let weight = text
+                    .lines()
+                    .filter(|l| l.starts_with("flagger_canary_weight{"))
+                    .filter(|l| l.contains("workload=\"podinfo\""))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .fold(-1.0f64, f64::max);
+                seen.fetch_max(weight as i64, std::sync::atomic::Ordering::SeqCst);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
     f.create_canary(json!({
         "provider": "nginx",
         "revertOnDeletion": true,
@@ -911,6 +930,7 @@ async fn blue_green_status_and_webhook_phases_are_flaggers() {
     })
     .await;
 
+    poller.abort();
     let statuses = statuses.lock().unwrap().clone();
     let phases: Vec<_> = statuses
         .iter()
@@ -926,6 +946,13 @@ async fn blue_green_status_and_webhook_phases_are_flaggers() {
     }
     if statuses.iter().any(|s| s.canary_weight == Some(100)) {
         wrong.push("canaryWeight 100 written during a Blue/Green run".to_string());
+    }
+    // The metric still tells what the route carries, as Flagger's does.
+    let metric = metric_weight.load(std::sync::atomic::Ordering::SeqCst);
+    if metric != 100 {
+        wrong.push(format!(
+            "flagger_canary_weight of podinfo never 100 (at most {metric})"
+        ));
     }
     let promoting: Vec<_> = statuses
         .iter()

@@ -688,7 +688,17 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
         current.status = Some(planned.clone());
     }
     let elapsed = plan.ticked.then(|| started.elapsed());
-    ctx.record(&canary, &provider, &status, &planned, elapsed);
+    // Flagger records the weight the route carries (Blue/Green's status says 0 meanwhile).
+    let routed = plan
+        .actions
+        .iter()
+        .rev()
+        .find_map(|a| match a {
+            Action::SetRoutes { canary_weight, .. } => Some(*canary_weight),
+            _ => None,
+        })
+        .or(observed.router.map(|r| r.canary_weight));
+    ctx.record(&canary, &provider, &status, &planned, routed, elapsed);
     if plan.ticked {
         ctx.last_tick.insert(&canary, observed.now);
     }
