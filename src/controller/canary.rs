@@ -95,6 +95,7 @@ mod metric_template;
 mod recording;
 mod refusal;
 mod routing;
+mod services;
 mod takeover;
 
 /// Canaries ticked at the same time.
@@ -616,7 +617,11 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
     let interval = interval(&canary, ctx.min_interval);
     let last_tick = ctx.last_tick.get(&canary);
     // A step never advances before the route reports the last write applied.
-    let router = match ctx.routing.observe(&canary, &provider).await? {
+    let observation = match ctx.routing.observe(&canary, &provider).await {
+        Ok(observation) => observation,
+        Err(error) => return ctx.refused(&canary, Error::Routing(error)).await,
+    };
+    let router = match observation {
         routing::Observation::Ready(weights) => weights,
         routing::Observation::Pending(reason) => {
             tracing::debug!(canary = %name, %namespace, %reason, "waiting for the route");
@@ -698,7 +703,17 @@ async fn reconcile(canary: Arc<Canary>, ctx: Arc<Ctx>) -> Result<Requeue, Error>
         current.status = Some(planned.clone());
     }
     let elapsed = plan.ticked.then(|| started.elapsed());
-    ctx.record(&canary, &provider, &status, &planned, elapsed);
+    // Flagger records the weight the route carries (Blue/Green's status says 0 meanwhile).
+    let routed = plan
+        .actions
+        .iter()
+        .rev()
+        .find_map(|a| match a {
+            Action::SetRoutes { canary_weight, .. } => Some(*canary_weight),
+            _ => None,
+        })
+        .or(observed.router.map(|r| r.canary_weight));
+    ctx.record(&canary, &provider, &status, &planned, routed, elapsed);
     if plan.ticked {
         ctx.last_tick.insert(&canary, observed.now);
     }
@@ -765,6 +780,25 @@ fn generated_annotations() -> BTreeMap<String, String> {
         ),
         (HELM_DRIFT_ANNOTATION.to_string(), "disabled".to_string()),
     ])
+}
+
+/// The annotations of `<target>-primary`: the target's, as Flagger copies them (without Flux's
+/// `toolkit.fluxcd.io` keys), but for the ones about the target alone (kubectl's last applied
+/// configuration, the Deployment controller's revision), and the no-drift annotations.
+fn primary_annotations(target: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    const ABOUT_THE_TARGET: [&str; 2] = [
+        "kubectl.kubernetes.io/last-applied-configuration",
+        "deployment.kubernetes.io/revision",
+    ];
+    let mut annotations: BTreeMap<String, String> = target
+        .iter()
+        .filter(|(k, _)| {
+            !k.contains("toolkit.fluxcd.io") && !ABOUT_THE_TARGET.contains(&k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    annotations.extend(generated_annotations());
+    annotations
 }
 
 /// The selector label Flagger uses and its value on the target.
@@ -1258,7 +1292,7 @@ impl Ctx {
                 "name": primary_name,
                 "namespace": namespace,
                 "labels": labels,
-                "annotations": generated_annotations(),
+                "annotations": primary_annotations(target.annotations()),
                 "ownerReferences": owner(canary).into_iter().collect::<Vec<_>>(),
             },
             "spec": {
@@ -1289,103 +1323,6 @@ impl Ctx {
         .await
         .map_err(|e| Self::write_error(canary, "applying", "Deployment", &primary_name, e))?;
         Ok(())
-    }
-
-    /// The apex (→ primary), `-primary` and `-canary` Services, applied only when the cache
-    /// shows them different (an idle Canary makes no API request).
-    async fn ensure_services(&self, canary: &Canary) -> Result<(), Error> {
-        let Some(target) = self.target(canary) else {
-            return Ok(());
-        };
-        let Some(service) = canary.spec.service.as_ref() else {
-            return Ok(());
-        };
-        let namespace = canary.namespace().unwrap_or_default();
-        let (label, value) = selector_label(&target).ok_or_else(|| Self::no_selector(canary))?;
-        let (apex, primary, canary_svc) = canary.service_names();
-        let primary_value = format!("{value}-primary");
-        let mut port = json!({
-            "name": service.port_name.clone().unwrap_or_else(|| "http".into()),
-            "port": service.port,
-            "protocol": "TCP",
-            "targetPort": service
-                .target_port
-                .as_ref()
-                .map_or(json!(service.port), |p| serde_json::to_value(p).unwrap_or(json!(service.port))),
-        });
-        if let Some(app_protocol) = &service.app_protocol {
-            port["appProtocol"] = json!(app_protocol);
-        }
-        for (name, selector) in [
-            (apex, primary_value.clone()),
-            (primary, primary_value.clone()),
-            (canary_svc, value.clone()),
-        ] {
-            let cached = self.services.get(&ObjectRef::new(&name).within(&namespace));
-            if let Some(user) = cached.as_ref().filter(|s| takeover::is_foreign(s, canary)) {
-                let selector = json!({&label: selector});
-                self.take_over(canary, user, &json!([port]), &selector)
-                    .await?;
-                continue;
-            }
-            let up_to_date = cached.as_ref().is_some_and(|s| {
-                let spec = s.spec.clone().unwrap_or_default();
-                spec.selector.unwrap_or_default().get(&label) == Some(&selector)
-                    && spec
-                        .ports
-                        .unwrap_or_default()
-                        .first()
-                        .is_some_and(|p| p.port == service.port)
-                    && s.annotations()
-                        .get(FLUX_RECONCILE_ANNOTATION)
-                        .map(String::as_str)
-                        == Some("disabled")
-            });
-            if up_to_date {
-                continue;
-            }
-            let body = json!({
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {
-                    "name": name,
-                    "namespace": namespace,
-                    "labels": {&label: name},
-                    "annotations": generated_annotations(),
-                    "ownerReferences": owner(canary).into_iter().collect::<Vec<_>>(),
-                },
-                "spec": {
-                    "type": "ClusterIP",
-                    "selector": {&label: selector},
-                    "ports": [port],
-                },
-            });
-            let api: Api<Service> = Api::namespaced(self.shared.client.clone(), &namespace);
-            api.patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await
-            .map_err(|e| Self::write_error(canary, "applying", "Service", &name, e))?;
-        }
-        Ok(())
-    }
-
-    /// Replaces the ports and selector of a Service the user made ([`takeover`]), when they
-    /// differ from the Canary's.
-    async fn take_over(
-        &self,
-        canary: &Canary,
-        service: &Service,
-        ports: &Value,
-        selector: &Value,
-    ) -> Result<(), Error> {
-        let Some(patch) = takeover::take_over_patch(service, ports, selector) else {
-            return Ok(());
-        };
-        self.json_patch_service(canary, "taking over", &service.name_any(), patch)
-            .await
     }
 
     /// A JSON patch of a Service in the Canary's namespace.
@@ -1432,17 +1369,14 @@ impl Ctx {
         let hooks: Vec<CanaryWebhook> = analysis.webhooks_of(hook_type).cloned().collect();
         if check == Check::Rollback {
             for hook in &hooks {
+                let phase = core::hook_phase(check, phase);
                 if self.call_webhook(canary, hook, phase).await.is_ok() {
                     return Verdict::pass();
                 }
             }
             return Verdict::fail("no rollback requested");
         }
-        let hook_phase = if check == Check::ConfirmRollout {
-            CanaryPhase::Progressing
-        } else {
-            phase
-        };
+        let hook_phase = core::hook_phase(check, phase);
         for hook in &hooks {
             if let Err(message) = self.call_webhook(canary, hook, hook_phase).await {
                 let what = match check {
@@ -1825,6 +1759,28 @@ mod tests {
         let (never, writer) = reflector::store::<Service>();
         drop(writer);
         assert!(!listed(&never));
+    }
+
+    #[test]
+    fn the_primary_gets_the_targets_annotations_but_fluxs_and_the_targets_own() {
+        let target = BTreeMap::from(
+            [
+                ("app.kubernetes.io/instance", "test-annotation-prefix"),
+                ("kustomize.toolkit.fluxcd.io/checksum", "abc"),
+                ("kubectl.kubernetes.io/last-applied-configuration", "{}"),
+                ("deployment.kubernetes.io/revision", "3"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let annotations = primary_annotations(&target);
+        assert_eq!(
+            annotations.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec![
+                "app.kubernetes.io/instance",
+                HELM_DRIFT_ANNOTATION,
+                FLUX_RECONCILE_ANNOTATION
+            ]
+        );
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! outlives the Canary), then the finalizer is removed and garbage collection takes the primary,
 //! the `-primary` / `-canary` Services and the config copies.
 //!
+//! While it reverts, the Canary's phase is `Terminating` (Events "Terminating canary ..." and,
+//! once the finalizer is gone, "Terminated canary ...", as Flagger's).
+//!
 //! The finalizer is added while `spec.revertOnDeletion` is true and removed (without reverting)
 //! when it is turned off. A target that does not become ready within the progress deadline is
 //! handed back anyway, with a Warning Event: the user asked for the Canary to go.
@@ -48,10 +51,28 @@ impl Ctx {
             if !has {
                 return Ok(Some(Requeue::await_change()));
             }
-            if canary.revert_on_deletion() && !self.revert(canary).await? {
+            if !canary.revert_on_deletion() {
+                self.set_finalizer(canary, false).await?;
+                return Ok(Some(Requeue::await_change()));
+            }
+            // The revert's first step is not held back by the status write (the target starts
+            // scaling up at once); the finalizer goes with the resourceVersion that write made.
+            let reverted = self.revert(canary).await?;
+            let mut current = canary.clone();
+            if let Some(version) = self.set_terminating(canary).await? {
+                current.metadata.resource_version = Some(version);
+            }
+            if !reverted {
                 return Ok(Some(Requeue::requeue(REVERT_POLL)));
             }
-            self.set_finalizer(canary, false).await?;
+            self.set_finalizer(&current, false).await?;
+            let status = canary.status.clone().unwrap_or_default();
+            let message = format!(
+                "Terminated canary {}.{}",
+                canary.name_any(),
+                canary.namespace().unwrap_or_default()
+            );
+            self.event(canary, "", &status, false, &message).await;
             return Ok(Some(Requeue::await_change()));
         }
         match (canary.revert_on_deletion(), has) {
@@ -66,6 +87,25 @@ impl Ctx {
                 .map(|()| Some(Requeue::await_change())),
             _ => Ok(None),
         }
+    }
+
+    /// Writes the `Terminating` phase (and tells it, as upstream does) unless the status says it
+    /// already; the new resourceVersion when it wrote.
+    async fn set_terminating(&self, canary: &Canary) -> Result<Option<String>, Error> {
+        let status = canary.status.clone().unwrap_or_default();
+        let kind = &canary.spec.target_ref.kind;
+        let Some(next) = crate::engine::flagger::terminating(&status, kind, Timestamp::now())
+        else {
+            return Ok(None);
+        };
+        let version = super::write_status(canary, &next, self).await?;
+        let message = format!(
+            "Terminating canary {}.{}",
+            canary.name_any(),
+            canary.namespace().unwrap_or_default()
+        );
+        self.event(canary, "", &next, false, &message).await;
+        Ok(Some(version))
     }
 
     /// Adds or removes the finalizer, guarded by the resourceVersion it was decided from.

@@ -29,14 +29,15 @@ pub fn deployment_strategy(canary: &Canary, provider: &str) -> &'static str {
 }
 
 impl Ctx {
-    /// Records one tick: status, weights, its duration if it was a full tick, and the outcome of a
-    /// run that just ended.
+    /// Records one tick: status, weights (`routed`, the route's canary weight, else the
+    /// status's), its duration if it was a full tick, and the outcome of a run that just ended.
     pub(super) fn record(
         &self,
         canary: &Canary,
         provider: &str,
         old: &CanaryStatus,
         new: &CanaryStatus,
+        routed: Option<i32>,
         ticked: Option<Duration>,
     ) {
         let metrics = &self.shared.metrics;
@@ -44,7 +45,7 @@ impl Ctx {
         let target = canary.spec.target_ref.name.as_str();
         let phase = new.phase.unwrap_or(CanaryPhase::Unspecified);
         metrics.set_canary_status(&namespace, target, core::phase_name(phase));
-        let weight = i64::from(new.canary_weight.unwrap_or(0).clamp(0, 100));
+        let weight = i64::from(routed.or(new.canary_weight).unwrap_or(0).clamp(0, 100));
         metrics.set_canary_weight(&namespace, target, 100 - weight, weight);
         if let Some(elapsed) = ticked {
             metrics.observe_canary_duration(&namespace, target, elapsed.as_secs_f64());

@@ -9,7 +9,9 @@
 //! once the writes of a tick succeed.
 //!
 //! A spec Sluice does not act on (a `DaemonSet` target) is reported the same way, with reason
-//! `InvalidSpec`, once per generation.
+//! `InvalidSpec`, once per generation; so are routes that cannot be rendered from the spec
+//! (`service.delegation` with hosts, a missing `ingressRef`, ...), which are retried with
+//! back-off, since the object they name may appear.
 //!
 //! This module decides nothing about a run and writes only the Canary's status conditions and
 //! Events; it never treats a conflict (409) or throttling (429) as a refusal.
@@ -108,6 +110,18 @@ impl Ctx {
     /// condition on `canary`, whose status and resourceVersion must be the current ones) and
     /// says how to go on; any other error is returned.
     pub(super) async fn refused(&self, canary: &Canary, error: Error) -> Result<Requeue, Error> {
+        if let Error::Routing(RoutingError::Spec { reason, .. }) = &error {
+            // Routes that cannot be rendered from the spec (or from the object it names):
+            // retried with back-off, as the object may appear, but told, not only logged.
+            let generation = canary.meta().generation.unwrap_or(0);
+            let message = format!(
+                "{reason}; the Canary's routes are not written until it (or the object it names) is fixed"
+            );
+            let what = format!("routing-spec:{generation}:{reason}");
+            self.warn_once(canary, &what, "InvalidSpec", &message).await;
+            self.set_stalled(canary, "InvalidSpec", &message).await;
+            return Err(error);
+        }
         let Some(refusal) = refusal(&error) else {
             return Err(error);
         };

@@ -435,7 +435,15 @@ pub fn render(
         let meta = &mut object["metadata"];
         meta["namespace"] = json!(namespace);
         meta["annotations"] = json!(annotations);
-        if let Some(labels) = &apex_meta.labels {
+        // The apex metadata's labels over the object's own (the user's Ingress's, for NGINX).
+        let mut labels: BTreeMap<String, Value> = meta["labels"]
+            .as_object()
+            .map(|m| m.clone().into_iter().collect())
+            .unwrap_or_default();
+        for (k, v) in apex_meta.labels.iter().flatten() {
+            labels.insert(k.clone(), json!(v));
+        }
+        if !labels.is_empty() {
             meta["labels"] = json!(labels);
         }
         meta["ownerReferences"] = json!(owner.iter().collect::<Vec<_>>());
@@ -447,13 +455,12 @@ pub fn render(
 }
 
 /// NGINX annotations of the canary Ingress.
-const NGINX_PREFIX: &str = "nginx.ingress.kubernetes.io/";
 const NGINX_CANARY: &str = "nginx.ingress.kubernetes.io/canary";
 
 /// Upstream's NGINX router: a copy of the user's Ingress whose backends naming the apex Service
 /// name the canary Service, with `canary: "true"` and the weight or (A/B) header annotations.
-/// Only the Ingress's `nginx.ingress.kubernetes.io/*` annotations are copied (upstream copies
-/// all, GitOps tracking annotations included, so Argo CD would claim the copy).
+/// Its labels and annotations are copied as upstream copies them (`kubernetes.io/ingress.class`
+/// included), but for Argo CD's tracking id ([`copied_to_canary_ingress`]).
 fn nginx(
     canary: &Canary,
     source: Option<&Value>,
@@ -513,9 +520,13 @@ fn nginx(
         .and_then(Value::as_object)
         .into_iter()
         .flatten()
-        .filter(|(k, _)| k.starts_with(NGINX_PREFIX) && !k.starts_with(NGINX_CANARY))
+        .filter(|(k, _)| copied_to_canary_ingress(k))
         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
         .collect();
+    let labels = ingress
+        .pointer("/metadata/labels")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
     annotations.insert(NGINX_CANARY.into(), "true".into());
     let key = |suffix: &str| format!("{NGINX_CANARY}-{suffix}");
     if split.canary > 0 && !analysis.r#match.is_empty() {
@@ -545,9 +556,20 @@ fn nginx(
     Ok(json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
-        "metadata": {"name": format!("{}-canary", reference.name), "annotations": annotations},
+        "metadata": {"name": format!("{}-canary", reference.name), "labels": labels,
+            "annotations": annotations},
         "spec": spec,
     }))
+}
+
+/// An annotation of the user's Ingress its canary copy carries: all but NGINX's canary ones,
+/// kubectl's last applied configuration, Flux's (replaced by the no-drift ones) and Argo CD's
+/// tracking id (Argo CD would claim the copy as the app's own).
+fn copied_to_canary_ingress(key: &str) -> bool {
+    !key.starts_with(NGINX_CANARY)
+        && key != "kubectl.kubernetes.io/last-applied-configuration"
+        && !key.contains("toolkit.fluxcd.io")
+        && !key.starts_with("argocd.argoproj.io/")
 }
 
 fn checksum(object: &Value) -> String {
@@ -998,7 +1020,8 @@ fn http_route(
     }))
 }
 
-/// Upstream's Istio router: a VirtualService on the apex host (plus `service.hosts`) and one
+/// Upstream's Istio router: a VirtualService on the apex host (plus `service.hosts`; none with
+/// `service.delegation`, a delegate of the user's root VirtualService) and one
 /// DestinationRule per backend Service.
 fn istio(
     canary: &Canary,
@@ -1077,13 +1100,24 @@ fn istio(
             false,
         ));
     }
-    let mut hosts = service.hosts.clone();
-    if !hosts.iter().any(|h| h == apex) {
-        hosts.push(apex.to_string());
-    }
-    let mut spec = json!({"hosts": hosts, "http": http});
-    if !service.gateways.is_empty() {
-        spec["gateways"] = json!(service.gateways);
+    let mut spec = json!({"http": http});
+    if service.delegation == Some(true) {
+        // A delegate VirtualService is bound by its root one: it may name no host or gateway.
+        if !service.hosts.is_empty() || !service.gateways.is_empty() {
+            return Err(
+                "service.delegation: a delegate VirtualService has no hosts and no gateways: remove service.hosts and service.gateways, or delegation"
+                    .into(),
+            );
+        }
+    } else {
+        let mut hosts = service.hosts.clone();
+        if !hosts.iter().any(|h| h == apex) {
+            hosts.push(apex.to_string());
+        }
+        spec["hosts"] = json!(hosts);
+        if !service.gateways.is_empty() {
+            spec["gateways"] = json!(service.gateways);
+        }
     }
     let mut objects = vec![json!({
         "apiVersion": "networking.istio.io/v1beta1",

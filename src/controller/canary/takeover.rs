@@ -40,7 +40,7 @@ pub(super) fn is_foreign(service: &Service, canary: &Canary) -> bool {
 }
 
 /// The fields of a port the Canary decides (the apiserver adds `nodePort` to some types).
-fn decided(port: &Value) -> Value {
+pub(super) fn decided(port: &Value) -> Value {
     let mut out = serde_json::Map::new();
     for field in ["name", "port", "protocol", "targetPort", "appProtocol"] {
         if let Some(v) = port.get(field) {

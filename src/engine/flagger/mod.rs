@@ -23,8 +23,9 @@
 //! Deliberate differences from upstream, each a documented complaint:
 //! - a weighted run never routes more than `maxWeight` to the canary (upstream overshoots: max 50,
 //!   step 20 gives 60; fluxcd/flagger#189);
-//! - `status.canaryWeight` keeps the weight really routed while WaitingPromotion and Promoting
-//!   (upstream writes 0 and re-reads the mesh), so a restart without a router read resumes;
+//! - `status.canaryWeight` of a weighted run keeps the weight really routed while
+//!   WaitingPromotion and Promoting (upstream writes 0 and re-reads the mesh), so a restart
+//!   without a router read resumes (Blue/Green and A/B write no weight, as upstream);
 //! - gates may time out (`gateTimeout`, fluxcd/flagger#1450): measured from
 //!   `status.lastTransitionTime`, a closed gate older than that fails the run.
 //!
@@ -360,6 +361,39 @@ pub fn promoted_conditions(
     Some(conditions)
 }
 
+/// The `phase` a check's webhooks are sent, as upstream sends it: the Canary's own phase to
+/// `confirm-rollout` and `rollback` hooks, `Progressing` to the hooks of a run under way
+/// (pre-rollout, rollout, confirm-traffic-increase, confirm-promotion).
+pub fn hook_phase(check: Check, phase: CanaryPhase) -> CanaryPhase {
+    match check {
+        Check::ConfirmRollout | Check::Rollback => phase,
+        Check::PreRollout
+        | Check::Analysis
+        | Check::ConfirmTrafficIncrease
+        | Check::ConfirmPromotion => CanaryPhase::Progressing,
+    }
+}
+
+/// The status of a Canary whose deletion is being finalised (`revertOnDeletion`), as upstream's
+/// `SetStatusPhase(Terminating)` writes it; `None` when it already says so.
+pub fn terminating(status: &CanaryStatus, kind: &str, now: Timestamp) -> Option<CanaryStatus> {
+    if status.phase == Some(CanaryPhase::Terminating) {
+        return None;
+    }
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let mut next = status.clone();
+    next.phase = Some(CanaryPhase::Terminating);
+    next.canary_weight = Some(0);
+    next.iterations = Some(0);
+    next.last_transition_time = Some(Time(now));
+    if let Some(conditions) =
+        promoted_conditions(&status.conditions, CanaryPhase::Terminating, kind, now)
+    {
+        next.conditions = conditions;
+    }
+    Some(next)
+}
+
 /// Flagger's string for a phase.
 pub fn phase_name(phase: CanaryPhase) -> &'static str {
     use CanaryPhase::*;
@@ -398,6 +432,14 @@ pub fn reinterpreted(canary: &Canary, provider: &str) -> Vec<String> {
     } else if analysis.iterations() > 0 && weighted {
         found.push(
             "spec.analysis.iterations: set together with stepWeight/stepWeights, the run counts iterations (Blue/Green, or A/B with match) and the weights are ignored; remove one of them".into(),
+        );
+    }
+    let scaler = canary.spec.autoscaler_ref.as_ref();
+    if scaler
+        .is_some_and(|s| s.kind == "HorizontalPodAutoscaler" && s.primary_scaler_queries.is_some())
+    {
+        found.push(
+            "spec.autoscalerRef.primaryScalerQueries: only KEDA ScaledObjects have scaler queries, so with a HorizontalPodAutoscaler they are not used (as in Flagger); remove them".into(),
         );
     }
     if analysis.metrics.is_empty() && analysis.webhooks.is_empty() {
@@ -887,6 +929,14 @@ impl<'a> Tick<'a> {
     fn initialize(&mut self, target: &Target) -> Step {
         if self.phase() == CanaryPhase::Unspecified {
             self.set_phase(CanaryPhase::Initializing);
+            // Upstream's status always has its counters (`failedChecks: 0` while initialising).
+            for counter in [
+                &mut self.status.failed_checks,
+                &mut self.status.canary_weight,
+                &mut self.status.iterations,
+            ] {
+                counter.get_or_insert(0);
+            }
         }
         let Some(primary) = self.obs().primary.clone() else {
             self.actions.push(Action::CreatePrimary);
@@ -991,9 +1041,8 @@ impl<'a> Tick<'a> {
             CanaryPhase::WaitingPromotion => {
                 self.status.iterations = Some((self.analysis.iterations() - 1).max(0));
             }
-            CanaryPhase::Promoting => {
-                self.status.iterations = Some(0);
-            }
+            // Upstream keeps the weight and the iterations while promoting.
+            CanaryPhase::Promoting => {}
             _ => {
                 self.status.canary_weight = Some(0);
                 self.status.iterations = Some(0);
@@ -1197,8 +1246,9 @@ impl<'a> Tick<'a> {
                     "Routing all traffic to canary"
                 };
                 self.event(false, message.into());
+                // Routed, but not written to status: upstream's Blue/Green never reports a
+                // weight (only the router says it).
                 self.set_routes(0, TOTAL_WEIGHT, false);
-                self.status.canary_weight = Some(TOTAL_WEIGHT);
             }
             self.status.iterations = Some(done + 1);
             return Ok(());

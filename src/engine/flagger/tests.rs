@@ -524,7 +524,11 @@ fn kubernetes_provider_is_blue_green_with_ten_iterations_by_default() {
     assert_eq!(w.phase(), Progressing);
     let seen = w.run_until(&[Succeeded], 30);
     let iterations: Vec<i32> = seen.iter().map(|s| s.3).collect();
-    assert_eq!(iterations, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0, 0, 0]);
+    // Promoting keeps the iterations (upstream's SetStatusPhase); Finalising resets them.
+    assert_eq!(
+        iterations,
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 11, 0, 0]
+    );
     let phases: Vec<CanaryPhase> = seen.iter().map(|s| s.0).collect();
     assert_eq!(&phases[11..], &[Promoting, Finalising, Succeeded]);
     assert!(
@@ -551,7 +555,7 @@ fn ab_testing_routes_matching_traffic_for_the_iterations() {
             (Progressing, 1),
             (Progressing, 2),
             (Progressing, 3),
-            (Promoting, 0),
+            (Promoting, 3),
             (Finalising, 0),
             (Succeeded, 0),
         ]
@@ -921,9 +925,16 @@ fn reinterpreted_fields_are_named() {
     );
     let blue_green = super::reinterpreted(&all, "kubernetes");
     assert!(blue_green[1].starts_with("spec.analysis.stepWeight: the kubernetes provider"));
-    let plain = canary(serde_json::json!({"stepWeight": 10, "maxWeight": 50,
+    let mut plain = canary(serde_json::json!({"stepWeight": 10, "maxWeight": 50,
         "metrics": [{"name": "m", "query": "up"}]}));
     assert!(super::reinterpreted(&plain, "istio").is_empty());
+    plain.spec.autoscaler_ref = serde_json::from_value(serde_json::json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "name": "d",
+        "primaryScalerQueries": {"trigger": "sum(up)"}}))
+    .unwrap();
+    let found = super::reinterpreted(&plain, "istio");
+    assert_eq!(found.len(), 1);
+    assert!(found[0].starts_with("spec.autoscalerRef.primaryScalerQueries:"));
 }
 
 #[test]
@@ -947,4 +958,77 @@ fn the_promoted_condition_keeps_the_controllers_other_conditions() {
     let types: Vec<&str> = conditions.iter().map(|c| c.r#type.as_str()).collect();
     assert_eq!(types, ["Promoted", "Stalled"]);
     assert_eq!(conditions[1], stalled);
+}
+
+#[test]
+fn routed_blue_green_routes_everything_to_the_canary_but_never_writes_weight_100() {
+    let mut w = World::new(weighted(json!({"iterations": 2})), "istio").initialized();
+    w.target_hash = "v2".into();
+    w.step();
+    let mut written = vec![w.status().canary_weight];
+    for _ in 0..10 {
+        w.step();
+        written.push(w.status().canary_weight);
+        if w.phase() == Succeeded {
+            break;
+        }
+    }
+    assert_eq!(w.phase(), Succeeded);
+    assert!(w.routes().contains(&(0, 100)), "{:?}", w.routes());
+    assert!(
+        written.iter().all(|weight| *weight == Some(0)),
+        "{written:?}"
+    );
+}
+
+#[test]
+fn initializing_already_has_its_counters() {
+    let mut w = World::new(weighted(json!({"iterations": 2})), "istio");
+    w.plan();
+    assert_eq!(w.phase(), Initializing);
+    let s = w.status();
+    assert_eq!(
+        (s.failed_checks, s.canary_weight, s.iterations),
+        (Some(0), Some(0), Some(0))
+    );
+}
+
+#[test]
+fn webhooks_are_sent_the_phase_upstream_sends() {
+    assert_eq!(hook_phase(Check::ConfirmRollout, Initialized), Initialized);
+    assert_eq!(hook_phase(Check::ConfirmRollout, Waiting), Waiting);
+    assert_eq!(
+        hook_phase(Check::Rollback, WaitingPromotion),
+        WaitingPromotion
+    );
+    for check in [
+        Check::PreRollout,
+        Check::Analysis,
+        Check::ConfirmTrafficIncrease,
+        Check::ConfirmPromotion,
+    ] {
+        assert_eq!(
+            hook_phase(check, WaitingPromotion),
+            Progressing,
+            "{check:?}"
+        );
+    }
+}
+
+#[test]
+fn terminating_resets_the_counters_once() {
+    let now = Timestamp::from_second(1_800_000_000).unwrap();
+    let status = CanaryStatus {
+        phase: Some(Progressing),
+        canary_weight: Some(30),
+        iterations: Some(2),
+        failed_checks: Some(1),
+        ..Default::default()
+    };
+    let next = terminating(&status, "Deployment", now).unwrap();
+    assert_eq!(next.phase, Some(Terminating));
+    assert_eq!((next.canary_weight, next.iterations), (Some(0), Some(0)));
+    assert_eq!(next.failed_checks, Some(1));
+    assert_eq!(next.conditions[0].reason, "Terminating");
+    assert!(terminating(&next, "Deployment", now).is_none());
 }

@@ -190,6 +190,21 @@ fn gateway_needs_gateway_refs_and_supported_matches() {
 }
 
 #[test]
+fn istio_delegation_renders_a_delegate_without_hosts_or_gateways() {
+    let mut c = canary(json!({"stepWeight": 10}), "istio");
+    let service = c.spec.service.as_mut().unwrap();
+    service.delegation = Some(true);
+    let error = render(&c, Provider::Istio, split(10), None).unwrap_err();
+    assert!(error.starts_with("service.delegation"), "{error}");
+    let service = c.spec.service.as_mut().unwrap();
+    service.hosts.clear();
+    let vs = &render(&c, Provider::Istio, split(10), None).unwrap()[0];
+    assert!(vs["spec"].get("hosts").is_none(), "{vs}");
+    assert!(vs["spec"].get("gateways").is_none(), "{vs}");
+    assert_eq!(vs["spec"]["http"][0]["route"][1]["weight"], 10);
+}
+
+#[test]
 fn istio_virtual_service_and_destination_rules() {
     let c = canary(
         json!({"iterations": 2, "match": [{"headers": {"x-canary": {"exact": "1"}}}]}),
@@ -550,7 +565,9 @@ fn nginx_canary(analysis: Value) -> Canary {
 fn user_ingress() -> Value {
     json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-        "metadata": {"name": "web", "annotations": {
+        "metadata": {"name": "web", "labels": {"team": "a"}, "annotations": {
+            "kubernetes.io/ingress.class": "nginx",
+            "kubectl.kubernetes.io/last-applied-configuration": "{}",
             "argocd.argoproj.io/tracking-id": "app:networking.k8s.io/Ingress:test/web",
             "nginx.ingress.kubernetes.io/proxy-body-size": "8m",
             "nginx.ingress.kubernetes.io/canary-weight": "5"}},
@@ -583,6 +600,13 @@ fn nginx_canary_ingress_copies_the_users_and_carries_the_weight() {
         "8m"
     );
     assert!(annotations.get("argocd.argoproj.io/tracking-id").is_none());
+    assert!(
+        annotations
+            .get("kubectl.kubernetes.io/last-applied-configuration")
+            .is_none()
+    );
+    assert_eq!(annotations["kubernetes.io/ingress.class"], "nginx");
+    assert_eq!(ingress["metadata"]["labels"], json!({"team": "a"}));
     assert_eq!(
         read(
             Provider::Nginx,
