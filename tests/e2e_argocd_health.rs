@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use sluice::api::argo::rollout::{Rollout, RolloutStatus};
 use sluice::api::flagger::canary::{Canary, CanaryPhase};
 use sluice::api::flagger::metric_template::MetricTemplate;
-use sluice::engine::health::{Health, argocd_health};
+use sluice::engine::health::{Health, argocd_health, health_of_phase};
 use sluice::engine::intent::{self, Intent};
 
 const ROLLOUT: &str = "argoproj.io/Rollout";
@@ -206,21 +206,26 @@ fn observed(r: &Rollout) -> bool {
 }
 
 /// The update is complete: the current revision is the stable one and every replica of it is
-/// updated and available, with no old replica left (a canary without traffic routing).
+/// updated and available; a canary (without traffic routing) has no old replica left, a
+/// blue-green one has its active Service on the current pods (old ones wait for their delay).
 fn complete(r: &Rollout) -> bool {
     let s = status(r);
     let want = r.spec.replicas.unwrap_or(1);
+    let settled = if r.spec.strategy.blue_green.is_some() {
+        s.blue_green.active_selector == s.current_pod_hash
+    } else {
+        s.replicas == want
+    };
     observed(r)
         && !s.current_pod_hash.is_empty()
         && s.stable_rs == s.current_pod_hash
-        && s.replicas == want
         && s.updated_replicas == want
         && s.available_replicas == want
+        && settled
 }
 
-fn paused_at_step(r: &Rollout, index: i32) -> bool {
-    let s = status(r);
-    observed(r) && s.current_step_index == Some(index) && !s.pause_conditions.is_empty()
+fn paused(r: &Rollout) -> bool {
+    observed(r) && !status(r).pause_conditions.is_empty()
 }
 
 /// The object without `status.phase` and `status.message`: Argo CD's script then computes the
@@ -328,7 +333,7 @@ impl RolloutRun<'_> {
     }
 }
 
-fn rollout() -> Rollout {
+fn rollout(strategy: Value) -> Rollout {
     serde_json::from_value(json!({
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Rollout",
@@ -340,41 +345,38 @@ fn rollout() -> Rollout {
                 "metadata": {"labels": {"app": "web"}},
                 "spec": {"containers": [{"name": "web", "image": "registry.invalid/web:1"}]},
             },
-            "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}},
+            "strategy": strategy,
         },
     }))
     .expect("test Rollout")
 }
 
-/// A canary Rollout through its first deploy, an update paused at a step then promoted, and a
-/// second update aborted at the pause. Argo CD's script, run on every status in between, must
-/// show: Progressing until the first revision is up, Healthy, Progressing, Suspended at the
-/// pause, Progressing, Healthy once the new revision is stable, Progressing, Suspended, then
-/// Degraded from the abort on; Healthy only on complete statuses; and Sluice's Rust copy of the
-/// check must agree with the script on every status Sluice wrote.
-#[tokio::test]
-async fn argo_cds_health_script_follows_a_rollout_through_promote_and_abort() {
+/// The health Argo CD's script shows as a Rollout with `strategy` goes through its first deploy,
+/// an update paused (at a step or for promotion) then promoted, and a second update aborted at
+/// the pause: Progressing until the first revision is up, Healthy, Progressing, Suspended at the
+/// pause (with `pause_reason` as the message, as Argo writes it), Progressing, Healthy once the
+/// new revision is stable, Progressing, Suspended, then Degraded from the abort on; Healthy only
+/// on complete statuses; and Sluice's Rust copy of the check agrees with the script on every
+/// status Sluice wrote, read with or without `status.phase`.
+async fn assert_health_through_promote_and_abort(f: &Fixture, strategy: Value, pause_reason: &str) {
     let script = HealthScript::of(ROLLOUT);
-    let Some(f) = fixture("argocd-ro").await else {
-        return;
-    };
     let recorder = StatusRecorder::start::<Rollout>(&f.env.client, &f.ns.name, "web").await;
     let run = RolloutRun {
-        f: &f,
+        f,
         recorder: &recorder,
         script: &script,
     };
     let created = f
         .rollouts
-        .create(&PostParams::default(), &rollout())
+        .create(&PostParams::default(), &rollout(strategy))
         .await
         .expect("creating the Rollout");
     recorder.by_test(created.metadata.resource_version);
     let first = run.wait("the first revision complete", complete).await;
 
     run.set_image("registry.invalid/web:2").await;
-    let paused = run.wait("paused at step 1", |r| paused_at_step(r, 1)).await;
-    let second = status(&paused).current_pod_hash;
+    let held = run.wait("paused", paused).await;
+    let second = status(&held).current_pod_hash;
     assert_ne!(second, status(&first).current_pod_hash);
     run.intent(Intent::Promote).await;
     run.wait("the second revision complete", |r| {
@@ -383,20 +385,19 @@ async fn argo_cds_health_script_follows_a_rollout_through_promote_and_abort() {
     .await;
 
     run.set_image("registry.invalid/web:3").await;
-    run.wait("paused at step 1 again", |r| paused_at_step(r, 1))
-        .await;
+    run.wait("paused again", |r| {
+        paused(r) && status(r).current_pod_hash != second
+    })
+    .await;
     run.intent(Intent::Abort).await;
     run.wait("aborted and back on the stable pods", |r| {
         let s = status(r);
         observed(r)
             && s.abort
             && s.stable_rs == second
-            && s.phase.is_some_and(|p| {
-                health_name(sluice::engine::health::health_of_phase(p)) == "Degraded"
-            })
-            && s.updated_replicas == 0
+            && s.phase
+                .is_some_and(|p| health_name(health_of_phase(p)) == "Degraded")
             && s.available_replicas == 2
-            && s.replicas == 2
     })
     .await;
 
@@ -449,11 +450,11 @@ async fn argo_cds_health_script_follows_a_rollout_through_promote_and_abort() {
             rust, from_fields.status,
             "Sluice's Rust copy disagrees with Argo CD's script reading the fields only {at}"
         );
-        if observed(&r) && !s.abort && !s.pause_conditions.is_empty() {
+        if paused(&r) && !s.abort {
             assert_eq!(
                 (j.argo.status.as_str(), j.argo.message.as_str()),
-                ("Suspended", "CanaryPauseStep"),
-                "a pause step shows as Argo's {at}"
+                ("Suspended", pause_reason),
+                "a pause shows as Argo's {at}"
             );
         }
         aborted |= s.abort && observed(&r);
@@ -470,6 +471,39 @@ async fn argo_cds_health_script_follows_a_rollout_through_promote_and_abort() {
         "no status after the abort was recorded\n{}",
         context()
     );
+}
+
+/// A canary Rollout (no traffic routing) paused at a `pause: {}` step.
+#[tokio::test]
+async fn argo_cds_health_script_follows_a_canary_rollout_through_promote_and_abort() {
+    let Some(f) = fixture("argocd-ro").await else {
+        return;
+    };
+    let canary = json!({"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}});
+    assert_health_through_promote_and_abort(&f, canary, "CanaryPauseStep").await;
+}
+
+/// A blue-green Rollout waiting for a manual promotion (`autoPromotionEnabled: false`).
+#[tokio::test]
+async fn argo_cds_health_script_follows_a_blue_green_rollout_through_promote_and_abort() {
+    let Some(f) = fixture("argocd-bg").await else {
+        return;
+    };
+    for name in ["web-active", "web-preview"] {
+        f.env
+            .create(
+                &f.ns.name,
+                json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": name},
+                    "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+                }),
+            )
+            .await;
+    }
+    let blue_green = json!({"blueGreen": {"activeService": "web-active",
+        "previewService": "web-preview", "autoPromotionEnabled": false}});
+    assert_health_through_promote_and_abort(&f, blue_green, "BlueGreenPause").await;
 }
 
 // === Canary ===
