@@ -390,16 +390,18 @@ async fn assert_health_through_promote_and_abort(f: &Fixture, strategy: Value, p
     })
     .await;
     run.intent(Intent::Abort).await;
-    run.wait("aborted and back on the stable pods", |r| {
-        let s = status(r);
-        observed(r)
-            && s.abort
-            && s.stable_rs == second
-            && s.phase
-                .is_some_and(|p| health_name(health_of_phase(p)) == "Degraded")
-            && s.available_replicas == 2
-    })
-    .await;
+    let last = run
+        .wait("aborted and back on the stable pods", |r| {
+            let s = status(r);
+            observed(r)
+                && s.abort
+                && s.stable_rs == second
+                && s.phase
+                    .is_some_and(|p| health_name(health_of_phase(p)) == "Degraded")
+                && s.available_replicas == 2
+        })
+        .await;
+    recorder.wait_seen(last.metadata.resource_version).await;
 
     let judged = judge(&script, recorder.records());
     let context = || run.failure("");
@@ -588,6 +590,7 @@ impl CanaryRun {
         loop {
             let c = canaries.get("podinfo").await.expect("reading the Canary");
             if c.status.and_then(|s| s.phase) == Some(phase) {
+                self.recorder.wait_seen(c.metadata.resource_version).await;
                 return;
             }
             if tokio::time::Instant::now() > deadline {

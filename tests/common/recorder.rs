@@ -48,6 +48,8 @@ impl Record {
 struct Shared {
     records: Vec<Record>,
     by_test: BTreeSet<String>,
+    /// Every resourceVersion the watch delivered, kept or not.
+    seen: BTreeSet<String>,
 }
 
 /// Records one object's distinct states until dropped.
@@ -103,6 +105,18 @@ impl StatusRecorder {
         }
     }
 
+    /// Waits until the watch has delivered the version `resource_version` (e.g. of an object the
+    /// test just read), so [`records`](Self::records) holds everything up to it.
+    pub async fn wait_seen(&self, resource_version: Option<String>) {
+        let rv = resource_version.expect("an object read from the apiserver has a resourceVersion");
+        super::eventually(
+            std::time::Duration::from_secs(30),
+            &format!("the recorder's watch to deliver resourceVersion {rv}"),
+            || async { self.lock().seen.contains(&rv).then_some(()) },
+        )
+        .await;
+    }
+
     /// Every distinct state so far, oldest first.
     pub fn records(&self) -> Vec<Record> {
         let shared = self.lock();
@@ -143,17 +157,19 @@ async fn record(
             Ok(watcher::Event::Delete(_) | watcher::Event::Init) | Err(_) => continue,
         };
         let object = serde_json::to_value(&object).unwrap_or_default();
+        let rv = object["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.seen.insert(rv.clone());
         let same = shared.records.last().is_some_and(|last| {
             last.object["metadata"]["generation"] == object["metadata"]["generation"]
                 && last.object["status"] == object["status"]
         });
         if !same {
             shared.records.push(Record {
-                resource_version: object["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
+                resource_version: rv,
                 object,
                 by_test: false,
             });
