@@ -154,7 +154,7 @@ pub fn phase(
 /// Argo CD's health for a Rollout, recomputed from status fields (not from `status.phase`; Argo
 /// CD reads the phase when there is one, so both must agree, old pods of a routed canary included).
 pub fn argocd_health(spec: &RolloutSpec, status: &RolloutStatus, generation: i64) -> Health {
-    if status.observed_generation != generation.to_string() {
+    if !argocd_observed(status, generation) {
         return Health::Progressing;
     }
     if degraded_message(status).is_some() {
@@ -170,6 +170,17 @@ pub fn argocd_health(spec: &RolloutSpec, status: &RolloutStatus, generation: i64
         Health::Healthy
     } else {
         Health::Progressing
+    }
+}
+
+/// Argo CD's `isGenerationObserved`: a numeric `observedGeneration` must be the generation; a
+/// hash (Argo Rollouts before v0.10) or a number past it counts as observed. An empty one is a
+/// status not written yet (Argo CD: no status, still Progressing).
+fn argocd_observed(status: &RolloutStatus, generation: i64) -> bool {
+    match status.observed_generation.parse::<f64>() {
+        _ if status.observed_generation.is_empty() => false,
+        Ok(observed) if observed <= generation as f64 => observed == generation as f64,
+        _ => true,
     }
 }
 
@@ -363,6 +374,19 @@ mod kstatus_tests {
             [false, false, true]
         );
         assert_eq!(c[2].reason, reason::ROLLOUT_ABORTED);
+    }
+
+    #[test]
+    fn argo_cd_takes_a_hash_or_a_later_observed_generation_as_observed() {
+        let (spec, mut status) = healthy();
+        assert_eq!(argocd_health(&spec, &status, 3), Health::Healthy);
+        assert_eq!(argocd_health(&spec, &status, 4), Health::Progressing);
+        status.observed_generation = "7bcdbf7bd9".into();
+        assert_eq!(argocd_health(&spec, &status, 4), Health::Healthy);
+        status.observed_generation = "5".into();
+        assert_eq!(argocd_health(&spec, &status, 4), Health::Healthy);
+        status.observed_generation = String::new();
+        assert_eq!(argocd_health(&spec, &status, 4), Health::Progressing);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 
 pub mod analysis;
 pub mod apiserver;
+pub mod argocd;
 pub mod canary;
 pub mod chart;
 pub mod controller;
@@ -28,6 +29,7 @@ pub mod exporter;
 pub mod loadtester;
 pub mod pods;
 pub mod proxy;
+pub mod recorder;
 pub mod rollouts;
 pub mod service_account;
 pub mod traffic;
