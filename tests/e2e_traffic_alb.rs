@@ -18,6 +18,9 @@
 //!   names `ping` and `pong` (no stable / canary Services), the canary's Service is the one not
 //!   serving stable, and each promotion hands it the stable role (`stablePingPong`), as Argo's
 //!   `TestALBPingPongUpdate` expects: 100/0, 75/25, 0/100, 25/75, 100/0.
+//! - `alb_acts_while_another_router_of_the_rollout_fails`: the Rollout's Istio VirtualService does
+//!   not exist yet; the ALB action is written all the same (a failing router does not hold the
+//!   others), and once the VirtualService is created both routers carry the update's weight.
 
 mod common;
 
@@ -463,4 +466,58 @@ async fn alb_ping_pong_services_trade_roles_at_each_promotion() {
     })
     .await;
     action_is(split_between("pong", "ping", 0)).await;
+}
+
+#[tokio::test]
+async fn alb_acts_while_another_router_of_the_rollout_fails() {
+    let Some(h) = Harness::start("alb-vsmissing").await else {
+        return;
+    };
+    gitops_apply(&h.env.client, &h.ns.name, &ingress("web", &[])).await;
+    let rollout: Rollout = serde_json::from_value(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+        "metadata": {"name": ROLLOUT},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": template("registry.invalid/web:1"),
+            "strategy": {"canary": {
+                "canaryService": CANARY_SVC, "stableService": STABLE_SVC,
+                "trafficRouting": {
+                    "alb": {"ingress": "web", "rootService": ROOT_SVC, "servicePort": 80},
+                    "istio": {"virtualService": {"name": "web-vs", "routes": ["primary"]}},
+                },
+                "steps": [{"setWeight": 30}, {"pause": {}}],
+            }},
+        },
+    }))
+    .expect("the Rollout");
+    h.rollouts
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("creating the Rollout");
+    eventually(
+        TIMEOUT,
+        "the split action at 0 without the VirtualService",
+        || async { (annotation(&h.ingress("web").await, ACTION) == Some(split(0))).then_some(()) },
+    )
+    .await;
+
+    h.env
+        .create(
+            &h.ns.name,
+            json!({"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+                   "metadata": {"name": "web-vs"},
+                   "spec": {"hosts": ["web"], "http": [{"name": "primary", "route": [
+                       {"destination": {"host": STABLE_SVC}, "weight": 100},
+                       {"destination": {"host": CANARY_SVC}, "weight": 0}]}]}}),
+        )
+        .await;
+    h.wait("the first revision to be Healthy", |s| {
+        !s.stable_rs.is_empty() && s.stable_rs == s.current_pod_hash
+    })
+    .await;
+    h.update().await;
+    h.paused_at(1, 30).await;
+    assert_eq!(annotation(&h.ingress("web").await, ACTION), Some(split(30)));
 }
