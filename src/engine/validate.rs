@@ -380,9 +380,9 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
                 .istio
                 .as_ref()
                 .is_some_and(|i| i.destination_rule.is_some()) => {}
-            // ALB routes to the pingPong Services (Argo's `requireCanaryStableServices`); the
-            // other routers pingPong allows are refused without these in `ping_pong`.
-            _ if canary.ping_pong.is_some() && routing.istio.is_none() => {}
+            // ALB routes to the pingPong Services (Argo's `requireCanaryStableServices`); every
+            // other router is refused beside pingPong without these, in `ping_pong`.
+            _ if canary.ping_pong.is_some() => {}
             _ => errors.push(err(
                 format!("{base}.stableService"),
                 "stableService and canaryService are required when trafficRouting is set",
