@@ -390,3 +390,110 @@ async fn terminate_ends_an_experiment_without_duration_successfully() {
     )
     .await;
 }
+
+/// An AnalysisTemplate declaring `args`, whose query carries each one (so the run must resolve
+/// them) and always measures 1.
+async fn template_with_args(f: &Fixture, name: &str, args: &[&str]) {
+    let declared: Vec<String> = args.iter().map(|a| format!("{{name: {a}}}")).collect();
+    let mut query = "vector(1)".to_owned();
+    for (i, arg) in args.iter().enumerate() {
+        query = format!("label_replace({query}, \"a{i}\", \"{{{{args.{arg}}}}}\", \"\", \"\")");
+    }
+    let yaml = format!(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {{name: {name}}}
+spec:
+  args: [{declared}]
+  metrics:
+  - name: constant
+    count: 1
+    successCondition: result[0] == 1
+    provider:
+      prometheus:
+        address: {address}
+        query: '{query}'
+"#,
+        declared = declared.join(", "),
+        address = f.env.prometheus_url
+    );
+    f.create::<AnalysisTemplate>(&yaml).await;
+}
+
+#[tokio::test]
+async fn experiment_placeholders_in_analysis_args_are_filled_in_when_the_run_is_made() {
+    let Some(f) = fixture("exp-args").await else {
+        return;
+    };
+    template_with_args(&f, "hashes", &["baseline-hash", "canary-rs", "started"]).await;
+    let spec = r#"  duration: 1h
+  analyses:
+  - name: check
+    templateName: hashes
+    requiredForCompletion: true
+    args:
+    - {name: baseline-hash, value: "{{templates.baseline.podTemplateHash}}"}
+    - {name: canary-rs, value: "rs={{ templates.canary.replicaset.name }}"}
+    - {name: started, value: "{{experiment.availableAt}}"}"#;
+    f.create::<Experiment>(&experiment_yaml("tagged", spec, ""))
+        .await;
+    let done = f
+        .wait_phase(
+            "tagged",
+            AnalysisPhase::Successful,
+            Duration::from_secs(120),
+        )
+        .await;
+    let runs: Api<AnalysisRun> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    let run = runs.get("tagged-check").await.expect("the AnalysisRun");
+    let value = |name: &str| {
+        run.spec
+            .args
+            .iter()
+            .find(|a| a.name == name)
+            .and_then(|a| a.value.clone())
+    };
+    let baseline = f.replica_set("tagged-baseline").await.expect("baseline RS");
+    let hash = baseline.labels().get("rollouts-pod-template-hash").cloned();
+    assert!(hash.is_some(), "{:?}", baseline.metadata);
+    assert_eq!(value("baseline-hash"), hash, "{:?}", run.spec.args);
+    assert_eq!(value("canary-rs").as_deref(), Some("rs=tagged-canary"));
+    let available = done
+        .status
+        .and_then(|s| s.available_at)
+        .expect("availableAt");
+    assert_eq!(value("started"), Some(available.0.to_string()));
+}
+
+#[tokio::test]
+async fn an_unknown_placeholder_in_analysis_args_errs_the_experiment_naming_it() {
+    let Some(f) = fixture("exp-badarg").await else {
+        return;
+    };
+    template_with_args(&f, "hashes", &["baseline-hash"]).await;
+    let spec = r#"  scaleDownDelaySeconds: 0
+  analyses:
+  - name: check
+    templateName: hashes
+    args:
+    - {name: baseline-hash, value: "{{templates.nope.podTemplateHash}}"}"#;
+    f.create::<Experiment>(&experiment_yaml("typo", spec, ""))
+        .await;
+    let errored = f
+        .wait_phase("typo", AnalysisPhase::Error, Duration::from_secs(90))
+        .await;
+    let status = errored.status.unwrap_or_default();
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("baseline-hash") && message.contains("{{templates.nope.podTemplateHash}}"),
+        "{message}"
+    );
+    let runs: Api<AnalysisRun> = Api::namespaced(f.env.client.clone(), &f.ns.name);
+    assert!(
+        runs.get_opt("typo-check")
+            .await
+            .expect("listing runs")
+            .is_none()
+    );
+}

@@ -1010,3 +1010,51 @@ async fn an_event_longer_than_the_apiserver_accepts_is_cut_not_lost() {
     let note = events[0].trim_start_matches("InvalidSpec: ");
     assert!(note.len() <= 1024 && note.ends_with('…'), "{note}");
 }
+
+/// `pingPong` where Sluice cannot route it as Argo does is InvalidSpec naming the field, with one
+/// Event: Istio without stableService / canaryService (its routes given back would send traffic
+/// to whichever Service the manifest names), a router Argo does not pair with it (nginx), ALB
+/// without `rootService`.
+#[tokio::test]
+async fn ping_pong_with_routers_it_cannot_work_with_is_invalid() {
+    let Some(f) = fixture("hs-pingpong").await else {
+        return;
+    };
+    let ping_pong = json!({"pingService": "ping", "pongService": "pong"});
+    f.create::<Rollout>(rollout(
+        "istio",
+        json!({"pingPong": ping_pong,
+               "trafficRouting": {"istio": {"virtualService": {"name": "vs"}}},
+               "steps": [{"setWeight": 25}]}),
+    ))
+    .await;
+    f.create::<Rollout>(rollout(
+        "nginx",
+        json!({"pingPong": ping_pong, "stableService": "s", "canaryService": "c",
+               "trafficRouting": {"nginx": {"stableIngress": "web"}},
+               "steps": [{"setWeight": 25}]}),
+    ))
+    .await;
+    f.create::<Rollout>(rollout(
+        "alb",
+        json!({"pingPong": ping_pong,
+               "trafficRouting": {"alb": {"ingress": "web", "servicePort": 80}},
+               "steps": [{"setWeight": 25}]}),
+    ))
+    .await;
+    f.assert_invalid("istio", &["spec.strategy.canary.pingPong", "istio"])
+        .await;
+    f.assert_invalid("nginx", &["spec.strategy.canary.trafficRouting.nginx"])
+        .await;
+    f.assert_invalid(
+        "alb",
+        &["spec.strategy.canary.trafficRouting.alb.rootService"],
+    )
+    .await;
+    for name in ["istio", "nginx", "alb"] {
+        assert!(
+            f.replica_sets_of(name).await.is_empty(),
+            "Rollout {name}: nothing created while invalid"
+        );
+    }
+}

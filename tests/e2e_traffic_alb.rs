@@ -14,6 +14,13 @@
 //! - `alb_declared_action_on_two_ingresses_is_given_back`: an action annotation the manifest
 //!   declares (two Ingresses, `ingresses`, stickiness) is borrowed during the update and, after
 //!   completion, each Ingress is exactly its manifest again.
+//! - `alb_ping_pong_services_trade_roles_at_each_promotion`: with `pingPong` the split action
+//!   names `ping` and `pong` (no stable / canary Services), the canary's Service is the one not
+//!   serving stable, and each promotion hands it the stable role (`stablePingPong`), as Argo's
+//!   `TestALBPingPongUpdate` expects: 100/0, 75/25, 0/100, 25/75, 100/0.
+//! - `alb_acts_while_another_router_of_the_rollout_fails`: the Rollout's Istio VirtualService does
+//!   not exist yet; the ALB action is written all the same (a failing router does not hold the
+//!   others), and once the VirtualService is created both routers carry the update's weight.
 
 mod common;
 
@@ -100,6 +107,16 @@ impl Harness {
 
     /// Creates the Rollout and waits for its first revision to be Healthy.
     async fn create_rollout(&self, routing: Value, steps: Value) {
+        self.create_canary(json!({
+            "canaryService": CANARY_SVC, "stableService": STABLE_SVC,
+            "trafficRouting": routing, "steps": steps,
+        }))
+        .await;
+    }
+
+    /// Creates the Rollout with canary strategy `canary` and waits for its first revision to be
+    /// Healthy.
+    async fn create_canary(&self, canary: Value) {
         let rollout: Rollout = serde_json::from_value(json!({
             "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
             "metadata": {"name": ROLLOUT},
@@ -107,10 +124,7 @@ impl Harness {
                 "replicas": 2,
                 "selector": {"matchLabels": {"app": "web"}},
                 "template": template("registry.invalid/web:1"),
-                "strategy": {"canary": {
-                    "canaryService": CANARY_SVC, "stableService": STABLE_SVC,
-                    "trafficRouting": routing, "steps": steps,
-                }},
+                "strategy": {"canary": canary},
             },
         }))
         .expect("the Rollout");
@@ -127,7 +141,11 @@ impl Harness {
     }
 
     async fn update(&self) {
-        let patch = json!({"spec": {"template": template("registry.invalid/web:2")}});
+        self.update_to("registry.invalid/web:2").await;
+    }
+
+    async fn update_to(&self, image: &str) {
+        let patch = json!({"spec": {"template": template(image)}});
         self.rollouts
             .patch(ROLLOUT, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -353,4 +371,153 @@ async fn alb_declared_action_on_two_ingresses_is_given_back() {
         wait_released(&h.env.client, &h.ns.name, m, TIMEOUT).await;
         assert_as_declared(&h.env.client, &h.ns.name, m, o).await;
     }
+}
+
+/// Argo's split action between two named Services: `canary` first, as Argo writes it.
+fn split_between(canary_svc: &str, stable_svc: &str, canary: i32) -> String {
+    format!(
+        r#"{{"Type":"forward","ForwardConfig":{{"TargetGroups":[{{"ServiceName":"{canary_svc}","ServicePort":"80","Weight":{canary}}},{{"ServiceName":"{stable_svc}","ServicePort":"80","Weight":{}}}]}}}}"#,
+        100 - canary
+    )
+}
+
+#[tokio::test]
+async fn alb_ping_pong_services_trade_roles_at_each_promotion() {
+    let Some(h) = Harness::start("alb-pingpong").await else {
+        return;
+    };
+    for svc in ["ping", "pong"] {
+        h.env
+            .create(
+                &h.ns.name,
+                json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": svc},
+                       "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}),
+            )
+            .await;
+    }
+    gitops_apply(&h.env.client, &h.ns.name, &ingress("web", &[])).await;
+    h.create_canary(json!({
+        "pingPong": {"pingService": "ping", "pongService": "pong"},
+        "trafficRouting": {"alb": {"ingress": "web", "rootService": ROOT_SVC, "servicePort": 80}},
+        "steps": [{"setWeight": 25}, {"pause": {}}],
+    }))
+    .await;
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(h.env.client.clone(), &h.ns.name);
+    let selects = |name: &'static str| {
+        let services = services.clone();
+        async move {
+            let svc = services.get(name).await.expect("the Service");
+            svc.spec?
+                .selector?
+                .get("rollouts-pod-template-hash")
+                .cloned()
+        }
+    };
+    let action_is = |want: String| {
+        let h = &h;
+        async move {
+            let what = format!("the split action {want}");
+            eventually(TIMEOUT, &what, || async {
+                (annotation(&h.ingress("web").await, ACTION).as_ref() == Some(&want)).then_some(())
+            })
+            .await;
+        }
+    };
+    // The first deploy: ping serves stable, all traffic on it.
+    action_is(split_between("pong", "ping", 0)).await;
+    let first = h.rollouts.get(ROLLOUT).await.expect("the Rollout");
+    let status = first.status.clone().unwrap_or_default();
+    assert_eq!(status.canary.stable_ping_pong, "ping");
+    assert_eq!(selects("ping").await, Some(status.stable_rs.clone()));
+
+    // Update 1: pong takes the canary.
+    h.update().await;
+    h.paused_at(1, 25).await;
+    action_is(split_between("pong", "ping", 25)).await;
+    let paused = h.rollouts.get(ROLLOUT).await.expect("the Rollout");
+    let paused = paused.status.unwrap_or_default();
+    assert_eq!(selects("pong").await, Some(paused.current_pod_hash.clone()));
+    assert_eq!(selects("ping").await, Some(paused.stable_rs.clone()));
+
+    // Promotion: pong becomes stable with everything; ping carries nothing.
+    h.intent(Intent::Promote).await;
+    let done = h
+        .wait("update 1 to complete on pong", |s| {
+            s.stable_rs == s.current_pod_hash
+                && s.phase == Some(RolloutPhase::Healthy)
+                && s.canary.stable_ping_pong == "pong"
+        })
+        .await;
+    action_is(split_between("ping", "pong", 0)).await;
+    let second = done.status.unwrap_or_default().stable_rs;
+    assert_eq!(selects("pong").await, Some(second.clone()));
+
+    // Update 2: ping takes the canary, pong keeps serving stable.
+    h.update_to("registry.invalid/web:3").await;
+    h.paused_at(1, 25).await;
+    action_is(split_between("ping", "pong", 25)).await;
+    assert_eq!(selects("pong").await, Some(second));
+    h.intent(Intent::Promote).await;
+    h.wait("update 2 to complete on ping", |s| {
+        s.stable_rs == s.current_pod_hash
+            && s.phase == Some(RolloutPhase::Healthy)
+            && s.canary.stable_ping_pong == "ping"
+    })
+    .await;
+    action_is(split_between("pong", "ping", 0)).await;
+}
+
+#[tokio::test]
+async fn alb_acts_while_another_router_of_the_rollout_fails() {
+    let Some(h) = Harness::start("alb-vsmissing").await else {
+        return;
+    };
+    gitops_apply(&h.env.client, &h.ns.name, &ingress("web", &[])).await;
+    let rollout: Rollout = serde_json::from_value(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+        "metadata": {"name": ROLLOUT},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": template("registry.invalid/web:1"),
+            "strategy": {"canary": {
+                "canaryService": CANARY_SVC, "stableService": STABLE_SVC,
+                "trafficRouting": {
+                    "alb": {"ingress": "web", "rootService": ROOT_SVC, "servicePort": 80},
+                    "istio": {"virtualService": {"name": "web-vs", "routes": ["primary"]}},
+                },
+                "steps": [{"setWeight": 30}, {"pause": {}}],
+            }},
+        },
+    }))
+    .expect("the Rollout");
+    h.rollouts
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("creating the Rollout");
+    eventually(
+        TIMEOUT,
+        "the split action at 0 without the VirtualService",
+        || async { (annotation(&h.ingress("web").await, ACTION) == Some(split(0))).then_some(()) },
+    )
+    .await;
+
+    h.env
+        .create(
+            &h.ns.name,
+            json!({"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+                   "metadata": {"name": "web-vs"},
+                   "spec": {"hosts": ["web"], "http": [{"name": "primary", "route": [
+                       {"destination": {"host": STABLE_SVC}, "weight": 100},
+                       {"destination": {"host": CANARY_SVC}, "weight": 0}]}]}}),
+        )
+        .await;
+    h.wait("the first revision to be Healthy", |s| {
+        !s.stable_rs.is_empty() && s.stable_rs == s.current_pod_hash
+    })
+    .await;
+    h.update().await;
+    h.paused_at(1, 30).await;
+    assert_eq!(annotation(&h.ingress("web").await, ACTION), Some(split(30)));
 }

@@ -622,7 +622,7 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         Timestamp::now(),
     );
     // Routers that cannot be built are a spec error: InvalidSpec, like any other.
-    let routers = traffic::Traffic::new(&ctx.shared.client, &ctx.route_objects, rollout, &spec)
+    let mut routers = traffic::Traffic::new(&ctx.shared.client, &ctx.route_objects, rollout, &spec)
         .unwrap_or_else(|error| {
             observed.traffic_config_error = Some(error.to_string());
             None
@@ -657,6 +657,9 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
         .conditions
         .iter()
         .any(|c| c.type_ == engine::health::reason::INVALID_SPEC && c.status == "True");
+    if let Some(routers) = routers.as_mut() {
+        routers.follow(&plan.status);
+    }
     let updating = plan.status.stable_rs != plan.status.current_pod_hash;
     let hold_traffic = routers.is_some()
         && !invalid

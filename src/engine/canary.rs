@@ -27,6 +27,7 @@ use crate::engine::{
 mod bluegreen;
 mod dynamic_abort;
 mod experiment_step;
+pub mod ping_pong;
 
 /// What a blue-green Rollout's canary helpers see: no steps, no router, no Services.
 static NO_CANARY: std::sync::LazyLock<CanaryStrategy> =
@@ -431,6 +432,7 @@ impl<'a> Planner<'a> {
         if self.old.stable_rs.is_empty() {
             // The first deploy skips the steps (Argo's behaviour): it is promoted at once.
             self.status.stable_rs = current.clone();
+            self.swap_ping_pong();
             if self.old.current_pod_hash.is_empty() {
                 self.event(
                     false,
@@ -1106,6 +1108,7 @@ impl<'a> Planner<'a> {
         }
         let revision = self.revision();
         self.status.stable_rs = self.status.current_pod_hash.clone();
+        self.swap_ping_pong();
         self.status.current_step_index = (self.step_count() > 0).then_some(self.step_count());
         self.status.promote_full = false;
         self.status.pause_conditions.clear();
@@ -1541,8 +1544,8 @@ impl<'a> Planner<'a> {
     /// Point the managed Services at pods that can serve: a Service never selects a ReplicaSet
     /// with no available pods while another one could serve. After an abort the canary Service
     /// goes back to stable, with dynamicStableScale once no traffic is left on the canary.
+    /// `pingPong`'s Services are treated by the role they have now ([`ping_pong`]).
     fn services(&mut self, targets: Targets) {
-        let canary = self.canary();
         let stable_hash = self.status.stable_rs.clone();
         let current = self.current().to_string();
         let observed = self.observed;
@@ -1553,31 +1556,28 @@ impl<'a> Planner<'a> {
                 .find(|rs| rs.pod_template_hash == hash)
                 .map_or(0, |rs| rs.available_replicas)
         };
-        if let Some(service) = &canary.stable_service {
-            // The stable Service moves to a new ReplicaSet only once it is fully available.
-            let full = observed
-                .replica_sets
-                .iter()
-                .find(|rs| rs.pod_template_hash == stable_hash)
-                .is_some_and(|rs| rs.available_replicas >= rs.replicas && rs.replicas > 0);
-            let desired = if full || available(&stable_hash) > 0 {
-                Some(stable_hash.clone())
-            } else {
-                None
-            };
-            self.select(service, desired);
+        let (stable_services, canary_services) = self.role_services();
+        // The stable Service moves to a new ReplicaSet only once it is fully available.
+        let full = observed
+            .replica_sets
+            .iter()
+            .find(|rs| rs.pod_template_hash == stable_hash)
+            .is_some_and(|rs| rs.available_replicas >= rs.replicas && rs.replicas > 0);
+        let desired = (full || available(&stable_hash) > 0).then(|| stable_hash.clone());
+        for service in stable_services {
+            self.select(service, desired.clone());
         }
         let on_canary = !self.status.abort || (self.dynamic_abort() && targets.weight > 0);
-        if let Some(service) = &canary.canary_service {
-            let canary_hash = self.previous_canary().unwrap_or(current.clone());
-            let desired = if on_canary && available(&canary_hash) > 0 {
-                Some(canary_hash)
-            } else if available(&stable_hash) > 0 {
-                Some(stable_hash.clone())
-            } else {
-                None
-            };
-            self.select(service, desired);
+        let canary_hash = self.previous_canary().unwrap_or(current.clone());
+        let desired = if on_canary && available(&canary_hash) > 0 {
+            Some(canary_hash)
+        } else if available(&stable_hash) > 0 {
+            Some(stable_hash.clone())
+        } else {
+            None
+        };
+        for service in canary_services {
+            self.select(service, desired.clone());
         }
     }
 
@@ -1608,9 +1608,10 @@ impl<'a> Planner<'a> {
         let stable = self.status.stable_rs.clone();
         // Undone with dynamicStableScale: traffic is split with the previous canary until then.
         let canary_hash = self.previous_canary().unwrap_or(current.clone());
-        let service_ready = |name: &Option<String>, hash: &str| {
-            name.as_ref().is_none_or(|n| {
-                self.observed.services.get(n).is_some_and(|s| {
+        let (stable_services, canary_services) = self.role_services();
+        let service_ready = |names: &[&str], hash: &str| {
+            names.iter().all(|n| {
+                self.observed.services.get(*n).is_some_and(|s| {
                     s.selector_hash.as_deref() == Some(hash) && s.ready_endpoints > 0
                 })
             })
@@ -1620,10 +1621,10 @@ impl<'a> Planner<'a> {
             // Final switch: keep everything on the canary Service until the stable Service serves
             // the promoted pods, then move traffic back to stable (both now reach the same pods).
             let observed = self.observed.traffic.map(|t| t.canary_weight);
-            if observed.is_some_and(|w| w > 0) && !service_ready(&canary.stable_service, &current) {
+            if observed.is_some_and(|w| w > 0) && !service_ready(&stable_services, &current) {
                 weight = observed.unwrap_or(max);
             }
-        } else if weight > 0 && !service_ready(&canary.canary_service, &current) {
+        } else if weight > 0 && !service_ready(&canary_services, &current) {
             weight = 0;
         }
         let applied = self
@@ -1662,12 +1663,12 @@ impl<'a> Planner<'a> {
         self.status.canary.weights = self.observed.traffic.map(|t| TrafficWeights {
             canary: WeightDestination {
                 weight: t.canary_weight,
-                service_name: canary.canary_service.clone().unwrap_or_default(),
+                service_name: canary_services.first().copied().unwrap_or_default().into(),
                 pod_template_hash: canary_hash.clone(),
             },
             stable: WeightDestination {
                 weight: max - t.canary_weight,
-                service_name: canary.stable_service.clone().unwrap_or_default(),
+                service_name: stable_services.first().copied().unwrap_or_default().into(),
                 pod_template_hash: stable.clone(),
             },
             additional: Vec::new(),

@@ -49,7 +49,7 @@ use crate::api::argo::rollout::{
 };
 
 pub use crate::api::argo::analysis::AnalysisPhase;
-pub use canary::plan;
+pub use canary::{ping_pong, plan};
 
 /// Everything the engine reads besides the Rollout itself.
 #[derive(Clone, Debug, PartialEq)]

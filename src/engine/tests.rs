@@ -1190,7 +1190,23 @@ fn invalid_specs_get_an_invalid_spec_condition_naming_the_field() {
         (
             json!({"trafficRouting": {"alb": {"ingress": "i", "servicePort": 80}},
                    "pingPong": {"pingService": "ping", "pongService": "pong"}}),
+            "spec.strategy.canary.trafficRouting.alb.rootService",
+        ),
+        (
+            json!({"trafficRouting": {"alb": {"ingress": "i", "servicePort": 80, "rootService": "r"}},
+                   "pingPong": {"pingService": "ping", "pongService": "ping"}}),
+            "spec.strategy.canary.pingPong.pongService",
+        ),
+        (
+            json!({"trafficRouting": {"istio": {"virtualService": {"name": "vs"}}},
+                   "pingPong": {"pingService": "ping", "pongService": "pong"}}),
             "spec.strategy.canary.pingPong",
+        ),
+        (
+            json!({"trafficRouting": {"nginx": {"stableIngress": "i"}},
+                   "canaryService": "c", "stableService": "s",
+                   "pingPong": {"pingService": "ping", "pongService": "pong"}}),
+            "spec.strategy.canary.trafficRouting.nginx",
         ),
         (
             json!({"trafficRouting": {"istio": {"virtualService": {"name": "vs"}},
@@ -1623,4 +1639,57 @@ fn dynamic_stable_scale_abort_hands_traffic_back_as_the_stable_becomes_available
     assert_eq!((world.replicas(&canary), world.replicas(&stable)), (0, 4));
     assert_eq!(canary_selector(&world), Some(stable.clone()));
     assert_eq!(world.status.phase, Some(RolloutPhase::Degraded));
+}
+
+#[test]
+fn ping_pong_services_trade_roles_at_each_promotion() {
+    let s = spec(
+        2,
+        json!({
+            "pingPong": {"pingService": "ping", "pongService": "pong"},
+            "trafficRouting": {"alb": {"ingress": "ing", "servicePort": 80, "rootService": "root"}},
+            "steps": [{"setWeight": 25}, {"pause": {}}],
+        }),
+    );
+    let selector = |w: &World, service: &str| {
+        w.observed
+            .services
+            .get(service)
+            .and_then(|s| s.selector_hash.clone())
+    };
+    let (mut world, first) = deployed(s);
+    // The first deploy is a promotion: ping serves it (Argo's empty → ping).
+    assert_eq!(world.status.canary.stable_ping_pong, "ping");
+    assert_eq!(selector(&world, "ping"), Some(first.clone()));
+
+    world.set_image("demo:2");
+    world.settle();
+    let second = world.status.current_pod_hash.clone();
+    assert_eq!(world.status.phase, Some(RolloutPhase::Paused));
+    assert_eq!(selector(&world, "pong"), Some(second.clone()));
+    assert_eq!(selector(&world, "ping"), Some(first.clone()));
+    assert_eq!(world.observed.traffic.unwrap().canary_weight, 25);
+    let weights = world.status.canary.weights.clone().expect("weights");
+    assert_eq!(
+        (weights.canary.service_name, weights.stable.service_name),
+        ("pong".to_string(), "ping".to_string())
+    );
+
+    world.intent(Intent::Promote);
+    world.settle();
+    assert_eq!(world.status.stable_rs, second);
+    assert_eq!(world.status.canary.stable_ping_pong, "pong");
+    assert_eq!(selector(&world, "pong"), Some(second.clone()));
+    assert_eq!(world.observed.traffic.unwrap().canary_weight, 0);
+
+    world.set_image("demo:3");
+    world.settle();
+    let third = world.status.current_pod_hash.clone();
+    assert_eq!(selector(&world, "ping"), Some(third.clone()));
+    assert_eq!(selector(&world, "pong"), Some(second));
+    world.intent(Intent::Promote);
+    world.settle();
+    assert_eq!(world.status.stable_rs, third);
+    assert_eq!(world.status.canary.stable_ping_pong, "ping");
+    assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
 }

@@ -12,7 +12,8 @@ use std::fmt;
 
 use crate::api::argo::analysis::{AnalysisTemplateRef, Argument};
 use crate::api::argo::rollout::{
-    BlueGreenStrategy, CanaryStep, PodTemplateMetadata, RolloutAnalysis, RolloutSpec,
+    BlueGreenStrategy, CanaryStep, CanaryStrategy, PodTemplateMetadata, RolloutAnalysis,
+    RolloutSpec,
 };
 use crate::engine::AnalysisTemplates;
 use crate::engine::analysis::args;
@@ -207,6 +208,75 @@ fn ephemeral_labels(
     }
 }
 
+/// `pingPong` (see `crate::engine::ping_pong`): two distinct Services, and a router that sends
+/// traffic to them as Argo's does — ALB (with `rootService`, the action's name once the
+/// stable Service alternates), or none. Istio is accepted only where it routes to
+/// `stableService` / `canaryService` (Argo's Istio router falls back to the pingPong Services
+/// without them, and giving its routes back at the end would then send traffic to whichever
+/// Service the manifest names, stable or not); the other routers do not take part in Argo.
+fn ping_pong(canary: &CanaryStrategy, base: &str, errors: &mut Vec<InvalidSpec>) {
+    let Some(ping_pong) = &canary.ping_pong else {
+        return;
+    };
+    for (field, name) in [
+        ("pingService", &ping_pong.ping_service),
+        ("pongService", &ping_pong.pong_service),
+    ] {
+        if name.is_empty() {
+            errors.push(err(
+                format!("{base}.pingPong.{field}"),
+                "pingPong needs both pingService and pongService",
+            ));
+        }
+    }
+    if !ping_pong.ping_service.is_empty() && ping_pong.ping_service == ping_pong.pong_service {
+        errors.push(err(
+            format!("{base}.pingPong.pongService"),
+            "pingService and pongService must be different services",
+        ));
+    }
+    let Some(routing) = &canary.traffic_routing else {
+        return;
+    };
+    if let Some(alb) = &routing.alb
+        && alb.root_service.as_deref().is_none_or(str::is_empty)
+    {
+        errors.push(err(
+            format!("{base}.trafficRouting.alb.rootService"),
+            "pingPong with alb needs rootService: the Ingress rule's backend, whose action \
+             splits traffic between the ping and pong Services",
+        ));
+    }
+    if routing.istio.is_some()
+        && (canary.stable_service.is_none() || canary.canary_service.is_none())
+    {
+        errors.push(err(
+            format!("{base}.pingPong"),
+            "pingPong as the istio router's Services is not supported by this version of \
+             Sluice: set stableService and canaryService for istio (alb still routes to the \
+             pingPong Services)",
+        ));
+    }
+    for (name, set) in [
+        ("nginx", routing.nginx.is_some()),
+        ("smi", routing.smi.is_some()),
+        ("traefik", routing.traefik.is_some()),
+    ] {
+        if set {
+            errors.push(err(
+                format!("{base}.trafficRouting.{name}"),
+                format!("pingPong works with the alb and istio routers only, not {name}"),
+            ));
+        }
+    }
+    if routing.plugins.as_ref().is_some_and(|p| !p.is_empty()) {
+        errors.push(err(
+            format!("{base}.trafficRouting.plugins"),
+            "pingPong with a traffic router plugin is not supported by this version of Sluice",
+        ));
+    }
+}
+
 fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
     let Some(canary) = &spec.strategy.canary else {
         return;
@@ -235,15 +305,7 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
             }
         }
     }
-    if canary.ping_pong.is_some() {
-        // Argo's ALB ping-pong swaps the stable and canary roles between two Services at each
-        // promotion; Sluice does not, and must not route as if it did.
-        errors.push(err(
-            format!("{base}.pingPong"),
-            "pingPong is not supported by this version of Sluice: use stableService and \
-             canaryService",
-        ));
-    }
+    ping_pong(canary, base, errors);
     if routing.is_none() {
         for (field, set) in [
             (
@@ -318,6 +380,9 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
                 .istio
                 .as_ref()
                 .is_some_and(|i| i.destination_rule.is_some()) => {}
+            // ALB routes to the pingPong Services (Argo's `requireCanaryStableServices`); every
+            // other router is refused beside pingPong without these, in `ping_pong`.
+            _ if canary.ping_pong.is_some() => {}
             _ => errors.push(err(
                 format!("{base}.stableService"),
                 "stableService and canaryService are required when trafficRouting is set",

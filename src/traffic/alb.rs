@@ -30,7 +30,10 @@
 //! go. An action annotation some other manager wrote (declared in Git, or left by Argo
 //! Rollouts) is borrowed instead, like the header routes' `spec.rules` (an atomic list):
 //! through [`super::ownership::apply`], and [`Router::release`] gives both back exactly as
-//! declared with [`super::ownership::release`].
+//! declared with [`super::ownership::release`] — unless the declared action does not send
+//! everything to stable (with `pingPong` the stable Service alternates between two, and a
+//! manifest names one): then Sluice's own stable-only action replaces it. With `pingPong` the
+//! stable and canary target groups are the ping and pong Services in their current roles.
 //!
 //! What it must never do: write any other annotation or field of the Ingress, call AWS
 //! (target-group verification is refused by the controller's flags), or leave the split action
@@ -549,6 +552,10 @@ impl Router for AlbRouter {
         ROUTER
     }
 
+    fn prefers_ping_pong(&self) -> bool {
+        true
+    }
+
     async fn set_weight(&self, ctx: &RouterContext, w: &Weights) -> Result<(), TrafficError> {
         let service = self.action_service(w);
         for name in self.ingresses() {
@@ -655,7 +662,16 @@ impl Router for AlbRouter {
                 own.remove(&self.action_key(route));
                 own.remove(&self.condition_key(route));
             }
-            if !borrowed(&live, &key) {
+            // A declared action is given back only if it sends everything to stable: with
+            // pingPong the stable Service alternates, and the manifest names one of the two.
+            let declared_on_stable = live
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(&key))
+                .and_then(|a| observe_weight(a, &stable_only))
+                == Some(0);
+            if !borrowed(&live, &key) || !declared_on_stable {
                 own.insert(key.clone(), forward_action(&self.config, &stable_only));
             }
             apply_own(ctx, &live, own).await?;

@@ -224,6 +224,13 @@ pub trait Router: Send + Sync {
     /// Short name for messages and metrics (`alb`, `gatewayAPI`, `istio`, `nginx`, `smi`, `traefik`).
     fn name(&self) -> &'static str;
 
+    /// Whether this router sends traffic to `pingPong`'s Services when the Rollout names them,
+    /// even beside `stableService` / `canaryService` (Argo's `isPingpongPreferred`: ALB). The
+    /// others route to those two, and to pingPong's only without them.
+    fn prefers_ping_pong(&self) -> bool {
+        false
+    }
+
     /// Send `weights.canary` to the canary and the rest to stable. Idempotent.
     async fn set_weight(&self, ctx: &RouterContext, weights: &Weights) -> Result<(), TrafficError>;
 

@@ -26,7 +26,7 @@ use crate::api::argo::rollout::{POD_TEMPLATE_HASH_LABEL, SCALE_DOWN_DEADLINE_ANN
 use crate::controller::FIELD_MANAGER;
 use crate::controller::template_fetch;
 use crate::engine::analysis::args::{self, RunCaller};
-use crate::engine::experiment::{Action, RunRequest};
+use crate::engine::experiment::{Action, RunRequest, replica_set_name};
 
 /// What one Experiment's actions need.
 pub struct Target<'a> {
@@ -44,7 +44,7 @@ impl Target<'_> {
     }
 
     fn rs_name(&self, template: &str) -> String {
-        format!("{}-{template}", self.name())
+        replica_set_name(&self.name(), template)
     }
 
     fn template(&self, name: &str) -> Option<&ExperimentTemplate> {

@@ -589,13 +589,18 @@ fn replica_set(rs: &ReplicaSet, current_hash: Option<&str>) -> Option<ReplicaSet
     })
 }
 
-/// The Services whose selectors the Rollout manages: canary and stable, or active and preview.
+/// The Services whose selectors the Rollout manages: canary and stable (and pingPong's two), or
+/// active and preview.
 fn managed_services(spec: &RolloutSpec) -> Vec<String> {
-    let canary = spec
-        .strategy
-        .canary
-        .iter()
-        .flat_map(|c| [c.canary_service.clone(), c.stable_service.clone()]);
+    let canary = spec.strategy.canary.iter().flat_map(|c| {
+        let ping_pong = c.ping_pong.as_ref();
+        [
+            c.canary_service.clone(),
+            c.stable_service.clone(),
+            ping_pong.map(|p| p.ping_service.clone()),
+            ping_pong.map(|p| p.pong_service.clone()),
+        ]
+    });
     let blue_green = spec
         .strategy
         .blue_green

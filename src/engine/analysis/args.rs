@@ -40,6 +40,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+use super::tags::{FillError, fill};
 use crate::api::argo::analysis::{
     AnalysisRunSpec, AnalysisTemplateRef, AnalysisTemplateSpec, Argument, DryRun, FieldRef,
     MeasurementRetention, Metric, ValueFrom,
@@ -927,21 +928,9 @@ fn substitute_value(value: &mut Value, ctx: &Ctx<'_>, path: &mut String) -> Resu
     Ok(())
 }
 
-/// One pass of upstream's fasttemplate substitution over `text`: each `{{tag}}` is replaced; the
-/// replacement is not scanned again.
+/// Upstream's fasttemplate substitution of `{{args.<name>}}` over `text` ([`fill`]).
 fn substitute(text: &str, ctx: &Ctx<'_>, path: &str) -> Result<String, ArgsError> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            return Err(ArgsError::Unterminated {
-                metric: ctx.metric.to_owned(),
-                field: path.to_owned(),
-            });
-        };
-        let tag = after[..end].trim();
+    let filled = fill(text, |tag| {
         let arg = tag
             .strip_prefix("args.")
             .and_then(|name| ctx.args.iter().find(|a| a.name == name));
@@ -953,21 +942,21 @@ fn substitute(text: &str, ctx: &Ctx<'_>, path: &str) -> Result<String, ArgsError
             });
         };
         if ctx.mode == Mode::Masked && arg.secret {
-            out.push_str(MASK);
-        } else {
-            let Some(value) = &arg.value else {
-                return Err(ArgsError::Unresolved {
-                    metric: ctx.metric.to_owned(),
-                    arg: arg.name.clone(),
-                    field: path.to_owned(),
-                });
-            };
-            out.push_str(value);
+            return Ok(MASK.to_owned());
         }
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
+        arg.value.clone().ok_or_else(|| ArgsError::Unresolved {
+            metric: ctx.metric.to_owned(),
+            arg: arg.name.clone(),
+            field: path.to_owned(),
+        })
+    });
+    filled.map_err(|e| match e {
+        FillError::Unterminated => ArgsError::Unterminated {
+            metric: ctx.metric.to_owned(),
+            field: path.to_owned(),
+        },
+        FillError::Tag(e) => e,
+    })
 }
 
 // === Field references ===

@@ -6,11 +6,13 @@
 //! - [`args`]: template merging and `{{args.*}}` substitution (Argo).
 //! - [`flagger`]: Flagger metric queries and threshold checks.
 //! - [`observed`]: what a provider reports for one measurement.
+//! - [`tags`]: upstream's `{{tag}}` splicing, shared by the argument and experiment resolvers.
 
 pub mod args;
 pub mod expr;
 pub mod flagger;
 pub mod observed;
 pub mod run;
+pub mod tags;
 
 pub use observed::Observed;

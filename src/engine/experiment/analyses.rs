@@ -2,8 +2,8 @@
 //! followed while it runs, and terminated when the experiment ends (Argo's
 //! `reconcileAnalysisRun`).
 
-use super::{Action, Planner, RunRequest};
-use crate::api::argo::analysis::AnalysisPhase;
+use super::{Action, Planner, RunRequest, args};
+use crate::api::argo::analysis::{AnalysisPhase, Argument};
 use crate::api::argo::experiment::{ExperimentAnalysisRunStatus, ExperimentAnalysisTemplateRef};
 
 /// The run's name: `<experiment>-<analysis>`, as Argo names it.
@@ -67,11 +67,24 @@ fn step(
         if planner.terminating {
             return;
         }
+        let args = match args::resolve(planner, analysis) {
+            Ok(args) => args,
+            Err(why) => {
+                // Argo's createAnalysisRun error: the analysis errs, which ends the experiment.
+                status.phase = Some(AnalysisPhase::Error);
+                status.message = Some(format!(
+                    "Failed to create AnalysisRun for analysis '{}': {why}",
+                    analysis.name
+                ));
+                return;
+            }
+        };
         let name = run_name(planner.input.name, &analysis.name);
         planner.actions.push(Action::CreateAnalysisRun(request(
             planner,
             analysis,
             name.clone(),
+            args,
         )));
         status.analysis_run = name;
         status.phase = Some(AnalysisPhase::Pending);
@@ -108,6 +121,7 @@ fn request(
     planner: &Planner<'_>,
     analysis: &ExperimentAnalysisTemplateRef,
     name: String,
+    args: Vec<Argument>,
 ) -> RunRequest {
     let spec = planner.input.spec;
     let metadata = spec.analysis_run_metadata.clone().unwrap_or_default();
@@ -117,7 +131,7 @@ fn request(
             analysis.template_name.clone(),
             analysis.cluster_scope.unwrap_or(false),
         ),
-        args: analysis.args.clone(),
+        args,
         dry_run: spec.dry_run.clone(),
         measurement_retention: spec.measurement_retention.clone(),
         labels: metadata.labels.unwrap_or_default(),

@@ -17,12 +17,13 @@
 //! idempotent, so executing a plan twice does no harm.
 
 mod analyses;
+mod args;
 mod templates;
 #[cfg(test)]
 mod tests;
 
 pub use analyses::run_name;
-pub use templates::{template_hash, without_hash_label};
+pub use templates::{replica_set_name, template_hash, without_hash_label};
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -13,6 +13,11 @@ use crate::api::argo::experiment::{ExperimentTemplate, TemplateStatus, TemplateS
 use crate::api::argo::rollout::POD_TEMPLATE_HASH_LABEL;
 use crate::engine::hash::pod_template_hash;
 
+/// A template's ReplicaSet (and default Service) name: `<experiment>-<template>`, as Argo names it.
+pub fn replica_set_name(experiment: &str, template: &str) -> String {
+    format!("{experiment}-{template}")
+}
+
 /// The template's pod-template hash: over its template without a hash label, as Argo's
 /// `newReplicaSetFromTemplate`.
 pub fn template_hash(template: &ExperimentTemplate, collision_count: Option<i32>) -> String {
@@ -187,7 +192,7 @@ fn service(
                 .name
                 .clone()
                 .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| format!("{}-{}", planner.input.name, template.name));
+                .unwrap_or_else(|| replica_set_name(planner.input.name, &template.name));
             planner.actions.push(Action::CreateService {
                 template: template.name.clone(),
                 service: name.clone(),

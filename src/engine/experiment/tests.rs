@@ -381,3 +381,93 @@ fn the_hash_ignores_a_hash_label_in_the_template() {
         templates::template_hash(&exp.spec.templates[0], None)
     );
 }
+
+const WITH_PLACEHOLDERS: &str = r#"
+apiVersion: argoproj.io/v1alpha1
+kind: Experiment
+metadata: {name: exp}
+spec:
+  duration: 5m
+  templates:
+  - name: baseline
+    selector: {matchLabels: {app: web}}
+    template:
+      metadata: {labels: {app: web}}
+      spec: {containers: [{name: web, image: "web:1"}]}
+  - name: canary
+    selector: {matchLabels: {app: web}}
+    template:
+      metadata: {labels: {app: web}}
+      spec: {containers: [{name: web, image: "web:2"}]}
+  analyses:
+  - name: judge
+    templateName: compare
+    args:
+    - {name: baseline-hash, value: "{{templates.baseline.podTemplateHash}}"}
+    - {name: canary-rs, value: "rs={{ templates.canary.replicaset.name }}"}
+    - {name: window, value: "{{experiment.availableAt}}/{{experiment.finishedAt}}"}
+    - {name: service, value: web}
+    - {name: token, valueFrom: {secretKeyRef: {name: s, key: k}}}
+"#;
+
+/// The run requests of one plan.
+fn run_requests(plan: &Plan) -> Vec<&RunRequest> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateAnalysisRun(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn experiment_placeholders_in_analysis_args_are_filled_in() {
+    let mut w = World::new(WITH_PLACEHOLDERS);
+    w.plan();
+    w.pods_available();
+    w.plan();
+    let plan = w.plan();
+    let runs = run_requests(&plan);
+    assert_eq!(runs.len(), 1, "{plan:?}");
+    let value = |name: &str| {
+        let arg = runs[0].args.iter().find(|a| a.name == name).unwrap();
+        arg.value.clone()
+    };
+    let baseline = &w.observed.replica_sets["baseline"].pod_template_hash;
+    assert_eq!(value("baseline-hash").as_ref(), Some(baseline));
+    assert_eq!(value("canary-rs").as_deref(), Some("rs=exp-canary"));
+    assert_eq!(
+        value("window").as_deref(),
+        Some("2026-01-01T00:00:00Z/2026-01-01T00:05:00Z")
+    );
+    assert_eq!(value("service").as_deref(), Some("web"));
+    let token = runs[0].args.iter().find(|a| a.name == "token").unwrap();
+    assert!(token.value.is_none() && token.value_from.is_some());
+}
+
+#[test]
+fn an_unknown_placeholder_errs_the_analysis_and_the_experiment() {
+    let yaml = WITH_PLACEHOLDERS.replace(
+        "templates.baseline.podTemplateHash",
+        "templates.nope.podTemplateHash",
+    );
+    let mut w = World::new(&yaml);
+    w.plan();
+    w.pods_available();
+    w.plan();
+    let plan = w.plan();
+    assert!(run_requests(&plan).is_empty(), "{plan:?}");
+    let run = &w.status().analysis_runs[0];
+    assert_eq!(run.phase, Some(AnalysisPhase::Error));
+    let message = run.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("\"baseline-hash\"")
+            && message.contains("{{templates.nope.podTemplateHash}}"),
+        "{message}"
+    );
+    assert!(events(&plan).contains(&"AnalysisRunError"));
+    w.plan();
+    assert_eq!(w.phase(), Some(AnalysisPhase::Error));
+    assert!(run_requests(&w.plan()).is_empty(), "never retried");
+}
