@@ -321,19 +321,15 @@ async fn every_dashboard_expression_uses_only_exported_metrics() {
                              "spec": {"containers": [{"name": "podinfo", "image": "podinfo:6.0.0"}]}},
             },
         }),
-        json!({
-            "apiVersion": "flagger.app/v1beta1", "kind": "Canary", "metadata": {"name": "podinfo"},
-            "spec": {
-                "provider": "kubernetes",
-                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
-                "service": {"port": 80, "targetPort": 9898},
-                "analysis": {
-                    "interval": "1s", "threshold": 1, "iterations": 1,
-                    "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
-                                 "thresholdRange": {"min": 99}}],
-                },
-            },
-        }),
+        common::canary::kubernetes(
+            "podinfo",
+            None,
+            json!({
+                "interval": "1s", "threshold": 1, "iterations": 1,
+                "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
+                             "thresholdRange": {"min": 99}}],
+            }),
+        ),
     ] {
         env.create(&ns.name, manifest).await;
     }

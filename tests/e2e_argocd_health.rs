@@ -547,19 +547,13 @@ impl CanaryRun {
             .expect("creating the target");
         let ctl = ControllerProcess::start(&env, &ns.name).await;
         let recorder = StatusRecorder::start::<Canary>(&env.client, &ns.name, "podinfo").await;
-        let canary: Canary = serde_json::from_value(json!({
-            "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
-            "metadata": {"name": "podinfo"},
-            "spec": {
-                "provider": "kubernetes",
-                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
-                "progressDeadlineSeconds": 60,
-                "service": {"port": 80, "targetPort": 9898},
-                "analysis": {"interval": "1s", "threshold": 2, "iterations": 3,
+        let canary: Canary = serde_json::from_value(common::canary::kubernetes(
+            "podinfo",
+            Some(60),
+            json!({"interval": "1s", "threshold": 2, "iterations": 3,
                     "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
-                        "thresholdRange": {"min": 99}}]},
-            },
-        }))
+                        "thresholdRange": {"min": 99}}]}),
+        ))
         .expect("Canary JSON");
         let created = Api::<Canary>::namespaced(env.client.clone(), &ns.name)
             .create(&PostParams::default(), &canary)

@@ -100,18 +100,9 @@ impl Fixture {
 
     /// A Canary named `name` for the target of the same name.
     async fn create_named_canary(&self, name: &str, analysis: serde_json::Value) {
-        let canary: Canary = serde_json::from_value(json!({
-            "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
-            "metadata": {"name": name},
-            "spec": {
-                "provider": "kubernetes",
-                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                "progressDeadlineSeconds": 60,
-                "service": {"port": 80, "targetPort": 9898},
-                "analysis": analysis,
-            },
-        }))
-        .expect("Canary JSON");
+        let canary: Canary =
+            serde_json::from_value(common::canary::kubernetes(name, Some(60), analysis))
+                .expect("Canary JSON");
         self.canaries()
             .create(&PostParams::default(), &canary)
             .await

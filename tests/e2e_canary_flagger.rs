@@ -65,17 +65,11 @@ impl Fixture {
     }
 
     async fn create_canary(&self, spec: Value) {
-        let mut canary = json!({
-            "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
-            "metadata": {"name": "podinfo"},
-            "spec": {
-                "provider": "kubernetes",
-                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
-                "progressDeadlineSeconds": 60,
-                "service": {"port": 80, "targetPort": 9898},
-                "analysis": {"interval": "1s", "threshold": 2, "iterations": 2},
-            },
-        });
+        let mut canary = common::canary::kubernetes(
+            "podinfo",
+            Some(60),
+            json!({"interval": "1s", "threshold": 2, "iterations": 2}),
+        );
         for (k, v) in spec.as_object().cloned().unwrap_or_default() {
             canary["spec"][k] = v;
         }

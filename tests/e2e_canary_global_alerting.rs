@@ -88,17 +88,11 @@ async fn global_slack_and_event_webhook_flags_post_flaggers_payloads_and_never_s
         )
         .await
         .expect("creating the target");
-    let canary: Canary = serde_json::from_value(json!({
-        "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
-        "metadata": {"name": "podinfo"},
-        "spec": {
-            "provider": "kubernetes",
-            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
-            "progressDeadlineSeconds": 60,
-            "service": {"port": 80, "targetPort": 9898},
-            "analysis": {"interval": "1s", "threshold": 2, "iterations": 2},
-        },
-    }))
+    let canary: Canary = serde_json::from_value(common::canary::kubernetes(
+        "podinfo",
+        Some(60),
+        json!({"interval": "1s", "threshold": 2, "iterations": 2}),
+    ))
     .expect("Canary JSON");
     let canaries: Api<Canary> = Api::namespaced(env.client.clone(), &ns.name);
     canaries

@@ -39,16 +39,11 @@ async fn the_primary_gets_only_the_target_labels_with_an_included_prefix() {
         .create(&PostParams::default(), &target)
         .await
         .expect("creating the target");
-    let canary: Canary = serde_json::from_value(json!({
-        "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
-        "metadata": {"name": "podinfo"},
-        "spec": {
-            "provider": "kubernetes",
-            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
-            "service": {"port": 80, "targetPort": 9898},
-            "analysis": {"interval": "1s", "threshold": 2, "iterations": 2},
-        },
-    }))
+    let canary: Canary = serde_json::from_value(common::canary::kubernetes(
+        "podinfo",
+        None,
+        json!({"interval": "1s", "threshold": 2, "iterations": 2}),
+    ))
     .expect("Canary JSON");
     Api::<Canary>::namespaced(env.client.clone(), &ns.name)
         .create(&PostParams::default(), &canary)

@@ -224,16 +224,11 @@ async fn a_deleted_canarys_state_and_series_are_dropped_by_the_sweep() {
         .expect("the target Deployment");
     let ctl = ControllerProcess::start(&env, ns).await;
     let canaries: Api<Canary> = Api::namespaced(client.clone(), ns);
-    let canary: Canary = serde_json::from_value(json!({
-        "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
-        "metadata": {"name": "podinfo"},
-        "spec": {
-            "provider": "kubernetes",
-            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
-            "service": {"port": 80, "targetPort": 9898},
-            "analysis": {"interval": "1s", "iterations": 2},
-        },
-    }))
+    let canary: Canary = serde_json::from_value(common::canary::kubernetes(
+        "podinfo",
+        None,
+        json!({"interval": "1s", "iterations": 2}),
+    ))
     .unwrap();
     canaries
         .create(&PostParams::default(), &canary)

@@ -255,21 +255,15 @@ async fn canary_with_metric(env: &TestEnv, ns: &str, name: &str, query: &str) {
         )
         .await
         .expect("creating the target");
-    let canary: Canary = serde_json::from_value(json!({
-        "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
-        "metadata": {"name": name},
-        "spec": {
-            "provider": "kubernetes",
-            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "progressDeadlineSeconds": 60,
-            "service": {"port": 80, "targetPort": 9898},
-            "analysis": {
-                "interval": "1s", "threshold": 2, "iterations": 2,
-                "metrics": [{"name": "errors", "templateRef": {"name": name},
-                    "thresholdRange": {"max": 1}}],
-            },
-        },
-    }))
+    let canary: Canary = serde_json::from_value(common::canary::kubernetes(
+        name,
+        Some(60),
+        json!({
+            "interval": "1s", "threshold": 2, "iterations": 2,
+            "metrics": [{"name": "errors", "templateRef": {"name": name},
+                "thresholdRange": {"max": 1}}],
+        }),
+    ))
     .expect("Canary JSON");
     Api::<Canary>::namespaced(env.client.clone(), ns)
         .create(&PostParams::default(), &canary)

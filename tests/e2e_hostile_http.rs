@@ -238,17 +238,7 @@ async fn create_canary(env: &TestEnv, ns: &str, analysis: Value) {
     create::<Canary>(
         env,
         ns,
-        json!({
-            "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
-            "metadata": {"name": "podinfo"},
-            "spec": {
-                "provider": "kubernetes",
-                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
-                "progressDeadlineSeconds": 120,
-                "service": {"port": 80, "targetPort": 9898},
-                "analysis": analysis,
-            },
-        }),
+        common::canary::kubernetes("podinfo", Some(120), analysis),
     )
     .await;
 }

@@ -494,20 +494,15 @@ async fn the_charts_service_account_can_run_a_rollout_and_a_canary() {
         },
     }))
     .await;
-    create(json!({
-        "apiVersion": "flagger.app/v1beta1", "kind": "Canary", "metadata": {"name": "podinfo"},
-        "spec": {
-            "provider": "kubernetes",
-            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
-            "progressDeadlineSeconds": 60,
-            "service": {"port": 80, "targetPort": 9898},
-            "analysis": {
-                "interval": "1s", "threshold": 2, "iterations": 2,
-                "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
-                             "thresholdRange": {"min": 99}}],
-            },
-        },
-    }))
+    create(common::canary::kubernetes(
+        "podinfo",
+        Some(60),
+        json!({
+            "interval": "1s", "threshold": 2, "iterations": 2,
+            "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
+                         "thresholdRange": {"min": 99}}],
+        }),
+    ))
     .await;
 
     let ctl = SaController::start(&env, &ns.name, &kubeconfig).await;

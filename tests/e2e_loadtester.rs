@@ -43,18 +43,9 @@ impl Fixture {
             .create(&PostParams::default(), &target)
             .await
             .expect("creating the target Deployment");
-        let canary: Canary = serde_json::from_value(json!({
-            "apiVersion": "flagger.app/v1beta1", "kind": "Canary",
-            "metadata": {"name": "podinfo"},
-            "spec": {
-                "provider": "kubernetes",
-                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
-                "progressDeadlineSeconds": 60,
-                "service": {"port": 80, "targetPort": 9898},
-                "analysis": analysis,
-            },
-        }))
-        .expect("Canary JSON");
+        let canary: Canary =
+            serde_json::from_value(common::canary::kubernetes("podinfo", Some(60), analysis))
+                .expect("Canary JSON");
         self.canaries()
             .create(&PostParams::default(), &canary)
             .await

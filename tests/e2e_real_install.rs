@@ -523,20 +523,15 @@ async fn workloads(env: &TestEnv, ns: &str, prometheus: &str) {
     .await;
     env.create(
         ns,
-        json!({
-            "apiVersion": "flagger.app/v1beta1", "kind": "Canary", "metadata": {"name": "podinfo"},
-            "spec": {
-                "provider": "kubernetes",
-                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
-                "progressDeadlineSeconds": 120,
-                "service": {"port": 80, "targetPort": 9898},
-                "analysis": {
-                    "interval": "2s", "threshold": 2, "iterations": 2,
-                    "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
-                                 "thresholdRange": {"min": 99}}],
-                },
-            },
-        }),
+        common::canary::kubernetes(
+            "podinfo",
+            Some(120),
+            json!({
+                "interval": "2s", "threshold": 2, "iterations": 2,
+                "metrics": [{"name": "success", "templateRef": {"name": "success-rate"},
+                             "thresholdRange": {"min": 99}}],
+            }),
+        ),
     )
     .await;
 }
