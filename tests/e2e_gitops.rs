@@ -19,6 +19,11 @@
 //! declares (routes, Services, the Rollout), leaves Sluice's weights on the route and in
 //! Traefik, and records no change; after the promotion another forced reconcile changes nothing
 //! either, and the route is Git's again.
+//!
+//! Scenario 2 (bad commit → rollback): the new version's metric breaches the threshold, Sluice
+//! aborts and sends all traffic back to v1, and the Kustomization fails its health check naming
+//! the Rollout as Failed (Flux's CEL health checks carry no message of the object's, so Sluice's
+//! own message is on the Rollout's `Stalled` condition, not in Flux's); no drift after it.
 
 mod common;
 
@@ -375,18 +380,26 @@ fn healthy_on(ro: &Rollout, image: &str) -> bool {
         && serde_json::to_value(status.phase).ok() == Some(json!("Healthy"))
 }
 
-#[tokio::test]
-async fn a_commit_is_synced_by_flux_delivered_by_sluice_and_never_seen_as_drift() {
-    let Some(env) = common::test_env().await else {
-        return;
-    };
-    let Some(gw) = env.gateway_or_skip() else {
-        return;
-    };
-    let Some(gitops) = env.gitops_or_skip() else {
-        return;
-    };
-    let ns_guard = env.namespace("gitops-promote").await;
+/// One test's world: its namespace, metric, controller, Git repository and Flux objects, with
+/// v1 of the app synced, Healthy and settled.
+struct GitopsApp {
+    env: TestEnv,
+    gw: GatewayEnv,
+    ns: String,
+    exporter: Exporter,
+    ctl: ControllerProcess,
+    rollouts: Api<Rollout>,
+    repo: Repo,
+    v1: String,
+    _ns_guard: common::TestNamespace,
+}
+
+/// `None` when the environment lacks the cluster, the data plane or Flux (the test skips).
+async fn set_up(prefix: &str) -> Option<GitopsApp> {
+    let env = common::test_env().await?;
+    let gw = env.gateway_or_skip()?;
+    let gitops = env.gitops_or_skip()?;
+    let ns_guard = env.namespace(prefix).await;
     let ns = ns_guard.name.clone();
     let exporter = Exporter::start(&env, "gitops").await;
     exporter.set("errors", 0.0);
@@ -420,6 +433,35 @@ async fn a_commit_is_synced_by_flux_delivered_by_sluice_and_never_seen_as_drift(
         (traefik_weights(&gw, &ns).await? == (100, 0)).then_some(())
     })
     .await;
+    Some(GitopsApp {
+        env,
+        gw,
+        ns,
+        exporter,
+        ctl,
+        rollouts,
+        repo,
+        v1,
+        _ns_guard: ns_guard,
+    })
+}
+
+#[tokio::test]
+async fn a_commit_is_synced_by_flux_delivered_by_sluice_and_never_seen_as_drift() {
+    let Some(app) = set_up("gitops-promote").await else {
+        return;
+    };
+    let GitopsApp {
+        env,
+        gw,
+        ns,
+        exporter: _exporter,
+        ctl,
+        rollouts,
+        repo,
+        v1,
+        _ns_guard,
+    } = app;
     assert_no_drift(&env, &ns, &rollouts, "v1 settled").await;
 
     // A commit of a new image tag: Flux applies it, Sluice runs 20% → analysis → 50% → pause.
@@ -516,5 +558,87 @@ async fn a_commit_is_synced_by_flux_delivered_by_sluice_and_never_seen_as_drift(
     )
     .await;
     assert_no_drift(&env, &ns, &rollouts, "v2 promoted").await;
-    drop(exporter);
+}
+
+#[tokio::test]
+async fn a_bad_commit_is_rolled_back_by_sluice_and_flux_reports_the_rollout_failed() {
+    let Some(app) = set_up("gitops-rollback").await else {
+        return;
+    };
+    let GitopsApp {
+        env,
+        gw,
+        ns,
+        exporter,
+        ctl,
+        rollouts,
+        repo,
+        v1,
+        _ns_guard,
+    } = app;
+    assert_no_drift(&env, &ns, &rollouts, "v1 settled").await;
+
+    // The new version's error rate breaches the analysis' threshold.
+    exporter.set("errors", 1.0);
+    exporter.wait_scraped("errors", 1.0).await;
+    repo.write("app/rollout.yaml", &rollout_yaml("v2", gw.echo_port));
+    let v2 = repo.commit_and_push("app v2 (bad)");
+    wait_attempted(&env, &ns, &v2).await;
+
+    // Sluice aborts: all traffic back on v1, the Rollout Degraded and Stalled with its reason.
+    let route_api = routes(&env, &ns);
+    let stalled = eventually(
+        WAIT,
+        "the Rollout aborted, its route back on stable",
+        || async {
+            let ro = rollouts.get(APP).await.ok()?;
+            let status = ro.status?;
+            let degraded =
+                status.abort && serde_json::to_value(status.phase).ok() == Some(json!("Degraded"));
+            let stalled = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Stalled" && c.status == "True")?
+                .clone();
+            let route = route_api.get(APP).await.ok()?;
+            (degraded && route_weights(&route)? == (100, 0)).then_some(stalled)
+        },
+    )
+    .await;
+    assert!(
+        !stalled.message.is_empty(),
+        "the Rollout's Stalled condition has no message: {stalled:?}"
+    );
+    eventually(
+        WAIT,
+        "Traefik to send everything back to stable",
+        || async { (traefik_weights(&gw, &ns).await? == (100, 0)).then_some(()) },
+    )
+    .await;
+
+    // Flux: not Ready, failed health check naming the Rollout; v1 stays the last applied.
+    let k = eventually(
+        WAIT,
+        "the Kustomization to fail its health check",
+        || async {
+            let k = kustomization(&env, &ns, APP).await;
+            let (status, reason, message) = condition(&k, "Ready")?;
+            (status == "False"
+                && reason == "HealthCheckFailed"
+                && message.contains(&format!("Rollout/{ns}/{APP}"))
+                && message.contains("Failed"))
+            .then_some(k)
+        },
+    )
+    .await;
+    assert_eq!(
+        status_str(&k, "lastAppliedRevision"),
+        format!("main@sha1:{v1}"),
+        "Flux recorded the bad v2 as applied; controller log (end):\n{}",
+        ctl.log_end()
+    );
+    // No drift after the rollback either: the aborted Rollout's spec is still Git's.
+    assert_no_drift(&env, &ns, &rollouts, "v2 rolled back").await;
+    let route = route_api.get(APP).await.expect("the route");
+    assert_eq!(route_weights(&route), Some((100, 0)));
 }
