@@ -118,6 +118,7 @@ impl PrivateApiserver {
                 dir: env.dir.clone(),
                 gateway: None,
                 helm: env.helm.clone(),
+                gitops: None,
             },
             etcd,
             prefix: etcd_prefix,

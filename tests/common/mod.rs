@@ -26,6 +26,7 @@ pub mod chart;
 pub mod controller;
 pub mod events;
 pub mod exporter;
+pub mod gitops;
 pub mod loadtester;
 pub mod pods;
 pub mod proxy;
@@ -73,6 +74,8 @@ pub struct TestEnv {
     pub gateway: Option<GatewayEnv>,
     /// The helm 3 that `tests/env/up` built (`None` in an env file from before it did).
     pub helm: Option<PathBuf>,
+    /// Flux and the Git server it reads (`tests/env/gitops`), when `tests/env/up` started them.
+    pub gitops: Option<gitops::GitopsEnv>,
 }
 
 /// The real Gateway API data plane `tests/env/up` runs: Traefik reading the test cluster, and
@@ -175,6 +178,7 @@ pub async fn test_env() -> Option<TestEnv> {
             .get("HELM")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from),
+        gitops: gitops::GitopsEnv::from_vars(&vars),
         kubeconfig,
     };
     match tokio::time::timeout(Duration::from_secs(10), env.client.apiserver_version()).await {
