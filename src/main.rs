@@ -322,8 +322,9 @@ fn parse() -> Cli {
         command = command.bin_name("kubectl sluice");
     }
     // Go's single-dash spellings: the load tester's every flag, the controller's Flagger ones.
-    let args = sluice::loadtester::go_style_flags(std::env::args_os().collect());
-    let matches = command.get_matches_from(sluice::cli::flagger_flags::double_dashed(args));
+    let matches = command.get_matches_from(sluice::cli::flagger_flags::double_dashed(
+        std::env::args_os(),
+    ));
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 

@@ -1,8 +1,9 @@
-//! Flagger's single-dash flag spellings (`-slack-url=…`, `-mesh-provider istio`): Go's `flag`
-//! package takes one dash, clap takes two. The controller's flags that Flagger also has are
-//! rewritten to `--name` before parsing, so a Flagger Deployment's arguments work unchanged.
+//! Flagger's single-dash flag spellings (`-slack-url=…`, `-mesh-provider istio`, the load
+//! tester's `-port=8080`): Go's `flag` package takes one dash, clap takes two. They are rewritten
+//! to `--name` before parsing, so a Flagger Deployment's arguments work unchanged.
 //!
-//! Only the names listed here are touched: any other single-dash word reaches clap as written.
+//! Only the controller flags listed here, and every flag of the `loadtester` subcommand (all of
+//! its flags are Flagger's), are touched: any other single-dash word reaches clap as written.
 
 use std::ffi::OsString;
 
@@ -20,16 +21,23 @@ const FLAGGER_FLAGS: &[&str] = &[
     "include-label-prefix",
 ];
 
-/// `args` with every `-<flagger flag>[=value]` spelled `--<flagger flag>[=value]`.
+/// `args` with every `-<flagger flag>[=value]` spelled `--<flagger flag>[=value]`; after the
+/// subcommand `loadtester`, every `-<word>` of two letters or more.
 pub fn double_dashed(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let loadtester = args.get(1).is_some_and(|a| a == "loadtester");
     args.into_iter()
-        .map(|arg| {
+        .enumerate()
+        .map(|(i, arg)| {
             let rewritten = arg.to_str().and_then(|text| {
                 let rest = text.strip_prefix('-').filter(|r| !r.starts_with('-'))?;
                 let name = rest.split_once('=').map_or(rest, |(name, _)| name);
-                FLAGGER_FLAGS
-                    .contains(&name)
-                    .then(|| OsString::from(format!("-{text}")))
+                let go_flag = if loadtester && i > 1 {
+                    name.len() > 1 && name.starts_with(|c: char| c.is_ascii_alphabetic())
+                } else {
+                    FLAGGER_FLAGS.contains(&name)
+                };
+                go_flag.then(|| OsString::from(format!("-{text}")))
             });
             rewritten.unwrap_or(arg)
         })
@@ -77,5 +85,31 @@ mod tests {
                 "-slackurl",
             ]
         );
+    }
+
+    #[test]
+    fn every_loadtester_flag_becomes_a_long_flag_after_the_subcommand() {
+        assert_eq!(
+            run(&[
+                "sluice",
+                "loadtester",
+                "-port=8080",
+                "-timeout",
+                "1h",
+                "--log-level=info",
+                "-h"
+            ]),
+            vec![
+                "sluice",
+                "loadtester",
+                "--port=8080",
+                "--timeout",
+                "1h",
+                "--log-level=info",
+                "-h"
+            ]
+        );
+        let other = ["sluice", "lint", "-f", "loadtester", "-filename"];
+        assert_eq!(run(&other), other);
     }
 }
