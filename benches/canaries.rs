@@ -9,7 +9,12 @@
 //! tests/env/up
 //! cargo bench --bench canaries                              # 1,000 Canaries, 100 progressing
 //! SLUICE_BENCH_CANARIES=200 SLUICE_BENCH_PROGRESSING=20 cargo bench --bench canaries
+//! cargo bench --bench canaries -- --vs flagger             # Sluice, then Flagger's controller
 //! ```
+//! `--vs flagger` (or `SLUICE_BENCH_VS=flagger`) runs the identical workload under Flagger's own
+//! controller after Sluice's (built from its Go module and cached by `benches/upstream`; mesh
+//! provider `kubernetes`) and prints both side by side; `SLUICE_BENCH_CONTROLLER=flagger` runs it
+//! alone. Flagger exports no client request counter, so its API requests show as n/a.
 //! `SLUICE_BENCH_CANARIES` (default 1000) Canaries, `SLUICE_BENCH_PROGRESSING` (default 100) of
 //! them given a new image, `SLUICE_BENCH_INTERVAL` (default `10s`) their `analysis.interval`.
 //! Provider `kubernetes` (Blue/Green by the apex Service), `iterations: 5`, `threshold: 5`, no
@@ -30,7 +35,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::controller::ControllerProcess;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
@@ -39,7 +43,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use sluice::api::flagger::canary::{Canary, CanaryPhase};
 use support::{
-    api_requests, cpu_seconds, env_or, rss_mib, sample_quantile, sample_rss, sum_by_kind_verb,
+    Contender, Report, api_requests, cpu_seconds, delete_namespace, env_or, print_side_by_side,
+    rss_mib, sample_quantile, sample_rss, sum_by_kind_verb,
 };
 
 const PARALLEL: usize = 32;
@@ -141,8 +146,9 @@ struct Seen {
     iterations: i32,
 }
 
-/// Per (kind, verb): total delta and its share per canary per interval.
-fn print_requests(title: &str, delta: &BTreeMap<(String, String), f64>, per: f64) {
+/// Per (kind, verb): total delta and its share per canary per interval. Returns the shares of
+/// (all but watches, watches).
+fn print_requests(title: &str, delta: &BTreeMap<(String, String), f64>, per: f64) -> (f64, f64) {
     println!("{title}");
     let (watches, others): (Vec<_>, Vec<_>) = delta.iter().partition(|((_, v), _)| v == "watch");
     // `+ 0.0`: an empty f64 sum is -0.0.
@@ -163,6 +169,16 @@ fn print_requests(title: &str, delta: &BTreeMap<(String, String), f64>, per: f64
     for ((kind, verb), n) in &watches {
         println!("    {verb:<8} {kind:<28} {n:.0}");
     }
+    (total(&others) / per, total(&watches) / per)
+}
+
+/// The workload, from the environment.
+struct Workload {
+    count: usize,
+    progressing: usize,
+    interval_text: String,
+    interval: Duration,
+    idle_replicas: i32,
 }
 
 #[tokio::main]
@@ -174,16 +190,45 @@ async fn main() {
         return;
     }
     let count: usize = env_or("SLUICE_BENCH_CANARIES", 1000);
-    let progressing: usize = env_or::<usize>("SLUICE_BENCH_PROGRESSING", 100).min(count);
     let interval_text: String = env_or("SLUICE_BENCH_INTERVAL", "10s".to_string());
-    let interval = sluice::api::flagger::canary::parse_go_duration(&interval_text)
-        .unwrap_or_else(|| panic!("SLUICE_BENCH_INTERVAL={interval_text} is not a duration"));
-    let idle_replicas: i32 = env_or("SLUICE_BENCH_IDLE_REPLICAS", 0);
+    let work = Workload {
+        count,
+        progressing: env_or::<usize>("SLUICE_BENCH_PROGRESSING", 100).min(count),
+        interval: sluice::api::flagger::canary::parse_go_duration(&interval_text)
+            .unwrap_or_else(|| panic!("SLUICE_BENCH_INTERVAL={interval_text} is not a duration")),
+        interval_text,
+        idle_replicas: env_or("SLUICE_BENCH_IDLE_REPLICAS", 0),
+    };
     let Some(env) = common::test_env().await else {
         eprintln!("no test environment: run tests/env/up first");
         std::process::exit(2);
     };
+    let mut runs = Vec::new();
+    for who in Contender::from_env(Contender::Flagger) {
+        runs.push((who, measure(&env, who, &work).await));
+    }
+    print_side_by_side(
+        &format!(
+            "canaries: {} Canaries at {}, {} progressing ({ITERATIONS} iterations, provider kubernetes)",
+            work.count, work.interval_text, work.progressing
+        ),
+        &runs,
+    );
+    println!(
+        "(step-timing error: |time between consecutive iterations on this benchmark's watch - interval|)"
+    );
+}
 
+/// One controller's run: Canaries created and Initialized, idle, then some progressing.
+async fn measure(env: &common::TestEnv, who: Contender, work: &Workload) -> Report {
+    let Workload {
+        count,
+        progressing,
+        ref interval_text,
+        interval,
+        idle_replicas,
+    } = *work;
+    let mut report = Report::default();
     // Room for three ClusterIPs per Canary.
     let cidrs: Api<ServiceCIDR> = Api::all(env.client.clone());
     let cidr: ServiceCIDR = serde_json::from_value(json!({
@@ -195,14 +240,15 @@ async fn main() {
     ensure_service_cidr(&cidrs, &cidr).await;
 
     let ns = env.namespace("bench-canaries").await;
-    let ctl = ControllerProcess::start_with(&env, &ns.name, &["--leader-elect=false"]).await;
+    let ctl = who.start(env, &ns.name).await;
     let pid = ctl.pid();
     let empty_rss = rss_mib(pid);
     let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &ns.name);
     let canaries: Api<Canary> = Api::namespaced(env.client.clone(), &ns.name);
 
     println!(
-        "creating {count} Deployments + Canaries (interval {interval_text}; {progressing} with 1 pod, the rest with {idle_replicas}) in {}",
+        "{}: creating {count} Deployments + Canaries (interval {interval_text}; {progressing} with 1 pod, the rest with {idle_replicas}) in {}",
+        who.name(),
         ns.name
     );
     let created = Instant::now();
@@ -398,62 +444,83 @@ async fn main() {
             to_succeeded.push(end.at.saturating_duration_since(*start).as_secs_f64());
         }
     }
-    let s = |v: Option<f64>| v.map_or("n/a".to_string(), |s| format!("{s:.3} s"));
     let per_idle = count as f64 * idle_elapsed / interval.as_secs_f64();
-
-    println!(
-        "\n=== canaries: {count} Canaries at {interval_text}, {progressing} progressing ({ITERATIONS} iterations, provider kubernetes) ==="
-    );
-    println!("all Initialized after                {initialized_after:.1} s");
-    println!("controller RSS before any Canary     {empty_rss:.1} MiB");
-    println!("controller RSS idle (avg / max)      {idle_rss:.1} / {idle_rss_max:.1} MiB");
-    println!(
-        "controller CPU idle                  {:.1}% of one core",
-        100.0 * idle_cpu
-    );
-    print_requests(
+    report.add("all Initialized after creation", initialized_after, "s");
+    report.add("RSS before any Canary", empty_rss, "MiB");
+    report.add("RSS idle, average", idle_rss, "MiB");
+    report.add("RSS idle, max", idle_rss_max, "MiB");
+    report.add("CPU idle", 100.0 * idle_cpu, "% of a core");
+    // Flagger exports no request counter: its figures would read 0, so they are left out.
+    let counted = who != Contender::Flagger;
+    let (idle_others, idle_watches) = print_requests(
         &format!(
-            "API requests, idle window of {idle_elapsed:.0} s ({:.1} intervals x {count} Canaries):",
+            "{}: API requests, idle window of {idle_elapsed:.0} s ({:.1} intervals x {count} Canaries):",
+            who.name(),
             idle_elapsed / interval.as_secs_f64()
         ),
         &idle_requests,
         per_idle,
     );
-    println!("controller RSS progressing (avg/max) {rss_avg:.1} / {rss_max:.1} MiB");
-    println!(
-        "controller CPU progressing           {:.1}% of one core ({cpu:.1} s over {elapsed:.1} s)",
-        100.0 * cpu / elapsed
+    report.add(
+        "API requests per idle Canary per interval",
+        counted.then_some(idle_others),
+        "count",
     );
-    println!("patches sent in                      {patched_in:.1} s ({PARALLEL} in parallel)");
-    println!(
-        "Succeeded                            {done} of {progressing}; time to Succeeded p50 / max {} / {}",
-        s(sample_quantile(&to_succeeded, 0.5)),
-        s(sample_quantile(&to_succeeded, 1.0))
+    report.add(
+        "watches re-established per idle Canary per interval",
+        counted.then_some(idle_watches),
+        "count",
     );
-    println!(
-        "iteration gaps                       {} (p50 {})",
-        gaps.len(),
-        s(sample_quantile(&gaps, 0.5))
+    report.add("RSS progressing, average", rss_avg, "MiB");
+    report.add("RSS progressing, max", rss_max, "MiB");
+    report.add("CPU progressing", 100.0 * cpu / elapsed, "% of a core");
+    report.add("patches sent in", patched_in, "s");
+    report.add("Succeeded", done as f64, "count");
+    report.add(
+        "time to Succeeded p50",
+        sample_quantile(&to_succeeded, 0.5),
+        "s",
     );
-    println!(
-        "step-timing error p50 / p99 / max    {} / {} / {}",
-        s(sample_quantile(&errors, 0.5)),
-        s(sample_quantile(&errors, 0.99)),
-        s(sample_quantile(&errors, 1.0))
+    report.add(
+        "time to Succeeded max",
+        sample_quantile(&to_succeeded, 1.0),
+        "s",
     );
-    println!(
-        "(step-timing error: |time between consecutive iterations on this benchmark's watch - interval|)"
+    report.add("iteration gaps", gaps.len() as f64, "count");
+    let ms = |v: Option<f64>| v.map(|s| s * 1000.0);
+    report.add(
+        "step-timing error p50",
+        ms(sample_quantile(&errors, 0.5)),
+        "ms",
     );
-    print_requests(
-        &format!("API requests while progressing ({elapsed:.0} s, all {count} Canaries):"),
+    report.add(
+        "step-timing error p99",
+        ms(sample_quantile(&errors, 0.99)),
+        "ms",
+    );
+    report.add(
+        "step-timing error max",
+        ms(sample_quantile(&errors, 1.0)),
+        "ms",
+    );
+    let (busy, _) = print_requests(
+        &format!(
+            "{}: API requests while progressing ({elapsed:.0} s, all {count} Canaries):",
+            who.name()
+        ),
         &progress_requests,
         progressing as f64 * elapsed / interval.as_secs_f64(),
     );
-    println!("(per canary per interval above: per progressing Canary)");
-    println!("controller log: {}", ctl.log.display());
-
+    report.add(
+        "API requests per progressing Canary per interval",
+        counted.then_some(busy),
+        "count",
+    );
+    println!("{} log: {}", who.name(), ctl.log.display());
+    // The namespace goes first: a controller stopped before its objects would leave finalizers.
+    delete_namespace(env, ns).await;
     drop(ctl);
-    drop(ns);
     // Deleted once the namespace's Services have given their addresses back.
     let _ = cidrs.delete(SERVICE_CIDR, &DeleteParams::default()).await;
+    report
 }

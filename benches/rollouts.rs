@@ -8,7 +8,11 @@
 //! tests/env/up
 //! cargo bench --bench rollouts                              # 1,000 Rollouts
 //! SLUICE_BENCH_ROLLOUTS=10000 cargo bench --bench rollouts
+//! cargo bench --bench rollouts -- --vs argo                 # Sluice, then Argo's controller
 //! ```
+//! `--vs argo` (or `SLUICE_BENCH_VS=argo`) runs the identical workload under Argo Rollouts' own
+//! controller after Sluice's (built from its Go module and cached by `benches/upstream`) and prints
+//! both side by side with the ratios; `SLUICE_BENCH_CONTROLLER=argo` runs Argo's alone.
 //! `SLUICE_BENCH_REPLICAS` sets the pods per Rollout (default 1). `SLUICE_BENCH_RATE=N` sends the
 //! template changes paced at N per second (as a GitOps sync applies them) instead of all at once
 //! (32 in flight), to measure the reaction of a controller that is not queueing behind a burst.
@@ -23,14 +27,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::controller::ControllerProcess;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use sluice::api::argo::rollout::{Rollout, RolloutPhase};
-use support::{cpu_seconds, env_or, histogram, quantile, rss_mib, sample_quantile, sample_rss};
+use support::{
+    Contender, Report, api_requests, cpu_seconds, delete_namespace, env_or, histogram,
+    print_side_by_side, quantile, rss_mib, sample_quantile, sample_rss, sum_by_kind_verb,
+    sum_series,
+};
 
 const PARALLEL: usize = 32;
 
@@ -91,14 +98,46 @@ async fn main() {
         eprintln!("no test environment: run tests/env/up first");
         std::process::exit(2);
     };
+    let mut runs = Vec::new();
+    for who in Contender::from_env(Contender::Argo) {
+        runs.push((who, measure(&env, who, count, replicas, rate).await));
+    }
+    let how = if rate > 0.0 {
+        format!("paced at {rate} per second")
+    } else {
+        format!("burst, {PARALLEL} in parallel")
+    };
+    print_side_by_side(
+        &format!("rollouts: {count} Rollouts x {replicas} pod(s), template change on all ({how})"),
+        &runs,
+    );
+    println!("(reaction: patch acknowledged -> canary ReplicaSet on this benchmark's watch)");
+    println!("(reconcile duration: Argo's buckets 10, 150, 250, 500, 1000 ms; controller's share:");
+    println!(" sluice_rollout_reaction_seconds, change seen on the watch -> ReplicaSet created)");
+    println!(
+        "rollout workers: {}",
+        std::env::var("SLUICE_ROLLOUT_WORKERS").unwrap_or_else(|_| "default".into())
+    );
+}
+
+/// One controller's run: Rollouts created, Healthy, idle, then the template change on all.
+async fn measure(
+    env: &common::TestEnv,
+    who: Contender,
+    count: usize,
+    replicas: i32,
+    rate: f64,
+) -> Report {
+    let mut report = Report::default();
     let ns = env.namespace("bench-rollouts").await;
-    let ctl = ControllerProcess::start_with(&env, &ns.name, &["--leader-elect=false"]).await;
+    let ctl = who.start(env, &ns.name).await;
     let pid = ctl.pid();
     let empty_rss = rss_mib(pid);
     let api: Api<Rollout> = Api::namespaced(env.client.clone(), &ns.name);
 
     println!(
-        "creating {count} Rollouts ({replicas} pod(s) each) in {}",
+        "{}: creating {count} Rollouts ({replicas} pod(s) each) in {}",
+        who.name(),
         ns.name
     );
     let created = Instant::now();
@@ -131,7 +170,8 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    println!("all Healthy after {:.1}s", created.elapsed().as_secs_f64());
+    let all_healthy = created.elapsed().as_secs_f64();
+    println!("all Healthy after {all_healthy:.1}s");
 
     // Idle: nothing changes for 15 s.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -255,88 +295,79 @@ async fn main() {
                 .map(|rs| rs.saturating_duration_since(*at).as_secs_f64())
         })
         .collect();
-    let reconciles = |m: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("rollout_reconcile_count "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let ms = |v: Option<f64>| v.map_or("n/a".to_string(), |s| format!("{:.1} ms", s * 1000.0));
-
-    println!("\n=== rollouts: {count} Rollouts x {replicas} pod(s), template change on all ===");
-    println!("controller RSS before any Rollout    {empty_rss:.1} MiB");
-    println!("controller RSS idle (avg / max)      {idle_rss:.1} / {idle_rss_max:.1} MiB");
-    println!(
-        "controller CPU idle                  {:.1}% of one core",
-        100.0 * idle_cpu
+    let ms = |v: Option<f64>| v.map(|s| s * 1000.0);
+    report.add("RSS before any Rollout", empty_rss, "MiB");
+    report.add("all Healthy after creation", all_healthy, "s");
+    report.add("RSS idle, average", idle_rss, "MiB");
+    report.add("RSS idle, max", idle_rss_max, "MiB");
+    report.add("CPU idle", 100.0 * idle_cpu, "% of a core");
+    report.add("RSS during the change, average", rss_avg, "MiB");
+    report.add("RSS during the change, max", rss_max, "MiB");
+    report.add(
+        "CPU during the change",
+        100.0 * cpu / elapsed,
+        "% of a core",
     );
-    println!("controller RSS during (avg / max)    {rss_avg:.1} / {rss_max:.1} MiB");
-    println!(
-        "controller CPU during               {:.1}% of one core ({cpu:.1} s over {elapsed:.1} s)",
-        100.0 * cpu / elapsed
+    report.add(
+        "Rollout reconciles during the change",
+        sum_series(&metrics_after, "rollout_reconcile_count")
+            - sum_series(&metrics_before, "rollout_reconcile_count"),
+        "count",
     );
-    println!(
-        "Rollout reconciles during            {:.0}",
-        reconciles(&metrics_after) - reconciles(&metrics_before)
+    report.add("patches sent in", patched_in, "s");
+    report.add(
+        "canary ReplicaSets created",
+        reactions.len() as f64,
+        "count",
     );
-    if rate > 0.0 {
-        println!(
-            "patches sent in                      {patched_in:.1} s (paced, {rate} per second)"
-        );
-    } else {
-        println!(
-            "patches sent in                      {patched_in:.1} s (burst, {PARALLEL} in parallel)"
-        );
-    }
-    println!(
-        "canary ReplicaSets created           {} of {count}, the last {all_created:.1} s after the first patch",
-        reactions.len()
-    );
-    println!(
-        "reaction p50 / p99 / max             {} / {} / {}",
-        ms(sample_quantile(&reactions, 0.5)),
-        ms(sample_quantile(&reactions, 0.99)),
-        ms(sample_quantile(&reactions, 1.0))
-    );
-    println!("(reaction: patch acknowledged -> canary ReplicaSet on this benchmark's watch)");
+    report.add("last of them after the first patch", all_created, "s");
+    report.add("reaction p50", ms(sample_quantile(&reactions, 0.5)), "ms");
+    report.add("reaction p99", ms(sample_quantile(&reactions, 0.99)), "ms");
+    report.add("reaction max", ms(sample_quantile(&reactions, 1.0)), "ms");
     let (hb, ha) = (
         histogram(&metrics_before, "rollout_reconcile"),
         histogram(&metrics_after, "rollout_reconcile"),
     );
-    println!(
-        "reconcile duration p50 / p99         {} / {} (Argo's buckets: 10, 150, 250, 500, 1000 ms)",
-        ms(quantile(&hb, &ha, 0.5)),
-        ms(quantile(&hb, &ha, 0.99))
-    );
+    report.add("reconcile duration p50", ms(quantile(&hb, &ha, 0.5)), "ms");
+    report.add("reconcile duration p99", ms(quantile(&hb, &ha, 0.99)), "ms");
     let (rb, ra) = (
         histogram(&metrics_before, "sluice_rollout_reaction_seconds"),
         histogram(&metrics_after, "sluice_rollout_reaction_seconds"),
     );
-    println!(
-        "controller's share p50 / p99         {} / {} (sluice_rollout_reaction_seconds: change seen on the watch -> ReplicaSet created)",
-        ms(quantile(&rb, &ra, 0.5)),
-        ms(quantile(&rb, &ra, 0.99))
-    );
-    println!(
-        "rollout workers                      {}",
-        std::env::var("SLUICE_ROLLOUT_WORKERS").unwrap_or_else(|_| "default".into())
-    );
-    println!("apiserver, mean over the change window (the machine's share of the reaction):");
+    report.add("controller's share p50", ms(quantile(&rb, &ra, 0.5)), "ms");
+    report.add("controller's share p99", ms(quantile(&rb, &ra, 0.99)), "ms");
+    // Both export client-go's request counter (`controller_clientset_k8s_request_total`).
+    let (qb, qa) = (api_requests(&metrics_before), api_requests(&metrics_after));
+    println!("{}: API requests during the change, by kind:", who.name());
+    for ((kind, verb), n) in sum_by_kind_verb(&qb, &qa) {
+        println!("    {verb:<8} {kind:<28} {n:.0}");
+    }
+    for verb in [
+        "Get", "List", "Watch", "Create", "Update", "Patch", "Delete",
+    ] {
+        let sum = |m: &std::collections::BTreeMap<(String, String, String), f64>| -> f64 {
+            m.iter()
+                .filter(|((_, v, _), _)| v.eq_ignore_ascii_case(verb))
+                .map(|(_, n)| n)
+                .sum()
+        };
+        report.add(
+            format!("API requests during the change: {verb}"),
+            sum(&qa) - sum(&qb),
+            "count",
+        );
+    }
     for (what, series) in [
         (
-            "POST replicasets",
+            "apiserver mean POST replicasets",
             r#"apiserver_request_duration_seconds_{}{component="apiserver",dry_run="",group="apps",resource="replicasets",scope="resource",subresource="",verb="POST",version="v1"}"#,
         ),
         (
-            "PATCH rollouts (the change)",
+            "apiserver mean PATCH rollouts (the change)",
             r#"apiserver_request_duration_seconds_{}{component="apiserver",dry_run="",group="argoproj.io",resource="rollouts",scope="resource",subresource="",verb="PATCH",version="v1alpha1"}"#,
         ),
         (
-            "APPLY rollouts/status",
-            r#"apiserver_request_duration_seconds_{}{component="apiserver",dry_run="",group="argoproj.io",resource="rollouts",scope="resource",subresource="status",verb="APPLY",version="v1alpha1"}"#,
-        ),
-        (
-            "etcd create replicasets",
+            "etcd mean create replicasets",
             r#"etcd_request_duration_seconds_{}{operation="create",type="replicasets.apps"}"#,
         ),
     ] {
@@ -351,14 +382,13 @@ async fn main() {
             value(&apiserver_after) - value(&apiserver_before)
         };
         let (sum, n) = (delta("sum"), delta("count"));
-        if n > 0.0 {
-            println!(
-                "  {what:<34} {:.1} ms over {n:.0} requests",
-                1000.0 * sum / n
-            );
-        }
+        report.add(what, (n > 0.0).then(|| 1000.0 * sum / n), "ms");
     }
-    println!("controller log: {}", ctl.log.display());
+    println!("{} log: {}", who.name(), ctl.log.display());
+    // The namespace goes first: a controller stopped before its objects would leave finalizers.
+    delete_namespace(env, ns).await;
+    drop(ctl);
+    report
 }
 
 /// The apiserver's own /metrics (empty if it cannot be read).

@@ -53,10 +53,6 @@ impl ControllerProcess {
         kubeconfig: &std::path::Path,
     ) -> ControllerProcess {
         let port = free_port();
-        let logs = env.dir.join("logs");
-        std::fs::create_dir_all(&logs).expect("creating the log directory");
-        let log = logs.join(format!("controller-{namespace}-{port}.log"));
-        let file = std::fs::File::create(&log).expect("creating the controller log");
         // A profiler to run the controller under (benchmarks): `SLUICE_CONTROLLER_WRAPPER="heaptrack -o /tmp/h"`.
         let wrapper = std::env::var("SLUICE_CONTROLLER_WRAPPER").unwrap_or_default();
         let mut words = wrapper.split_whitespace();
@@ -68,7 +64,7 @@ impl ControllerProcess {
             }
             None => Command::new(sluice_bin()),
         };
-        let child = command
+        command
             .arg("controller")
             .args(["--namespace", namespace])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
@@ -80,28 +76,51 @@ impl ControllerProcess {
             .env("MALLOC_ARENA_MAX", "2")
             .env("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072")
             // Canary tests run analysis intervals of 1s (the production minimum is 10s).
-            .env("SLUICE_CANARY_MIN_INTERVAL", "1s")
+            .env("SLUICE_CANARY_MIN_INTERVAL", "1s");
+        let http_url = format!("http://127.0.0.1:{port}");
+        let ready = format!("{http_url}/readyz");
+        Self::spawn(
+            env,
+            command,
+            &format!("{namespace}-{port}"),
+            http_url,
+            &ready,
+        )
+        .await
+    }
+
+    /// Starts `command` (any controller: benchmarks also run upstream's), logging to
+    /// `target/testenv/logs/controller-<name>.log`, and waits until `ready_url` answers 2xx.
+    /// `http_url` is the base of its `/metrics`.
+    pub async fn spawn(
+        env: &TestEnv,
+        mut command: Command,
+        name: &str,
+        http_url: String,
+        ready_url: &str,
+    ) -> ControllerProcess {
+        let logs = env.dir.join("logs");
+        std::fs::create_dir_all(&logs).expect("creating the log directory");
+        let log = logs.join(format!("controller-{name}.log"));
+        let file = std::fs::File::create(&log).expect("creating the controller log");
+        let child = command
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
             .spawn()
-            .expect("starting sluice controller");
+            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
         let process = ControllerProcess {
             child,
-            http_url: format!("http://127.0.0.1:{port}"),
+            http_url,
             log,
         };
-        let url = format!("{}/readyz", process.http_url);
         let log_path = process.log.display().to_string();
         eventually(
-            Duration::from_secs(30),
-            &format!("sluice controller to be ready (log: {log_path})"),
-            || {
-                let url = url.clone();
-                async move {
-                    let r = reqwest::get(&url).await.ok()?;
-                    r.status().is_success().then_some(())
-                }
+            Duration::from_secs(60),
+            &format!("the controller to be ready (log: {log_path})"),
+            || async move {
+                let r = reqwest::get(ready_url).await.ok()?;
+                r.status().is_success().then_some(())
             },
         )
         .await;
