@@ -1,12 +1,14 @@
 //! `controller_clientset_k8s_request_total` counts the controller's own API requests on the real
 //! cluster: a Rollout made Healthy shows its ReplicaSet's create (201), the watches the
-//! controllers hold, the status writes, and no per-object labels.
+//! controllers hold, the status writes, and no per-object labels. An undo finds the ReplicaSet to
+//! reuse without reading any ReplicaSet back from the apiserver.
 
 mod common;
 
 use std::time::Duration;
 
 use common::controller::ControllerProcess;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use sluice::api::argo::rollout::{Rollout, RolloutPhase};
@@ -117,4 +119,74 @@ async fn api_requests_are_counted_by_kind_verb_and_status() {
         },
     )
     .await;
+
+    // Promoted to web:2; then an undo (as `kubectl argo rollouts undo` writes it: the old
+    // ReplicaSet's stored, defaulted template) reuses web:1's ReplicaSet, found by the
+    // fingerprint the cache keeps of it: no ReplicaSet is read back from the apiserver.
+    let first = rollouts.get("web").await.unwrap().status.unwrap().stable_rs;
+    rollouts
+        .patch_status(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"status": {"promoteFull": true}})),
+        )
+        .await
+        .expect("promoting");
+    common::eventually(Duration::from_secs(90), "Healthy on web:2", || async {
+        let s = rollouts.get("web").await.ok()?.status?;
+        (s.phase == Some(RolloutPhase::Healthy) && s.stable_rs != first).then_some(())
+    })
+    .await;
+    let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+        Api::namespaced(env.client.clone(), &ns.name);
+    let old = sets
+        .list(&kube::api::ListParams::default())
+        .await
+        .expect("listing ReplicaSets")
+        .items
+        .into_iter()
+        .find(|rs| rs.labels().get("rollouts-pod-template-hash") == Some(&first))
+        .expect("web:1's ReplicaSet");
+    let mut template = serde_json::to_value(old.spec.unwrap().template.unwrap()).unwrap();
+    template["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("rollouts-pod-template-hash");
+    rollouts
+        .patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"spec": {"template": template}})),
+        )
+        .await
+        .expect("undoing");
+    common::eventually(
+        Duration::from_secs(60),
+        "web:1's ReplicaSet reused",
+        || async {
+            let s = rollouts.get("web").await.ok()?.status?;
+            (s.current_pod_hash == first).then_some(())
+        },
+    )
+    .await;
+    let metrics = ctl.metrics().await;
+    assert_eq!(
+        sample(&metrics, "replicasets", "get", "200"),
+        None,
+        "the controller read ReplicaSets back:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(METRIC))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        sets.list(&kube::api::ListParams::default())
+            .await
+            .expect("listing ReplicaSets")
+            .items
+            .len(),
+        2,
+        "an undo makes no new ReplicaSet"
+    );
 }

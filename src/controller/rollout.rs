@@ -383,18 +383,7 @@ pub async fn run(
             shared.api::<ReplicaSet>(),
             config().labels(POD_TEMPLATE_HASH_LABEL),
         ),
-        // Only labels, owner, replicas and status are read: the pod spec is most of the object.
-        // It is kept for ReplicaSets another controller made, to compare before adopting them.
-        |rs: &mut ReplicaSet| {
-            let ours = rs
-                .annotations()
-                .contains_key(observe::TEMPLATE_HASH_ANNOTATION);
-            if let Some(template) = rs.spec.as_mut().and_then(|s| s.template.as_mut())
-                && ours
-            {
-                template.spec = None;
-            }
-        },
+        adopt::slim_replica_set,
         move |e| idx.replica_sets.apply(e),
     );
     let (services, service_events) = (services.store.clone(), services.changes());

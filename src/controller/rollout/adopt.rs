@@ -13,7 +13,9 @@
 //! The defaults are applied by the apiserver itself, through a server-side dry-run create of the
 //! ReplicaSet Sluice would make, instead of being re-implemented. A match is recorded on the
 //! ReplicaSet as the `sluice.dev/template-hash` annotation (Sluice sets it on every ReplicaSet it
-//! creates too), so each migrated template costs one dry-run and one patch, once.
+//! creates too), so each migrated template costs one dry-run and one patch, once. Sluice's own
+//! ReplicaSets are compared without reading them again: the cache drops their pod specs (most of
+//! the object) and keeps a fingerprint of each instead ([`slim_replica_set`]).
 //!
 //! This module only decides whether two pod templates are equal; what the Rollout then does with
 //! the ReplicaSet is the engine's decision.
@@ -57,10 +59,8 @@ pub async fn adopt(
     let Some(wanted) = defaulted(&api, rollout, spec, &current).await? else {
         return Ok(false);
     };
-    let found = match foreign_match(replica_sets, &status.current_pod_hash, &wanted) {
-        Some(rs) => Some(rs),
-        None => own_match(&api, replica_sets, &wanted).await?,
-    };
+    let found = foreign_match(replica_sets, &status.current_pod_hash, &wanted)
+        .or_else(|| own_match(replica_sets, &wanted));
     let Some(found) = found else {
         return Ok(false);
     };
@@ -126,28 +126,58 @@ fn foreign_match<'a>(
         .find(|rs| template_of(rs).map(comparable).as_ref() == Some(wanted))
 }
 
-/// One of Sluice's own ReplicaSets with the `wanted` template, newest first. The cache drops their
-/// pod specs (most of the object), so each is read from the apiserver: this runs once per new
-/// template, for at most `revisionHistoryLimit` + 2 ReplicaSets.
-async fn own_match<'a>(
-    api: &Api<ReplicaSet>,
+/// One of Sluice's own ReplicaSets with the `wanted` template, newest first, compared by
+/// fingerprint (the cache keeps no pod spec of theirs; one just written may still carry it).
+fn own_match<'a>(
     replica_sets: &'a [Arc<ReplicaSet>],
     wanted: &Value,
-) -> Result<Option<&'a Arc<ReplicaSet>>, kube::Error> {
+) -> Option<&'a Arc<ReplicaSet>> {
+    let wanted = fingerprint(wanted);
     let mut ours: Vec<&Arc<ReplicaSet>> = replica_sets
         .iter()
         .filter(|rs| rs.annotations().contains_key(TEMPLATE_HASH_ANNOTATION))
         .collect();
     ours.sort_by_key(|rs| std::cmp::Reverse(rs.creation_timestamp()));
-    for rs in ours {
-        let Some(live) = api.get_opt(&rs.name_any()).await? else {
-            continue;
+    ours.into_iter().find(|rs| {
+        let known = match template_of(rs).filter(|t| t.spec.is_some()) {
+            Some(template) => Some(fingerprint(&comparable(template))),
+            None => rs.annotations().get(FINGERPRINT_ANNOTATION).cloned(),
         };
-        if template_of(&live).map(comparable).as_ref() == Some(wanted) {
-            return Ok(Some(rs));
-        }
+        known.as_deref() == Some(wanted.as_str())
+    })
+}
+
+/// Where the watch cache keeps the fingerprint of a ReplicaSet's pod template once it has dropped
+/// the template's spec. Only ever in the cache: never sent to the apiserver (no write is built
+/// from a cached ReplicaSet's annotations).
+const FINGERPRINT_ANNOTATION: &str = "sluice.dev/cached-template-fingerprint";
+
+/// Shrinks a ReplicaSet for the watch cache: for Sluice's own, the pod template's spec (most of
+/// the object; only labels, owner, replicas and status are read) gives way to its fingerprint.
+/// Another controller's keep their template, to compare before adopting them.
+pub fn slim_replica_set(rs: &mut ReplicaSet) {
+    if !rs.annotations().contains_key(TEMPLATE_HASH_ANNOTATION) {
+        return;
     }
-    Ok(None)
+    let Some(template) = rs.spec.as_mut().and_then(|s| s.template.as_mut()) else {
+        return;
+    };
+    if template.spec.is_none() {
+        return;
+    }
+    let print = fingerprint(&comparable(template));
+    template.spec = None;
+    rs.annotations_mut()
+        .insert(FINGERPRINT_ANNOTATION.to_string(), print);
+}
+
+/// A fingerprint of a comparable template: equal templates, equal fingerprints. Kept in memory
+/// only, so the process's own hasher will do.
+fn fingerprint(comparable: &Value) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    comparable.to_string().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 fn template_of(rs: &ReplicaSet) -> Option<&PodTemplateSpec> {
