@@ -11,7 +11,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use crate::api::argo::analysis::{Authentication, WebMetricHeader};
 pub use crate::outbound::{
     BODY_EXCERPT_CHARS, ERROR_BODY_BYTES, HttpClients, MAX_BODY_BYTES, describe_answer,
-    describe_send_error, error_chain, excerpt, read_body,
+    describe_send_error, error_chain, excerpt, read_body, read_prefix,
 };
 
 /// How a request authenticates, from a metric's `authentication` block.

@@ -1,5 +1,5 @@
-//! Metric providers: the I/O side of analysis. Each provider takes one measurement of a metric
-//! (queries Prometheus, calls a URL, runs a Job) and reports what it saw as an
+//! Metric providers: the I/O side of analysis, for both APIs. Each provider takes one measurement
+//! of a metric (queries Prometheus, Graphite or InfluxDB, calls a URL, runs a Job) and reports what it saw as an
 //! [`Observed`]; the pure engine (`crate::engine::analysis`) judges it against the metric's
 //! conditions and records it in the AnalysisRun.
 //!
@@ -14,10 +14,16 @@
 //! - panic on any metric or any backend answer.
 //!
 //! Adding a provider (Datadog, New Relic, CloudWatch, …) is one new module implementing
-//! [`Provider`] and one line in [`Providers::new`]; the controller does not change.
+//! [`Provider`] and one line in [`Providers::new`]; the controller does not change. Flagger
+//! MetricTemplates run through the same providers: [`metric_template`] turns a template into the
+//! Argo metric of its type.
 
+pub mod fields;
+pub mod graphite;
 pub mod http;
+pub mod influxdb;
 pub mod job;
+pub mod metric_template;
 pub mod prometheus;
 pub mod web;
 
@@ -218,6 +224,14 @@ impl Providers {
             (
                 ProviderKind::Prometheus,
                 Box::new(prometheus::PrometheusProvider::new(http.clone())),
+            ),
+            (
+                ProviderKind::Graphite,
+                Box::new(graphite::GraphiteProvider::new(http.clone())),
+            ),
+            (
+                ProviderKind::Influxdb,
+                Box::new(influxdb::InfluxdbProvider::new(http.clone())),
             ),
             (ProviderKind::Web, Box::new(web::WebProvider::new(http))),
             (ProviderKind::Job, Box::new(job::JobProvider)),

@@ -71,14 +71,13 @@ use serde_json::{Value, json};
 use super::shared_watch::Subscription;
 use super::{FIELD_MANAGER, Shared};
 use crate::alert::global::GlobalAlerting;
-use crate::analysis::{HttpClients, MeasureContext, Providers};
+use crate::analysis::{HttpClients, MeasureContext, Providers, metric_template};
 use crate::api::argo::analysis::{Metric, MetricProvider, PrometheusMetric};
 use crate::api::flagger::canary::{
     Canary, CanaryMetric, CanaryPhase, CanaryStatus, CanaryWebhook, HookType, MAX_WEBHOOK_TIMEOUT,
     parse_go_duration,
 };
-use crate::api::flagger::metric_template::MetricTemplate;
-use crate::engine::analysis::expr::Value as ExprValue;
+use crate::api::flagger::metric_template::{MetricProviderType, MetricTemplate};
 use crate::engine::analysis::flagger::{
     MetricCheck, MetricVars, builtin_query, judge, metrics_provider, render,
 };
@@ -91,7 +90,6 @@ mod alerts;
 mod config_tracking;
 mod finalizer;
 mod hpa;
-mod metric_template;
 mod recording;
 mod refusal;
 mod routing;
@@ -1483,23 +1481,30 @@ impl Ctx {
         Err(last)
     }
 
-    /// One metric check: a MetricTemplate, an inline query or a builtin, run on Prometheus and
-    /// judged as Flagger does.
+    /// One metric check: a MetricTemplate (through the provider of its type), an inline query or
+    /// a builtin (on Prometheus), judged as Flagger does.
     async fn metric(&self, canary: &Canary, metric: &CanaryMetric) -> Verdict {
         let namespace = canary.namespace().unwrap_or_default();
         let vars = MetricVars::for_canary(canary, metric);
         let server = canary.spec.metrics_server.clone().filter(|s| !s.is_empty());
         let plain = |query: String| {
-            let prom = PrometheusMetric {
-                query: Some(query),
-                address: server.clone(),
+            let prom = Metric {
+                name: metric.name.clone(),
+                provider: MetricProvider {
+                    prometheus: Some(PrometheusMetric {
+                        query: Some(query),
+                        address: server.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
                 ..Default::default()
             };
-            (prom.clone(), prom)
+            (prom.clone(), prom, MetricProviderType::Prometheus)
         };
-        let ((prom, masked), builtin) = if let Some(reference) = &metric.template_ref {
+        let ((real, masked, kind), builtin) = if let Some(reference) = &metric.template_ref {
             match self.template_metric(canary, metric, reference, &vars).await {
-                Ok(pair) => (pair, None),
+                Ok(triple) => (triple, None),
                 Err(message) => return Verdict::fail(format!("Halt advancement: {message}")),
             }
         } else if let Some(query) = metric.query.as_deref().filter(|q| !q.trim().is_empty()) {
@@ -1524,8 +1529,9 @@ impl Ctx {
                 }
             }
         };
-        let query = masked.query.clone().unwrap_or_default();
-        let value = match self.prometheus(canary, &metric.name, prom, masked).await {
+        let observed = self.measure(canary, &real, &masked).await;
+        let (value, query) = metric_template::value(kind, observed);
+        let value = match value {
             Ok(v) => v,
             Err(message) => {
                 return Verdict::fail(format!(
@@ -1544,6 +1550,7 @@ impl Ctx {
                 .metrics
                 .set_canary_metric_analysis(&namespace, target, &metric.name, v);
         }
+        let query = query.unwrap_or_default();
         let verdict = judge(&MetricCheck::new(
             metric,
             &query,
@@ -1573,15 +1580,15 @@ impl Ctx {
         api.get_opt(name).await
     }
 
-    /// The Prometheus settings (and their masked copy) of a metric that names a MetricTemplate:
-    /// every field of the template's provider, credentials read from its `secretRef`.
+    /// The provider metric (its masked copy, and the template's type) of a metric that names a
+    /// MetricTemplate: every field of the template's provider, credentials from its `secretRef`.
     async fn template_metric(
         &self,
         canary: &Canary,
         metric: &CanaryMetric,
         reference: &crate::api::flagger::canary::NamespacedReference,
         vars: &MetricVars,
-    ) -> Result<(PrometheusMetric, PrometheusMetric), String> {
+    ) -> Result<(Metric, Metric, MetricProviderType), String> {
         let ns = reference
             .namespace
             .clone()
@@ -1602,7 +1609,7 @@ impl Ctx {
         }
         let query = render(&template.spec.query, vars)
             .map_err(|e| format!("metric {} ({shown}): {e}", metric.name))?;
-        let credentials = match &template.spec.provider.secret_ref {
+        let secret = match &template.spec.provider.secret_ref {
             None => None,
             Some(secret) => {
                 let api: Api<Secret> = Api::namespaced(self.shared.client.clone(), &ns);
@@ -1612,22 +1619,18 @@ impl Ctx {
                         secret.name
                     )
                 })?;
-                let found = found.ok_or_else(|| {
+                Some(found.ok_or_else(|| {
                     format!(
                         "Secret {ns}/{} named by {shown} spec.provider.secretRef does not exist",
                         secret.name
                     )
-                })?;
-                Some(metric_template::credentials(&found)?)
+                })?)
             }
         };
         let server = canary.spec.metrics_server.clone().filter(|s| !s.is_empty());
-        Ok(metric_template::prometheus(
-            &template,
-            &query,
-            server,
-            credentials.as_ref(),
-        ))
+        let (real, masked) =
+            metric_template::metric(&template, &metric.name, &query, server, secret.as_ref())?;
+        Ok((real, masked, template.spec.provider.r#type))
     }
 
     /// The first MetricTemplate the Canary's metrics name (in a namespace the controller
@@ -1649,26 +1652,13 @@ impl Ctx {
         })
     }
 
-    /// Runs a PromQL instant query through the Prometheus provider: `None` when it found no
-    /// values, an error when the query failed or returned several series. Messages come from
-    /// `masked`.
-    async fn prometheus(
-        &self,
-        canary: &Canary,
-        metric: &str,
-        prom: PrometheusMetric,
-        masked: PrometheusMetric,
-    ) -> Result<Option<f64>, String> {
-        let as_metric = |prometheus: PrometheusMetric| Metric {
-            name: metric.to_string(),
-            provider: MetricProvider {
-                prometheus: Some(prometheus),
-                ..Default::default()
-            },
-            ..Default::default()
+    /// Takes one measurement of `metric` through its provider (the same ones AnalysisRuns use).
+    /// Messages and the reported query come from `masked`.
+    async fn measure(&self, canary: &Canary, metric: &Metric, masked: &Metric) -> Observed {
+        let provider = match self.providers.get(metric) {
+            Ok(p) => p,
+            Err(e) => return Observed::error(e.to_string()),
         };
-        let (metric, masked) = (as_metric(prom), as_metric(masked));
-        let provider = self.providers.get(&metric).map_err(|e| e.to_string())?;
         let ctx = MeasureContext {
             client: self.shared.client.clone(),
             namespace: canary.namespace().unwrap_or_default(),
@@ -1678,26 +1668,7 @@ impl Ctx {
             now: Timestamp::now(),
             measurement_number: 1,
         };
-        match provider.run(&ctx, &metric, &masked).await {
-            Observed::Value { result, .. } => match result {
-                ExprValue::Number(n) => Ok(Some(n)),
-                ExprValue::List(items) => match items.as_slice() {
-                    [] => Ok(None),
-                    [ExprValue::Number(n)] => Ok(Some(*n)),
-                    [_] => Err("the query returned a value that is not a number".into()),
-                    _ => Err(format!(
-                        "the query returned {} series; Flagger metrics must return one",
-                        items.len()
-                    )),
-                },
-                ExprValue::Null => Ok(None),
-                other => Err(format!("the query returned {other:?}, not a number")),
-            },
-            Observed::Error { message, .. } => Err(message),
-            Observed::Judged { message, .. } | Observed::InProgress { message, .. } => {
-                Err(message.unwrap_or_else(|| "unexpected answer".into()))
-            }
-        }
+        provider.run(&ctx, metric, masked).await
     }
 }
 
