@@ -143,8 +143,9 @@ fn ports_and_selector(service: &Service) -> (Vec<(String, i32, Value)>, Value) {
 
 /// Flagger's `test/kubernetes/test-deployment.sh` pre-creates the apex Service with the app's own
 /// port: the Canary takes it over (its ports and selector replaced, not merged: a merge gives two
-/// ports named `http`, which the apiserver refuses), adds no owner reference or annotation of
-/// its own, and `revertOnDeletion` gives it back exactly as the user made it.
+/// ports named `http`, which the apiserver refuses), adds no owner reference, adds Flux's and
+/// Helm's no-drift annotations as Flagger does (`test/kubernetes/test-deployment.sh` greps for
+/// them), and `revertOnDeletion` gives it back exactly as the user made it.
 #[tokio::test]
 async fn a_user_made_apex_service_is_taken_over_and_given_back() {
     let Some(f) = Fixture::new("cto-apex").await else {
@@ -182,6 +183,17 @@ async fn a_user_made_apex_service_is_taken_over_and_given_back() {
         apex.annotations().get("owner").map(String::as_str),
         Some("team-a")
     );
+    for key in [
+        "kustomize.toolkit.fluxcd.io/reconcile",
+        "helm.toolkit.fluxcd.io/driftDetection",
+    ] {
+        assert_eq!(
+            apex.annotations().get(key).map(String::as_str),
+            Some("disabled"),
+            "{key} on the taken-over Service, as Flagger writes it: {:?}",
+            apex.annotations()
+        );
+    }
     assert!(
         f.warnings().await.is_empty(),
         "{:#?}\n{}",

@@ -4,15 +4,17 @@
 //! A Service of the three names (apex, `-primary`, `-canary`) that exists without the Canary's
 //! owner reference is the user's. Its `spec.ports` and `spec.selector` are *replaced* by the
 //! Canary's (a JSON patch: server-side apply would merge the port lists, and two ports named
-//! `http` are refused), its type, labels, annotations and owners are left as they are, and no
-//! owner reference is added (deleting the Canary never deletes the user's Service). The values
-//! it had before the first take-over are recorded in [`ORIGINAL_ANNOTATION`] on the Service;
-//! `revertOnDeletion` puts them back and drops the annotation, so nothing of Sluice's is left on
-//! it (Flagger restores from kubectl's last-applied annotation, or points the apex at the
-//! target).
+//! `http` are refused), Flux's and Helm's no-drift annotations are added as Flagger adds them
+//! (else Flux would put the user's ports and selector back), its type, labels, other
+//! annotations and owners are left as they are, and no owner reference is added (deleting the
+//! Canary never deletes the user's Service). The values it had before the first take-over, and
+//! which annotations were added, are recorded in [`ORIGINAL_ANNOTATION`] on the Service;
+//! `revertOnDeletion` puts them back and drops the added annotations and the record, so nothing
+//! of Sluice's is left on it (Flagger restores from kubectl's last-applied annotation, or points
+//! the apex at the target).
 //!
 //! This module decides only the patches; it never creates or deletes a Service and never
-//! touches a field other than the ports, the selector and its own annotation.
+//! touches a field other than the ports, the selector, the no-drift annotations and its own.
 
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
@@ -31,6 +33,13 @@ struct Original {
     ports: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     selector: Option<Value>,
+    /// The no-drift annotations the take-over added (the Service did not have them).
+    #[serde(
+        default,
+        rename = "addedAnnotations",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    added_annotations: Vec<String>,
 }
 
 /// The Service exists and is not owned by this Canary (by uid): the user's.
@@ -79,19 +88,25 @@ pub(super) fn take_over_patch(service: &Service, ports: &Value, selector: &Value
         json!({"op": "add", "path": "/spec/selector", "value": selector}),
     ];
     if !recorded {
+        let mut added = super::generated_annotations();
+        added.retain(|key, _| !service.annotations().contains_key(key));
         let original = Original {
             ports: live["spec"].get("ports").cloned(),
             selector: live["spec"].get("selector").cloned(),
+            added_annotations: added.keys().cloned().collect(),
         };
-        let text = serde_json::to_string(&original).unwrap_or_default();
-        ops.push(if service.metadata.annotations.is_none() {
-            json!({"op": "add", "path": "/metadata/annotations",
-                "value": {ORIGINAL_ANNOTATION: text}})
+        added.insert(
+            ORIGINAL_ANNOTATION.to_string(),
+            serde_json::to_string(&original).unwrap_or_default(),
+        );
+        if service.metadata.annotations.is_none() {
+            ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": added}));
         } else {
-            json!({"op": "add",
-                "path": format!("/metadata/annotations/{}", escaped(ORIGINAL_ANNOTATION)),
-                "value": text})
-        });
+            ops.extend(added.into_iter().map(|(key, value)| {
+                json!({"op": "add",
+                    "path": format!("/metadata/annotations/{}", escaped(&key)), "value": value})
+            }));
+        }
     }
     Some(Value::Array(ops))
 }
@@ -107,7 +122,14 @@ pub(super) fn give_back_patch(service: &Service) -> Option<Value> {
         return Some(json!([remove_record]));
     };
     let spec = service.spec.clone().unwrap_or_default();
-    let mut ops = Vec::new();
+    let mut ops: Vec<Value> = original
+        .added_annotations
+        .iter()
+        .filter(|key| service.annotations().contains_key(*key))
+        .map(|key| {
+            json!({"op": "remove", "path": format!("/metadata/annotations/{}", escaped(key))})
+        })
+        .collect();
     for (field, value, present) in [
         ("ports", original.ports, spec.ports.is_some()),
         ("selector", original.selector, spec.selector.is_some()),
@@ -155,6 +177,16 @@ mod tests {
         assert_eq!(spec["ports"], ports, "replaced, not merged");
         assert_eq!(spec["selector"], selector);
         assert_eq!(taken.labels(), user.labels());
+        for key in [
+            super::super::FLUX_RECONCILE_ANNOTATION,
+            super::super::HELM_DRIFT_ANNOTATION,
+        ] {
+            assert_eq!(
+                taken.annotations().get(key).map(String::as_str),
+                Some("disabled"),
+                "{key}, as Flagger adds it to a Service it takes over"
+            );
+        }
         assert!(take_over_patch(&taken, &ports, &selector).is_none());
         // A second take-over (the user re-applied) keeps the first record.
         let reapplied = {
@@ -172,7 +204,8 @@ mod tests {
 
     #[test]
     fn other_annotations_stay_and_a_service_never_taken_over_is_not_given_back() {
-        let user = user_service(Some(json!({"owner": "team-a"})));
+        let user = user_service(Some(json!({"owner": "team-a",
+            "helm.toolkit.fluxcd.io/driftDetection": "enabled"})));
         assert!(give_back_patch(&user).is_none());
         let ports = json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 9898}]);
         let taken = apply(
