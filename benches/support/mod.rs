@@ -319,7 +319,7 @@ impl Report {
 /// controller and, with two, the second's figure over the first's.
 pub fn print_side_by_side(title: &str, runs: &[(Contender, Report)]) {
     println!("\n=== {title} ===");
-    let mut header = format!("{:<52}", "");
+    let mut header = format!("{:<60}", "");
     for (who, _) in runs {
         header += &format!(" {:>12}", who.name());
     }
@@ -336,7 +336,7 @@ pub fn print_side_by_side(title: &str, runs: &[(Contender, Report)]) {
         }
     }
     for (what, unit) in rows {
-        let mut line = format!("{:<52}", format!("{what} ({unit})"));
+        let mut line = format!("{:<60}", format!("{what} ({unit})"));
         let values: Vec<Option<f64>> = runs
             .iter()
             .map(|(_, r)| r.0.iter().find(|row| row.0 == what).and_then(|row| row.1))
