@@ -340,6 +340,30 @@ mod tests {
     }
 
     #[test]
+    fn experiment_templates_are_backends_between_canary_and_stable() {
+        let mut with_experiment = w(5);
+        with_experiment.additional = vec![crate::api::argo::rollout::WeightDestination {
+            weight: 5,
+            service_name: "exp".into(),
+            pod_template_hash: "abc".into(),
+        }];
+        let ts = render_traffic_split("v1alpha1", "ro", "root", "ro", "uid", &with_experiment);
+        // Argo's order and values (its e2e TestSMIExperimentStep: 5 / 5 / 90).
+        assert_eq!(
+            ts["spec"]["backends"],
+            json!([
+                {"service": "canary", "weight": "5"},
+                {"service": "exp", "weight": "5"},
+                {"service": "stable", "weight": "90"},
+            ])
+        );
+        assert_eq!(
+            backends(&ts),
+            vec![("canary", Some(5)), ("exp", Some(5)), ("stable", Some(90))]
+        );
+    }
+
+    #[test]
     fn v1alpha1_weights_are_quantities() {
         let ts = render_traffic_split("v1alpha1", "ro", "root", "ro", "uid", &w(10));
         assert_eq!(ts["spec"]["backends"][0]["weight"], json!("10"));
