@@ -15,6 +15,10 @@
 //! Sluice's own objects (NGINX's canary Ingress, the SMI TrafficSplit) send nothing to the
 //! canary.
 //!
+//! An `experiment:` step whose template has a `weight` (SMI, Istio host and subset split) is
+//! checked the same way: the template's Service gets its share beside canary and stable while
+//! the Experiment runs, and loses it when the step ends (`experiment_weight`).
+//!
 //! Pauses are indefinite (`pause: {}`) where a step is checked, so a check can never race a
 //! timer; one timed pause (`1s`) sits between steps that are checked later.
 
@@ -31,7 +35,10 @@ use sluice::engine::intent::{self, Intent};
 use sluice::traffic::nginx::canary_ingress_name;
 
 use common::controller::ControllerProcess;
-use common::traffic::{api_for, assert_as_declared, gitops_apply, name_of, wait_released};
+use common::traffic::{
+    api_for, assert_as_declared, experiment_split_verified, first_template_status, gitops_apply,
+    name_of, wait_released,
+};
 use common::{TestEnv, TestNamespace, eventually};
 
 const ROLLOUT: &str = "web";
@@ -262,14 +269,7 @@ impl Kind {
                     .ok_or_else(|| format!("no canary-weight annotation: {a:?}"))
             }
             Kind::Smi => {
-                let (ar, _) = kube::discovery::group(&h.env.client, "split.smi-spec.io")
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .recommended_kind("TrafficSplit")
-                    .ok_or("the cluster serves no TrafficSplit")?;
-                let api: Api<DynamicObject> =
-                    Api::namespaced_with(h.env.client.clone(), &h.ns.name, &ar);
-                let ts = api.get(ROLLOUT).await.map_err(|e| e.to_string())?;
+                let ts = h.traffic_split().await?;
                 let owner = ts.metadata.owner_references.clone().unwrap_or_default();
                 if !owner
                     .iter()
@@ -314,6 +314,53 @@ impl Kind {
                 }
                 Ok(seen[0])
             }
+        }
+    }
+}
+
+impl Kind {
+    /// Every destination this router's object sends traffic to, in order, with its weight.
+    async fn destinations(self, h: &Harness, _r: &Rollout) -> Result<Vec<(String, i64)>, String> {
+        let weight = |w: &Value| match w {
+            Value::String(s) => s.parse::<i64>().ok(),
+            w => w.as_i64(),
+        };
+        match self {
+            Kind::Smi => {
+                let ts = h.traffic_split().await?;
+                Ok(ts.data["spec"]["backends"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|b| {
+                        let service = b["service"].as_str().unwrap_or_default().to_string();
+                        (service, weight(&b["weight"]).unwrap_or(-1))
+                    })
+                    .collect())
+            }
+            Kind::IstioHost | Kind::IstioSubset => {
+                let vs = if self == Kind::IstioHost {
+                    virtual_service()
+                } else {
+                    subset_virtual_service()
+                };
+                let route = http_route(&h.spec_of(&vs).await?, "primary")?;
+                Ok(route["route"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| {
+                        // A subset stands for the Service of its role.
+                        let name = match d["destination"]["subset"].as_str() {
+                            Some("stable") => STABLE_SVC,
+                            Some("canary") => CANARY_SVC,
+                            _ => d["destination"]["host"].as_str().unwrap_or_default(),
+                        };
+                        (name.to_string(), weight(&d["weight"]).unwrap_or(0))
+                    })
+                    .collect())
+            }
+            other => Err(format!("{other:?}: destinations not read by this test")),
         }
     }
 }
@@ -405,6 +452,18 @@ impl Harness {
         self.originals
             .retain(|(m, _)| name_of(m) != name_of(&manifest) || m["kind"] != manifest["kind"]);
         self.originals.push((manifest, stored));
+    }
+
+    /// The SMI TrafficSplit Sluice made for the Rollout.
+    async fn traffic_split(&self) -> Result<DynamicObject, String> {
+        let (ar, _) = kube::discovery::group(&self.env.client, "split.smi-spec.io")
+            .await
+            .map_err(|e| e.to_string())?
+            .recommended_kind("TrafficSplit")
+            .ok_or("the cluster serves no TrafficSplit")?;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.env.client.clone(), &self.ns.name, &ar);
+        api.get(ROLLOUT).await.map_err(|e| e.to_string())
     }
 
     async fn spec_of(&self, manifest: &Value) -> Result<Value, String> {
@@ -649,6 +708,77 @@ async fn completes(prefix: &str, kind: Kind) {
     h.assert_given_back(&[kind]).await;
 }
 
+/// A canary `experiment:` step whose template has a `weight` (Argo's traffic-routed
+/// experiments): while its Experiment runs, the router sends that share to the template's
+/// Service, taken from stable (setWeight 20 + template 10: 20 / 10 / 70), and
+/// `status.canary.weights.additional` says so, verified; once the step is promoted the share goes
+/// back to stable (20 / 80, no extra destination); at the end every object is given back.
+async fn experiment_weight(prefix: &str, kind: Kind) {
+    let Some(mut h) = Harness::start(prefix).await else {
+        return;
+    };
+    for m in kind.manifests() {
+        h.apply_git(m).await;
+    }
+    let steps = json!([
+        {"setWeight": 20},
+        {"experiment": {"templates": [{"name": "exp", "specRef": "canary", "weight": 10}]}},
+        {"pause": {}},
+    ]);
+    h.create_rollout(routing(&[kind], &[]), steps).await;
+    h.update().await;
+    let r = h
+        .wait(
+            "the experiment step with its template's weight verified",
+            |s| s.current_step_index == Some(1) && experiment_split_verified(s, 20, 10),
+        )
+        .await;
+    let status = r.status.clone().unwrap_or_default();
+    let template =
+        first_template_status(&h.env.client, &h.ns.name, &status.canary.current_experiment).await;
+    let service = template
+        .service_name
+        .clone()
+        .expect("the template's Service");
+    let additional = &status.canary.weights.as_ref().unwrap().additional[0];
+    assert_eq!(
+        additional.service_name, service,
+        "status names the template's Service"
+    );
+    assert_eq!(
+        Some(additional.pod_template_hash.clone()),
+        template.pod_template_hash,
+        "status names the template's pod-template hash"
+    );
+    let mut written = kind.destinations(&h, &r).await.expect("the route object");
+    written.sort();
+    let mut expected = vec![
+        (CANARY_SVC.to_string(), 20),
+        (service.clone(), 10),
+        (STABLE_SVC.to_string(), 70),
+    ];
+    expected.sort();
+    assert_eq!(
+        written, expected,
+        "{kind:?}: the destinations written during the experiment step"
+    );
+    h.intent(Intent::Promote).await;
+    let r = h.paused_at(2, 20, &[kind]).await;
+    assert_eq!(
+        r.status
+            .unwrap_or_default()
+            .canary
+            .weights
+            .unwrap()
+            .additional,
+        vec![],
+        "no extra destination once the experiment step is over"
+    );
+    h.intent(Intent::Promote).await;
+    h.completed().await;
+    h.assert_given_back(&[kind]).await;
+}
+
 // === one test per router ===
 
 #[tokio::test]
@@ -804,6 +934,21 @@ async fn nginx_canary_ingress_with_a_header_route_through_a_rollout() {
 #[tokio::test]
 async fn smi_traffic_split_through_a_rollout() {
     completes("ro-smi", Kind::Smi).await;
+}
+
+#[tokio::test]
+async fn smi_experiment_step_template_weight_through_a_rollout() {
+    experiment_weight("ro-smi-exp", Kind::Smi).await;
+}
+
+#[tokio::test]
+async fn istio_host_split_experiment_step_template_weight_through_a_rollout() {
+    experiment_weight("ro-istio-exp", Kind::IstioHost).await;
+}
+
+#[tokio::test]
+async fn istio_subset_split_experiment_step_template_weight_through_a_rollout() {
+    experiment_weight("ro-istio-sub-exp", Kind::IstioSubset).await;
 }
 
 #[tokio::test]

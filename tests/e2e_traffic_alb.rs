@@ -18,6 +18,10 @@
 //!   names `ping` and `pong` (no stable / canary Services), the canary's Service is the one not
 //!   serving stable, and each promotion hands it the stable role (`stablePingPong`), as Argo's
 //!   `TestALBPingPongUpdate` expects: 100/0, 75/25, 0/100, 25/75, 100/0.
+//! - `alb_experiment_step_template_weight_on_two_ingresses`: an `experiment:` step whose template
+//!   has `weight: 20` after `setWeight: 10` puts the template's Service between canary and
+//!   stable in both Ingresses' action (10 / 20 / 70, Argo's exact JSON), and the step's end gives
+//!   its share back to stable (10 / 90), as Argo's `TestALBExperimentStep*` expect.
 //! - `alb_acts_while_another_router_of_the_rollout_fails`: the Rollout's Istio VirtualService does
 //!   not exist yet; the ALB action is written all the same (a failing router does not hold the
 //!   others), and once the VirtualService is created both routers carry the update's weight.
@@ -34,7 +38,10 @@ use sluice::api::argo::rollout::{Rollout, RolloutPhase, RolloutStatus};
 use sluice::engine::intent::{self, Intent};
 
 use common::controller::ControllerProcess;
-use common::traffic::{GITOPS, api_for, assert_as_declared, gitops_apply, wait_released};
+use common::traffic::{
+    GITOPS, api_for, assert_as_declared, experiment_split_verified, first_template_status,
+    gitops_apply, wait_released,
+};
 use common::{TestEnv, TestNamespace, eventually};
 
 const ROLLOUT: &str = "web";
@@ -71,9 +78,11 @@ fn ingress(name: &str, extra: &[(&str, &str)]) -> Value {
     })
 }
 
+/// The pod template; its port gives an experiment template's pods a Service.
 fn template(image: &str) -> Value {
     json!({"metadata": {"labels": {"app": "web"}},
-           "spec": {"containers": [{"name": "web", "image": image}]}})
+           "spec": {"containers": [{"name": "web", "image": image,
+                                    "ports": [{"containerPort": 8080}]}]}})
 }
 
 struct Harness {
@@ -370,6 +379,85 @@ async fn alb_declared_action_on_two_ingresses_is_given_back() {
     for (m, o) in manifests.iter().zip(&originals) {
         wait_released(&h.env.client, &h.ns.name, m, TIMEOUT).await;
         assert_as_declared(&h.env.client, &h.ns.name, m, o).await;
+    }
+}
+
+/// Argo's split action with an experiment template's Service between canary and stable (Argo's
+/// e2e `actionTemplateWithExperiment`).
+fn split_with_experiment(canary: i32, service: &str, weight: i32) -> String {
+    format!(
+        r#"{{"Type":"forward","ForwardConfig":{{"TargetGroups":[{{"ServiceName":"{CANARY_SVC}","ServicePort":"80","Weight":{canary}}},{{"ServiceName":"{service}","ServicePort":"80","Weight":{weight}}},{{"ServiceName":"{STABLE_SVC}","ServicePort":"80","Weight":{}}}]}}}}"#,
+        100 - canary - weight
+    )
+}
+
+#[tokio::test]
+async fn alb_experiment_step_template_weight_on_two_ingresses() {
+    let Some(h) = Harness::start("alb-exp").await else {
+        return;
+    };
+    for name in ["web-a", "web-b"] {
+        gitops_apply(&h.env.client, &h.ns.name, &ingress(name, &[])).await;
+    }
+    let routing = json!({"alb": {
+        "ingresses": ["web-a", "web-b"], "rootService": ROOT_SVC, "servicePort": 80,
+    }});
+    let steps = json!([
+        {"setWeight": 10},
+        {"experiment": {"templates": [{"name": "exp", "specRef": "canary", "weight": 20}]}},
+        {"pause": {}},
+    ]);
+    h.create_rollout(routing, steps).await;
+    h.update().await;
+    let r = h
+        .wait(
+            "the experiment step with its template's weight verified",
+            |s| s.current_step_index == Some(1) && experiment_split_verified(s, 10, 20),
+        )
+        .await;
+    let experiment = r.status.unwrap_or_default().canary.current_experiment;
+    let template = first_template_status(&h.env.client, &h.ns.name, &experiment).await;
+    let service = template.service_name.expect("the template's Service");
+    for name in ["web-a", "web-b"] {
+        assert_eq!(
+            annotation(&h.ingress(name).await, ACTION),
+            Some(split_with_experiment(10, &service, 20)),
+            "{name}: the experiment's target group during the step"
+        );
+    }
+    h.intent(Intent::Promote).await;
+    h.wait(
+        "a pause at step 2 with the experiment's share back on stable",
+        |s| {
+            s.current_step_index == Some(2)
+                && !s.pause_conditions.is_empty()
+                && s.canary.weights.as_ref().is_some_and(|w| {
+                    w.canary.weight == 10
+                        && w.stable.weight == 90
+                        && w.additional.is_empty()
+                        && w.verified == Some(true)
+                })
+        },
+    )
+    .await;
+    for name in ["web-a", "web-b"] {
+        assert_eq!(
+            annotation(&h.ingress(name).await, ACTION),
+            Some(split(10)),
+            "{name}: the experiment's share back on stable after the step"
+        );
+    }
+    h.intent(Intent::Promote).await;
+    h.wait("the update to complete", |s| {
+        s.stable_rs == s.current_pod_hash
+            && s.phase == Some(RolloutPhase::Healthy)
+            && s.canary.weights.as_ref().is_some_and(|w| {
+                w.canary.weight == 0 && w.additional.is_empty() && w.verified == Some(true)
+            })
+    })
+    .await;
+    for name in ["web-a", "web-b"] {
+        assert_eq!(annotation(&h.ingress(name).await, ACTION), Some(split(0)));
     }
 }
 

@@ -83,6 +83,7 @@ fn weights(canary: i32) -> Weights {
         stable_service: "app-stable".into(),
         canary_hash: "c".into(),
         stable_hash: "s".into(),
+        additional: Vec::new(),
     }
 }
 

@@ -67,6 +67,7 @@ fn weights(canary: i32, max_weight: i32) -> Weights {
         stable_service: "stable".into(),
         canary_hash: "6d4f8c9b7".into(),
         stable_hash: "5c7d9e8f1".into(),
+        additional: Vec::new(),
     }
 }
 

@@ -163,6 +163,7 @@ pub fn simulate(rollout: &Rollout, image: Option<&str>, verdict: Verdict) -> Str
             },
             sim.observed
                 .traffic
+                .as_ref()
                 .map_or("-".to_string(), |t| format!("{}%", t.canary_weight)),
             sim.status.phase.unwrap_or(RolloutPhase::Progressing),
             if sim.status.message.is_empty() {

@@ -1204,7 +1204,7 @@ impl<'a> Planner<'a> {
                         .map(|w| replicas::traffic_weight_to_replicas(spec_replicas, w))
                 })
             });
-            let observed = self.observed.traffic.map(|t| {
+            let observed = self.observed.traffic.as_ref().map(|t| {
                 let c = (i64::from(t.canary_weight) * 100 / i64::from(max)) as i32;
                 (c, 100 - c)
             });
@@ -1315,10 +1315,7 @@ impl<'a> Planner<'a> {
             }
         }
         if self.has_router() {
-            return self
-                .observed
-                .traffic
-                .is_some_and(|t| t.verified && t.canary_weight == targets.weight);
+            return self.traffic_applied(targets.weight, &self.experiment_destinations());
         }
         let others_available: i32 = self.others().map(|rs| rs.available_replicas).sum();
         others_available == 0
@@ -1620,17 +1617,15 @@ impl<'a> Planner<'a> {
         if self.promoted() {
             // Final switch: keep everything on the canary Service until the stable Service serves
             // the promoted pods, then move traffic back to stable (both now reach the same pods).
-            let observed = self.observed.traffic.map(|t| t.canary_weight);
+            let observed = self.observed.traffic.as_ref().map(|t| t.canary_weight);
             if observed.is_some_and(|w| w > 0) && !service_ready(&stable_services, &current) {
                 weight = observed.unwrap_or(max);
             }
         } else if weight > 0 && !service_ready(&canary_services, &current) {
             weight = 0;
         }
-        let applied = self
-            .observed
-            .traffic
-            .is_some_and(|t| t.verified && t.canary_weight == weight);
+        let additional = self.experiment_destinations();
+        let applied = self.traffic_applied(weight, &additional);
         // Released only once the stable ReplicaSet is the only one with pods: a released object is
         // the user's again, and its selectors (Istio DestinationRule subsets without Sluice's hash
         // label) may then reach every pod of the app, the aborted canary's or the old stable's
@@ -1654,26 +1649,57 @@ impl<'a> Planner<'a> {
                     current.clone()
                 },
                 stable_hash: stable.clone(),
+                additional: additional.clone(),
             });
             self.requeue = Some(
                 self.requeue
                     .map_or(TRAFFIC_VERIFY_INTERVAL, |r| r.min(TRAFFIC_VERIFY_INTERVAL)),
             );
         }
-        self.status.canary.weights = self.observed.traffic.map(|t| TrafficWeights {
-            canary: WeightDestination {
-                weight: t.canary_weight,
-                service_name: canary_services.first().copied().unwrap_or_default().into(),
-                pod_template_hash: canary_hash.clone(),
-            },
-            stable: WeightDestination {
-                weight: max - t.canary_weight,
-                service_name: stable_services.first().copied().unwrap_or_default().into(),
-                pod_template_hash: stable.clone(),
-            },
-            additional: Vec::new(),
-            verified: Some(t.verified),
+        self.status.canary.weights = self.observed.traffic.as_ref().map(|t| {
+            // Argo's `status.canary.weights.additional`: what the routers apply, with the hash
+            // of the template they belong to.
+            let observed_additional: Vec<WeightDestination> = t
+                .additional
+                .iter()
+                .map(|(service, weight)| WeightDestination {
+                    weight: *weight,
+                    service_name: service.clone(),
+                    pod_template_hash: additional
+                        .iter()
+                        .find(|d| &d.service_name == service)
+                        .map(|d| d.pod_template_hash.clone())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            let additional_sum: i32 = t.additional.values().sum();
+            TrafficWeights {
+                canary: WeightDestination {
+                    weight: t.canary_weight,
+                    service_name: canary_services.first().copied().unwrap_or_default().into(),
+                    pod_template_hash: canary_hash.clone(),
+                },
+                stable: WeightDestination {
+                    weight: max - t.canary_weight - additional_sum,
+                    service_name: stable_services.first().copied().unwrap_or_default().into(),
+                    pod_template_hash: stable.clone(),
+                },
+                additional: observed_additional,
+                verified: Some(t.verified),
+            }
         });
+    }
+
+    /// Whether every router reports `weight` on the canary and exactly `additional` besides it.
+    fn traffic_applied(&self, weight: i32, additional: &[WeightDestination]) -> bool {
+        self.observed.traffic.as_ref().is_some_and(|t| {
+            t.verified
+                && t.canary_weight == weight
+                && t.additional.len() == additional.len()
+                && additional
+                    .iter()
+                    .all(|d| t.additional.get(&d.service_name) == Some(&d.weight))
+        })
     }
 
     fn counts(&mut self) {

@@ -45,7 +45,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::argo::rollout::{
     AnalysisRunArgument, DryRun, MeasurementRetention, PodTemplateMetadata, RolloutSpec,
-    RolloutStatus, ScaleDown,
+    RolloutStatus, ScaleDown, WeightDestination,
 };
 
 pub use crate::api::argo::analysis::AnalysisPhase;
@@ -162,11 +162,14 @@ pub struct WorkloadObservation {
 }
 
 /// The canary weight the routers report, in percent of all traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrafficObservation {
     pub canary_weight: i32,
     /// Every router reports that weight as applied.
     pub verified: bool,
+    /// The weights routers give Services besides the canary and stable ones (an `experiment:`
+    /// step's templates with `weight`), by Service name.
+    pub additional: BTreeMap<String, i32>,
 }
 
 /// A Service the Rollout manages.
@@ -194,6 +197,18 @@ pub struct ExperimentObservation {
     pub message: String,
     /// Its `spec.terminate` is set.
     pub terminating: bool,
+    /// Its `status.templateStatuses`, in order.
+    pub templates: Vec<ExperimentTemplateObservation>,
+}
+
+/// One template of an observed Experiment: where a router can send its share of traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExperimentTemplateObservation {
+    pub name: String,
+    /// The Service the Experiment made for it (empty: none yet).
+    pub service_name: String,
+    /// Its ReplicaSet's pod-template hash (empty: not known yet).
+    pub pod_template_hash: String,
 }
 
 /// Everything needed to create the Experiment of a canary `experiment:` step besides the step
@@ -263,11 +278,13 @@ pub enum Action {
     /// Give a Service the spec no longer names back: remove the `rollouts-pod-template-hash`
     /// selector and the managed-by annotation, as Argo does, so it selects every pod of the app.
     ReleaseService { service: String },
-    /// Set the traffic routers' weights: `canary_weight` percent to the canary, the rest to stable.
+    /// Set the traffic routers' weights: `canary_weight` percent to the canary, each of
+    /// `additional` its weight (an experiment step's templates), the rest to stable.
     SetWeight {
         canary_weight: i32,
         canary_hash: String,
         stable_hash: String,
+        additional: Vec<WeightDestination>,
     },
     /// Add a header-based route (managed route `name`) that sends matching requests to the canary.
     SetHeaderRoute { step_index: i32 },

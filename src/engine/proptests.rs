@@ -145,6 +145,7 @@ fn check_plan(world: &World, before: &RolloutStatus, plan: &Plan) -> Result<(), 
                     let before_weight = world
                         .observed
                         .traffic
+                        .as_ref()
                         .map(|t| t.canary_weight)
                         .or(before.canary.weights.as_ref().map(|w| w.canary.weight))
                         .unwrap_or(0);
@@ -166,7 +167,11 @@ fn check_plan(world: &World, before: &RolloutStatus, plan: &Plan) -> Result<(), 
                         .iter()
                         .any(|s| s.as_ref().is_some_and(|s| s.name == r.name))
                 });
-                let observed = world.observed.traffic.map_or(0, |t| t.canary_weight);
+                let observed = world
+                    .observed
+                    .traffic
+                    .as_ref()
+                    .map_or(0, |t| t.canary_weight);
                 // Unless the user retries: the failed run already aborted the update, and a retry
                 // replaces it with a new run (with no steps left, the canary gets full weight).
                 let retried = !before.abort && before.aborted_at.is_some();
@@ -201,6 +206,7 @@ fn check_plan(world: &World, before: &RolloutStatus, plan: &Plan) -> Result<(), 
         let routed_to_stable = world
             .observed
             .traffic
+            .as_ref()
             .is_some_and(|t| t.verified && t.canary_weight == 0);
         let sets_zero = plan.actions.iter().any(|a| {
             matches!(
@@ -322,7 +328,7 @@ proptest! {
             pod_template_hash: h, replicas: r, status_replicas: s, ready_replicas: a, available_replicas: a,
             revision: rev, scale_down_deadline: None, ephemeral_metadata: None, matches_current_template: m,
         }).collect();
-        observed.traffic = traffic.map(|(w, v)| TrafficObservation { canary_weight: w, verified: v });
+        observed.traffic = traffic.map(|(w, v)| TrafficObservation { canary_weight: w, verified: v, additional: Default::default() });
         observed.analysis_runs = runs.into_iter().map(|(name, p)| AnalysisRunObservation { name, phase: phases[p as usize], message: String::new() }).collect();
         let plan = plan(Input { name: "demo", spec: &spec, status: &status, observed: &observed });
         prop_assert!(plan.status.phase.is_some());

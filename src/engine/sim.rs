@@ -260,10 +260,18 @@ impl Simulation {
                     .or_default()
                     .selector_hash = Some(pod_template_hash);
             }
-            Action::SetWeight { canary_weight, .. } => {
+            Action::SetWeight {
+                canary_weight,
+                additional,
+                ..
+            } => {
                 self.observed.traffic = Some(TrafficObservation {
                     canary_weight,
                     verified: self.router_verifies,
+                    additional: additional
+                        .into_iter()
+                        .map(|d| (d.service_name, d.weight))
+                        .collect(),
                 });
             }
             Action::CreateAnalysisRun(request) => {
@@ -302,6 +310,7 @@ impl Simulation {
                         phase: AnalysisPhase::Running,
                         message: String::new(),
                         terminating: false,
+                        templates: Vec::new(),
                     });
                 }
             }

@@ -722,7 +722,7 @@ fn routed_canary_sets_weights_and_waits_for_verification() {
         Some(0),
         "no step advances before the router confirms"
     );
-    assert_eq!(world.observed.traffic.unwrap().canary_weight, 20);
+    assert_eq!(world.observed.traffic.as_ref().unwrap().canary_weight, 20);
     assert_eq!(
         world.last.as_ref().unwrap().requeue_after,
         Some(std::time::Duration::from_secs(10))
@@ -730,7 +730,7 @@ fn routed_canary_sets_weights_and_waits_for_verification() {
     world.router_verifies = true;
     world.settle();
     assert_eq!(world.status.current_step_index, Some(2));
-    assert_eq!(world.observed.traffic.unwrap().canary_weight, 60);
+    assert_eq!(world.observed.traffic.as_ref().unwrap().canary_weight, 60);
     // Stable stays fully scaled; the canary follows the weight.
     assert_eq!((world.replicas(&canary), world.replicas(&stable)), (3, 5));
     let weights = world.status.canary.weights.clone().unwrap();
@@ -769,7 +769,7 @@ fn routed_promotion_switches_the_stable_service_before_moving_traffic_back() {
                 _ => {}
             }
         }
-        if let Some(t) = world.observed.traffic {
+        if let Some(t) = world.observed.traffic.clone() {
             let canary_svc = &world.observed.services["demo-canary"];
             let stable_svc = &world.observed.services["demo-stable"];
             if t.canary_weight > 0 {
@@ -872,7 +872,8 @@ fn routed_abort_moves_traffic_at_once_and_keeps_canary_pods_for_the_delay() {
     assert!(plan.actions.contains(&Action::SetWeight {
         canary_weight: 0,
         canary_hash: canary.clone(),
-        stable_hash: stable.clone()
+        stable_hash: stable.clone(),
+        additional: Vec::new(),
     }));
     world.settle();
     assert_eq!(
@@ -916,7 +917,7 @@ fn traffic_never_goes_to_a_canary_without_ready_pods() {
     world.pods_ready = false;
     world.set_image("demo:2");
     world.settle();
-    assert_eq!(world.observed.traffic.unwrap().canary_weight, 0);
+    assert_eq!(world.observed.traffic.as_ref().unwrap().canary_weight, 0);
     assert_eq!(world.status.current_step_index, Some(0));
 }
 
@@ -1365,7 +1366,7 @@ fn max_traffic_weight_scales_weights() {
     let (mut world, _) = deployed(s);
     world.set_image("demo:2");
     world.settle();
-    assert_eq!(world.observed.traffic.unwrap().canary_weight, 250);
+    assert_eq!(world.observed.traffic.as_ref().unwrap().canary_weight, 250);
     assert_eq!(
         world.replicas(&world.status.current_pod_hash.clone()),
         1,
@@ -1545,7 +1546,7 @@ fn dynamic_stable_scale_undo_keeps_the_previous_canary_until_the_stable_serves_e
     world.settle();
     let canary = world.status.current_pod_hash.clone();
     assert_eq!((world.replicas(&canary), world.replicas(&stable)), (1, 3));
-    let weight = |world: &World| world.observed.traffic.map(|t| t.canary_weight);
+    let weight = |world: &World| world.observed.traffic.as_ref().map(|t| t.canary_weight);
     let canary_selector =
         |world: &World| world.observed.services["demo-canary"].selector_hash.clone();
     let weights_hash = |world: &World| {
@@ -1616,7 +1617,7 @@ fn dynamic_stable_scale_abort_hands_traffic_back_as_the_stable_becomes_available
             rs.ready_replicas = n;
         }
     };
-    let weight = |world: &World| world.observed.traffic.map(|t| t.canary_weight);
+    let weight = |world: &World| world.observed.traffic.as_ref().map(|t| t.canary_weight);
     let canary_selector =
         |world: &World| world.observed.services["demo-canary"].selector_hash.clone();
 
@@ -1668,7 +1669,7 @@ fn ping_pong_services_trade_roles_at_each_promotion() {
     assert_eq!(world.status.phase, Some(RolloutPhase::Paused));
     assert_eq!(selector(&world, "pong"), Some(second.clone()));
     assert_eq!(selector(&world, "ping"), Some(first.clone()));
-    assert_eq!(world.observed.traffic.unwrap().canary_weight, 25);
+    assert_eq!(world.observed.traffic.as_ref().unwrap().canary_weight, 25);
     let weights = world.status.canary.weights.clone().expect("weights");
     assert_eq!(
         (weights.canary.service_name, weights.stable.service_name),
@@ -1680,7 +1681,7 @@ fn ping_pong_services_trade_roles_at_each_promotion() {
     assert_eq!(world.status.stable_rs, second);
     assert_eq!(world.status.canary.stable_ping_pong, "pong");
     assert_eq!(selector(&world, "pong"), Some(second.clone()));
-    assert_eq!(world.observed.traffic.unwrap().canary_weight, 0);
+    assert_eq!(world.observed.traffic.as_ref().unwrap().canary_weight, 0);
 
     world.set_image("demo:3");
     world.settle();
@@ -1692,4 +1693,95 @@ fn ping_pong_services_trade_roles_at_each_promotion() {
     assert_eq!(world.status.stable_rs, third);
     assert_eq!(world.status.canary.stable_ping_pong, "ping");
     assert_eq!(world.status.phase, Some(RolloutPhase::Healthy));
+}
+
+// === experiment steps with template weights ===
+
+#[test]
+fn an_experiment_template_weight_is_routed_only_while_its_experiment_runs() {
+    let (mut world, _) = deployed(spec(
+        4,
+        json!({
+            "canaryService": "demo-canary",
+            "stableService": "demo-stable",
+            "trafficRouting": {"smi": {}},
+            "steps": [
+                {"setWeight": 20},
+                {"experiment": {"templates": [{"name": "exp", "specRef": "canary", "weight": 10}]}},
+                {"pause": {}},
+            ],
+        }),
+    ));
+    let additional = |w: &World| w.observed.traffic.as_ref().unwrap().additional.clone();
+    world.set_image("demo:2");
+    world.settle();
+    let name = world.status.canary.current_experiment.clone();
+    assert_eq!(world.status.current_step_index, Some(1));
+    // Running, but its template has no Service yet: nothing a router could send traffic to.
+    assert!(additional(&world).is_empty());
+    let experiment = world
+        .observed
+        .experiments
+        .iter_mut()
+        .find(|e| e.name == name)
+        .expect("the step's Experiment");
+    experiment.templates = vec![crate::engine::ExperimentTemplateObservation {
+        name: "exp".into(),
+        service_name: "demo-exp".into(),
+        pod_template_hash: "abc".into(),
+    }];
+    world.settle();
+    assert_eq!(world.observed.traffic.as_ref().unwrap().canary_weight, 20);
+    assert_eq!(additional(&world), [("demo-exp".to_string(), 10)].into());
+    let weights = world.status.canary.weights.clone().unwrap();
+    assert_eq!((weights.canary.weight, weights.stable.weight), (20, 70));
+    assert_eq!(weights.additional[0].pod_template_hash, "abc");
+    // The experiment ends: the step is done and its share is stable's again.
+    for e in &mut world.observed.experiments {
+        e.phase = AnalysisPhase::Successful;
+    }
+    world.settle();
+    assert_eq!(world.status.current_step_index, Some(2));
+    assert!(additional(&world).is_empty());
+    let weights = world.status.canary.weights.clone().unwrap();
+    assert_eq!((weights.canary.weight, weights.stable.weight), (20, 80));
+}
+
+#[test]
+fn experiment_template_weights_need_a_router_that_routes_them() {
+    let invalid = |canary: serde_json::Value| {
+        let plan = World::new(spec(2, canary)).tick();
+        let condition = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "InvalidSpec")
+            .map(|c| c.message.clone());
+        condition.unwrap_or_default()
+    };
+    let step = |weight: i32| {
+        json!([{"setWeight": 60},
+               {"experiment": {"templates": [{"name": "e", "specRef": "canary", "weight": weight}]}}])
+    };
+    let nginx = invalid(json!({
+        "canaryService": "c", "stableService": "s",
+        "trafficRouting": {"nginx": {"stableIngress": "web"}}, "steps": step(10),
+    }));
+    assert!(
+        nginx.contains("steps[1].experiment.templates[0].weight") && nginx.contains("nginx"),
+        "{nginx}"
+    );
+    let too_much = invalid(json!({
+        "canaryService": "c", "stableService": "s",
+        "trafficRouting": {"smi": {}}, "steps": step(50),
+    }));
+    assert!(
+        too_much.contains("steps[1].experiment.templates"),
+        "{too_much}"
+    );
+    let fine = invalid(json!({
+        "canaryService": "c", "stableService": "s",
+        "trafficRouting": {"smi": {}}, "steps": step(40),
+    }));
+    assert_eq!(fine, "");
 }

@@ -437,6 +437,7 @@ fn validate_canary(spec: &RolloutSpec, errors: &mut Vec<InvalidSpec>) {
             validate_alb_step(step, &format!("{base}.steps[{i}]"), errors);
         }
     }
+    experiment_weights(canary, base, errors);
     if let Some(background) = &canary.analysis {
         validate_analysis(&background.analysis, &format!("{base}.analysis"), errors);
         if let Some(start) = background.starting_step
@@ -475,23 +476,93 @@ fn validate_alb_step(step: &CanaryStep, field: &str, errors: &mut Vec<InvalidSpe
     }
 }
 
-/// An `experiment:` step: templates copy the stable or the canary ReplicaSet; a template's
-/// `weight` (traffic to the experiment's pods through the router) is not built, so it is refused
-/// rather than ignored.
+/// An `experiment:` step: templates copy the stable or the canary ReplicaSet.
 fn experiment_step(
     field: &str,
     experiment: &crate::api::argo::rollout::RolloutExperimentStep,
     errors: &mut Vec<InvalidSpec>,
 ) {
     for (i, template) in experiment.templates.iter().enumerate() {
-        let at = format!("{field}.templates[{i}]");
         if !matches!(template.spec_ref.as_str(), "stable" | "canary") {
-            errors.push(err(format!("{at}.specRef"), "must be stable or canary"));
-        }
-        if template.weight.is_some() {
             errors.push(err(
-                format!("{at}.weight"),
-                "experiment template weight is not supported by this version of Sluice; remove it (the experiment's pods then get no traffic from the router)",
+                format!("{field}.templates[{i}].specRef"),
+                "must be stable or canary",
+            ));
+        }
+    }
+}
+
+/// The routers that can send an experiment template its `weight` (Argo: SMI, ALB, Istio and
+/// plugins; Sluice's Gateway API plugin cannot yet).
+const EXPERIMENT_WEIGHT_ROUTERS: &str = "smi, alb and istio";
+
+/// The `trafficRouting` fields naming routers that cannot route to an experiment template.
+fn routers_without_experiment_weight(
+    routing: &crate::api::argo::rollout::RolloutTrafficRouting,
+) -> Vec<&'static str> {
+    [
+        ("nginx", routing.nginx.is_some()),
+        ("traefik", routing.traefik.is_some()),
+        ("ambassador", routing.ambassador.is_some()),
+        ("appMesh", routing.app_mesh.is_some()),
+        ("apisix", routing.apisix.is_some()),
+        ("plugins", routing.plugins.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect()
+}
+
+/// Experiment template `weight`s: a share of traffic the routers send to the template's Service
+/// while the experiment runs, taken from stable. It needs a router that can do so, and with the
+/// `setWeight` in force it must leave stable a share of zero or more.
+fn experiment_weights(canary: &CanaryStrategy, base: &str, errors: &mut Vec<InvalidSpec>) {
+    let max = canary.max_traffic_weight();
+    let mut set_weight = 0;
+    for (i, step) in canary.steps().iter().enumerate() {
+        set_weight = step.set_weight.unwrap_or(set_weight);
+        let Some(experiment) = &step.experiment else {
+            continue;
+        };
+        let mut sum = 0i64;
+        for (j, template) in experiment.templates.iter().enumerate() {
+            let Some(weight) = template.weight else {
+                continue;
+            };
+            let field = format!("{base}.steps[{i}].experiment.templates[{j}].weight");
+            sum += i64::from(weight);
+            if !(0..=max).contains(&weight) {
+                errors.push(err(&field, format!("must be between 0 and {max}")));
+            }
+            match &canary.traffic_routing {
+                None => errors.push(err(
+                    &field,
+                    "Experiment template weight cannot be set unless TrafficRouting is enabled",
+                )),
+                Some(routing) => {
+                    let refused = routers_without_experiment_weight(routing);
+                    if !refused.is_empty() {
+                        errors.push(err(
+                            &field,
+                            format!(
+                                "experiment template weight is only available with the \
+                                 {EXPERIMENT_WEIGHT_ROUTERS} traffic routers in this version of \
+                                 Sluice, not with trafficRouting.{}: remove it (the experiment's \
+                                 pods then get no traffic from the router)",
+                                refused.join(", trafficRouting.")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if i64::from(set_weight) + sum > i64::from(max) {
+            errors.push(err(
+                format!("{base}.steps[{i}].experiment.templates"),
+                format!(
+                    "the templates' weights ({sum}) and setWeight {set_weight} add up to more \
+                     than {max}: lower them so stable keeps a share of 0 or more"
+                ),
             ));
         }
     }

@@ -7,8 +7,9 @@
 //! - **the split**: `<prefix>/actions.<rootService or stableService>` holds a forward action,
 //!   byte for byte the JSON Argo writes (the load balancer controller parses it):
 //!   `{"Type":"forward","ForwardConfig":{"TargetGroups":[canary, stable]}}` with `ServicePort` =
-//!   `servicePort` as a string, canary `weight` and stable `maxTrafficWeight - weight`, plus
-//!   `TargetGroupStickinessConfig` when `stickinessConfig.enabled` (1 s to 7 days). The Ingress
+//!   `servicePort` as a string, canary `weight`, each experiment template's Service with its
+//!   `weight` (an `experiment:` step's templates while the Experiment runs), and stable with the
+//!   rest, plus `TargetGroupStickinessConfig` when `stickinessConfig.enabled` (1 s to 7 days). The Ingress
 //!   must have a path whose backend is that service (`port.name: use-annotation`);
 //! - **header routes** (`setHeaderRoute`): `<prefix>/actions.<route>` forwards everything to the
 //!   canary, `<prefix>/conditions.<route>` holds the `http-header` conditions (exact values, ALB
@@ -19,8 +20,9 @@
 //!   the route;
 //! - **mirror routes**: the ALB cannot mirror; a `setMirrorRoute` step is an `InvalidSpec`
 //!   (upstream ignores the step);
-//! - **observed weight**: the canary target group's weight when the canary and stable groups add
-//!   up to `maxTrafficWeight` on every Ingress; no action annotation is weight 0.
+//! - **observed weight**: the canary target group's weight (and the other groups') when all groups
+//!   add up to `maxTrafficWeight` and every Ingress says the same; no action annotation is
+//!   weight 0.
 //!
 //! Who owns what. The `actions.<service>` annotation is the ALB's route itself: a manifest
 //! usually does not declare it (the rule's backend only says `use-annotation`), and an Ingress
@@ -149,24 +151,26 @@ fn stickiness(config: &AlbTrafficRouting) -> Option<Stickiness> {
         })
 }
 
-/// The split action: canary first, then stable (Argo's `getForwardActionString`).
+/// The split action: canary first, then each experiment template's Service, then stable
+/// (Argo's `getForwardActionString`).
 pub fn forward_action(config: &AlbTrafficRouting, w: &Weights) -> String {
     let port = config.service_port.to_string();
+    let group = |service, weight: i32| TargetGroup {
+        service,
+        port: port.clone(),
+        weight: weight.into(),
+    };
+    let mut target_groups = vec![group(&w.canary_service, w.canary)];
+    target_groups.extend(
+        w.additional
+            .iter()
+            .map(|d| group(&d.service_name, d.weight)),
+    );
+    target_groups.push(group(&w.stable_service, w.stable()));
     go_json(&Action {
         kind: "forward",
         forward: ForwardConfig {
-            target_groups: vec![
-                TargetGroup {
-                    service: &w.canary_service,
-                    port: port.clone(),
-                    weight: w.canary.into(),
-                },
-                TargetGroup {
-                    service: &w.stable_service,
-                    port,
-                    weight: (w.max_weight - w.canary).into(),
-                },
-            ],
+            target_groups,
             stickiness: stickiness(config),
         },
     })
@@ -219,27 +223,39 @@ pub fn header_conditions(route: &HeaderRoute) -> Result<String, String> {
     Ok(go_json(&conditions))
 }
 
-/// The canary weight an action annotation applies, when its canary and stable target groups
-/// add up to `max_weight` (a missing canary group, or a group without `Weight`, has 0, as the
-/// load balancer reads it).
-pub fn observe_weight(action: &str, w: &Weights) -> Option<i32> {
+/// The canary weight an action annotation applies, and the weights of its other target groups
+/// (experiment templates' Services) by Service, when all of them add up to `max_weight` (a
+/// missing canary group, or a group without `Weight`, has 0, as the load balancer reads it).
+pub fn observe_split(action: &str, w: &Weights) -> Option<(i32, BTreeMap<String, i32>)> {
     let action: Value = serde_json::from_str(action).ok()?;
     let groups = action
         .get("ForwardConfig")?
         .get("TargetGroups")?
         .as_array()?;
-    let weight = |name: &str| {
-        groups
-            .iter()
-            .find(|g| g.get("ServiceName").and_then(Value::as_str) == Some(name))
-            .map(|g| g.get("Weight").and_then(Value::as_i64).unwrap_or(0))
-    };
+    let mut canary = 0;
+    let mut stable = None;
+    let mut others = BTreeMap::new();
+    for g in groups {
+        let service = g.get("ServiceName").and_then(Value::as_str)?;
+        let weight = i32::try_from(g.get("Weight").and_then(Value::as_i64).unwrap_or(0)).ok()?;
+        if service == w.canary_service {
+            canary = weight;
+        } else if service == w.stable_service {
+            stable = Some(weight);
+        } else {
+            others.insert(service.to_string(), weight);
+        }
+    }
     // No canary group (Argo's reset action, a manifest's own): the canary gets nothing.
-    let canary = weight(&w.canary_service).unwrap_or(0);
-    let stable = weight(&w.stable_service)?;
-    (canary + stable == i64::from(w.max_weight))
-        .then(|| i32::try_from(canary).ok())
-        .flatten()
+    let total = i64::from(canary)
+        + i64::from(stable?)
+        + others.values().map(|v| i64::from(*v)).sum::<i64>();
+    (total == i64::from(w.max_weight)).then_some((canary, others))
+}
+
+/// [`observe_split`]'s canary weight.
+pub fn observe_weight(action: &str, w: &Weights) -> Option<i32> {
+    observe_split(action, w).map(|(canary, _)| canary)
 }
 
 // === spec.rules: the header routes' paths ===
@@ -580,14 +596,18 @@ impl Router for AlbRouter {
             let live = self.get(ctx, &name).await?;
             let annotations = live.metadata.annotations.clone().unwrap_or_default();
             // No action: the load balancer sends the canary nothing.
-            let weight = annotations
+            let split = annotations
                 .get(&key)
-                .map_or(Some(0), |a| observe_weight(a, w));
+                .map_or(Some((0, BTreeMap::new())), |a| observe_split(a, w));
             observed.detail.insert(
                 format!("ingress/{name}"),
-                weight.map_or("action unreadable".into(), |c| format!("canary {c}")),
+                split
+                    .as_ref()
+                    .map_or("action unreadable".into(), |(c, others)| {
+                        format!("canary {c}, others {others:?}")
+                    }),
             );
-            weights.push(weight);
+            weights.push(split);
             for route in &self.managed_routes {
                 if annotations.contains_key(&self.condition_key(route))
                     && !observed.managed_routes.contains(route)
@@ -596,10 +616,14 @@ impl Router for AlbRouter {
                 }
             }
         }
-        observed.canary = match weights.split_first() {
-            Some((first, rest)) if rest.iter().all(|w| w == first) => *first,
-            _ => None,
-        };
+        // The Ingresses must agree on the whole split.
+        if let Some((first, rest)) = weights.split_first()
+            && rest.iter().all(|w| w == first)
+            && let Some((canary, others)) = first.clone()
+        {
+            observed.canary = Some(canary);
+            observed.additional = others;
+        }
         Ok(observed)
     }
 
@@ -669,8 +693,8 @@ impl Router for AlbRouter {
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(&key))
-                .and_then(|a| observe_weight(a, &stable_only))
-                == Some(0);
+                .and_then(|a| observe_split(a, &stable_only))
+                .is_some_and(|(canary, others)| canary == 0 && others.values().all(|w| *w == 0));
             if !borrowed(&live, &key) || !declared_on_stable {
                 own.insert(key.clone(), forward_action(&self.config, &stable_only));
             }
@@ -683,7 +707,7 @@ impl Router for AlbRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::argo::rollout::StringMatch;
+    use crate::api::argo::rollout::{StringMatch, WeightDestination};
     use pretty_assertions::assert_eq;
 
     fn config() -> AlbTrafficRouting {
@@ -703,6 +727,7 @@ mod tests {
             stable_service: "stable-svc".into(),
             canary_hash: String::new(),
             stable_hash: String::new(),
+            additional: Vec::new(),
         }
     }
 
@@ -737,6 +762,30 @@ mod tests {
             header_action(&config(), &w(30)),
             r#"{"Type":"forward","ForwardConfig":{"TargetGroups":[{"ServiceName":"canary-svc","ServicePort":"80","Weight":100}]}}"#
         );
+    }
+
+    #[test]
+    fn experiment_templates_get_their_groups_between_canary_and_stable() {
+        let mut with_experiment = w(10);
+        with_experiment.additional = vec![WeightDestination {
+            weight: 20,
+            service_name: "exp-svc".into(),
+            pod_template_hash: "abc".into(),
+        }];
+        let a = forward_action(&config(), &with_experiment);
+        // Argo's e2e `actionTemplateWithExperiment`, byte for byte.
+        assert_eq!(
+            a,
+            r#"{"Type":"forward","ForwardConfig":{"TargetGroups":[{"ServiceName":"canary-svc","ServicePort":"80","Weight":10},{"ServiceName":"exp-svc","ServicePort":"80","Weight":20},{"ServiceName":"stable-svc","ServicePort":"80","Weight":70}]}}"#
+        );
+        let others = BTreeMap::from([("exp-svc".to_string(), 20)]);
+        assert_eq!(observe_split(&a, &w(0)), Some((10, others)));
+        // Without the experiment's group the split no longer adds up to stable's 70.
+        let dropped = a.replace(
+            r#"{"ServiceName":"exp-svc","ServicePort":"80","Weight":20},"#,
+            "",
+        );
+        assert_eq!(observe_split(&dropped, &w(0)), None);
     }
 
     #[test]

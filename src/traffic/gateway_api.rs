@@ -921,6 +921,7 @@ mod tests {
             stable_service: "app-stable".into(),
             canary_hash: "c".into(),
             stable_hash: "s".into(),
+            additional: Vec::new(),
         }
     }
 

@@ -13,8 +13,13 @@
 //!   canary / stable subset, and the DestinationRule's canary / stable subsets get the label
 //!   `rollouts-pod-template-hash` = the canary / stable pod-template hash, written before any
 //!   weight so a weight never points at the wrong pods. Canary gets `canary`, stable
-//!   `maxTrafficWeight - canary`; other destinations and subsets are left as they are (upstream
-//!   deletes them).
+//!   the rest; other destinations and subsets are left as they are (upstream deletes them).
+//! - **Experiment templates** (`experiment:` step templates with `weight`): a destination to the
+//!   template's Service (host only, as upstream, also for a subset split) with its weight,
+//!   appended to each split route while the Experiment runs, and taken out again after; a
+//!   destination whose host the VirtualService's manifest does not name is one Sluice added
+//!   (the declared hosts come from the originals Sluice recorded). Upstream also adds a
+//!   DestinationRule subset per template that no route uses; Sluice does not.
 //! - **Managed routes.** `setHeaderRoute` adds an HTTP route named after the managed route that
 //!   matches the headers and sends everything to the canary; `setMirrorRoute` adds one with the
 //!   step's matches, the split route's destinations, `mirror` = the canary and
@@ -36,6 +41,8 @@
 //!
 //! What it must never do: touch a field other than those lists, a route it was not configured
 //! for (beyond managed routes), or a VirtualService in a namespace it was not told about.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
@@ -60,12 +67,19 @@ pub struct IstioRouter {
 }
 
 /// Who gets the canary share and who the rest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Targets {
     pub canary_service: String,
     pub stable_service: String,
     /// `(canary, stable)` subset names for a subset-level split.
     pub subsets: Option<(String, String)>,
+    /// Experiment templates' Services and their weights: destinations by host, added to the
+    /// split routes when missing.
+    pub additional: Vec<(String, i32)>,
+    /// Hosts the VirtualService's manifest routes to (short names); `None`: not known, every
+    /// other destination is left alone. A destination to any other host is an experiment's that
+    /// Sluice added: removed once no longer wanted, and reported as such.
+    pub declared: Option<BTreeSet<String>>,
 }
 
 impl Targets {
@@ -77,7 +91,28 @@ impl Targets {
                 .destination_rule
                 .as_ref()
                 .map(|d| (d.canary_subset_name.clone(), d.stable_subset_name.clone())),
+            additional: w
+                .additional
+                .iter()
+                .map(|d| (d.service_name.clone(), d.weight))
+                .collect(),
+            declared: None,
         }
+    }
+
+    /// The targets for one VirtualService, knowing which hosts its manifest declares.
+    fn declared_by(&self, live: &DynamicObject, spec: &Value) -> Targets {
+        Targets {
+            declared: Some(declared_hosts(live, spec)),
+            ..self.clone()
+        }
+    }
+
+    /// An experiment destination Sluice added (its host is not the manifest's).
+    fn added<'a>(&self, destination: &'a Value) -> Option<&'a str> {
+        let host = short_host(destination)?;
+        let declared = self.declared.as_ref()?;
+        (!declared.contains(host) && self.side(destination).is_none()).then_some(host)
     }
     fn side(&self, destination: &Value) -> Option<Side> {
         let dest = destination.get("destination")?;
@@ -102,6 +137,55 @@ impl Targets {
     }
 }
 
+/// A destination's host up to the first `.` (the Service name).
+fn short_host(destination: &Value) -> Option<&str> {
+    let host = destination.get("destination")?.get("host")?.as_str()?;
+    host.split('.').next()
+}
+
+/// Short hosts of every destination of `routes` lists (`http`, `tls`, `tcp`).
+fn hosts_of(spec: &Value, key: &str, out: &mut BTreeSet<String>) {
+    let routes = spec
+        .get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    for d in routes.flat_map(|r| {
+        r.get("route")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    }) {
+        if let Some(h) = short_host(d) {
+            out.insert(h.to_string());
+        }
+    }
+}
+
+/// The hosts the VirtualService's owner declared: from the values Sluice recorded before its
+/// first write of each list, else (not borrowed yet) the live lists.
+fn declared_hosts(live: &DynamicObject, spec: &Value) -> BTreeSet<String> {
+    let record = ownership::read_record(live)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let mut out = BTreeSet::new();
+    for key in ["http", "tls", "tcp"] {
+        let recorded = record
+            .fields
+            .iter()
+            .find(|f| f.path == ownership::path(&["spec", key]));
+        match recorded {
+            Some(f) => {
+                let value = json!({ key: f.value.clone().unwrap_or(Value::Null) });
+                hosts_of(&value, key, &mut out);
+            }
+            None => hosts_of(spec, key, &mut out),
+        }
+    }
+    out
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
     Canary,
@@ -120,11 +204,14 @@ fn route_name(route: &Value) -> Option<&str> {
     route.get("name").and_then(Value::as_str)
 }
 
-/// Sets the weight of every canary / stable destination of `route`; whether it has both.
+/// Sets the weight of every canary / stable destination of `route`, and of the experiment
+/// destinations (added after the others when missing, removed when no longer wanted); whether
+/// it has both canary and stable.
 fn weigh(route: &mut Value, t: &Targets, canary: i32, stable: i32) -> (bool, bool) {
     let (mut has_canary, mut has_stable) = (false, false);
     if let Some(dests) = route.get_mut("route").and_then(Value::as_array_mut) {
-        for d in dests {
+        let mut missing = t.additional.clone();
+        dests.retain_mut(|d| {
             match t.side(d) {
                 Some(Side::Canary) => {
                     has_canary = true;
@@ -134,11 +221,39 @@ fn weigh(route: &mut Value, t: &Targets, canary: i32, stable: i32) -> (bool, boo
                     has_stable = true;
                     d["weight"] = json!(stable);
                 }
-                None => {}
+                None => {
+                    let host = short_host(d).unwrap_or_default().to_string();
+                    if let Some(i) = missing.iter().position(|(s, _)| *s == host) {
+                        d["weight"] = json!(missing.remove(i).1);
+                    } else if t.added(d).is_some() {
+                        return false;
+                    }
+                }
+            }
+            true
+        });
+        // Upstream's order: the experiment destinations after the route's own.
+        if has_canary && has_stable {
+            for (host, weight) in missing {
+                dests.push(json!({"destination": {"host": host}, "weight": weight}));
             }
         }
     }
     (has_canary, has_stable)
+}
+
+/// The weights of the experiment destinations Sluice added to `route`, by host.
+fn added_weights(route: &Value, t: &Targets) -> BTreeMap<String, i32> {
+    let dests = route.get("route").and_then(Value::as_array);
+    dests
+        .into_iter()
+        .flatten()
+        .filter_map(|d| {
+            let host = t.added(d)?;
+            let weight = d.get("weight").and_then(Value::as_i64).unwrap_or(0);
+            Some((host.to_string(), i32::try_from(weight).ok()?))
+        })
+        .collect()
 }
 
 /// The canary weight on `route` (absent weight = 0, Istio's default for a listed destination).
@@ -390,10 +505,22 @@ pub fn observe_weight(
     managed: &[String],
     t: &Targets,
 ) -> Option<i32> {
-    let mut weights: Vec<Option<i32>> = Vec::new();
+    observe_split(spec, vs, managed, t).map(|(canary, _)| canary)
+}
+
+/// The canary weight and the experiment destinations' weights the VirtualService applies: the
+/// same on every split route (HTTP, TLS and TCP), else `None`.
+pub fn observe_split(
+    spec: &Value,
+    vs: &IstioVirtualService,
+    managed: &[String],
+    t: &Targets,
+) -> Option<(i32, BTreeMap<String, i32>)> {
+    let mut weights: Vec<Option<(i32, BTreeMap<String, i32>)>> = Vec::new();
+    let seen = |route: &Value| Some((canary_weight(route, t)?, added_weights(route, t)));
     if let Some(http) = spec.get("http").and_then(Value::as_array) {
         let idx = http_split_routes(http, vs, managed).ok()?;
-        weights.extend(idx.iter().map(|&i| canary_weight(&http[i], t)));
+        weights.extend(idx.iter().map(|&i| seen(&http[i])));
     }
     // TLS / TCP routes carrying the split, chosen as render_weights chooses them.
     for key in ["tls", "tcp"] {
@@ -404,13 +531,15 @@ pub fn observe_weight(
         for i in idx {
             let mut r = routes[i].clone();
             if explicit || weigh(&mut r, t, 0, 0) == (true, true) {
-                weights.push(canary_weight(&routes[i], t));
+                weights.push(seen(&routes[i]));
             }
         }
     }
     let (first, rest) = weights.split_first()?;
-    let first = (*first)?;
-    rest.iter().all(|w| *w == Some(first)).then_some(first)
+    let first = first.clone()?;
+    rest.iter()
+        .all(|w| w.as_ref() == Some(&first))
+        .then_some(first)
 }
 
 fn string_match(m: &StringMatch) -> Value {
@@ -724,9 +853,9 @@ impl Router for IstioRouter {
                 &spec,
                 &vs,
                 &self.managed_routes,
-                &t,
+                &t.declared_by(&live, &spec),
                 w.canary,
-                w.max_weight - w.canary,
+                w.stable(),
             )
             .map_err(|e| target.invalid(e))?;
             for (p, v) in desired.iter_mut() {
@@ -753,13 +882,20 @@ impl Router for IstioRouter {
                 namespace: ns,
                 name,
             };
-            let (_, spec) = Self::get(ctx, &virtual_service_resource(), &target).await?;
-            let weight = observe_weight(&spec, &vs, &self.managed_routes, &t);
+            let (live, spec) = Self::get(ctx, &virtual_service_resource(), &target).await?;
+            let split = observe_split(
+                &spec,
+                &vs,
+                &self.managed_routes,
+                &t.declared_by(&live, &spec),
+            );
             observed.detail.insert(
                 format!("virtualService/{ns}/{name}"),
-                weight.map_or("unknown".into(), |w| w.to_string()),
+                split
+                    .as_ref()
+                    .map_or("unknown".into(), |(c, a)| format!("{c}, added {a:?}")),
             );
-            weights.push(weight);
+            weights.push(split);
             for r in spec
                 .get("http")
                 .and_then(Value::as_array)
@@ -774,10 +910,15 @@ impl Router for IstioRouter {
                 }
             }
         }
-        let mut canary = match weights.split_first() {
-            Some((first, rest)) if rest.iter().all(|w| w == first) => *first,
-            _ => None,
+        let (mut canary, additional) = match weights.split_first() {
+            Some((Some((c, a)), rest))
+                if rest.iter().all(|w| w.as_ref() == Some(&(*c, a.clone()))) =>
+            {
+                (Some(*c), a.clone())
+            }
+            _ => (None, BTreeMap::new()),
         };
+        observed.additional = additional;
         if let Some(dr) = &self.config.destination_rule {
             let target = Target {
                 router: ROUTER,
@@ -914,6 +1055,8 @@ mod tests {
             canary_service: "canary".into(),
             stable_service: "stable".into(),
             subsets: None,
+            additional: Vec::new(),
+            declared: None,
         }
     }
 
@@ -947,6 +1090,7 @@ mod tests {
             stable_service: "stable".into(),
             canary_hash: "c".into(),
             stable_hash: "s".into(),
+            additional: Vec::new(),
         };
         assert!(percent_weights(&w).is_ok());
         w.max_weight = 1000;
@@ -972,6 +1116,39 @@ mod tests {
             observe_weight(&applied, &vs(&["primary"]), &[], &hosts()),
             Some(30)
         );
+    }
+
+    #[test]
+    fn experiment_destinations_are_added_weighed_and_removed_again() {
+        let declared: BTreeSet<String> = ["stable", "canary"].map(String::from).into();
+        let with_exp = Targets {
+            additional: vec![("exp-svc".into(), 20)],
+            declared: Some(declared.clone()),
+            ..hosts()
+        };
+        let out = render_weights(&spec(), &vs(&["primary"]), &[], &with_exp, 10, 70).unwrap();
+        let mut applied = spec();
+        applied["http"] = out[0].1.clone();
+        let route = &applied["http"][0]["route"];
+        assert_eq!(route[0]["weight"], json!(70));
+        assert_eq!(route[1]["weight"], json!(10));
+        assert_eq!(
+            route[2],
+            json!({"destination": {"host": "exp-svc"}, "weight": 20})
+        );
+        let exp = BTreeMap::from([("exp-svc".to_string(), 20)]);
+        assert_eq!(
+            observe_split(&applied, &vs(&["primary"]), &[], &with_exp),
+            Some((10, exp))
+        );
+        // The step is over: the destination Sluice added goes, the declared ones stay.
+        let without = Targets {
+            declared: Some(declared),
+            ..hosts()
+        };
+        let out = render_weights(&applied, &vs(&["primary"]), &[], &without, 10, 90).unwrap();
+        assert_eq!(out[0].1[0]["route"].as_array().map(Vec::len), Some(2));
+        assert_eq!(out[0].1[1], spec()["http"][1]);
     }
 
     #[test]

@@ -36,7 +36,9 @@ use async_trait::async_trait;
 use kube::api::{Api, ApiResource, DynamicObject};
 use serde::de::DeserializeOwned;
 
-use crate::api::argo::rollout::{HeaderRoutingMatch, RolloutTrafficRouting, RouteMatch};
+use crate::api::argo::rollout::{
+    HeaderRoutingMatch, RolloutTrafficRouting, RouteMatch, WeightDestination,
+};
 
 /// The field manager routers write with.
 pub const FIELD_MANAGER: &str = "sluice";
@@ -130,7 +132,7 @@ impl RouterContext {
 }
 
 /// The split to apply.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Weights {
     /// The canary's share, in router units (`0..=max_weight`).
     pub canary: i32,
@@ -143,6 +145,16 @@ pub struct Weights {
     /// Pod-template hashes, for subset-based routing (Istio DestinationRule subsets).
     pub canary_hash: String,
     pub stable_hash: String,
+    /// Services that get a share besides the canary and stable ones (an experiment step's
+    /// templates), taken from stable. Routers that cannot route them are refused by validation.
+    pub additional: Vec<WeightDestination>,
+}
+
+impl Weights {
+    /// Stable's share: all traffic but the canary's and the additional destinations'.
+    pub fn stable(&self) -> i32 {
+        self.max_weight - self.canary - self.additional.iter().map(|d| d.weight).sum::<i32>()
+    }
 }
 
 /// A header-based route that sends matching requests to the canary.
@@ -169,6 +181,8 @@ pub struct Observed {
     pub canary: Option<i32>,
     /// Managed routes present, by name.
     pub managed_routes: Vec<String>,
+    /// Weights of Services besides the canary and stable ones (experiment templates), by name.
+    pub additional: BTreeMap<String, i32>,
     /// Extra details for status / events (for example which route of a VirtualService).
     pub detail: BTreeMap<String, String>,
 }

@@ -584,6 +584,7 @@ mod tests {
             stable_service: "stable".into(),
             canary_hash: String::new(),
             stable_hash: String::new(),
+            additional: Vec::new(),
         }
     }
 

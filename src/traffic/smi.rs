@@ -4,7 +4,9 @@
 //! What it decides, as upstream (`rollout/trafficrouting/smi`):
 //! - the TrafficSplit is named `trafficSplitName` (default: the Rollout's name); its `service`
 //!   is `rootService` (default: the stable Service); its backends are the canary Service with
-//!   the canary weight and the stable Service with `maxTrafficWeight - canary`;
+//!   the canary weight, each experiment template's Service with its weight (an `experiment:`
+//!   step's templates with `weight`, while the Experiment runs), and the stable Service with the
+//!   rest, in that order;
 //! - it is Sluice's own object, owned by the Rollout (controller ownerReference, so deleting the
 //!   Rollout deletes it) and written whole with server-side apply; a TrafficSplit of that name
 //!   the Rollout does not control is an error, never overwritten;
@@ -54,6 +56,14 @@ pub fn render_traffic_split(
             json!(n)
         }
     };
+    // Upstream's order: canary, the experiment templates' Services, stable last.
+    let mut backends = vec![json!({ "service": w.canary_service, "weight": weight(w.canary) })];
+    backends.extend(
+        w.additional
+            .iter()
+            .map(|d| json!({ "service": d.service_name, "weight": weight(d.weight) })),
+    );
+    backends.push(json!({ "service": w.stable_service, "weight": weight(w.stable()) }));
     json!({
         "apiVersion": format!("{GROUP}/{version}"),
         "kind": KIND,
@@ -70,23 +80,36 @@ pub fn render_traffic_split(
         },
         "spec": {
             "service": root_service,
-            "backends": [
-                { "service": w.canary_service, "weight": weight(w.canary) },
-                { "service": w.stable_service, "weight": weight(w.max_weight - w.canary) },
-            ],
+            "backends": backends,
         },
     })
 }
 
+/// The backends of a TrafficSplit: each Service and its weight (`None`: not a whole number).
+fn backends(split: &Value) -> Vec<(&str, Option<i32>)> {
+    split
+        .get("spec")
+        .and_then(|s| s.get("backends"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|b| {
+            let service = b.get("service").and_then(Value::as_str)?;
+            Some((service, b.get("weight").and_then(weight_of)))
+        })
+        .collect()
+}
+
 /// The weight of `service`'s backend (integer, number or quantity string).
 pub fn backend_weight(split: &Value, service: &str) -> Option<i32> {
-    let b = split
-        .get("spec")?
-        .get("backends")?
-        .as_array()?
-        .iter()
-        .find(|b| b.get("service").and_then(Value::as_str) == Some(service))?;
-    match b.get("weight")? {
+    backends(split)
+        .into_iter()
+        .find(|(s, _)| *s == service)
+        .and_then(|(_, w)| w)
+}
+
+fn weight_of(weight: &Value) -> Option<i32> {
+    match weight {
         Value::Number(n) => n
             .as_i64()
             .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
@@ -231,9 +254,19 @@ impl Router for SmiRouter {
         let v = serde_json::to_value(&live).map_err(|e| target.invalid(e.to_string()))?;
         let canary = backend_weight(&v, &w.canary_service);
         let stable = backend_weight(&v, &w.stable_service);
-        // Both sides must say the same split: a canary weight alone could be against any total.
-        observed.canary = match (canary, stable) {
-            (Some(c), Some(s)) if c + s == w.max_weight => Some(c),
+        let mut others = Some(0);
+        for (service, weight) in backends(&v) {
+            if service != w.canary_service && service != w.stable_service {
+                observed
+                    .additional
+                    .insert(service.to_string(), weight.unwrap_or(-1));
+                others = others.zip(weight).map(|(sum, w)| sum + w);
+            }
+        }
+        // Every backend must add up to the whole: a canary weight alone could be against any
+        // total.
+        observed.canary = match (canary, stable, others) {
+            (Some(c), Some(s), Some(o)) if c + s + o == w.max_weight => Some(c),
             _ => None,
         };
         observed.detail.insert(
@@ -285,6 +318,7 @@ mod tests {
             stable_service: "stable".into(),
             canary_hash: String::new(),
             stable_hash: String::new(),
+            additional: Vec::new(),
         }
     }
 
@@ -303,6 +337,30 @@ mod tests {
         assert_eq!(backend_weight(&ts, "canary"), Some(30));
         assert_eq!(backend_weight(&ts, "stable"), Some(70));
         assert_eq!(backend_weight(&ts, "nope"), None);
+    }
+
+    #[test]
+    fn experiment_templates_are_backends_between_canary_and_stable() {
+        let mut with_experiment = w(5);
+        with_experiment.additional = vec![crate::api::argo::rollout::WeightDestination {
+            weight: 5,
+            service_name: "exp".into(),
+            pod_template_hash: "abc".into(),
+        }];
+        let ts = render_traffic_split("v1alpha1", "ro", "root", "ro", "uid", &with_experiment);
+        // Argo's order and values (its e2e TestSMIExperimentStep: 5 / 5 / 90).
+        assert_eq!(
+            ts["spec"]["backends"],
+            json!([
+                {"service": "canary", "weight": "5"},
+                {"service": "exp", "weight": "5"},
+                {"service": "stable", "weight": "90"},
+            ])
+        );
+        assert_eq!(
+            backends(&ts),
+            vec![("canary", Some(5)), ("exp", Some(5)), ("stable", Some(90))]
+        );
     }
 
     #[test]

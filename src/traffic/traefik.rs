@@ -169,6 +169,7 @@ mod tests {
             stable_service: "stable".into(),
             canary_hash: String::new(),
             stable_hash: String::new(),
+            additional: Vec::new(),
         }
     }
 

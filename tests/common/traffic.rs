@@ -248,3 +248,31 @@ pub async fn traefik_weight_sets(
         })
         .collect()
 }
+
+/// An `experiment:` step's split is verified: `canary` to the canary, one extra destination with
+/// `extra` (the template's Service), the rest to stable (`status.canary.weights`).
+pub fn experiment_split_verified(
+    s: &sluice::api::argo::rollout::RolloutStatus,
+    canary: i32,
+    extra: i32,
+) -> bool {
+    s.canary.weights.as_ref().is_some_and(|w| {
+        w.canary.weight == canary
+            && w.stable.weight == 100 - canary - extra
+            && w.additional.len() == 1
+            && w.additional[0].weight == extra
+            && w.verified == Some(true)
+    })
+}
+
+/// The status of the first template of Experiment `name` (its Service, its pod-template hash).
+pub async fn first_template_status(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> sluice::api::argo::experiment::TemplateStatus {
+    let experiments: Api<sluice::api::argo::experiment::Experiment> =
+        Api::namespaced(client.clone(), ns);
+    let experiment = experiments.get(name).await.expect("the step's Experiment");
+    experiment.status.unwrap_or_default().template_statuses[0].clone()
+}

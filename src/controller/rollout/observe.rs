@@ -21,15 +21,16 @@ use kube::{Resource, ResourceExt};
 use super::fresh::{self, Fresh};
 use super::index::{Index, controller_named};
 use crate::api::argo::analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};
-use crate::api::argo::experiment::Experiment;
+use crate::api::argo::experiment::{Experiment, TemplateStatus};
 use crate::api::argo::rollout::{
     EPHEMERAL_METADATA_ANNOTATION, MANAGED_BY_ROLLOUTS_ANNOTATION, POD_TEMPLATE_HASH_LABEL,
     REVISION_ANNOTATION, Rollout, RolloutSpec, SCALE_DOWN_DEADLINE_ANNOTATION, ScaleDown,
 };
 use crate::engine::health::reason::INVALID_SPEC;
 use crate::engine::{
-    AnalysisPhase, AnalysisRunObservation, AnalysisTemplates, ExperimentObservation, Observations,
-    PodObservation, ReplicaSetObservation, ServiceObservation, WorkloadObservation, hash,
+    AnalysisPhase, AnalysisRunObservation, AnalysisTemplates, ExperimentObservation,
+    ExperimentTemplateObservation, Observations, PodObservation, ReplicaSetObservation,
+    ServiceObservation, WorkloadObservation, hash,
 };
 
 /// The label EndpointSlices carry with the name of their Service.
@@ -465,6 +466,14 @@ pub fn observations(
                 .unwrap_or(AnalysisPhase::Pending),
             message: status.and_then(|s| s.message.clone()).unwrap_or_default(),
             terminating: e.spec.terminate == Some(true),
+            templates: status
+                .map(|s| {
+                    s.template_statuses
+                        .iter()
+                        .map(template_observation)
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     })
     .collect();
@@ -482,6 +491,15 @@ pub fn observations(
         traffic_config_error: None,
         analysis_templates: Some(analysis_templates(&namespace, spec, caches)),
         experiments,
+    }
+}
+
+/// What the engine needs of an Experiment template's status: where its traffic can go.
+fn template_observation(status: &TemplateStatus) -> ExperimentTemplateObservation {
+    ExperimentTemplateObservation {
+        name: status.name.clone(),
+        service_name: status.service_name.clone().unwrap_or_default(),
+        pod_template_hash: status.pod_template_hash.clone().unwrap_or_default(),
     }
 }
 

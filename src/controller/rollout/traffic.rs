@@ -12,7 +12,7 @@
 //! This module must never choose a weight or a route: they come from the plan and the spec.
 
 use crate::api::argo::rollout::{
-    CanaryStatus, CanaryStrategy, Rollout, RolloutSpec, RolloutStatus,
+    CanaryStatus, CanaryStrategy, Rollout, RolloutSpec, RolloutStatus, WeightDestination,
 };
 use crate::engine::{Action, TrafficObservation, ping_pong};
 use std::sync::Arc;
@@ -80,6 +80,7 @@ impl Traffic {
         canary: i32,
         canary_hash: &str,
         stable_hash: &str,
+        additional: &[WeightDestination],
     ) -> Weights {
         let mut stable_service = self.canary.stable_service.clone().unwrap_or_default();
         let mut canary_service = self.canary.canary_service.clone().unwrap_or_default();
@@ -97,27 +98,39 @@ impl Traffic {
             stable_service,
             canary_hash: canary_hash.to_string(),
             stable_hash: stable_hash.to_string(),
+            additional: additional.to_vec(),
         }
     }
 
-    /// The canary weight the routers apply: `None` when any router cannot be read, unverified
-    /// when they disagree (then the highest weight any of them gives the canary is reported).
+    /// The weights the routers apply: `None` when any router cannot be read, unverified when
+    /// they disagree (then the highest weight any of them gives the canary is reported, and the
+    /// additional destinations of the first).
     pub async fn observe(&self) -> Option<TrafficObservation> {
         let mut seen = Vec::with_capacity(self.routers.len());
         for router in &self.routers {
-            let weights = self.weights(router.as_ref(), 0, &self.current_hash, &self.stable_hash);
+            let weights = self.weights(
+                router.as_ref(),
+                0,
+                &self.current_hash,
+                &self.stable_hash,
+                &[],
+            );
             match router.observe(&self.ctx, &weights).await {
-                Ok(observed) => seen.push(observed.canary?),
+                Ok(observed) => seen.push((observed.canary?, observed.additional)),
                 Err(error) => {
                     tracing::warn!(rollout = %self.ctx.rollout, router = router.name(), %error, "reading the applied weight");
                     return None;
                 }
             }
         }
-        let canary_weight = seen.iter().copied().max()?;
+        let canary_weight = seen.iter().map(|(w, _)| *w).max()?;
+        let additional = seen.first().map(|(_, a)| a.clone()).unwrap_or_default();
         Some(TrafficObservation {
             canary_weight,
-            verified: seen.iter().all(|w| *w == canary_weight),
+            verified: seen
+                .iter()
+                .all(|(w, a)| *w == canary_weight && *a == additional),
+            additional,
         })
     }
 
@@ -136,14 +149,16 @@ impl Traffic {
     }
 
     async fn execute_on(&self, router: &dyn Router, action: &Action) -> Result<(), TrafficError> {
-        let current = self.weights(router, 0, &self.current_hash, &self.stable_hash);
+        let current = self.weights(router, 0, &self.current_hash, &self.stable_hash, &[]);
         match action {
             Action::SetWeight {
                 canary_weight,
                 canary_hash,
                 stable_hash,
+                additional,
             } => {
-                let weights = self.weights(router, *canary_weight, canary_hash, stable_hash);
+                let weights =
+                    self.weights(router, *canary_weight, canary_hash, stable_hash, additional);
                 router.set_weight(&self.ctx, &weights).await
             }
             Action::SetHeaderRoute { step_index } => {

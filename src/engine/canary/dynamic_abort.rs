@@ -55,7 +55,11 @@ impl Planner<'_> {
             return None;
         }
         let previous = &self.old.canary.weights.as_ref()?.canary.pod_template_hash;
-        let holds_traffic = self.observed.traffic.is_some_and(|t| t.canary_weight > 0);
+        let holds_traffic = self
+            .observed
+            .traffic
+            .as_ref()
+            .is_some_and(|t| t.canary_weight > 0);
         (previous != self.current() && self.rs(previous).is_some() && holds_traffic)
             .then(|| previous.clone())
     }
@@ -109,7 +113,13 @@ impl Planner<'_> {
         // What the routers report, else what the status last recorded (Argo reads only the
         // latter); with neither, nothing says the stable cannot take it all back.
         let recorded = self.old.canary.weights.as_ref().map(|w| w.canary.weight);
-        let Some(current) = self.observed.traffic.map(|t| t.canary_weight).or(recorded) else {
+        let Some(current) = self
+            .observed
+            .traffic
+            .as_ref()
+            .map(|t| t.canary_weight)
+            .or(recorded)
+        else {
             return 0;
         };
         if desired <= 0 {

@@ -4,10 +4,19 @@
 //! Errored, pauses (`InconclusiveExperiment`) when it is Inconclusive; every other Experiment of
 //! the Rollout still running is terminated.
 //!
-//! Decides only from the observed Experiments (name and phase); building the Experiment from the
-//! ReplicaSets' pod templates is the controller's (`controller/rollout/experiment.rs`).
+//! While the step's Experiment is Running, each of its templates with a `weight` gets that share
+//! of traffic through the routers, at the template's Service (Argo's traffic-routed experiments,
+//! `calculateWeightDestinationsFromExperiment`); the stable side gives it up, the canary keeps its
+//! weight. Before the Experiment runs, and once it ended, was terminated, or the update aborted or
+//! was promoted, there is none: the routers send that share back to stable.
+//!
+//! Decides only from the observed Experiments (name, phase, template Services); building the
+//! Experiment from the ReplicaSets' pod templates is the controller's
+//! (`controller/rollout/experiment.rs`).
 
-use crate::api::argo::rollout::{PauseReason, PodTemplateHashValue, RolloutExperimentStep};
+use crate::api::argo::rollout::{
+    PauseReason, PodTemplateHashValue, RolloutExperimentStep, WeightDestination,
+};
 use crate::engine::{Action, AnalysisPhase, ExperimentObservation, ExperimentRequest};
 
 use super::Planner;
@@ -151,6 +160,46 @@ impl Planner<'_> {
             canary_hash: self.status.current_pod_hash.clone(),
             analyses,
         }
+    }
+
+    /// The traffic the current experiment step's templates get besides the canary and stable
+    /// (empty unless its Experiment is Running and its templates' Services exist).
+    pub(super) fn experiment_destinations(&self) -> Vec<WeightDestination> {
+        if self.status.abort || self.status.promote_full || self.promoted() {
+            return Vec::new();
+        }
+        let Some(step) = self
+            .steps()
+            .get(self.index() as usize)
+            .and_then(|s| s.experiment.as_ref())
+        else {
+            return Vec::new();
+        };
+        let name = &self.status.canary.current_experiment;
+        let Some(experiment) = self.observed.experiments.iter().find(|e| &e.name == name) else {
+            return Vec::new();
+        };
+        if experiment.phase != AnalysisPhase::Running || experiment.terminating {
+            return Vec::new();
+        }
+        step.templates
+            .iter()
+            .filter_map(|template| {
+                let weight = template.weight?;
+                let observed = experiment
+                    .templates
+                    .iter()
+                    .find(|t| t.name == template.name)?;
+                // No Service yet: nothing a router could send traffic to.
+                (!observed.service_name.is_empty() && !observed.pod_template_hash.is_empty()).then(
+                    || WeightDestination {
+                        weight,
+                        service_name: observed.service_name.clone(),
+                        pod_template_hash: observed.pod_template_hash.clone(),
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Terminate every running Experiment of the Rollout but the one the current step runs
