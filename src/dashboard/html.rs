@@ -32,18 +32,20 @@ pub fn seg(text: &str) -> String {
         .collect()
 }
 
-/// A whole page: `main` is replaced live by the script from `/sse?page=<live>`.
-pub fn page(title: &str, live: &str, main: &str) -> String {
+/// A whole page: `main` is replaced live by the script from `/sse?page=<live>`; `csrf` is the
+/// viewer's token (also in every action form), for scripts and API clients that post.
+pub fn page(title: &str, live: &str, csrf: &str, main: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · Sluice</title>\
+         <meta name=\"csrf-token\" content=\"{csrf}\"><title>{title} · Sluice</title>\
          <link rel=\"stylesheet\" href=\"/assets/dashboard.css\">\
          <script src=\"/assets/dashboard.js\" defer></script></head>\
          <body><header><a href=\"/\">Sluice</a></header>\
          <main data-live=\"{live}\">{main}</main></body></html>\n",
         title = esc(title),
         live = esc(live),
+        csrf = esc(csrf),
     )
 }
 

@@ -133,7 +133,7 @@ fn refusal(denied: Denied) -> Response {
         "{}<p><a href=\"/login\">Sign in</a></p>",
         esc(&denied.to_string())
     );
-    (status, Html(page("Not signed in", "", &body))).into_response()
+    (status, Html(page("Not signed in", "", "", &body))).into_response()
 }
 
 /// One viewer's permissions, asked once each and kept for the life of a request or an event
@@ -332,11 +332,15 @@ async fn show(state: Shared, headers: HeaderMap, title: String, path: String) ->
         return StatusCode::NOT_FOUND.into_response();
     };
     match render(&state, &mut scope, &live).await {
-        Some(main) => Html(page(&title, &path, &main)).into_response(),
+        Some(main) => {
+            let csrf = state.csrf.token(&scope.viewer.subject());
+            Html(page(&title, &path, &csrf, &main)).into_response()
+        }
         None => (
             StatusCode::NOT_FOUND,
             Html(page(
                 "Not found",
+                "",
                 "",
                 &format!(
                     "<p>{} is not in the dashboard's cache, or your RBAC does not let you list it.</p>",
@@ -431,7 +435,7 @@ struct ActionForm {
 fn forbidden(why: &str) -> Response {
     (
         StatusCode::FORBIDDEN,
-        Html(page("Forbidden", "", &format!("<p>{}</p>", esc(why)))),
+        Html(page("Forbidden", "", "", &format!("<p>{}</p>", esc(why)))),
     )
         .into_response()
 }
@@ -510,6 +514,7 @@ async fn act(
             Html(page(
                 "Action failed",
                 "",
+                "",
                 &format!("<p>{}</p>", esc(&e.to_string())),
             )),
         )
@@ -525,6 +530,7 @@ async fn login_form(Extract(state): Extract<Shared>) -> Response {
     }
     Html(page(
         "Sign in",
+        "",
         "",
         "<h1>Sign in</h1><form method=\"post\" action=\"/login\"><label>Kubernetes bearer token \
          <input type=\"password\" name=\"token\" autocomplete=\"off\"></label> \

@@ -24,6 +24,7 @@ pub mod argocd;
 pub mod canary;
 pub mod chart;
 pub mod controller;
+pub mod dashboard;
 pub mod events;
 pub mod exporter;
 pub mod gitops;
