@@ -309,3 +309,141 @@ async fn with_token_auth_each_viewers_own_rbac_decides() {
     );
     f.wait("paused at step 3", |r| step(r) == Some(3)).await;
 }
+
+/// Where the browser test leaves its screenshots (test artefacts).
+fn screenshots() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-screenshots")
+}
+
+#[tokio::test]
+async fn in_a_real_browser_the_weight_changes_live_and_promote_is_pressed() {
+    let Some(f) = fixture("dashboard-browser").await else {
+        return;
+    };
+    let Some(mut browser) = common::browser::Browser::start().await else {
+        return;
+    };
+    f.paused_at_step_one().await;
+    let read = json!([
+        {"apiGroups": ["argoproj.io"], "resources": ["rollouts", "analysisruns"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+    ]);
+    let mut operate = read.clone();
+    operate.as_array_mut().unwrap().push(json!(
+        {"apiGroups": ["argoproj.io"], "resources": ["rollouts", "rollouts/status"], "verbs": ["patch"]}
+    ));
+    let viewer = account(&f, "viewer", read).await;
+    let operator = account(&f, "operator", operate).await;
+    let d =
+        DashboardProcess::start(&f.env, &f.ns.name, &["--auth", "token", "--enable-actions"]).await;
+    let page_url = format!("{}/rollouts/{}/{NAME}", d.url, f.ns.name);
+
+    // Sign in as the operator through the form; the overview lists the Rollout.
+    browser.navigate(&format!("{}/login", d.url)).await;
+    browser
+        .eval(&format!(
+            "document.querySelector('input[name=token]').value = {}; \
+             document.querySelector('form').submit(); true",
+            json!(operator)
+        ))
+        .await;
+    browser
+        .until(TIMEOUT, "the overview", &format!(
+            "document.readyState === 'complete' && !!document.querySelector('a[href=\"/rollouts/{}/{NAME}\"]')",
+            f.ns.name
+        ))
+        .await;
+    browser
+        .screenshot(&screenshots().join("overview.png"))
+        .await;
+
+    // The Rollout's page, live: step 1 at 20 %; a promotion made elsewhere (the CLI's patch)
+    // shows as step 3 at 60 % without a reload (the marker set on the window survives).
+    browser.navigate(&page_url).await;
+    browser
+        .until(
+            TIMEOUT,
+            "the event stream's first update",
+            "Number(document.querySelector('main').dataset.updates || 0) >= 1",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("document.querySelector('li.step.current').dataset.index")
+            .await,
+        "1"
+    );
+    assert_eq!(
+        browser
+            .eval("document.getElementById('weight-desired').textContent")
+            .await,
+        "20%"
+    );
+    browser
+        .eval("window.sluiceMarker = 'no reload'; true")
+        .await;
+    let session = Session {
+        client: f.env.client.clone(),
+        namespace: f.ns.name.clone(),
+    };
+    session
+        .intent(NAME, sluice::engine::intent::Intent::Promote)
+        .await
+        .expect("promote through the CLI's patch");
+    browser
+        .until(TIMEOUT, "step 3 at 60% pushed live", "document.getElementById('weight-desired').textContent === '60%' && document.querySelector('li.step.current').dataset.index === '3'")
+        .await;
+    assert_eq!(browser.eval("window.sluiceMarker").await, "no reload");
+    browser.screenshot(&screenshots().join("rollout.png")).await;
+
+    // Press promote: past the last step, the Rollout completes and the page says so.
+    browser
+        .eval("document.getElementById('action-promote').click(); true")
+        .await;
+    f.wait("Healthy after the promotion pressed in the browser", |r| {
+        phase(r) == Some(RolloutPhase::Healthy)
+    })
+    .await;
+    browser
+        .until(TIMEOUT, "Healthy on the page", "document.getElementById('phase') && document.getElementById('phase').textContent === 'Healthy'")
+        .await;
+
+    // Signed in as the read-only viewer: no buttons, and a promote posted from the page anyway
+    // (with the viewer's own CSRF token) is refused.
+    browser.navigate(&format!("{}/login", d.url)).await;
+    browser
+        .eval(&format!(
+            "document.querySelector('input[name=token]').value = {}; \
+             document.querySelector('form').submit(); true",
+            json!(viewer)
+        ))
+        .await;
+    browser
+        .until(
+            TIMEOUT,
+            "the overview as the viewer",
+            "location.pathname === '/' && document.readyState === 'complete'",
+        )
+        .await;
+    browser.navigate(&page_url).await;
+    assert_eq!(
+        browser
+            .eval("document.getElementById('action-promote') === null")
+            .await,
+        true
+    );
+    let status = browser
+        .eval(&format!(
+            "fetch({}, {{method: 'POST', headers: {{'Content-Type': 'application/x-www-form-urlencoded'}}, \
+             body: 'csrf=' + document.querySelector('meta[name=csrf-token]').content, redirect: 'manual'}}) \
+             .then(r => r.status)",
+            json!(format!("{page_url}/abort"))
+        ))
+        .await;
+    assert_eq!(status, 403, "{}", d.log_text());
+    assert_eq!(
+        phase(&f.rollouts.get(NAME).await.unwrap()),
+        Some(RolloutPhase::Healthy)
+    );
+}

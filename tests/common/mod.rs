@@ -21,6 +21,7 @@
 pub mod analysis;
 pub mod apiserver;
 pub mod argocd;
+pub mod browser;
 pub mod canary;
 pub mod chart;
 pub mod controller;
