@@ -204,7 +204,7 @@ async fn the_page_shows_step_and_weight_and_pushes_the_promotion_made_from_it() 
 }
 
 /// A ServiceAccount with `rules` in the namespace, and a token for it.
-async fn account(f: &Fixture, name: &str, rules: serde_json::Value) -> String {
+async fn account_token(f: &Fixture, name: &str, rules: serde_json::Value) -> String {
     let ns = &f.ns.name;
     let accounts: Api<ServiceAccount> = Api::namespaced(f.env.client.clone(), ns);
     accounts
@@ -258,9 +258,9 @@ async fn with_token_auth_each_viewers_own_rbac_decides() {
     operate.as_array_mut().unwrap().push(json!(
         {"apiGroups": ["argoproj.io"], "resources": ["rollouts", "rollouts/status"], "verbs": ["patch"]}
     ));
-    let viewer = account(&f, "viewer", read).await;
-    let operator = account(&f, "operator", operate).await;
-    let nobody = account(&f, "nobody", json!([])).await;
+    let viewer = account_token(&f, "viewer", read).await;
+    let operator = account_token(&f, "operator", operate).await;
+    let nobody = account_token(&f, "nobody", json!([])).await;
 
     let d =
         DashboardProcess::start(&f.env, &f.ns.name, &["--auth", "token", "--enable-actions"]).await;
@@ -333,8 +333,8 @@ async fn in_a_real_browser_the_weight_changes_live_and_promote_is_pressed() {
     operate.as_array_mut().unwrap().push(json!(
         {"apiGroups": ["argoproj.io"], "resources": ["rollouts", "rollouts/status"], "verbs": ["patch"]}
     ));
-    let viewer = account(&f, "viewer", read).await;
-    let operator = account(&f, "operator", operate).await;
+    let viewer = account_token(&f, "viewer", read).await;
+    let operator = account_token(&f, "operator", operate).await;
     let d =
         DashboardProcess::start(&f.env, &f.ns.name, &["--auth", "token", "--enable-actions"]).await;
     let page_url = format!("{}/rollouts/{}/{NAME}", d.url, f.ns.name);
@@ -446,4 +446,149 @@ async fn in_a_real_browser_the_weight_changes_live_and_promote_is_pressed() {
         phase(&f.rollouts.get(NAME).await.unwrap()),
         Some(RolloutPhase::Healthy)
     );
+}
+
+/// The chart's dashboard (`dashboard.enabled`, off by default): its ServiceAccount and RBAC
+/// applied for real, and `sluice dashboard --auth token` run with only that account's token —
+/// enough to watch, review viewers and send an allowed viewer's promote.
+#[tokio::test]
+async fn the_charts_dashboard_account_serves_token_viewers() {
+    let Some(f) = fixture("dashboard-chart").await else {
+        return;
+    };
+    let Some(helm) = common::chart::helm_or_skip(&f.env) else {
+        return;
+    };
+    let ns = &f.ns.name;
+    let default = common::chart::render_chart(&helm, ns, false, &[]);
+    assert!(
+        !default.contains("component: dashboard"),
+        "the dashboard is on by default"
+    );
+
+    let release = common::unique_name("dash");
+    let rendered = common::service_account::run(
+        std::process::Command::new(&helm)
+            .args(["template", &release])
+            .arg(common::chart::root().join("deploy/helm/sluice"))
+            .args(["--namespace", ns])
+            .args(["--set", &format!("controller.watchNamespace={ns}")])
+            .args([
+                "--set",
+                "dashboard.enabled=true",
+                "--set",
+                "dashboard.enableActions=true",
+            ]),
+        "helm template (dashboard)",
+    );
+    let docs: Vec<serde_json::Value> = common::chart::documents(&rendered)
+        .into_iter()
+        .filter(|d| d["metadata"]["labels"]["app.kubernetes.io/component"] == "dashboard")
+        .collect();
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a dashboard Deployment");
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    for want in [
+        "dashboard",
+        "--auth=token",
+        "--enable-actions=true",
+        "--address=0.0.0.0",
+    ] {
+        assert!(
+            args.as_array().unwrap().iter().any(|a| a == want),
+            "{want} not in {args}"
+        );
+    }
+    let mut cluster_scoped = common::service_account::ClusterScoped::new(&f.env);
+    let mut account = String::new();
+    for d in docs
+        .iter()
+        .filter(|d| !matches!(d["kind"].as_str(), Some("Deployment" | "Service")))
+    {
+        let kind = d["kind"].as_str().unwrap();
+        let name = d["metadata"]["name"].as_str().unwrap();
+        if kind.starts_with("Cluster") {
+            cluster_scoped
+                .objects
+                .push(format!("{}/{name}", kind.to_lowercase()));
+        }
+        if kind == "ServiceAccount" {
+            account = name.to_string();
+        }
+        let file = f
+            .env
+            .dir
+            .join(format!("{release}-{}.json", kind.to_lowercase()));
+        std::fs::write(&file, d.to_string()).unwrap();
+        common::service_account::run(
+            f.env.kubectl().args(["apply", "-n", ns, "-f"]).arg(&file),
+            "applying the dashboard's RBAC",
+        );
+        let _ = std::fs::remove_file(&file);
+    }
+    let token = Api::<ServiceAccount>::namespaced(f.env.client.clone(), ns)
+        .create_token_request(
+            &account,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    expiration_seconds: Some(3600),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a token for the dashboard's ServiceAccount")
+        .status
+        .unwrap()
+        .token;
+    let kubeconfig = f.env.dir.join(format!("{release}.kubeconfig"));
+    common::service_account::token_kubeconfig(&f.env, &token, &kubeconfig);
+
+    f.paused_at_step_one().await;
+    let operate = json!([
+        {"apiGroups": ["argoproj.io"], "resources": ["rollouts"], "verbs": ["get", "list"]},
+        {"apiGroups": ["argoproj.io"], "resources": ["rollouts", "rollouts/status"], "verbs": ["patch"]},
+    ]);
+    let operator = account_token(&f, "operator", operate).await;
+    let d = DashboardProcess::start_as(
+        &f.env,
+        ns,
+        &["--auth", "token", "--enable-actions"],
+        &kubeconfig,
+    )
+    .await;
+    let client = http();
+    let page_url = format!("{}/rollouts/{ns}/{NAME}", d.url);
+    let (status, html) = common::eventually(TIMEOUT, "the page as the operator", || async {
+        let (status, html) = get(&client, &page_url, Some(&operator)).await;
+        (status == 200).then_some((status, html))
+    })
+    .await;
+    assert_eq!(status, 200);
+    assert!(html.contains(STEP_ONE_CURRENT), "{html}");
+    let csrf = csrf_of(&html);
+    assert_eq!(
+        post_action(
+            &client,
+            &format!("{page_url}/promote"),
+            Some(&csrf),
+            Some(&operator)
+        )
+        .await,
+        303,
+        "{}",
+        d.log_text()
+    );
+    f.wait("paused at step 3", |r| step(r) == Some(3)).await;
+    let log = d.log_text();
+    assert!(
+        !log.contains("forbidden"),
+        "the chart's RBAC refused something:\n{log}"
+    );
+    let _ = std::fs::remove_file(&kubeconfig);
+    drop(cluster_scoped);
 }

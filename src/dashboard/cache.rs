@@ -30,6 +30,7 @@ pub struct Cache {
     pub replica_sets: Store<ReplicaSet>,
     pub events: Store<Event>,
     changes: watch::Receiver<u64>,
+    synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a page is rendered from: the stores' contents at one moment.
@@ -47,14 +48,36 @@ impl Cache {
     pub fn start(client: Client, namespace: Option<&str>) -> Cache {
         let (tx, changes) = watch::channel(0u64);
         let tx = Arc::new(tx);
-        Cache {
+        let cache = Cache {
             rollouts: watch_kind(api(&client, namespace), &tx),
             canaries: watch_kind(api(&client, namespace), &tx),
             runs: watch_kind(api(&client, namespace), &tx),
             replica_sets: watch_kind(api(&client, namespace), &tx),
             events: watch_kind(api(&client, namespace), &tx),
             changes,
-        }
+            synced: Arc::default(),
+        };
+        let stores = cache.clone();
+        tokio::spawn(async move {
+            let all = futures::future::try_join5(
+                stores.rollouts.wait_until_ready(),
+                stores.canaries.wait_until_ready(),
+                stores.runs.wait_until_ready(),
+                stores.replica_sets.wait_until_ready(),
+                stores.events.wait_until_ready(),
+            );
+            if all.await.is_ok() {
+                stores
+                    .synced
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        });
+        cache
+    }
+
+    /// Whether every store has had its first full list (before that, pages would miss objects).
+    pub fn synced(&self) -> bool {
+        self.synced.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A receiver that wakes on every change of any store.

@@ -58,7 +58,7 @@ const TOKEN_COOKIE: &str = "sluice_token";
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/", get(overview_page))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/assets/dashboard.css", get(css))
         .route("/assets/dashboard.js", get(js))
         .route("/login", get(login_form).post(login))
@@ -85,6 +85,19 @@ async fn security_headers(request: axum::extract::Request, next: middleware::Nex
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     response
+}
+
+/// Ready once the caches hold a full list of every kind, so no page is rendered from half a view.
+async fn healthz(Extract(state): Extract<Shared>) -> Response {
+    if state.cache.synced() {
+        "ok".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the watch caches are not synced yet",
+        )
+            .into_response()
+    }
 }
 
 async fn css() -> Response {

@@ -26,6 +26,16 @@ impl DashboardProcess {
     /// Starts `sluice dashboard -n <namespace> <extra>` with the test kubeconfig and waits until
     /// it answers `/healthz`.
     pub async fn start(env: &TestEnv, namespace: &str, extra: &[&str]) -> DashboardProcess {
+        Self::start_as(env, namespace, extra, &env.kubeconfig).await
+    }
+
+    /// Like [`start`](Self::start), with the credentials of `kubeconfig`.
+    pub async fn start_as(
+        env: &TestEnv,
+        namespace: &str,
+        extra: &[&str],
+        kubeconfig: &std::path::Path,
+    ) -> DashboardProcess {
         let port = free_port();
         let logs = env.dir.join("logs");
         std::fs::create_dir_all(&logs).expect("creating the log directory");
@@ -34,7 +44,7 @@ impl DashboardProcess {
         let child = Command::new(sluice_bin())
             .args(["dashboard", "--port", &port.to_string(), "-n", namespace])
             .args(extra)
-            .env("KUBECONFIG", &env.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .stdout(Stdio::from(file.try_clone().expect("the log file")))
             .stderr(Stdio::from(file))
             .spawn()
