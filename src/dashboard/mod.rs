@@ -104,7 +104,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
         return Err(Error::NotLoopback(config.addr));
     }
     let kube_config = kube::Config::infer().await.map_err(Error::Kubeconfig)?;
-    let default_namespace = kube_config.default_namespace.clone();
     let client = kube::Client::try_from(kube_config).map_err(Error::Client)?;
     let cache = cache::Cache::start(client.clone(), config.namespace.as_deref());
     let listener = tokio::net::TcpListener::bind(config.addr)
@@ -114,7 +113,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             source,
         })?;
     tracing::info!(addr = %config.addr, auth = ?config.auth, actions = config.enable_actions, "dashboard listening");
-    let state = server::State::new(client, cache, config, default_namespace);
+    let state = server::State::new(client, cache, config);
     axum::serve(listener, server::router(state))
         .await
         .map_err(Error::Serve)

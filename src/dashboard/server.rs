@@ -40,7 +40,7 @@ pub struct State {
 type Shared = Arc<State>;
 
 impl State {
-    pub fn new(client: Client, cache: Cache, config: Config, _default_ns: String) -> Shared {
+    pub fn new(client: Client, cache: Cache, config: Config) -> Shared {
         Arc::new(State {
             auth: Auth::new(config.auth, client.clone()),
             client,
@@ -149,20 +149,26 @@ fn refusal(denied: Denied) -> Response {
     (status, Html(page("Not signed in", "", "", &body))).into_response()
 }
 
-/// One viewer's permissions, asked once each and kept for the life of a request or an event
-/// stream (bounded: a handful of resources per namespace).
+/// How long an event stream trusts its viewer's token and RBAC answers before asking again, so
+/// a revoked token or Role stops the stream's updates within this time.
+const REVIEW_AGAIN: Duration = Duration::from_secs(60);
+
+/// A permission question: namespace, verb, group, resource, subresource.
+type Question = (
+    String,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+);
+
+/// One viewer's permissions, asked once each and kept for a request, or for [`REVIEW_AGAIN`] in
+/// an event stream (bounded: a handful of resources per namespace).
 struct Scope {
     viewer: Viewer,
-    answers: HashMap<
-        (
-            String,
-            &'static str,
-            &'static str,
-            &'static str,
-            Option<&'static str>,
-        ),
-        bool,
-    >,
+    token: Option<String>,
+    reviewed: tokio::time::Instant,
+    answers: HashMap<Question, bool>,
 }
 
 impl Scope {
@@ -175,8 +181,26 @@ impl Scope {
             .map_err(refusal)?;
         Ok(Scope {
             viewer,
+            token,
+            reviewed: tokio::time::Instant::now(),
             answers: HashMap::new(),
         })
+    }
+
+    /// In a long-lived stream: after [`REVIEW_AGAIN`], the token is reviewed again and the RBAC
+    /// answers forgotten; `false` once the token is no longer accepted (or is someone else's).
+    async fn still_valid(&mut self, state: &State) -> bool {
+        if self.reviewed.elapsed() < REVIEW_AGAIN {
+            return true;
+        }
+        match state.auth.authenticate(self.token.as_deref()).await {
+            Ok(viewer) if viewer == self.viewer => {
+                self.reviewed = tokio::time::Instant::now();
+                self.answers.clear();
+                true
+            }
+            _ => false,
+        }
     }
 
     async fn can(
@@ -427,6 +451,9 @@ fn updates(
                 changes.changed().await.ok()?;
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 changes.borrow_and_update();
+                if !scope.still_valid(&state).await {
+                    return None;
+                }
             }
             let main = render(&state, &mut scope, &live).await.unwrap_or_else(|| {
                 "<p class=\"none\">Gone (deleted, or no longer visible to you).</p>".into()
