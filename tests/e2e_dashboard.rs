@@ -182,6 +182,16 @@ async fn the_page_shows_step_and_weight_and_pushes_the_promotion_made_from_it() 
         post_action(&client, &promote, Some("00ff"), None).await,
         403
     );
+    // A valid token posted from another site's page is refused too.
+    let cross_site = client
+        .post(&promote)
+        .header("Origin", "http://evil.example")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(cross_site, 403);
     assert_eq!(step(&f.rollouts.get(NAME).await.unwrap()), Some(1));
 
     // The live stream sends the page now, and again after the promotion pressed on it.

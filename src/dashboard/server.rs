@@ -66,8 +66,35 @@ pub fn router(state: Shared) -> Router {
         .route("/rollouts/{ns}/{name}", get(rollout_page))
         .route("/rollouts/{ns}/{name}/{action}", post(act))
         .route("/canaries/{ns}/{name}", get(canary_page))
+        .layer(middleware::from_fn(same_origin_posts))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// A POST whose `Origin` names another site is refused before any handler (the sign-in form
+/// too, which has no CSRF token yet); browsers send `Origin` on every cross-site POST.
+async fn same_origin_posts(request: axum::extract::Request, next: middleware::Next) -> Response {
+    if request.method() == axum::http::Method::POST {
+        let header = |name| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        if let Some(origin) = header(header::ORIGIN)
+            && !same_origin(origin, header(header::HOST).unwrap_or_default())
+        {
+            return forbidden("A form from another site may not post here.");
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether `origin` (`http://host:port`) is the site `host` (the Host header) serves.
+fn same_origin(origin: &str, host: &str) -> bool {
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| !host.is_empty() && authority.eq_ignore_ascii_case(host))
 }
 
 async fn security_headers(request: axum::extract::Request, next: middleware::Next) -> Response {
@@ -76,7 +103,9 @@ async fn security_headers(request: axum::extract::Request, next: middleware::Nex
     for (name, value) in [
         (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: with it browsers send `Origin: null` on the dashboard's own form
+        // posts, which could not be told from another site's.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::X_FRAME_OPTIONS, "DENY"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
@@ -585,13 +614,22 @@ struct LoginForm {
     token: String,
 }
 
-/// Checks the token once, then keeps it in an HttpOnly, SameSite=Strict cookie.
-async fn login(Extract(state): Extract<Shared>, Form(form): Form<LoginForm>) -> Response {
+/// Checks the token once, then keeps it in an HttpOnly, SameSite=Strict cookie (`Secure` when
+/// the proxy in front says the request came over HTTPS).
+async fn login(
+    Extract(state): Extract<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let token = form.token.trim();
     if let Err(e) = state.auth.authenticate(Some(token)).await {
         return refusal(e);
     }
-    let cookie = format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+    let https = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let secure = if https { "; Secure" } else { "" };
+    let cookie = format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}");
     let mut response = Redirect::to("/").into_response();
     match HeaderValue::from_str(&cookie) {
         Ok(value) => {
@@ -599,5 +637,49 @@ async fn login(Extract(state): Extract<Shared>, Form(form): Form<LoginForm>) -> 
             response
         }
         Err(_) => refusal(Denied::BadToken),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_dashboards_own_origin_may_post() {
+        assert!(same_origin("http://127.0.0.1:3100", "127.0.0.1:3100"));
+        assert!(same_origin("https://Dash.example", "dash.example"));
+        assert!(!same_origin("http://evil.example", "127.0.0.1:3100"));
+        assert!(!same_origin("http://127.0.0.1:3101", "127.0.0.1:3100"));
+        assert!(!same_origin("null", "127.0.0.1:3100"));
+        assert!(!same_origin("http://127.0.0.1:3100", ""));
+    }
+
+    #[test]
+    fn a_bearer_header_wins_over_the_cookie() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=b; sluice_token=from-cookie"),
+        );
+        assert_eq!(bearer(&headers).as_deref(), Some("from-cookie"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer from-header"),
+        );
+        assert_eq!(bearer(&headers).as_deref(), Some("from-header"));
+    }
+
+    #[test]
+    fn live_pages_are_the_three_kinds_only() {
+        assert!(matches!(Live::parse("/"), Some(Live::Overview)));
+        assert!(
+            matches!(Live::parse("/rollouts/a/b"), Some(Live::Rollout(n, r)) if n == "a" && r == "b")
+        );
+        assert!(matches!(
+            Live::parse("/canaries/a/b"),
+            Some(Live::Canary(..))
+        ));
+        assert!(Live::parse("/secrets/a/b").is_none());
+        assert!(Live::parse("/rollouts/a/b/promote").is_none());
     }
 }
