@@ -8,6 +8,7 @@ pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod dashboard;
 pub mod engine;
 pub mod loadtester;
 pub mod outbound;

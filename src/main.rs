@@ -111,6 +111,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "json")]
         zap_encoding: ZapEncoding,
     },
+    /// Serve the web dashboard (127.0.0.1:3100, the kubeconfig's user, read-only by default).
+    Dashboard(sluice::dashboard::Args),
     /// Print every CustomResourceDefinition Sluice serves, as one multi-document YAML stream.
     Crds {
         /// Write one file per CRD (`<plural>.<group>.yaml`) into this directory instead of printing.
@@ -449,6 +451,12 @@ fn main() -> anyhow::Result<()> {
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(sluice::loadtester::run(config))?;
+        }
+        Command::Dashboard(args) => {
+            init_logging(LogFormat::Text);
+            sluice::install_crypto_provider();
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(sluice::dashboard::run(args.into()))?;
         }
         Command::Simulate {
             file,

@@ -21,9 +21,11 @@
 pub mod analysis;
 pub mod apiserver;
 pub mod argocd;
+pub mod browser;
 pub mod canary;
 pub mod chart;
 pub mod controller;
+pub mod dashboard;
 pub mod events;
 pub mod exporter;
 pub mod gitops;

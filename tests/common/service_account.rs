@@ -36,6 +36,16 @@ pub struct ClusterScoped {
     pub objects: Vec<String>,
 }
 
+impl ClusterScoped {
+    /// Nothing yet: push `kind/name` of each object applied.
+    pub fn new(env: &TestEnv) -> ClusterScoped {
+        ClusterScoped {
+            kubectl: env.kubectl(),
+            objects: Vec::new(),
+        }
+    }
+}
+
 impl Drop for ClusterScoped {
     fn drop(&mut self) {
         if self.objects.is_empty() {
