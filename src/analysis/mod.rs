@@ -18,6 +18,7 @@
 
 pub mod http;
 pub mod job;
+pub mod judge;
 pub mod prometheus;
 pub mod web;
 
@@ -219,7 +220,14 @@ impl Providers {
                 ProviderKind::Prometheus,
                 Box::new(prometheus::PrometheusProvider::new(http.clone())),
             ),
-            (ProviderKind::Web, Box::new(web::WebProvider::new(http))),
+            (
+                ProviderKind::Web,
+                Box::new(web::WebProvider::new(http.clone())),
+            ),
+            (
+                ProviderKind::Judge,
+                Box::new(judge::JudgeProvider::new(http)),
+            ),
             (ProviderKind::Job, Box::new(job::JobProvider)),
         ];
         Self { registry }
