@@ -828,7 +828,6 @@ fn metric_results_empty(run: &AnalysisRun) -> bool {
 
 #[tokio::test]
 async fn a_template_with_a_bad_condition_gets_an_invalid_spec_event() {
-    use k8s_openapi::api::events::v1::Event;
     use sluice::api::argo::analysis::AnalysisTemplate;
     let Some(env) = common::test_env().await else {
         return;
@@ -850,20 +849,7 @@ spec:
         .create(&PostParams::default(), &template)
         .await
         .expect("creating the template");
-    let events: Api<Event> = Api::namespaced(env.client.clone(), &ns.name);
-    let note = eventually(
-        Duration::from_secs(30),
-        "an InvalidSpec event on the template",
-        || async {
-            let list = events.list(&Default::default()).await.ok()?;
-            list.items.into_iter().find_map(|e| {
-                (e.reason.as_deref() == Some("InvalidSpec")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("broken"))
-                .then(|| e.note.unwrap_or_default())
-            })
-        },
-    )
-    .await;
+    let note = common::events::note_on(&env.client, &ns.name, "InvalidSpec", "broken").await;
     assert!(
         note.contains("metrics[0].successCondition"),
         "{note}\n{}",

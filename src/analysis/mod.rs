@@ -23,6 +23,7 @@ pub mod graphite;
 pub mod http;
 pub mod influxdb;
 pub mod job;
+pub mod judge;
 pub mod metric_template;
 pub mod prometheus;
 pub mod web;
@@ -233,7 +234,14 @@ impl Providers {
                 ProviderKind::Influxdb,
                 Box::new(influxdb::InfluxdbProvider::new(http.clone())),
             ),
-            (ProviderKind::Web, Box::new(web::WebProvider::new(http))),
+            (
+                ProviderKind::Web,
+                Box::new(web::WebProvider::new(http.clone())),
+            ),
+            (
+                ProviderKind::Judge,
+                Box::new(judge::JudgeProvider::new(http)),
+            ),
             (ProviderKind::Job, Box::new(job::JobProvider)),
         ];
         Self { registry }

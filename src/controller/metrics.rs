@@ -687,6 +687,7 @@ fn argo_type(metric: &Metric) -> &'static str {
         Ok(ProviderKind::Influxdb) => "Influxdb",
         Ok(ProviderKind::SkyWalking) => "SkyWalking",
         Ok(ProviderKind::Plugin(_)) => "RPCPlugin",
+        Ok(ProviderKind::Judge) => "Judge",
         Err(_) => "Unknown Provider",
     }
 }

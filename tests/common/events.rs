@@ -51,3 +51,23 @@ pub async fn canary_messages_having(
     tokio::time::sleep(Duration::from_secs(1)).await;
     canary_messages(client, namespace).await
 }
+
+/// Waits (30 s) for an `events.k8s.io/v1` Event with `reason` regarding the object `name` in
+/// `namespace`, and returns its note.
+pub async fn note_on(client: &Client, namespace: &str, reason: &str, name: &str) -> String {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), namespace);
+    super::eventually(
+        Duration::from_secs(30),
+        &format!("a {reason} event on {name}"),
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find_map(|e| {
+                (e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+                .then(|| e.note.unwrap_or_default())
+            })
+        },
+    )
+    .await
+}

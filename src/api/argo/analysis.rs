@@ -59,7 +59,7 @@ const ONE_PROVIDER_RULE: &str = "(has(self.prometheus) ? 1 : 0) + (has(self.web)
     + (has(self.job) ? 1 : 0) + (has(self.datadog) ? 1 : 0) + (has(self.newRelic) ? 1 : 0) \
     + (has(self.wavefront) ? 1 : 0) + (has(self.kayenta) ? 1 : 0) + (has(self.cloudWatch) ? 1 : 0) \
     + (has(self.graphite) ? 1 : 0) + (has(self.influxdb) ? 1 : 0) + (has(self.skywalking) ? 1 : 0) \
-    + (has(self.plugin) ? 1 : 0) == 1";
+    + (has(self.plugin) ? 1 : 0) + (has(self.judge) ? 1 : 0) == 1";
 
 // === Custom resources ===
 
@@ -242,7 +242,7 @@ pub struct Metric {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[x_kube(
     cel,
-    validation = Rule::new(ONE_PROVIDER_RULE).message("exactly one metric provider must be set (prometheus, web, job, datadog, newRelic, wavefront, kayenta, cloudWatch, graphite, influxdb, skywalking or plugin)")
+    validation = Rule::new(ONE_PROVIDER_RULE).message("exactly one metric provider must be set (prometheus, web, job, datadog, newRelic, wavefront, kayenta, cloudWatch, graphite, influxdb, skywalking, plugin or judge)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MetricProvider {
@@ -295,6 +295,9 @@ pub struct MetricProvider {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub plugin: Option<BTreeMap<String, Value>>,
+    /// **Sluice extension**: the built-in statistical judge, canary against baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<super::judge::JudgeProvider>,
 }
 
 /// Which provider a metric uses, as [`MetricProvider::kind`] reports it.
@@ -324,6 +327,8 @@ pub enum ProviderKind {
     SkyWalking,
     /// `plugin`, with the plugin's name (the single key of the map).
     Plugin(String),
+    /// `judge` (Sluice extension)
+    Judge,
 }
 
 impl ProviderKind {
@@ -342,6 +347,7 @@ impl ProviderKind {
             Self::Influxdb => "influxdb",
             Self::SkyWalking => "skywalking",
             Self::Plugin(_) => "plugin",
+            Self::Judge => "judge",
         }
     }
 }
@@ -1021,6 +1027,7 @@ impl MetricProvider {
                 self.plugin.is_some(),
                 ProviderKind::Plugin(plugin_name.unwrap_or_default()),
             ),
+            (self.judge.is_some(), ProviderKind::Judge),
         ]
         .into_iter()
         .filter_map(|(set, kind)| set.then_some(kind))

@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod experiment;
+pub mod judge;
 pub mod rollout;
 
 pub use analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};

@@ -5,12 +5,14 @@
 //! - [`expr`]: Argo's condition language (`result[0] >= 0.95`, `isNaN(result)`, …).
 //! - [`args`]: template merging and `{{args.*}}` substitution (Argo).
 //! - [`flagger`]: Flagger metric queries and threshold checks.
+//! - [`judge`]: the built-in statistical judge (canary against baseline).
 //! - [`observed`]: what a provider reports for one measurement.
 //! - [`tags`]: upstream's `{{tag}}` splicing, shared by the argument and experiment resolvers.
 
 pub mod args;
 pub mod expr;
 pub mod flagger;
+pub mod judge;
 pub mod observed;
 pub mod run;
 pub mod tags;

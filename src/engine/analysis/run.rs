@@ -575,6 +575,12 @@ fn compile(spec: &AnalysisRunSpec) -> Result<Vec<Rule<'_>>, Vec<SpecError>> {
         if let Err(e) = metric.provider.kind() {
             field_error("provider", strip_field(&e));
         }
+        if let Some(Err(judge_errors)) = metric.provider.judge.as_ref().map(super::judge::configure)
+        {
+            for e in judge_errors {
+                field_error(&format!("provider.judge.{}", e.field), e.message);
+            }
+        }
         let mut condition = |field: &str, text: Option<&String>| match condition_text(text)
             .map(Expr::parse)
             .transpose()
