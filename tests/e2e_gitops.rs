@@ -24,16 +24,25 @@
 //! aborts and sends all traffic back to v1, and the Kustomization fails its health check naming
 //! the Rollout as Failed (Flux's CEL health checks carry no message of the object's, so Sluice's
 //! own message is on the Rollout's `Stalled` condition, not in Flux's); no drift after it.
+//!
+//! Scenario 1 and 3 for a Flagger Canary (Gateway API through Traefik, a MetricTemplate on the
+//! env's Prometheus, a `confirm-promotion` gate on `sluice loadtester`), checked by Flux's own
+//! kstatus (`wait: true`, no expressions): the primary serves while the canary is analysed, so
+//! the Kustomization is never `Ready=False` and is Ready on the new revision at 50% already; a
+//! forced reconcile there and after the promotion changes nothing Git declares. Git's Deployment
+//! has no `replicas` (Sluice scales the target to 0, as Flagger does; with `replicas` in Git
+//! Flux takes the scale back on every reconcile, which this test reports as drift).
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{Value, json};
 use sluice::api::argo::rollout::Rollout;
+use sluice::api::flagger::canary::{Canary, CanaryPhase};
 
 use common::controller::{ControllerProcess, sluice_bin};
 use common::exporter::Exporter;
@@ -41,6 +50,7 @@ use common::gitops::{
     Repo, condition, flux_events, force_reconcile, git_repository, inventory, kustomization,
     status_str,
 };
+use common::loadtester::LoadTesterProcess;
 use common::{GatewayEnv, TestEnv, eventually};
 
 const APP: &str = "app";
@@ -148,9 +158,8 @@ spec:
     )
 }
 
-/// The Kustomization a user writes for Sluice: health of Rollouts by CEL (`deploy/README.md`),
-/// and the route's rules left to whoever else applies them.
-fn kustomization_manifest(ns: &str) -> Value {
+/// The Kustomization of `./app`, health by Flux's own kstatus (`wait`): what a Canary needs.
+fn flux_kustomization(ns: &str) -> Value {
     json!({
         "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
         "kind": "Kustomization",
@@ -164,27 +173,34 @@ fn kustomization_manifest(ns: &str) -> Value {
             "wait": true,
             "targetNamespace": ns,
             "sourceRef": {"kind": "GitRepository", "name": APP},
-            "healthCheckExprs": [{
-                "apiVersion": "argoproj.io/v1alpha1",
-                "kind": "Rollout",
-                "current": "status.conditions.filter(e, e.type == 'Ready').all(e, e.status == 'True' && e.observedGeneration == metadata.generation)",
-                "failed": "status.conditions.filter(e, e.type == 'Stalled').all(e, e.status == 'True')",
-            }],
-            "ignore": [
-                {
-                    "paths": ["/spec/rules"],
-                    "target": {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
-                },
-                {
-                    "paths": ["/spec/selector"],
-                    "target": {
-                        "kind": "Service",
-                        "annotationSelector": "argo-rollouts.argoproj.io/managed-by-rollouts",
-                    },
-                },
-            ],
         },
     })
+}
+
+/// The Kustomization a user writes for a Rollout: health of Rollouts by CEL
+/// (`deploy/README.md`), and the route's rules left to whoever else applies them.
+fn kustomization_manifest(ns: &str) -> Value {
+    let mut k = flux_kustomization(ns);
+    k["spec"]["healthCheckExprs"] = json!([{
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "current": "status.conditions.filter(e, e.type == 'Ready').all(e, e.status == 'True' && e.observedGeneration == metadata.generation)",
+        "failed": "status.conditions.filter(e, e.type == 'Stalled').all(e, e.status == 'True')",
+    }]);
+    k["spec"]["ignore"] = json!([
+        {
+            "paths": ["/spec/rules"],
+            "target": {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
+        },
+        {
+            "paths": ["/spec/selector"],
+            "target": {
+                "kind": "Service",
+                "annotationSelector": "argo-rollouts.argoproj.io/managed-by-rollouts",
+            },
+        },
+    ]);
+    k
 }
 
 fn routes(env: &TestEnv, ns: &str) -> Api<DynamicObject> {
@@ -198,6 +214,11 @@ fn routes(env: &TestEnv, ns: &str) -> Api<DynamicObject> {
 
 /// (stable, canary) weights the route declares.
 fn route_weights(route: &DynamicObject) -> Option<(i64, i64)> {
+    backend_weights(route, ("app-stable", "app-canary"))
+}
+
+/// The weights of the `(first, second)` Services in the route's first rule.
+fn backend_weights(route: &DynamicObject, (first, second): (&str, &str)) -> Option<(i64, i64)> {
     let refs = route
         .data
         .pointer("/spec/rules/0/backendRefs")?
@@ -207,7 +228,7 @@ fn route_weights(route: &DynamicObject) -> Option<(i64, i64)> {
             .find(|r| r["name"] == svc)
             .and_then(|r| r["weight"].as_i64())
     };
-    Some((weight("app-stable")?, weight("app-canary")?))
+    Some((weight(first)?, weight(second)?))
 }
 
 /// (stable, canary) weights Traefik really applies for the route.
@@ -218,70 +239,97 @@ async fn traefik_weights(gw: &GatewayEnv, ns: &str) -> Option<(i64, i64)> {
         .next()
 }
 
-/// The resourceVersions of the objects Git declares (besides the Rollout, whose status Sluice
-/// writes), by kind/name: Flux writing any of them changes its version.
-async fn declared_versions(env: &TestEnv, ns: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let services: Api<Service> = Api::namespaced(env.client.clone(), ns);
-    for name in ["app-stable", "app-canary"] {
-        let s = services.get(name).await.expect("a Service Git declares");
-        out.insert(
-            format!("Service/{name}"),
-            s.metadata.resource_version.unwrap_or_default(),
-        );
-    }
-    for (kind, plural, name) in [
-        ("HTTPRoute", "httproutes", APP),
-        ("Gateway", "gateways", "gw"),
-    ] {
-        let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", kind);
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            env.client.clone(),
-            ns,
-            &ApiResource::from_gvk_with_plural(&gvk, plural),
-        );
-        let o = api.get(name).await.expect("an object Git declares");
-        out.insert(
-            format!("{kind}/{name}"),
-            o.metadata.resource_version.unwrap_or_default(),
-        );
-    }
-    let templates: Api<DynamicObject> = Api::namespaced_with(
-        env.client.clone(),
-        ns,
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "AnalysisTemplate"),
-            "analysistemplates",
-        ),
-    );
-    let t = templates
-        .get("app-health")
-        .await
-        .expect("the AnalysisTemplate");
-    out.insert(
-        "AnalysisTemplate/app-health".into(),
-        t.metadata.resource_version.unwrap_or_default(),
-    );
-    out
+/// An object Git declares: (group, version, kind, plural, name).
+type Declared = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+/// What a forced reconcile must leave alone: objects only Flux writes (their resourceVersion),
+/// and objects Sluice writes too (status, a target's scale), of which only Git's part counts
+/// (generation and `spec`).
+struct Declares {
+    versioned: &'static [Declared],
+    specs: &'static [Declared],
 }
 
-/// What must not change when Flux reconciles with nothing new in Git: every declared object's
-/// version, the Rollout's generation and spec, the Kustomization's inventory, and no Event of
-/// kustomize-controller saying it created, configured or deleted anything.
+/// The Rollout app's objects.
+const ROLLOUT_APP: Declares = Declares {
+    versioned: &[
+        ("", "v1", "Service", "services", "app-stable"),
+        ("", "v1", "Service", "services", "app-canary"),
+        (
+            "gateway.networking.k8s.io",
+            "v1",
+            "HTTPRoute",
+            "httproutes",
+            APP,
+        ),
+        (
+            "gateway.networking.k8s.io",
+            "v1",
+            "Gateway",
+            "gateways",
+            "gw",
+        ),
+        (
+            "argoproj.io",
+            "v1alpha1",
+            "AnalysisTemplate",
+            "analysistemplates",
+            "app-health",
+        ),
+    ],
+    specs: &[("argoproj.io", "v1alpha1", "Rollout", "rollouts", APP)],
+};
+
+async fn declared(env: &TestEnv, ns: &str, d: &Declared) -> DynamicObject {
+    let (group, version, kind, plural, name) = *d;
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        ns,
+        &ApiResource::from_gvk_with_plural(&gvk, plural),
+    );
+    api.get(name)
+        .await
+        .unwrap_or_else(|e| panic!("{kind}/{name}, which Git declares: {e}"))
+}
+
+/// What must not change when Flux reconciles with nothing new in Git: the versions and specs of
+/// [`Declares`], the Kustomization's inventory, and no Event of kustomize-controller saying it
+/// created, configured or deleted anything.
+#[derive(Debug, PartialEq)]
 struct Snapshot {
     versions: BTreeMap<String, String>,
-    rollout_generation: Option<i64>,
-    rollout_spec: Value,
+    specs: BTreeMap<String, (Option<i64>, Value)>,
     inventory: Vec<String>,
     events: Vec<(String, i32, String, String)>,
 }
 
-async fn snapshot(env: &TestEnv, ns: &str, rollouts: &Api<Rollout>) -> Snapshot {
-    let ro = rollouts.get(APP).await.expect("the Rollout");
+async fn snapshot(env: &TestEnv, ns: &str, declares: &Declares) -> Snapshot {
+    let mut versions = BTreeMap::new();
+    for d in declares.versioned {
+        let o = declared(env, ns, d).await;
+        versions.insert(
+            format!("{}/{}", d.2, d.4),
+            o.metadata.resource_version.unwrap_or_default(),
+        );
+    }
+    let mut specs = BTreeMap::new();
+    for d in declares.specs {
+        let o = declared(env, ns, d).await;
+        specs.insert(
+            format!("{}/{}", d.2, d.4),
+            (o.metadata.generation, o.data["spec"].clone()),
+        );
+    }
     Snapshot {
-        versions: declared_versions(env, ns).await,
-        rollout_generation: ro.metadata.generation,
-        rollout_spec: serde_json::to_value(&ro.spec).expect("Rollout spec"),
+        versions,
+        specs,
         inventory: inventory(&kustomization(env, ns, APP).await),
         events: flux_events(env, ns).await,
     }
@@ -291,23 +339,19 @@ async fn snapshot(env: &TestEnv, ns: &str, rollouts: &Api<Rollout>) -> Snapshot 
 async fn assert_no_drift(
     env: &TestEnv,
     ns: &str,
-    rollouts: &Api<Rollout>,
+    declares: &Declares,
     when: &str,
 ) -> DynamicObject {
-    let before = snapshot(env, ns, rollouts).await;
+    let before = snapshot(env, ns, declares).await;
     let k = force_reconcile(env, ns, APP, WAIT).await;
-    let after = snapshot(env, ns, rollouts).await;
+    let after = snapshot(env, ns, declares).await;
     assert_eq!(
         after.versions, before.versions,
         "{when}: a forced reconcile wrote objects Git declares (Flux saw drift)"
     );
     assert_eq!(
-        after.rollout_generation, before.rollout_generation,
-        "{when}: a forced reconcile changed the Rollout's spec"
-    );
-    assert_eq!(
-        after.rollout_spec, before.rollout_spec,
-        "{when}: Rollout spec"
+        after.specs, before.specs,
+        "{when}: a forced reconcile changed the spec of an object Sluice also writes"
     );
     assert_eq!(after.inventory, before.inventory, "{when}: inventory");
     let changes: Vec<_> = after
@@ -462,7 +506,7 @@ async fn a_commit_is_synced_by_flux_delivered_by_sluice_and_never_seen_as_drift(
         v1,
         _ns_guard,
     } = app;
-    assert_no_drift(&env, &ns, &rollouts, "v1 settled").await;
+    assert_no_drift(&env, &ns, &ROLLOUT_APP, "v1 settled").await;
 
     // A commit of a new image tag: Flux applies it, Sluice runs 20% → analysis → 50% → pause.
     repo.write("app/rollout.yaml", &rollout_yaml("v2", gw.echo_port));
@@ -487,7 +531,7 @@ async fn a_commit_is_synced_by_flux_delivered_by_sluice_and_never_seen_as_drift(
     // No drift at 50%: Flux leaves Sluice's weights alone and reports no change. The forced
     // reconcile ends with the health check: the Kustomization does not call the release
     // healthy while the canary waits.
-    let k = assert_no_drift(&env, &ns, &rollouts, "canary at 50%").await;
+    let k = assert_no_drift(&env, &ns, &ROLLOUT_APP, "canary at 50%").await;
     let ready = condition(&k, "Ready").unwrap_or_default();
     assert_ne!(
         ready.0, "True",
@@ -557,7 +601,7 @@ async fn a_commit_is_synced_by_flux_delivered_by_sluice_and_never_seen_as_drift(
         || async { (traefik_weights(&gw, &ns).await? == (100, 0)).then_some(()) },
     )
     .await;
-    assert_no_drift(&env, &ns, &rollouts, "v2 promoted").await;
+    assert_no_drift(&env, &ns, &ROLLOUT_APP, "v2 promoted").await;
 }
 
 #[tokio::test]
@@ -576,7 +620,7 @@ async fn a_bad_commit_is_rolled_back_by_sluice_and_flux_reports_the_rollout_fail
         v1,
         _ns_guard,
     } = app;
-    assert_no_drift(&env, &ns, &rollouts, "v1 settled").await;
+    assert_no_drift(&env, &ns, &ROLLOUT_APP, "v1 settled").await;
 
     // The new version's error rate breaches the analysis' threshold.
     exporter.set("errors", 1.0);
@@ -638,7 +682,351 @@ async fn a_bad_commit_is_rolled_back_by_sluice_and_flux_reports_the_rollout_fail
         ctl.log_end()
     );
     // No drift after the rollback either: the aborted Rollout's spec is still Git's.
-    assert_no_drift(&env, &ns, &rollouts, "v2 rolled back").await;
+    assert_no_drift(&env, &ns, &ROLLOUT_APP, "v2 rolled back").await;
     let route = route_api.get(APP).await.expect("the route");
     assert_eq!(route_weights(&route), Some((100, 0)));
+}
+
+/// The Canary app as Git holds it: the target Deployment with image tag `tag` (no `replicas`:
+/// Sluice scales the target, as Flagger does, and Flux must not take the scale back).
+fn target_yaml(tag: &str, echo_port: u16) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: podinfo
+  labels: {{app: podinfo}}
+spec:
+  selector:
+    matchLabels: {{app: podinfo}}
+  template:
+    metadata:
+      labels: {{app: podinfo}}
+    spec:
+      containers:
+      - name: podinfo
+        image: registry.invalid/podinfo:{tag}
+        ports: [{{containerPort: {echo_port}, name: http}}]
+"#
+    )
+}
+
+/// The Canary (Gateway API through Traefik: 25%, 50%, then a `confirm-promotion` gate on the
+/// load tester), its Gateway and its MetricTemplate on the env's Prometheus, as Git holds them.
+fn canary_objects_yaml(
+    gw: &GatewayEnv,
+    host: &str,
+    prometheus: &str,
+    query: &str,
+    gate: &str,
+) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: gw
+spec:
+  gatewayClassName: {class}
+  listeners:
+  - {{name: web, protocol: HTTP, port: {port}, hostname: "{host}"}}
+---
+apiVersion: flagger.app/v1beta1
+kind: MetricTemplate
+metadata:
+  name: error-rate
+spec:
+  provider:
+    type: prometheus
+    address: {prometheus}
+  query: '{query}'
+---
+apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata:
+  name: podinfo
+spec:
+  provider: gatewayapi:v1
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: podinfo}}
+  progressDeadlineSeconds: 120
+  service:
+    port: 80
+    targetPort: {echo}
+    hosts: ["{host}"]
+    gatewayRefs: [{{name: gw}}]
+  analysis:
+    interval: 1s
+    threshold: 2
+    stepWeight: 25
+    maxWeight: 50
+    metrics:
+    - name: error-rate
+      templateRef: {{name: error-rate}}
+      thresholdRange: {{max: 0.05}}
+    webhooks:
+    - name: promotion-gate
+      type: confirm-promotion
+      url: {gate}/gate/check
+      timeout: 5s
+"#,
+        class = gw.class,
+        port = gw.port,
+        echo = gw.echo_port,
+    )
+}
+
+/// The Canary app's objects: the Gateway and MetricTemplate only Flux writes; the Canary
+/// (status) and its target (scale) Sluice writes too.
+const CANARY_APP: Declares = Declares {
+    versioned: &[
+        (
+            "gateway.networking.k8s.io",
+            "v1",
+            "Gateway",
+            "gateways",
+            "gw",
+        ),
+        (
+            "flagger.app",
+            "v1beta1",
+            "MetricTemplate",
+            "metrictemplates",
+            "error-rate",
+        ),
+    ],
+    specs: &[
+        ("flagger.app", "v1beta1", "Canary", "canaries", "podinfo"),
+        ("apps", "v1", "Deployment", "deployments", "podinfo"),
+    ],
+};
+
+/// Every (Ready status, reason, lastAppliedRevision) the Kustomization showed, polled until
+/// dropped: "Ready throughout" means no `False` among them.
+struct ReadyRecorder {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadyRecorder {
+    fn start(env: &TestEnv, ns: &str) -> ReadyRecorder {
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>> =
+            Default::default();
+        let (client, ns, out) = (env.client.clone(), ns.to_string(), seen.clone());
+        let task = tokio::spawn(async move {
+            let gvk = GroupVersionKind::gvk("kustomize.toolkit.fluxcd.io", "v1", "Kustomization");
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                client,
+                &ns,
+                &ApiResource::from_gvk_with_plural(&gvk, "kustomizations"),
+            );
+            loop {
+                if let Ok(k) = api.get(APP).await {
+                    let (status, reason, _) = condition(&k, "Ready").unwrap_or_default();
+                    let applied = status_str(&k, "lastAppliedRevision");
+                    let mut seen = out.lock().expect("the recorder's list");
+                    if seen.last() != Some(&(status.clone(), reason.clone(), applied.clone())) {
+                        seen.push((status, reason, applied));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        ReadyRecorder { seen, task }
+    }
+
+    /// What was seen so far, in order, without repeats.
+    fn seen(&self) -> Vec<(String, String, String)> {
+        self.seen.lock().expect("the recorder's list").clone()
+    }
+}
+
+impl Drop for ReadyRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The Canary's (phase, canary weight).
+fn canary_state(c: &Canary) -> (Option<CanaryPhase>, Option<i32>) {
+    let status = c.status.as_ref();
+    (
+        status.and_then(|s| s.phase.clone()),
+        status.and_then(|s| s.canary_weight),
+    )
+}
+
+/// Scenario 1 (and 3) for a Flagger Canary, health by Flux's own kstatus: a pushed image tag
+/// is applied by Flux, Sluice runs 25% → 50% through Traefik gated by Prometheus and holds at
+/// the `confirm-promotion` gate; the Kustomization is never `Ready=False` on the way and is Ready
+/// on each revision Git holds once applied (a Canary's target serves throughout: the primary
+/// does), forced reconciles at 50% and after the promotion change nothing and leave Sluice's
+/// weights; opening the gate promotes v2 onto the primary.
+#[tokio::test]
+async fn a_commit_to_a_canary_is_synced_by_flux_promoted_by_sluice_and_never_seen_as_drift() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let Some(gw) = env.gateway_or_skip() else {
+        return;
+    };
+    let Some(gitops) = env.gitops_or_skip() else {
+        return;
+    };
+    let ns_guard = env.namespace("gitops-canary").await;
+    let ns = ns_guard.name.clone();
+    let exporter = Exporter::start(&env, "gitops").await;
+    exporter.set("errors", 0.0);
+    exporter.wait_scraped("errors", 0.0).await;
+    let loadtester = LoadTesterProcess::start(&env, &ns).await;
+    let ctl = ControllerProcess::start_with(&env, &ns, &["--leader-elect=false"]).await;
+    let canaries: Api<Canary> = Api::namespaced(env.client.clone(), &ns);
+    let host = format!("{ns}.sluice.test");
+
+    let repo = Repo::create(&gitops, &ns);
+    repo.write(
+        "app/objects.yaml",
+        &canary_objects_yaml(
+            &gw,
+            &host,
+            &env.prometheus_url,
+            &exporter.selector("errors"),
+            &loadtester.url,
+        ),
+    );
+    repo.write("app/deployment.yaml", &target_yaml("v1", gw.echo_port));
+    let v1 = repo.commit_and_push("podinfo v1");
+    env.create(&ns, git_repository(APP, &repo.url)).await;
+    env.create(&ns, flux_kustomization(&ns)).await;
+
+    // Flux creates the objects, Sluice initializes the Canary: all traffic on the primary.
+    wait_ready(&env, &ns, &v1, &ctl).await;
+    let route_api = routes(&env, &ns);
+    let tracks = ("podinfo-primary", "podinfo-canary");
+    eventually(
+        WAIT,
+        "the Canary Initialized, its route on the primary",
+        || async {
+            let c = canaries.get("podinfo").await.ok()?;
+            let route = route_api.get("podinfo").await.ok()?;
+            (canary_state(&c).0 == Some(CanaryPhase::Initialized)
+                && backend_weights(&route, tracks)? == (100, 0))
+                .then_some(())
+        },
+    )
+    .await;
+    let traefik = || async {
+        common::traffic::traefik_weight_sets(&gw.api_url, &ns, "podinfo", tracks)
+            .await
+            .into_iter()
+            .next()
+    };
+    eventually(
+        WAIT,
+        "Traefik to send everything to the primary",
+        || async { (traefik().await? == (100, 0)).then_some(()) },
+    )
+    .await;
+    wait_ready(&env, &ns, &v1, &ctl).await;
+    assert_no_drift(&env, &ns, &CANARY_APP, "v1 initialized").await;
+    let recorder = ReadyRecorder::start(&env, &ns);
+
+    // A commit of a new image tag: Flux applies it, Sluice runs 25% → 50% and waits at the gate.
+    repo.write("app/deployment.yaml", &target_yaml("v2", gw.echo_port));
+    let v2 = repo.commit_and_push("podinfo v2");
+    wait_attempted(&env, &ns, &v2).await;
+    let weights_seen = std::cell::RefCell::new(Vec::new());
+    eventually(WAIT, "the Canary at 50% waiting for promotion", || async {
+        let c = canaries.get("podinfo").await.ok()?;
+        let (phase, weight) = canary_state(&c);
+        if let Some(w) = weight.filter(|w| *w > 0) {
+            let mut seen = weights_seen.borrow_mut();
+            if seen.last() != Some(&w) {
+                seen.push(w);
+            }
+        }
+        let route = route_api.get("podinfo").await.ok()?;
+        (phase == Some(CanaryPhase::WaitingPromotion)
+            && weight == Some(50)
+            && backend_weights(&route, tracks)? == (50, 50))
+            .then_some(())
+    })
+    .await;
+    let weights_seen = weights_seen.into_inner();
+    assert!(
+        weights_seen.iter().all(|w| [25, 50].contains(w)),
+        "canary weights other than the steps: {weights_seen:?}"
+    );
+    eventually(WAIT, "Traefik to apply 50/50", || async {
+        (traefik().await? == (50, 50)).then_some(())
+    })
+    .await;
+
+    // The Canary's health by kstatus: the primary serves v1 while v2 is analysed, so Flux calls
+    // v2 applied and the Kustomization Ready; a forced reconcile at 50% changes nothing.
+    let k = wait_ready(&env, &ns, &v2, &ctl).await;
+    assert_eq!(
+        condition(&k, "Healthy").map(|c| c.0).as_deref(),
+        Some("True"),
+        "the Kustomization is not Healthy at 50%"
+    );
+    assert_no_drift(&env, &ns, &CANARY_APP, "canary at 50%").await;
+    let c = canaries.get("podinfo").await.expect("the Canary");
+    assert_eq!(
+        canary_state(&c),
+        (Some(CanaryPhase::WaitingPromotion), Some(50)),
+        "the forced reconcile moved the Canary"
+    );
+    let route = route_api.get("podinfo").await.expect("the route");
+    assert_eq!(backend_weights(&route, tracks), Some((50, 50)));
+    assert_eq!(
+        traefik().await,
+        Some((50, 50)),
+        "Flux undid Sluice's weights"
+    );
+
+    // Open the gate: Sluice promotes v2 onto the primary and sends all traffic back to it.
+    let (code, body) = loadtester.post("/gate/open", "podinfo", &ns).await;
+    assert_eq!(code, 202, "opening the gate: {body}");
+    eventually(WAIT, "the Canary Succeeded", || async {
+        let c = canaries.get("podinfo").await.ok()?;
+        (canary_state(&c).0 == Some(CanaryPhase::Succeeded)).then_some(())
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &ns);
+    let primary = deployments
+        .get("podinfo-primary")
+        .await
+        .expect("the primary");
+    let image = primary
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.first().and_then(|c| c.image.clone()));
+    assert_eq!(image.as_deref(), Some("registry.invalid/podinfo:v2"));
+    eventually(WAIT, "the route back on the primary", || async {
+        let route = route_api.get("podinfo").await.ok()?;
+        (backend_weights(&route, tracks)? == (100, 0)).then_some(())
+    })
+    .await;
+    eventually(
+        WAIT,
+        "Traefik to send everything to the primary again",
+        || async { (traefik().await? == (100, 0)).then_some(()) },
+    )
+    .await;
+    let k = wait_ready(&env, &ns, &v2, &ctl).await;
+    assert_eq!(
+        condition(&k, "Healthy").map(|c| c.0).as_deref(),
+        Some("True")
+    );
+    assert_no_drift(&env, &ns, &CANARY_APP, "v2 promoted").await;
+
+    let seen = recorder.seen();
+    assert!(
+        seen.iter().all(|(status, _, _)| status != "False"),
+        "the Kustomization was not Ready on the way: {seen:?}"
+    );
+    let applied = format!("main@sha1:{v2}");
+    assert!(
+        seen.iter().any(|(s, _, a)| s == "True" && *a == applied),
+        "the Kustomization never Ready on {applied}: {seen:?}"
+    );
 }
