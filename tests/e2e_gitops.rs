@@ -38,8 +38,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use serde_json::{Value, json};
 use sluice::api::argo::rollout::Rollout;
 use sluice::api::flagger::canary::{Canary, CanaryPhase};
@@ -61,12 +61,21 @@ const WAIT: Duration = Duration::from_secs(180);
 
 /// The Rollout as Git holds it, with image tag `tag`.
 fn rollout_yaml(tag: &str, echo_port: u16) -> String {
+    rollout_doc(tag, echo_port, None)
+}
+
+/// The Rollout as Git holds it, opted in to reverts in Git with `revert` as the annotation's
+/// value when given.
+fn rollout_doc(tag: &str, echo_port: u16, revert: Option<&str>) -> String {
+    let annotations = revert
+        .map(|v| format!("  annotations:\n    sluice.dev/git-revert: {v}\n"))
+        .unwrap_or_default();
     format!(
         r#"apiVersion: argoproj.io/v1alpha1
 kind: Rollout
 metadata:
   name: app
-spec:
+{annotations}spec:
   replicas: 2
   selector:
     matchLabels: {{app: app}}
@@ -440,6 +449,11 @@ struct GitopsApp {
 
 /// `None` when the environment lacks the cluster, the data plane or Flux (the test skips).
 async fn set_up(prefix: &str) -> Option<GitopsApp> {
+    set_up_with(prefix, None).await
+}
+
+/// [`set_up`] with the Rollout annotated `sluice.dev/git-revert: <revert>` when given.
+async fn set_up_with(prefix: &str, revert: Option<&str>) -> Option<GitopsApp> {
     let env = common::test_env().await?;
     let gw = env.gateway_or_skip()?;
     let gitops = env.gitops_or_skip()?;
@@ -461,7 +475,7 @@ async fn set_up(prefix: &str) -> Option<GitopsApp> {
         &exporter.selector("errors"),
     );
     repo.write("app/objects.yaml", &objects);
-    repo.write("app/rollout.yaml", &rollout_yaml("v1", gw.echo_port));
+    repo.write("app/rollout.yaml", &rollout_doc("v1", gw.echo_port, revert));
     let v1 = repo.commit_and_push("app v1");
     env.create(&ns, git_repository(APP, &repo.url)).await;
     env.create(&ns, kustomization_manifest(&ns)).await;
@@ -685,6 +699,196 @@ async fn a_bad_commit_is_rolled_back_by_sluice_and_flux_reports_the_rollout_fail
     assert_no_drift(&env, &ns, &ROLLOUT_APP, "v2 rolled back").await;
     let route = route_api.get(APP).await.expect("the route");
     assert_eq!(route_weights(&route), Some((100, 0)));
+}
+
+/// The ReplicaSets of the Rollout app: (name, image, spec.replicas, pod-template hash).
+async fn replica_sets(env: &TestEnv, ns: &str) -> Vec<(String, String, i32, String)> {
+    let api: Api<ReplicaSet> = Api::namespaced(env.client.clone(), ns);
+    api.list(&ListParams::default().labels("app=app"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|rs| {
+            let hash = rs
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("rollouts-pod-template-hash").cloned())
+                .unwrap_or_default();
+            let spec = rs.spec.unwrap_or_default();
+            let image = spec
+                .template
+                .and_then(|t| t.spec)
+                .and_then(|s| s.containers.first().and_then(|c| c.image.clone()))
+                .unwrap_or_default();
+            (
+                rs.metadata.name.unwrap_or_default(),
+                image,
+                spec.replicas.unwrap_or(1),
+                hash,
+            )
+        })
+        .collect()
+}
+
+/// Waits until the Rollout is paused at 50% (step 4 of 4) on `image`, in the route too.
+async fn wait_paused_at_50(
+    env: &TestEnv,
+    ns: &str,
+    rollouts: &Api<Rollout>,
+    image: &str,
+) -> Rollout {
+    let route_api = routes(env, ns);
+    eventually(
+        WAIT,
+        &format!("the Rollout paused at 50% on {image}"),
+        || async {
+            let ro = rollouts.get(APP).await.ok()?;
+            let status = ro.status.as_ref()?;
+            let paused =
+                status.current_step_index == Some(3) && !status.pause_conditions.is_empty();
+            let route = route_api.get(APP).await.ok()?;
+            (paused && image_of(&ro) == image && route_weights(&route)? == (50, 50)).then_some(ro)
+        },
+    )
+    .await
+}
+
+/// Scenario 4: Git changes mid-rollout. A commit of v3 while v2's canary is paused at 50%
+/// restarts the update as Argo does: a new canary ReplicaSet for v3, the steps from the first
+/// (the canary share drops below 50%, the analysis step runs again for v3), v2's ReplicaSet
+/// scaled down, and a pause at 50% again. A commit deleting the Rollout (Flux prunes it) then
+/// gives its route back: weights as Git declares them, no field of Sluice's left on the route,
+/// the Rollout gone (no finalizer left hanging), in Traefik too.
+#[tokio::test]
+async fn commits_mid_rollout_restart_the_update_and_a_deleting_commit_releases_the_route() {
+    let Some(app) = set_up("gitops-midway").await else {
+        return;
+    };
+    let GitopsApp {
+        env,
+        gw,
+        ns,
+        exporter: _exporter,
+        ctl,
+        rollouts,
+        repo,
+        v1: _,
+        _ns_guard,
+    } = app;
+    let route_api = routes(&env, &ns);
+
+    repo.write("app/rollout.yaml", &rollout_yaml("v2", gw.echo_port));
+    let v2 = repo.commit_and_push("app v2");
+    wait_attempted(&env, &ns, &v2).await;
+    let at_v2 = wait_paused_at_50(&env, &ns, &rollouts, "registry.invalid/app:v2").await;
+    let v2_hash = at_v2.status.map(|s| s.current_pod_hash).unwrap_or_default();
+
+    // v3 during the pause: every canary share the route carries from now on is recorded.
+    let shares = std::cell::RefCell::new(Vec::new());
+    repo.write("app/rollout.yaml", &rollout_yaml("v3", gw.echo_port));
+    let v3 = repo.commit_and_push("app v3");
+    wait_attempted(&env, &ns, &v3).await;
+    let at_v3 = eventually(WAIT, "the Rollout paused at 50% on v3", || async {
+        let route = route_api.get(APP).await.ok()?;
+        let (_, canary) = route_weights(&route)?;
+        let mut shares = shares.borrow_mut();
+        if shares.last() != Some(&canary) {
+            shares.push(canary);
+        }
+        let ro = rollouts.get(APP).await.ok()?;
+        let status = ro.status.as_ref()?;
+        let paused = status.current_step_index == Some(3) && !status.pause_conditions.is_empty();
+        (paused
+            && image_of(&ro) == "registry.invalid/app:v3"
+            && status.current_pod_hash != v2_hash
+            && canary == 50)
+            .then_some(ro)
+    })
+    .await;
+    let shares = shares.into_inner();
+    assert!(
+        shares.iter().any(|w| *w < 50),
+        "v3 went on at v2's 50% instead of starting from the first step: canary shares {shares:?}"
+    );
+    let v3_hash = at_v3.status.map(|s| s.current_pod_hash).unwrap_or_default();
+    let runs: Api<DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &ns,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "AnalysisRun"),
+            "analysisruns",
+        ),
+    );
+    let v3_runs = runs
+        .list(&ListParams::default().labels(&format!(
+            "rollouts-pod-template-hash={v3_hash},rollout-type=Step"
+        )))
+        .await
+        .expect("listing AnalysisRuns")
+        .items;
+    assert_eq!(
+        v3_runs.len(),
+        1,
+        "the analysis step did not run (once) again for v3: {:?}",
+        v3_runs
+            .iter()
+            .map(|r| r.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+    let sets = eventually(WAIT, "v2's ReplicaSet scaled down", || async {
+        let sets = replica_sets(&env, &ns).await;
+        let v2_set = sets.iter().find(|s| s.3 == v2_hash)?;
+        (v2_set.2 == 0).then_some(sets)
+    })
+    .await;
+    assert!(
+        sets.iter()
+            .any(|s| s.3 == v3_hash && s.1 == "registry.invalid/app:v3" && s.2 > 0),
+        "no canary ReplicaSet of v3: {sets:?}"
+    );
+    eventually(WAIT, "Traefik to apply 50/50 for v3", || async {
+        (traefik_weights(&gw, &ns).await? == (50, 50)).then_some(())
+    })
+    .await;
+
+    // A commit deleting the Rollout: Flux prunes it, Sluice gives the route back before it goes.
+    repo.remove("app/rollout.yaml");
+    let gone = repo.commit_and_push("app: no Rollout");
+    wait_attempted(&env, &ns, &gone).await;
+    eventually(
+        WAIT,
+        "the pruned Rollout gone (its finalizer released)",
+        || async { rollouts.get_opt(APP).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    let route = eventually(WAIT, "the route as Git declares it", || async {
+        let route = route_api.get(APP).await.ok()?;
+        (route_weights(&route)? == (100, 0)).then_some(route)
+    })
+    .await;
+    let sluice_fields: Vec<_> = route
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some("sluice"))
+        .collect();
+    assert!(
+        sluice_fields.is_empty(),
+        "Sluice still owns fields of the route after the Rollout went: {sluice_fields:?}"
+    );
+    eventually(WAIT, "Traefik to send everything to stable", || async {
+        (traefik_weights(&gw, &ns).await? == (100, 0)).then_some(())
+    })
+    .await;
+    let k = wait_ready(&env, &ns, &gone, &ctl).await;
+    assert!(
+        !inventory(&k).iter().any(|id| id.ends_with("_Rollout")),
+        "the Rollout is still in Flux's inventory: {:?}",
+        inventory(&k)
+    );
 }
 
 /// The Canary app as Git holds it: the target Deployment with image tag `tag` (no `replicas`:
