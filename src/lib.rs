@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod engine;
+pub mod gitops;
 pub mod loadtester;
 pub mod outbound;
 pub mod traffic;

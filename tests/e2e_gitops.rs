@@ -25,6 +25,12 @@
 //! the Rollout as Failed (Flux's CEL health checks carry no message of the object's, so Sluice's
 //! own message is on the Rollout's `Stalled` condition, not in Flux's); no drift after it.
 //!
+//! Scenario 4 (Git changes mid-rollout): a commit during the pause restarts the update as Argo
+//! does; a commit deleting the Rollout has Flux prune it and Sluice give its route back.
+//!
+//! Rollback written back to Git: scenario 2 with the Rollout annotated `sluice.dev/git-revert`;
+//! Sluice pushes one revert commit, Flux syncs it, the Rollout is Healthy on v1 again.
+//!
 //! Scenario 1 and 3 for a Flagger Canary (Gateway API through Traefik, a MetricTemplate on the
 //! env's Prometheus, a `confirm-promotion` gate on `sluice loadtester`), checked by Flux's own
 //! kstatus (`wait: true`, no expressions): the primary serves while the canary is analysed, so
@@ -39,6 +45,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use serde_json::{Value, json};
 use sluice::api::argo::rollout::Rollout;
@@ -701,10 +708,188 @@ async fn a_bad_commit_is_rolled_back_by_sluice_and_flux_reports_the_rollout_fail
     assert_eq!(route_weights(&route), Some((100, 0)));
 }
 
-/// The ReplicaSets of the Rollout app: (name, image, spec.replicas, pod-template hash).
+/// The Rollout's Events with `reason`: their messages.
+async fn rollout_events(env: &TestEnv, ns: &str, reason: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(env.client.clone(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.involved_object.kind.as_deref() == Some("Rollout"))
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.message.unwrap_or_default())
+        .collect()
+}
+
+/// Rollback written back to Git: scenario 2 with the Rollout opted in
+/// (`sluice.dev/git-revert: git-push`). The bad commit is aborted by the analysis, and Sluice
+/// pushes one commit that sets the image back to v1 in `app/rollout.yaml` (the file is then
+/// exactly v1's), its message naming the failed AnalysisRun; Flux syncs it, the Kustomization
+/// is Ready on it, and the Rollout is Healthy on v1 with no new canary ReplicaSet. The revert is
+/// recorded (one `GitReverted` Event, the `GitReverted` condition), never pushed twice (forced
+/// reconciles later, still one), and the Secret's password is in no Event, status or log line.
+#[tokio::test]
+async fn a_bad_commit_is_reverted_in_git_by_sluice_and_flux_syncs_the_revert() {
+    let Some(app) = set_up_with("gitops-revert", Some("git-push")).await else {
+        return;
+    };
+    let GitopsApp {
+        env,
+        gw,
+        ns,
+        exporter,
+        ctl,
+        rollouts,
+        repo,
+        v1: _,
+        _ns_guard,
+    } = app;
+    let password = format!("pw-{}", common::unique_name("s"));
+    env.create(
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "git-push"},
+               "stringData": {"username": "sluice", "password": password}}),
+    )
+    .await;
+    let v1_hash = rollouts
+        .get(APP)
+        .await
+        .expect("the Rollout")
+        .status
+        .map(|s| s.current_pod_hash)
+        .unwrap_or_default();
+
+    exporter.set("errors", 1.0);
+    exporter.wait_scraped("errors", 1.0).await;
+    repo.write(
+        "app/rollout.yaml",
+        &rollout_doc("v2", gw.echo_port, Some("git-push")),
+    );
+    let v2 = repo.commit_and_push("app v2 (bad)");
+    wait_attempted(&env, &ns, &v2).await;
+
+    // Sluice aborts and pushes the revert.
+    let revert = eventually(WAIT, "Sluice's revert commit on the Git server", || async {
+        let head = repo.remote_head();
+        (head != v2).then_some(head)
+    })
+    .await;
+    let messages = repo.remote_messages();
+    assert_eq!(
+        messages.len(),
+        3,
+        "v1, v2 and one revert on main: {messages:#?}\ncontroller log (end):\n{}",
+        ctl.log_end()
+    );
+    assert!(
+        messages[0].starts_with(&format!(
+            "Revert Rollout {ns}/{APP} to registry.invalid/app:v1"
+        )) && messages[0].contains("AnalysisRun app-")
+            && messages[0].contains("app: registry.invalid/app:v2 -> registry.invalid/app:v1"),
+        "the revert's message names the Rollout, the image and the failed analysis: {}",
+        messages[0]
+    );
+    assert_eq!(
+        repo.remote_file("app/rollout.yaml"),
+        rollout_doc("v1", gw.echo_port, Some("git-push")).trim(),
+        "the revert changes only the image back to v1"
+    );
+
+    // Flux syncs the revert: Ready on it, the Rollout Healthy on v1, no new canary.
+    wait_ready(&env, &ns, &revert, &ctl).await;
+    let ro = eventually(WAIT, "the Rollout Healthy on v1 again", || async {
+        let ro = rollouts.get(APP).await.ok()?;
+        healthy_on(&ro, "registry.invalid/app:v1").then_some(ro)
+    })
+    .await;
+    let status = ro.status.clone().unwrap_or_default();
+    assert_eq!(status.current_pod_hash, v1_hash, "not v1's ReplicaSet");
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "GitReverted")
+        .cloned();
+    assert!(
+        condition.as_ref().is_some_and(|c| c.status == "True"
+            && c.reason == "Pushed"
+            && c.message.contains(&revert)),
+        "the GitReverted condition: {condition:?}"
+    );
+    let sets = eventually(WAIT, "only v1's ReplicaSet scaled up", || async {
+        let sets = replica_sets(&env, &ns).await;
+        (sets.len() >= 2 && sets.iter().all(|s| (s.3 == v1_hash) == (s.2 > 0))).then_some(sets)
+    })
+    .await;
+    assert_eq!(
+        sets.len(),
+        2,
+        "a canary ReplicaSet besides v1's and v2's: {sets:?}"
+    );
+
+    // Recorded once, pushed once, even after more reconciles of both controllers.
+    let route_api = routes(&env, &ns);
+    eventually(WAIT, "the route given back on stable", || async {
+        let route = route_api.get(APP).await.ok()?;
+        let sluice = route
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .any(|m| m.manager.as_deref() == Some("sluice"));
+        (route_weights(&route)? == (100, 0) && !sluice).then_some(())
+    })
+    .await;
+    eventually(WAIT, "Traefik to send everything to stable", || async {
+        (traefik_weights(&gw, &ns).await? == (100, 0)).then_some(())
+    })
+    .await;
+    assert_no_drift(&env, &ns, &ROLLOUT_APP, "the revert synced").await;
+    force_reconcile(&env, &ns, APP, WAIT).await;
+    assert_eq!(
+        repo.remote_messages().len(),
+        3,
+        "Sluice pushed more than once"
+    );
+    let reverted = rollout_events(&env, &ns, "GitReverted").await;
+    assert_eq!(reverted.len(), 1, "GitReverted Events: {reverted:?}");
+    assert!(
+        rollout_events(&env, &ns, "GitRevertFailed")
+            .await
+            .is_empty()
+    );
+
+    // The credentials stay secret.
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &ns);
+    let all_events = serde_json::to_string(
+        &events
+            .list(&ListParams::default())
+            .await
+            .expect("Events")
+            .items,
+    )
+    .unwrap_or_default();
+    let ro = rollouts.get(APP).await.expect("the Rollout");
+    for (what, text) in [
+        ("an Event", all_events),
+        (
+            "the Rollout",
+            serde_json::to_string(&ro).unwrap_or_default(),
+        ),
+        ("the controller log", ctl.log_text()),
+    ] {
+        assert!(
+            !text.contains(&password),
+            "the Secret's password is in {what}"
+        );
+    }
+}
+
+/// The ReplicaSets in `ns` (the Rollout app's): (name, image, spec.replicas, pod-template hash).
 async fn replica_sets(env: &TestEnv, ns: &str) -> Vec<(String, String, i32, String)> {
     let api: Api<ReplicaSet> = Api::namespaced(env.client.clone(), ns);
-    api.list(&ListParams::default().labels("app=app"))
+    api.list(&ListParams::default())
         .await
         .map(|l| l.items)
         .unwrap_or_default()
@@ -793,9 +978,11 @@ async fn commits_mid_rollout_restart_the_update_and_a_deleting_commit_releases_t
     let at_v3 = eventually(WAIT, "the Rollout paused at 50% on v3", || async {
         let route = route_api.get(APP).await.ok()?;
         let (_, canary) = route_weights(&route)?;
-        let mut shares = shares.borrow_mut();
-        if shares.last() != Some(&canary) {
-            shares.push(canary);
+        {
+            let mut shares = shares.borrow_mut();
+            if shares.last() != Some(&canary) {
+                shares.push(canary);
+            }
         }
         let ro = rollouts.get(APP).await.ok()?;
         let status = ro.status.as_ref()?;
@@ -1053,7 +1240,7 @@ impl Drop for ReadyRecorder {
 fn canary_state(c: &Canary) -> (Option<CanaryPhase>, Option<i32>) {
     let status = c.status.as_ref();
     (
-        status.and_then(|s| s.phase.clone()),
+        status.and_then(|s| s.phase),
         status.and_then(|s| s.canary_weight),
     )
 }
