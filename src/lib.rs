@@ -10,6 +10,7 @@ pub mod cli;
 pub mod controller;
 pub mod dashboard;
 pub mod engine;
+pub mod gitops;
 pub mod loadtester;
 pub mod outbound;
 pub mod traffic;

@@ -24,16 +24,32 @@
 //! aborts and sends all traffic back to v1, and the Kustomization fails its health check naming
 //! the Rollout as Failed (Flux's CEL health checks carry no message of the object's, so Sluice's
 //! own message is on the Rollout's `Stalled` condition, not in Flux's); no drift after it.
+//!
+//! Scenario 4 (Git changes mid-rollout): a commit during the pause restarts the update as Argo
+//! does; a commit deleting the Rollout has Flux prune it and Sluice give its route back.
+//!
+//! Rollback written back to Git: scenario 2 with the Rollout annotated `sluice.dev/git-revert`;
+//! Sluice pushes one revert commit, Flux syncs it, the Rollout is Healthy on v1 again.
+//!
+//! Scenario 1 and 3 for a Flagger Canary (Gateway API through Traefik, a MetricTemplate on the
+//! env's Prometheus, a `confirm-promotion` gate on `sluice loadtester`), checked by Flux's own
+//! kstatus (`wait: true`, no expressions): the primary serves while the canary is analysed, so
+//! the Kustomization is never `Ready=False` and is Ready on the new revision at 50% already; a
+//! forced reconcile there and after the promotion changes nothing Git declares. Git's Deployment
+//! has no `replicas` (Sluice scales the target to 0, as Flagger does; with `replicas` in Git
+//! Flux takes the scale back on every reconcile, which this test reports as drift).
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use serde_json::{Value, json};
 use sluice::api::argo::rollout::Rollout;
+use sluice::api::flagger::canary::{Canary, CanaryPhase};
 
 use common::controller::{ControllerProcess, sluice_bin};
 use common::exporter::Exporter;
@@ -41,6 +57,7 @@ use common::gitops::{
     Repo, condition, flux_events, force_reconcile, git_repository, inventory, kustomization,
     status_str,
 };
+use common::loadtester::LoadTesterProcess;
 use common::{GatewayEnv, TestEnv, eventually};
 
 const APP: &str = "app";
@@ -51,12 +68,21 @@ const WAIT: Duration = Duration::from_secs(180);
 
 /// The Rollout as Git holds it, with image tag `tag`.
 fn rollout_yaml(tag: &str, echo_port: u16) -> String {
+    rollout_doc(tag, echo_port, None)
+}
+
+/// The Rollout as Git holds it, opted in to reverts in Git with `revert` as the annotation's
+/// value when given.
+fn rollout_doc(tag: &str, echo_port: u16, revert: Option<&str>) -> String {
+    let annotations = revert
+        .map(|v| format!("  annotations:\n    sluice.dev/git-revert: {v}\n"))
+        .unwrap_or_default();
     format!(
         r#"apiVersion: argoproj.io/v1alpha1
 kind: Rollout
 metadata:
   name: app
-spec:
+{annotations}spec:
   replicas: 2
   selector:
     matchLabels: {{app: app}}
@@ -148,9 +174,8 @@ spec:
     )
 }
 
-/// The Kustomization a user writes for Sluice: health of Rollouts by CEL (`deploy/README.md`),
-/// and the route's rules left to whoever else applies them.
-fn kustomization_manifest(ns: &str) -> Value {
+/// The Kustomization of `./app`, health by Flux's own kstatus (`wait`): what a Canary needs.
+fn flux_kustomization(ns: &str) -> Value {
     json!({
         "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
         "kind": "Kustomization",
@@ -164,27 +189,34 @@ fn kustomization_manifest(ns: &str) -> Value {
             "wait": true,
             "targetNamespace": ns,
             "sourceRef": {"kind": "GitRepository", "name": APP},
-            "healthCheckExprs": [{
-                "apiVersion": "argoproj.io/v1alpha1",
-                "kind": "Rollout",
-                "current": "status.conditions.filter(e, e.type == 'Ready').all(e, e.status == 'True' && e.observedGeneration == metadata.generation)",
-                "failed": "status.conditions.filter(e, e.type == 'Stalled').all(e, e.status == 'True')",
-            }],
-            "ignore": [
-                {
-                    "paths": ["/spec/rules"],
-                    "target": {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
-                },
-                {
-                    "paths": ["/spec/selector"],
-                    "target": {
-                        "kind": "Service",
-                        "annotationSelector": "argo-rollouts.argoproj.io/managed-by-rollouts",
-                    },
-                },
-            ],
         },
     })
+}
+
+/// The Kustomization a user writes for a Rollout: health of Rollouts by CEL
+/// (`deploy/README.md`), and the route's rules left to whoever else applies them.
+fn kustomization_manifest(ns: &str) -> Value {
+    let mut k = flux_kustomization(ns);
+    k["spec"]["healthCheckExprs"] = json!([{
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "current": "status.conditions.filter(e, e.type == 'Ready').all(e, e.status == 'True' && e.observedGeneration == metadata.generation)",
+        "failed": "status.conditions.filter(e, e.type == 'Stalled').all(e, e.status == 'True')",
+    }]);
+    k["spec"]["ignore"] = json!([
+        {
+            "paths": ["/spec/rules"],
+            "target": {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
+        },
+        {
+            "paths": ["/spec/selector"],
+            "target": {
+                "kind": "Service",
+                "annotationSelector": "argo-rollouts.argoproj.io/managed-by-rollouts",
+            },
+        },
+    ]);
+    k
 }
 
 fn routes(env: &TestEnv, ns: &str) -> Api<DynamicObject> {
@@ -198,6 +230,11 @@ fn routes(env: &TestEnv, ns: &str) -> Api<DynamicObject> {
 
 /// (stable, canary) weights the route declares.
 fn route_weights(route: &DynamicObject) -> Option<(i64, i64)> {
+    backend_weights(route, ("app-stable", "app-canary"))
+}
+
+/// The weights of the `(first, second)` Services in the route's first rule.
+fn backend_weights(route: &DynamicObject, (first, second): (&str, &str)) -> Option<(i64, i64)> {
     let refs = route
         .data
         .pointer("/spec/rules/0/backendRefs")?
@@ -207,7 +244,7 @@ fn route_weights(route: &DynamicObject) -> Option<(i64, i64)> {
             .find(|r| r["name"] == svc)
             .and_then(|r| r["weight"].as_i64())
     };
-    Some((weight("app-stable")?, weight("app-canary")?))
+    Some((weight(first)?, weight(second)?))
 }
 
 /// (stable, canary) weights Traefik really applies for the route.
@@ -218,70 +255,97 @@ async fn traefik_weights(gw: &GatewayEnv, ns: &str) -> Option<(i64, i64)> {
         .next()
 }
 
-/// The resourceVersions of the objects Git declares (besides the Rollout, whose status Sluice
-/// writes), by kind/name: Flux writing any of them changes its version.
-async fn declared_versions(env: &TestEnv, ns: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let services: Api<Service> = Api::namespaced(env.client.clone(), ns);
-    for name in ["app-stable", "app-canary"] {
-        let s = services.get(name).await.expect("a Service Git declares");
-        out.insert(
-            format!("Service/{name}"),
-            s.metadata.resource_version.unwrap_or_default(),
-        );
-    }
-    for (kind, plural, name) in [
-        ("HTTPRoute", "httproutes", APP),
-        ("Gateway", "gateways", "gw"),
-    ] {
-        let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", kind);
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            env.client.clone(),
-            ns,
-            &ApiResource::from_gvk_with_plural(&gvk, plural),
-        );
-        let o = api.get(name).await.expect("an object Git declares");
-        out.insert(
-            format!("{kind}/{name}"),
-            o.metadata.resource_version.unwrap_or_default(),
-        );
-    }
-    let templates: Api<DynamicObject> = Api::namespaced_with(
-        env.client.clone(),
-        ns,
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "AnalysisTemplate"),
-            "analysistemplates",
-        ),
-    );
-    let t = templates
-        .get("app-health")
-        .await
-        .expect("the AnalysisTemplate");
-    out.insert(
-        "AnalysisTemplate/app-health".into(),
-        t.metadata.resource_version.unwrap_or_default(),
-    );
-    out
+/// An object Git declares: (group, version, kind, plural, name).
+type Declared = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+/// What a forced reconcile must leave alone: objects only Flux writes (their resourceVersion),
+/// and objects Sluice writes too (status, a target's scale), of which only Git's part counts
+/// (generation and `spec`).
+struct Declares {
+    versioned: &'static [Declared],
+    specs: &'static [Declared],
 }
 
-/// What must not change when Flux reconciles with nothing new in Git: every declared object's
-/// version, the Rollout's generation and spec, the Kustomization's inventory, and no Event of
-/// kustomize-controller saying it created, configured or deleted anything.
+/// The Rollout app's objects.
+const ROLLOUT_APP: Declares = Declares {
+    versioned: &[
+        ("", "v1", "Service", "services", "app-stable"),
+        ("", "v1", "Service", "services", "app-canary"),
+        (
+            "gateway.networking.k8s.io",
+            "v1",
+            "HTTPRoute",
+            "httproutes",
+            APP,
+        ),
+        (
+            "gateway.networking.k8s.io",
+            "v1",
+            "Gateway",
+            "gateways",
+            "gw",
+        ),
+        (
+            "argoproj.io",
+            "v1alpha1",
+            "AnalysisTemplate",
+            "analysistemplates",
+            "app-health",
+        ),
+    ],
+    specs: &[("argoproj.io", "v1alpha1", "Rollout", "rollouts", APP)],
+};
+
+async fn declared(env: &TestEnv, ns: &str, d: &Declared) -> DynamicObject {
+    let (group, version, kind, plural, name) = *d;
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        ns,
+        &ApiResource::from_gvk_with_plural(&gvk, plural),
+    );
+    api.get(name)
+        .await
+        .unwrap_or_else(|e| panic!("{kind}/{name}, which Git declares: {e}"))
+}
+
+/// What must not change when Flux reconciles with nothing new in Git: the versions and specs of
+/// [`Declares`], the Kustomization's inventory, and no Event of kustomize-controller saying it
+/// created, configured or deleted anything.
+#[derive(Debug, PartialEq)]
 struct Snapshot {
     versions: BTreeMap<String, String>,
-    rollout_generation: Option<i64>,
-    rollout_spec: Value,
+    specs: BTreeMap<String, (Option<i64>, Value)>,
     inventory: Vec<String>,
     events: Vec<(String, i32, String, String)>,
 }
 
-async fn snapshot(env: &TestEnv, ns: &str, rollouts: &Api<Rollout>) -> Snapshot {
-    let ro = rollouts.get(APP).await.expect("the Rollout");
+async fn snapshot(env: &TestEnv, ns: &str, declares: &Declares) -> Snapshot {
+    let mut versions = BTreeMap::new();
+    for d in declares.versioned {
+        let o = declared(env, ns, d).await;
+        versions.insert(
+            format!("{}/{}", d.2, d.4),
+            o.metadata.resource_version.unwrap_or_default(),
+        );
+    }
+    let mut specs = BTreeMap::new();
+    for d in declares.specs {
+        let o = declared(env, ns, d).await;
+        specs.insert(
+            format!("{}/{}", d.2, d.4),
+            (o.metadata.generation, o.data["spec"].clone()),
+        );
+    }
     Snapshot {
-        versions: declared_versions(env, ns).await,
-        rollout_generation: ro.metadata.generation,
-        rollout_spec: serde_json::to_value(&ro.spec).expect("Rollout spec"),
+        versions,
+        specs,
         inventory: inventory(&kustomization(env, ns, APP).await),
         events: flux_events(env, ns).await,
     }
@@ -291,23 +355,19 @@ async fn snapshot(env: &TestEnv, ns: &str, rollouts: &Api<Rollout>) -> Snapshot 
 async fn assert_no_drift(
     env: &TestEnv,
     ns: &str,
-    rollouts: &Api<Rollout>,
+    declares: &Declares,
     when: &str,
 ) -> DynamicObject {
-    let before = snapshot(env, ns, rollouts).await;
+    let before = snapshot(env, ns, declares).await;
     let k = force_reconcile(env, ns, APP, WAIT).await;
-    let after = snapshot(env, ns, rollouts).await;
+    let after = snapshot(env, ns, declares).await;
     assert_eq!(
         after.versions, before.versions,
         "{when}: a forced reconcile wrote objects Git declares (Flux saw drift)"
     );
     assert_eq!(
-        after.rollout_generation, before.rollout_generation,
-        "{when}: a forced reconcile changed the Rollout's spec"
-    );
-    assert_eq!(
-        after.rollout_spec, before.rollout_spec,
-        "{when}: Rollout spec"
+        after.specs, before.specs,
+        "{when}: a forced reconcile changed the spec of an object Sluice also writes"
     );
     assert_eq!(after.inventory, before.inventory, "{when}: inventory");
     let changes: Vec<_> = after
@@ -396,6 +456,11 @@ struct GitopsApp {
 
 /// `None` when the environment lacks the cluster, the data plane or Flux (the test skips).
 async fn set_up(prefix: &str) -> Option<GitopsApp> {
+    set_up_with(prefix, None).await
+}
+
+/// [`set_up`] with the Rollout annotated `sluice.dev/git-revert: <revert>` when given.
+async fn set_up_with(prefix: &str, revert: Option<&str>) -> Option<GitopsApp> {
     let env = common::test_env().await?;
     let gw = env.gateway_or_skip()?;
     let gitops = env.gitops_or_skip()?;
@@ -417,7 +482,7 @@ async fn set_up(prefix: &str) -> Option<GitopsApp> {
         &exporter.selector("errors"),
     );
     repo.write("app/objects.yaml", &objects);
-    repo.write("app/rollout.yaml", &rollout_yaml("v1", gw.echo_port));
+    repo.write("app/rollout.yaml", &rollout_doc("v1", gw.echo_port, revert));
     let v1 = repo.commit_and_push("app v1");
     env.create(&ns, git_repository(APP, &repo.url)).await;
     env.create(&ns, kustomization_manifest(&ns)).await;
@@ -462,7 +527,7 @@ async fn a_commit_is_synced_by_flux_delivered_by_sluice_and_never_seen_as_drift(
         v1,
         _ns_guard,
     } = app;
-    assert_no_drift(&env, &ns, &rollouts, "v1 settled").await;
+    assert_no_drift(&env, &ns, &ROLLOUT_APP, "v1 settled").await;
 
     // A commit of a new image tag: Flux applies it, Sluice runs 20% → analysis → 50% → pause.
     repo.write("app/rollout.yaml", &rollout_yaml("v2", gw.echo_port));
@@ -487,7 +552,7 @@ async fn a_commit_is_synced_by_flux_delivered_by_sluice_and_never_seen_as_drift(
     // No drift at 50%: Flux leaves Sluice's weights alone and reports no change. The forced
     // reconcile ends with the health check: the Kustomization does not call the release
     // healthy while the canary waits.
-    let k = assert_no_drift(&env, &ns, &rollouts, "canary at 50%").await;
+    let k = assert_no_drift(&env, &ns, &ROLLOUT_APP, "canary at 50%").await;
     let ready = condition(&k, "Ready").unwrap_or_default();
     assert_ne!(
         ready.0, "True",
@@ -557,7 +622,7 @@ async fn a_commit_is_synced_by_flux_delivered_by_sluice_and_never_seen_as_drift(
         || async { (traefik_weights(&gw, &ns).await? == (100, 0)).then_some(()) },
     )
     .await;
-    assert_no_drift(&env, &ns, &rollouts, "v2 promoted").await;
+    assert_no_drift(&env, &ns, &ROLLOUT_APP, "v2 promoted").await;
 }
 
 #[tokio::test]
@@ -576,7 +641,7 @@ async fn a_bad_commit_is_rolled_back_by_sluice_and_flux_reports_the_rollout_fail
         v1,
         _ns_guard,
     } = app;
-    assert_no_drift(&env, &ns, &rollouts, "v1 settled").await;
+    assert_no_drift(&env, &ns, &ROLLOUT_APP, "v1 settled").await;
 
     // The new version's error rate breaches the analysis' threshold.
     exporter.set("errors", 1.0);
@@ -638,7 +703,721 @@ async fn a_bad_commit_is_rolled_back_by_sluice_and_flux_reports_the_rollout_fail
         ctl.log_end()
     );
     // No drift after the rollback either: the aborted Rollout's spec is still Git's.
-    assert_no_drift(&env, &ns, &rollouts, "v2 rolled back").await;
+    assert_no_drift(&env, &ns, &ROLLOUT_APP, "v2 rolled back").await;
     let route = route_api.get(APP).await.expect("the route");
     assert_eq!(route_weights(&route), Some((100, 0)));
+}
+
+/// The Rollout's Events with `reason`: their messages.
+async fn rollout_events(env: &TestEnv, ns: &str, reason: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(env.client.clone(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.involved_object.kind.as_deref() == Some("Rollout"))
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.message.unwrap_or_default())
+        .collect()
+}
+
+/// Rollback written back to Git: scenario 2 with the Rollout opted in
+/// (`sluice.dev/git-revert: git-push`). The bad commit is aborted by the analysis, and Sluice
+/// pushes one commit that sets the image back to v1 in `app/rollout.yaml` (the file is then
+/// exactly v1's), its message naming the failed AnalysisRun; Flux syncs it, the Kustomization
+/// is Ready on it, and the Rollout is Healthy on v1 with no new canary ReplicaSet. The revert is
+/// recorded (one `GitReverted` Event, the `GitReverted` condition), never pushed twice (forced
+/// reconciles later, still one), and the Secret's password is in no Event, status or log line.
+#[tokio::test]
+async fn a_bad_commit_is_reverted_in_git_by_sluice_and_flux_syncs_the_revert() {
+    let Some(app) = set_up_with("gitops-revert", Some("git-push")).await else {
+        return;
+    };
+    let GitopsApp {
+        env,
+        gw,
+        ns,
+        exporter,
+        ctl,
+        rollouts,
+        repo,
+        v1: _,
+        _ns_guard,
+    } = app;
+    let password = format!("pw-{}", common::unique_name("s"));
+    env.create(
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "git-push"},
+               "stringData": {"username": "sluice", "password": password}}),
+    )
+    .await;
+    let v1_hash = rollouts
+        .get(APP)
+        .await
+        .expect("the Rollout")
+        .status
+        .map(|s| s.current_pod_hash)
+        .unwrap_or_default();
+
+    exporter.set("errors", 1.0);
+    exporter.wait_scraped("errors", 1.0).await;
+    repo.write(
+        "app/rollout.yaml",
+        &rollout_doc("v2", gw.echo_port, Some("git-push")),
+    );
+    let v2 = repo.commit_and_push("app v2 (bad)");
+    wait_attempted(&env, &ns, &v2).await;
+
+    // Sluice aborts and pushes the revert.
+    let revert = eventually(WAIT, "Sluice's revert commit on the Git server", || async {
+        let head = repo.remote_head();
+        (head != v2).then_some(head)
+    })
+    .await;
+    let messages = repo.remote_messages();
+    assert_eq!(
+        messages.len(),
+        3,
+        "v1, v2 and one revert on main: {messages:#?}\ncontroller log (end):\n{}",
+        ctl.log_end()
+    );
+    assert!(
+        messages[0].starts_with(&format!(
+            "Revert Rollout {ns}/{APP} to registry.invalid/app:v1"
+        )) && messages[0].contains("AnalysisRun app-")
+            && messages[0].contains("app: registry.invalid/app:v2 -> registry.invalid/app:v1"),
+        "the revert's message names the Rollout, the image and the failed analysis: {}",
+        messages[0]
+    );
+    assert_eq!(
+        repo.remote_file("app/rollout.yaml"),
+        rollout_doc("v1", gw.echo_port, Some("git-push")).trim(),
+        "the revert changes only the image back to v1"
+    );
+
+    // Flux syncs the revert: Ready on it, the Rollout Healthy on v1, no new canary.
+    wait_ready(&env, &ns, &revert, &ctl).await;
+    let ro = eventually(WAIT, "the Rollout Healthy on v1 again", || async {
+        let ro = rollouts.get(APP).await.ok()?;
+        healthy_on(&ro, "registry.invalid/app:v1").then_some(ro)
+    })
+    .await;
+    let status = ro.status.clone().unwrap_or_default();
+    assert_eq!(status.current_pod_hash, v1_hash, "not v1's ReplicaSet");
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "GitReverted")
+        .cloned();
+    assert!(
+        condition.as_ref().is_some_and(|c| c.status == "True"
+            && c.reason == "Pushed"
+            && c.message.contains(&revert)),
+        "the GitReverted condition: {condition:?}"
+    );
+    let sets = eventually(WAIT, "only v1's ReplicaSet scaled up", || async {
+        let sets = replica_sets(&env, &ns).await;
+        (sets.len() >= 2 && sets.iter().all(|s| (s.3 == v1_hash) == (s.2 > 0))).then_some(sets)
+    })
+    .await;
+    assert_eq!(
+        sets.len(),
+        2,
+        "a canary ReplicaSet besides v1's and v2's: {sets:?}"
+    );
+
+    // Recorded once, pushed once, even after more reconciles of both controllers.
+    let route_api = routes(&env, &ns);
+    eventually(WAIT, "the route given back on stable", || async {
+        let route = route_api.get(APP).await.ok()?;
+        let sluice = route
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .any(|m| m.manager.as_deref() == Some("sluice"));
+        (route_weights(&route)? == (100, 0) && !sluice).then_some(())
+    })
+    .await;
+    eventually(WAIT, "Traefik to send everything to stable", || async {
+        (traefik_weights(&gw, &ns).await? == (100, 0)).then_some(())
+    })
+    .await;
+    assert_no_drift(&env, &ns, &ROLLOUT_APP, "the revert synced").await;
+    force_reconcile(&env, &ns, APP, WAIT).await;
+    assert_eq!(
+        repo.remote_messages().len(),
+        3,
+        "Sluice pushed more than once"
+    );
+    let reverted = rollout_events(&env, &ns, "GitReverted").await;
+    assert_eq!(reverted.len(), 1, "GitReverted Events: {reverted:?}");
+    assert!(
+        rollout_events(&env, &ns, "GitRevertFailed")
+            .await
+            .is_empty()
+    );
+
+    // The credentials stay secret.
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &ns);
+    let all_events = serde_json::to_string(
+        &events
+            .list(&ListParams::default())
+            .await
+            .expect("Events")
+            .items,
+    )
+    .unwrap_or_default();
+    let ro = rollouts.get(APP).await.expect("the Rollout");
+    for (what, text) in [
+        ("an Event", all_events),
+        (
+            "the Rollout",
+            serde_json::to_string(&ro).unwrap_or_default(),
+        ),
+        ("the controller log", ctl.log_text()),
+    ] {
+        assert!(
+            !text.contains(&password),
+            "the Secret's password is in {what}"
+        );
+    }
+}
+
+/// The ReplicaSets in `ns` (the Rollout app's): (name, image, spec.replicas, pod-template hash).
+async fn replica_sets(env: &TestEnv, ns: &str) -> Vec<(String, String, i32, String)> {
+    let api: Api<ReplicaSet> = Api::namespaced(env.client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|rs| {
+            let hash = rs
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("rollouts-pod-template-hash").cloned())
+                .unwrap_or_default();
+            let spec = rs.spec.unwrap_or_default();
+            let image = spec
+                .template
+                .and_then(|t| t.spec)
+                .and_then(|s| s.containers.first().and_then(|c| c.image.clone()))
+                .unwrap_or_default();
+            (
+                rs.metadata.name.unwrap_or_default(),
+                image,
+                spec.replicas.unwrap_or(1),
+                hash,
+            )
+        })
+        .collect()
+}
+
+/// Waits until the Rollout is paused at 50% (step 4 of 4) on `image`, in the route too.
+async fn wait_paused_at_50(
+    env: &TestEnv,
+    ns: &str,
+    rollouts: &Api<Rollout>,
+    image: &str,
+) -> Rollout {
+    let route_api = routes(env, ns);
+    eventually(
+        WAIT,
+        &format!("the Rollout paused at 50% on {image}"),
+        || async {
+            let ro = rollouts.get(APP).await.ok()?;
+            let status = ro.status.as_ref()?;
+            let paused =
+                status.current_step_index == Some(3) && !status.pause_conditions.is_empty();
+            let route = route_api.get(APP).await.ok()?;
+            (paused && image_of(&ro) == image && route_weights(&route)? == (50, 50)).then_some(ro)
+        },
+    )
+    .await
+}
+
+/// Scenario 4: Git changes mid-rollout. A commit of v3 while v2's canary is paused at 50%
+/// restarts the update as Argo does: a new canary ReplicaSet for v3, the steps from the first
+/// (the canary share drops below 50%, the analysis step runs again for v3), v2's ReplicaSet
+/// scaled down, and a pause at 50% again. A commit deleting the Rollout (Flux prunes it) then
+/// gives its route back: weights as Git declares them, no field of Sluice's left on the route,
+/// the Rollout gone (no finalizer left hanging), in Traefik too.
+#[tokio::test]
+async fn commits_mid_rollout_restart_the_update_and_a_deleting_commit_releases_the_route() {
+    let Some(app) = set_up("gitops-midway").await else {
+        return;
+    };
+    let GitopsApp {
+        env,
+        gw,
+        ns,
+        exporter: _exporter,
+        ctl,
+        rollouts,
+        repo,
+        v1: _,
+        _ns_guard,
+    } = app;
+    let route_api = routes(&env, &ns);
+
+    repo.write("app/rollout.yaml", &rollout_yaml("v2", gw.echo_port));
+    let v2 = repo.commit_and_push("app v2");
+    wait_attempted(&env, &ns, &v2).await;
+    let at_v2 = wait_paused_at_50(&env, &ns, &rollouts, "registry.invalid/app:v2").await;
+    let v2_hash = at_v2.status.map(|s| s.current_pod_hash).unwrap_or_default();
+
+    // v3 during the pause: every canary share the route carries from now on is recorded.
+    let shares = std::cell::RefCell::new(Vec::new());
+    repo.write("app/rollout.yaml", &rollout_yaml("v3", gw.echo_port));
+    let v3 = repo.commit_and_push("app v3");
+    wait_attempted(&env, &ns, &v3).await;
+    let at_v3 = eventually(WAIT, "the Rollout paused at 50% on v3", || async {
+        let route = route_api.get(APP).await.ok()?;
+        let (_, canary) = route_weights(&route)?;
+        {
+            let mut shares = shares.borrow_mut();
+            if shares.last() != Some(&canary) {
+                shares.push(canary);
+            }
+        }
+        let ro = rollouts.get(APP).await.ok()?;
+        let status = ro.status.as_ref()?;
+        let paused = status.current_step_index == Some(3) && !status.pause_conditions.is_empty();
+        (paused
+            && image_of(&ro) == "registry.invalid/app:v3"
+            && status.current_pod_hash != v2_hash
+            && canary == 50)
+            .then_some(ro)
+    })
+    .await;
+    let shares = shares.into_inner();
+    assert!(
+        shares.iter().any(|w| *w < 50),
+        "v3 went on at v2's 50% instead of starting from the first step: canary shares {shares:?}"
+    );
+    let v3_hash = at_v3.status.map(|s| s.current_pod_hash).unwrap_or_default();
+    let runs: Api<DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &ns,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "AnalysisRun"),
+            "analysisruns",
+        ),
+    );
+    let v3_runs = runs
+        .list(&ListParams::default().labels(&format!(
+            "rollouts-pod-template-hash={v3_hash},rollout-type=Step"
+        )))
+        .await
+        .expect("listing AnalysisRuns")
+        .items;
+    assert_eq!(
+        v3_runs.len(),
+        1,
+        "the analysis step did not run (once) again for v3: {:?}",
+        v3_runs
+            .iter()
+            .map(|r| r.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+    let sets = eventually(WAIT, "v2's ReplicaSet scaled down", || async {
+        let sets = replica_sets(&env, &ns).await;
+        let v2_set = sets.iter().find(|s| s.3 == v2_hash)?;
+        (v2_set.2 == 0).then_some(sets)
+    })
+    .await;
+    assert!(
+        sets.iter()
+            .any(|s| s.3 == v3_hash && s.1 == "registry.invalid/app:v3" && s.2 > 0),
+        "no canary ReplicaSet of v3: {sets:?}"
+    );
+    eventually(WAIT, "Traefik to apply 50/50 for v3", || async {
+        (traefik_weights(&gw, &ns).await? == (50, 50)).then_some(())
+    })
+    .await;
+
+    // A commit deleting the Rollout: Flux prunes it, Sluice gives the route back before it goes.
+    repo.remove("app/rollout.yaml");
+    let gone = repo.commit_and_push("app: no Rollout");
+    wait_attempted(&env, &ns, &gone).await;
+    eventually(
+        WAIT,
+        "the pruned Rollout gone (its finalizer released)",
+        || async { rollouts.get_opt(APP).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    let route = eventually(WAIT, "the route as Git declares it", || async {
+        let route = route_api.get(APP).await.ok()?;
+        (route_weights(&route)? == (100, 0)).then_some(route)
+    })
+    .await;
+    let sluice_fields: Vec<_> = route
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some("sluice"))
+        .collect();
+    assert!(
+        sluice_fields.is_empty(),
+        "Sluice still owns fields of the route after the Rollout went: {sluice_fields:?}"
+    );
+    eventually(WAIT, "Traefik to send everything to stable", || async {
+        (traefik_weights(&gw, &ns).await? == (100, 0)).then_some(())
+    })
+    .await;
+    let k = wait_ready(&env, &ns, &gone, &ctl).await;
+    assert!(
+        !inventory(&k).iter().any(|id| id.ends_with("_Rollout")),
+        "the Rollout is still in Flux's inventory: {:?}",
+        inventory(&k)
+    );
+}
+
+/// The Canary app as Git holds it: the target Deployment with image tag `tag` (no `replicas`:
+/// Sluice scales the target, as Flagger does, and Flux must not take the scale back).
+fn target_yaml(tag: &str, echo_port: u16) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: podinfo
+  labels: {{app: podinfo}}
+spec:
+  selector:
+    matchLabels: {{app: podinfo}}
+  template:
+    metadata:
+      labels: {{app: podinfo}}
+    spec:
+      containers:
+      - name: podinfo
+        image: registry.invalid/podinfo:{tag}
+        ports: [{{containerPort: {echo_port}, name: http}}]
+"#
+    )
+}
+
+/// The Canary (Gateway API through Traefik: 25%, 50%, then a `confirm-promotion` gate on the
+/// load tester), its Gateway and its MetricTemplate on the env's Prometheus, as Git holds them.
+fn canary_objects_yaml(
+    gw: &GatewayEnv,
+    host: &str,
+    prometheus: &str,
+    query: &str,
+    gate: &str,
+) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: gw
+spec:
+  gatewayClassName: {class}
+  listeners:
+  - {{name: web, protocol: HTTP, port: {port}, hostname: "{host}"}}
+---
+apiVersion: flagger.app/v1beta1
+kind: MetricTemplate
+metadata:
+  name: error-rate
+spec:
+  provider:
+    type: prometheus
+    address: {prometheus}
+  query: '{query}'
+---
+apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata:
+  name: podinfo
+spec:
+  provider: gatewayapi:v1
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: podinfo}}
+  progressDeadlineSeconds: 120
+  service:
+    port: 80
+    targetPort: {echo}
+    hosts: ["{host}"]
+    gatewayRefs: [{{name: gw}}]
+  analysis:
+    interval: 1s
+    threshold: 2
+    stepWeight: 25
+    maxWeight: 50
+    metrics:
+    - name: error-rate
+      templateRef: {{name: error-rate}}
+      thresholdRange: {{max: 0.05}}
+    webhooks:
+    - name: promotion-gate
+      type: confirm-promotion
+      url: {gate}/gate/check
+      timeout: 5s
+"#,
+        class = gw.class,
+        port = gw.port,
+        echo = gw.echo_port,
+    )
+}
+
+/// The Canary app's objects: the Gateway and MetricTemplate only Flux writes; the Canary
+/// (status) and its target (scale) Sluice writes too.
+const CANARY_APP: Declares = Declares {
+    versioned: &[
+        (
+            "gateway.networking.k8s.io",
+            "v1",
+            "Gateway",
+            "gateways",
+            "gw",
+        ),
+        (
+            "flagger.app",
+            "v1beta1",
+            "MetricTemplate",
+            "metrictemplates",
+            "error-rate",
+        ),
+    ],
+    specs: &[
+        ("flagger.app", "v1beta1", "Canary", "canaries", "podinfo"),
+        ("apps", "v1", "Deployment", "deployments", "podinfo"),
+    ],
+};
+
+/// Every (Ready status, reason, lastAppliedRevision) the Kustomization showed, polled until
+/// dropped: "Ready throughout" means no `False` among them.
+struct ReadyRecorder {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadyRecorder {
+    fn start(env: &TestEnv, ns: &str) -> ReadyRecorder {
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>> =
+            Default::default();
+        let (client, ns, out) = (env.client.clone(), ns.to_string(), seen.clone());
+        let task = tokio::spawn(async move {
+            let gvk = GroupVersionKind::gvk("kustomize.toolkit.fluxcd.io", "v1", "Kustomization");
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                client,
+                &ns,
+                &ApiResource::from_gvk_with_plural(&gvk, "kustomizations"),
+            );
+            loop {
+                if let Ok(k) = api.get(APP).await {
+                    let (status, reason, _) = condition(&k, "Ready").unwrap_or_default();
+                    let applied = status_str(&k, "lastAppliedRevision");
+                    let mut seen = out.lock().expect("the recorder's list");
+                    if seen.last() != Some(&(status.clone(), reason.clone(), applied.clone())) {
+                        seen.push((status, reason, applied));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        ReadyRecorder { seen, task }
+    }
+
+    /// What was seen so far, in order, without repeats.
+    fn seen(&self) -> Vec<(String, String, String)> {
+        self.seen.lock().expect("the recorder's list").clone()
+    }
+}
+
+impl Drop for ReadyRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The Canary's (phase, canary weight).
+fn canary_state(c: &Canary) -> (Option<CanaryPhase>, Option<i32>) {
+    let status = c.status.as_ref();
+    (
+        status.and_then(|s| s.phase),
+        status.and_then(|s| s.canary_weight),
+    )
+}
+
+/// Scenario 1 (and 3) for a Flagger Canary, health by Flux's own kstatus: a pushed image tag
+/// is applied by Flux, Sluice runs 25% → 50% through Traefik gated by Prometheus and holds at
+/// the `confirm-promotion` gate; the Kustomization is never `Ready=False` on the way and is Ready
+/// on each revision Git holds once applied (a Canary's target serves throughout: the primary
+/// does), forced reconciles at 50% and after the promotion change nothing and leave Sluice's
+/// weights; opening the gate promotes v2 onto the primary.
+#[tokio::test]
+async fn a_commit_to_a_canary_is_synced_by_flux_promoted_by_sluice_and_never_seen_as_drift() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let Some(gw) = env.gateway_or_skip() else {
+        return;
+    };
+    let Some(gitops) = env.gitops_or_skip() else {
+        return;
+    };
+    let ns_guard = env.namespace("gitops-canary").await;
+    let ns = ns_guard.name.clone();
+    let exporter = Exporter::start(&env, "gitops").await;
+    exporter.set("errors", 0.0);
+    exporter.wait_scraped("errors", 0.0).await;
+    let loadtester = LoadTesterProcess::start(&env, &ns).await;
+    let ctl = ControllerProcess::start_with(&env, &ns, &["--leader-elect=false"]).await;
+    let canaries: Api<Canary> = Api::namespaced(env.client.clone(), &ns);
+    let host = format!("{ns}.sluice.test");
+
+    let repo = Repo::create(&gitops, &ns);
+    repo.write(
+        "app/objects.yaml",
+        &canary_objects_yaml(
+            &gw,
+            &host,
+            &env.prometheus_url,
+            &exporter.selector("errors"),
+            &loadtester.url,
+        ),
+    );
+    repo.write("app/deployment.yaml", &target_yaml("v1", gw.echo_port));
+    let v1 = repo.commit_and_push("podinfo v1");
+    env.create(&ns, git_repository(APP, &repo.url)).await;
+    env.create(&ns, flux_kustomization(&ns)).await;
+
+    // Flux creates the objects, Sluice initializes the Canary: all traffic on the primary.
+    wait_ready(&env, &ns, &v1, &ctl).await;
+    let route_api = routes(&env, &ns);
+    let tracks = ("podinfo-primary", "podinfo-canary");
+    eventually(
+        WAIT,
+        "the Canary Initialized, its route on the primary",
+        || async {
+            let c = canaries.get("podinfo").await.ok()?;
+            let route = route_api.get("podinfo").await.ok()?;
+            (canary_state(&c).0 == Some(CanaryPhase::Initialized)
+                && backend_weights(&route, tracks)? == (100, 0))
+                .then_some(())
+        },
+    )
+    .await;
+    let traefik = || async {
+        common::traffic::traefik_weight_sets(&gw.api_url, &ns, "podinfo", tracks)
+            .await
+            .into_iter()
+            .next()
+    };
+    eventually(
+        WAIT,
+        "Traefik to send everything to the primary",
+        || async { (traefik().await? == (100, 0)).then_some(()) },
+    )
+    .await;
+    wait_ready(&env, &ns, &v1, &ctl).await;
+    assert_no_drift(&env, &ns, &CANARY_APP, "v1 initialized").await;
+    let recorder = ReadyRecorder::start(&env, &ns);
+
+    // A commit of a new image tag: Flux applies it, Sluice runs 25% → 50% and waits at the gate.
+    repo.write("app/deployment.yaml", &target_yaml("v2", gw.echo_port));
+    let v2 = repo.commit_and_push("podinfo v2");
+    wait_attempted(&env, &ns, &v2).await;
+    let weights_seen = std::cell::RefCell::new(Vec::new());
+    eventually(WAIT, "the Canary at 50% waiting for promotion", || async {
+        let c = canaries.get("podinfo").await.ok()?;
+        let (phase, weight) = canary_state(&c);
+        if let Some(w) = weight.filter(|w| *w > 0) {
+            let mut seen = weights_seen.borrow_mut();
+            if seen.last() != Some(&w) {
+                seen.push(w);
+            }
+        }
+        let route = route_api.get("podinfo").await.ok()?;
+        (phase == Some(CanaryPhase::WaitingPromotion)
+            && weight == Some(50)
+            && backend_weights(&route, tracks)? == (50, 50))
+            .then_some(())
+    })
+    .await;
+    let weights_seen = weights_seen.into_inner();
+    assert!(
+        weights_seen.iter().all(|w| [25, 50].contains(w)),
+        "canary weights other than the steps: {weights_seen:?}"
+    );
+    eventually(WAIT, "Traefik to apply 50/50", || async {
+        (traefik().await? == (50, 50)).then_some(())
+    })
+    .await;
+
+    // The Canary's health by kstatus: the primary serves v1 while v2 is analysed, so Flux calls
+    // v2 applied and the Kustomization Ready; a forced reconcile at 50% changes nothing.
+    let k = wait_ready(&env, &ns, &v2, &ctl).await;
+    assert_eq!(
+        condition(&k, "Healthy").map(|c| c.0).as_deref(),
+        Some("True"),
+        "the Kustomization is not Healthy at 50%"
+    );
+    assert_no_drift(&env, &ns, &CANARY_APP, "canary at 50%").await;
+    let c = canaries.get("podinfo").await.expect("the Canary");
+    assert_eq!(
+        canary_state(&c),
+        (Some(CanaryPhase::WaitingPromotion), Some(50)),
+        "the forced reconcile moved the Canary"
+    );
+    let route = route_api.get("podinfo").await.expect("the route");
+    assert_eq!(backend_weights(&route, tracks), Some((50, 50)));
+    assert_eq!(
+        traefik().await,
+        Some((50, 50)),
+        "Flux undid Sluice's weights"
+    );
+
+    // Open the gate: Sluice promotes v2 onto the primary and sends all traffic back to it.
+    let (code, body) = loadtester.post("/gate/open", "podinfo", &ns).await;
+    assert_eq!(code, 202, "opening the gate: {body}");
+    eventually(WAIT, "the Canary Succeeded", || async {
+        let c = canaries.get("podinfo").await.ok()?;
+        (canary_state(&c).0 == Some(CanaryPhase::Succeeded)).then_some(())
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &ns);
+    let primary = deployments
+        .get("podinfo-primary")
+        .await
+        .expect("the primary");
+    let image = primary
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.first().and_then(|c| c.image.clone()));
+    assert_eq!(image.as_deref(), Some("registry.invalid/podinfo:v2"));
+    eventually(WAIT, "the route back on the primary", || async {
+        let route = route_api.get("podinfo").await.ok()?;
+        (backend_weights(&route, tracks)? == (100, 0)).then_some(())
+    })
+    .await;
+    eventually(
+        WAIT,
+        "Traefik to send everything to the primary again",
+        || async { (traefik().await? == (100, 0)).then_some(()) },
+    )
+    .await;
+    let k = wait_ready(&env, &ns, &v2, &ctl).await;
+    assert_eq!(
+        condition(&k, "Healthy").map(|c| c.0).as_deref(),
+        Some("True")
+    );
+    assert_no_drift(&env, &ns, &CANARY_APP, "v2 promoted").await;
+
+    let seen = recorder.seen();
+    assert!(
+        seen.iter().all(|(status, _, _)| status != "False"),
+        "the Kustomization was not Ready on the way: {seen:?}"
+    );
+    let applied = format!("main@sha1:{v2}");
+    assert!(
+        seen.iter().any(|(s, _, a)| s == "True" && *a == applied),
+        "the Kustomization never Ready on {applied}: {seen:?}"
+    );
 }

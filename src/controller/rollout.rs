@@ -31,6 +31,7 @@ mod events;
 mod execute;
 mod experiment;
 mod finalizer;
+mod git_revert;
 mod index;
 mod observe;
 mod traffic;
@@ -732,6 +733,10 @@ async fn reconcile_inner(rollout: &Rollout, ctx: &Ctx) -> Result<Requeue, Error>
     }
     if let Some(error) = failed {
         return Err(error);
+    }
+    // After the abort's traffic actions: traffic goes back to stable before Git is written.
+    if plan.status.abort {
+        git_revert::run(rollout, &spec, &plan.status, &replica_sets, ctx).await?;
     }
     if !hold_traffic && !invalid && finalizer::has(rollout) {
         finalizer::remove(&ctx.shared.client, rollout)

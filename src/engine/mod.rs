@@ -20,6 +20,7 @@ mod argo_events;
 mod ephemeral;
 pub mod experiment;
 pub mod flagger;
+pub mod git_revert;
 pub mod hash;
 pub mod health;
 pub mod intent;

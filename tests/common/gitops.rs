@@ -115,6 +115,12 @@ impl Repo {
         std::fs::write(&file, content).unwrap_or_else(|e| panic!("writing {path}: {e}"));
     }
 
+    /// Deletes a file of the working copy (the next commit removes it from Git).
+    pub fn remove(&self, path: &str) {
+        std::fs::remove_file(self.work.join(path))
+            .unwrap_or_else(|e| panic!("removing {path}: {e}"));
+    }
+
     /// `git add -A && git commit && git push` over HTTP; returns the new commit's SHA.
     pub fn commit_and_push(&self, message: &str) -> String {
         git(&self.work, &["add", "-A"]);
@@ -124,6 +130,27 @@ impl Repo {
             &["push", "-q", "origin", "HEAD:refs/heads/main"],
         );
         git(&self.work, &["rev-parse", "HEAD"])
+    }
+}
+
+impl Repo {
+    /// The messages of the commits on the server's `main`, newest first.
+    pub fn remote_messages(&self) -> Vec<String> {
+        git(&self.bare, &["log", "--format=%B%x00", "main"])
+            .split('\0')
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty())
+            .collect()
+    }
+
+    /// The server's `main` commit.
+    pub fn remote_head(&self) -> String {
+        git(&self.bare, &["rev-parse", "main"])
+    }
+
+    /// A file as the server's `main` holds it.
+    pub fn remote_file(&self, path: &str) -> String {
+        git(&self.bare, &["show", &format!("main:{path}")])
     }
 }
 
