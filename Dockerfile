@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The Sluice controller image: a release build on Debian 12, run on distroless's cc image (glibc,
-# libgcc and the CA bundle; no shell, no package manager) as the non-root user 65532.
+# libgcc, OpenSSL and the CA bundle; no shell, no package manager) as the non-root user 65532,
+# plus zlib, which git2 (the Git revert, src/gitops/) links and distroless does not ship.
 #
 #   docker build -t ghcr.io/sluice-rs/sluice:0.1.0 --build-arg SLUICE_GIT_COMMIT=$(git rev-parse --short=12 HEAD) .
 #
@@ -16,7 +17,8 @@ ARG SLUICE_GIT_COMMIT=unknown
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     SLUICE_GIT_COMMIT=${SLUICE_GIT_COMMIT} cargo build --release --locked --bin sluice \
-    && strip -o /sluice target/release/sluice
+    && strip -o /sluice target/release/sluice \
+    && cp -L /lib/$(gcc -dumpmachine)/libz.so.1 /libz.so.1
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 ARG SLUICE_GIT_COMMIT=unknown
@@ -28,6 +30,7 @@ LABEL org.opencontainers.image.title="sluice" \
       org.opencontainers.image.revision="${SLUICE_GIT_COMMIT}" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /sluice /sluice
+COPY --from=build /libz.so.1 /usr/lib/libz.so.1
 USER 65532:65532
 ENTRYPOINT ["/sluice"]
 CMD ["controller"]
