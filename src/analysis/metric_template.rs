@@ -349,11 +349,16 @@ mod tests {
     #[test]
     fn only_implemented_types_are_queried() {
         for supported in ["prometheus", "graphite", "influxdb"] {
-            assert_eq!(
-                unsupported_type(&template(json!({"type": supported}))),
-                None
-            );
+            let with_address = json!({"type": supported, "address": "http://store:8086"});
+            assert_eq!(unsupported_type(&template(with_address)), None);
         }
+        // Prometheus has the controller's default address; the others have none.
+        assert_eq!(
+            unsupported_type(&template(json!({"type": "prometheus"}))),
+            None
+        );
+        let message = unsupported_type(&template(json!({"type": "graphite"}))).unwrap();
+        assert!(message.contains("spec.provider.address"), "{message}");
         let message = unsupported_type(&template(json!({"type": "datadog"}))).unwrap();
         assert!(
             message.contains("spec.provider.type \"datadog\""),
