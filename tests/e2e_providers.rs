@@ -8,7 +8,8 @@
 //!
 //! Datadog has no server to run: a fake on 127.0.0.1 ([`FakeDatadog`]) answers as Datadog's API
 //! docs describe (v1 `/api/v1/query`, v2 `/api/v2/query/scalar`), from the answers recorded in
-//! `tests/data/`, checking both key headers (403 otherwise) and rate limiting with a 429.
+//! `tests/data/`, checking both key headers (403 otherwise) and rate limiting with a 429; New
+//! Relic likewise, a fake NerdGraph (`POST /graphql`, [`fake_nerdgraph`]).
 
 mod common;
 
@@ -689,4 +690,129 @@ async fn datadog_metric_templates_promote_a_good_canary_and_roll_back_a_bad_one(
         dd.seen()
     );
     assert_no_keys(&env, &ns.name, "", &ctl).await;
+}
+
+/// The key and account the fake NerdGraph accepts; the key must never be shown.
+const NR_KEY: &str = "NRAK-never-shown";
+const NR_ACCOUNT: i64 = 1_234_567;
+
+/// A fake NerdGraph (`POST /graphql`): checks `API-Key` (a GraphQL error otherwise, as NerdGraph
+/// answers), that the NRQL comes as Argo sends it (`nrql(query: $query …)` with the account id),
+/// and answers the recorded result with `successRate` 80 for an NRQL naming `bad`, else 99.5.
+async fn fake_nerdgraph() -> String {
+    use axum::response::IntoResponse;
+    let app = axum::Router::new().fallback(|req: axum::extract::Request| async move {
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .unwrap_or_default();
+        let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let key_ok = parts.headers.get("api-key").and_then(|v| v.to_str().ok()) == Some(NR_KEY);
+        let shaped = parts.method == "POST"
+            && parts.uri.path() == "/graphql"
+            && request["query"]
+                .as_str()
+                .is_some_and(|q| q.contains("nrql(query: $query"))
+            && request["variables"]["accountId"] == NR_ACCOUNT;
+        let answer = if !shaped {
+            json!({"errors": [{"message": "unexpected request"}]})
+        } else if !key_ok {
+            json!({"errors": [{"message": "Invalid API key",
+                "extensions": {"errorClass": "UNAUTHORIZED"}}]})
+        } else {
+            let nrql = request["variables"]["query"].as_str().unwrap_or_default();
+            let mut answer: serde_json::Value =
+                serde_json::from_str(include_str!("data/newrelic-nerdgraph-nrql.json"))
+                    .expect("recorded answer");
+            answer["data"]["actor"]["account"]["nrql"]["results"][0]["successRate"] =
+                json!(if nrql.contains("bad") { 80.0 } else { 99.5 });
+            answer
+        };
+        ([("content-type", "application/json")], answer.to_string()).into_response()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding");
+    let url = format!("http://{}/graphql", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
+/// An AnalysisRun through the fake NerdGraph with Argo's profile Secret (`newrelic`:
+/// personal-api-key, account-id, base-url-nerdgraph): an NRQL row passes, another fails, a wrong
+/// key is an Error with NerdGraph's message, and the key is shown nowhere.
+#[tokio::test]
+async fn newrelic_analysis_run_passes_fails_and_errors_against_a_fake_nerdgraph() {
+    let Some(env) = common::test_env().await else {
+        return;
+    };
+    let nerdgraph = fake_nerdgraph().await;
+    let ns = env.namespace("prov-newrelic").await;
+    for (name, key) in [("newrelic", NR_KEY), ("nr-wrong", "NRAK-wrong")] {
+        env.create(
+            &ns.name,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                "stringData": {"personal-api-key": key, "account-id": NR_ACCOUNT.to_string(),
+                    "base-url-nerdgraph": nerdgraph}}),
+        )
+        .await;
+    }
+    let ctl = ControllerProcess::start(&env, &ns.name).await;
+    let nrql = |app: &str| {
+        format!(
+            "FROM Transaction SELECT percentage(count(*), WHERE httpResponseCode != 500) as successRate WHERE appName = '{app}'"
+        )
+    };
+    let metric = |name: &str, settings: serde_json::Value| {
+        json!({"name": name, "successCondition": "result.successRate >= 95",
+            "consecutiveErrorLimit": 0, "provider": {"newRelic": settings}})
+    };
+    let run: AnalysisRun = serde_json::from_value(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisRun",
+        "metadata": {"name": "newrelic"},
+        "spec": {"metrics": [
+            metric("ok", json!({"query": nrql("ok")})),
+            metric("bad", json!({"query": nrql("bad")})),
+            metric("denied", json!({"profile": "nr-wrong", "query": nrql("ok")})),
+        ]},
+    }))
+    .expect("AnalysisRun JSON");
+    let name = common::analysis::create_run(&env, &ns.name, run).await;
+    let run = wait_completed(&env, &ns.name, &name, Duration::from_secs(90), &ctl).await;
+    let text = status_text(&run);
+    for (metric, want, value) in [
+        ("ok", AnalysisPhase::Successful, Some("99.5")),
+        ("bad", AnalysisPhase::Failed, Some("80")),
+        ("denied", AnalysisPhase::Error, None),
+    ] {
+        let m = result(&run, metric);
+        assert_eq!(m.phase, want, "{metric}: {text}");
+        let measurement = m.measurements.last().expect("a measurement");
+        match value {
+            Some(v) => assert!(
+                measurement.value.as_deref().is_some_and(|s| s.contains(v)),
+                "{metric}: {text}"
+            ),
+            None => assert!(
+                measurement
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("Invalid API key")),
+                "{metric}: {text}"
+            ),
+        }
+        let query = if metric == "bad" {
+            nrql("bad")
+        } else {
+            nrql("ok")
+        };
+        assert_eq!(measurement.query.as_deref(), Some(query.as_str()), "{text}");
+    }
+    let status = serde_json::to_string(&run.status).unwrap_or_default();
+    let log = ctl.log_text();
+    for text in [&status, &log] {
+        assert!(!text.contains(NR_KEY), "the New Relic key shown: {text}");
+    }
 }

@@ -25,8 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::{Value as Json, json};
 
@@ -282,26 +280,17 @@ async fn keys_secret(
         .name
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(|| DEFAULT_SECRET.to_string());
-    let ns = &ctx.namespace;
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret = api
-        .get_opt(&name)
-        .await
-        .map_err(|e| format!("reading Secret {ns}/{name} (provider.datadog.secretRef): {e}"))?
-        .ok_or_else(|| {
-            format!("Secret {ns}/{name} (provider.datadog.secretRef) does not exist: create it with api-key and app-key (and optionally address)")
-        })?;
-    let data = secret.data.unwrap_or_default();
-    let key = |k: &str| {
-        data.get(k)
-            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
+    let keys = super::secret::keys(
+        ctx,
+        &name,
+        "provider.datadog.secretRef",
+        "api-key and app-key (and optionally address)",
+    )
+    .await?;
+    let key = |k: &str| keys.get(k);
     match (key("api-key"), key("app-key")) {
         (Some(api), Some(app)) => Ok((key("address"), api, app)),
-        _ => Err(format!(
-            "Secret {ns}/{name} (provider.datadog.secretRef) needs both api-key and app-key"
-        )),
+        _ => Err(format!("{} needs both api-key and app-key", keys.label)),
     }
 }
 

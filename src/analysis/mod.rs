@@ -1,5 +1,5 @@
 //! Metric providers: the I/O side of analysis, for both APIs. Each provider takes one measurement
-//! of a metric (queries Prometheus, Graphite, InfluxDB or Datadog, calls a URL, runs a Job) and reports what it saw as an
+//! of a metric (queries Prometheus, Graphite, InfluxDB, Datadog or New Relic, calls a URL, runs a Job) and reports what it saw as an
 //! [`Observed`]; the pure engine (`crate::engine::analysis`) judges it against the metric's
 //! conditions and records it in the AnalysisRun.
 //!
@@ -25,7 +25,9 @@ pub mod http;
 pub mod influxdb;
 pub mod job;
 pub mod metric_template;
+pub mod newrelic;
 pub mod prometheus;
+pub mod secret;
 pub mod web;
 
 use std::collections::BTreeMap;
@@ -237,6 +239,10 @@ impl Providers {
             (
                 ProviderKind::Influxdb,
                 Box::new(influxdb::InfluxdbProvider::new(http.clone())),
+            ),
+            (
+                ProviderKind::NewRelic,
+                Box::new(newrelic::NewRelicProvider::new(http.clone())),
             ),
             (ProviderKind::Web, Box::new(web::WebProvider::new(http))),
             (ProviderKind::Job, Box::new(job::JobProvider)),
