@@ -67,7 +67,8 @@ impl<'a> Fields<'a> {
             .map_err(|e| format!("{}: {e}", self.path("headers")))
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
+    /// A key of any shape, decoded (`None` when absent); the error names the field, not the value.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
             // serde's message may quote the value; say only where and what shape was expected.

@@ -23,8 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 use reqwest::Url;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::{Value as Json, json};
@@ -220,24 +218,15 @@ async fn profile_secret(
     ctx: &MeasureContext,
     profile: &str,
 ) -> Result<(String, Option<String>, Option<String>, Option<String>), String> {
-    let ns = &ctx.namespace;
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret = api
-        .get_opt(profile)
-        .await
-        .map_err(|e| format!("reading Secret {ns}/{profile} (provider.influxdb.profile): {e}"))?
-        .ok_or_else(|| {
-            format!("Secret {ns}/{profile} (provider.influxdb.profile) does not exist: create it with address, authToken and org")
-        })?;
-    let data = secret.data.unwrap_or_default();
-    let key = |name: &str| {
-        data.get(name)
-            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
-    let address = key("address").ok_or_else(|| {
-        format!("Secret {ns}/{profile} (provider.influxdb.profile) has no address")
-    })?;
+    let keys = super::secret::keys(
+        ctx,
+        profile,
+        "provider.influxdb.profile",
+        "address, authToken and org",
+    )
+    .await?;
+    let key = |k: &str| keys.get(k);
+    let address = key("address").ok_or_else(|| format!("{} has no address", keys.label))?;
     Ok((address, key("authToken"), key("org"), key("database")))
 }
 

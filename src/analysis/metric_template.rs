@@ -8,6 +8,7 @@
 //! | `prometheus` | `prometheus` (address default: the Canary's `metricsServer`) | `username` + `password` (basic auth), else `token` (bearer) |
 //! | `graphite` | `graphite` | `username` + `password` (basic auth) |
 //! | `influxdb` | `influxdb` with `address` (no profile Secret read) | `token` + `org` |
+//! | `datadog` | `datadog` v1 `query`, `address` optional (no keys Secret read) | `datadog_api_key` + `datadog_application_key` (required) |
 //!
 //! Decides which provider types Sluice queries (any other is refused by name, never sent a
 //! query) and how credentials map onto the request. Must never put a Secret's value anywhere but
@@ -30,24 +31,28 @@ use crate::engine::analysis::expr::Value;
 const MASK: &str = "*****";
 
 /// The template types Sluice queries.
-const SUPPORTED: [MetricProviderType; 3] = [
+const SUPPORTED: [MetricProviderType; 4] = [
     MetricProviderType::Prometheus,
     MetricProviderType::Graphite,
     MetricProviderType::Influxdb,
+    MetricProviderType::Datadog,
 ];
 
 /// Why a MetricTemplate the Canary names cannot be queried: its `spec.provider.type` is not one
 /// Sluice implements, or its type needs the `address` it lacks. `None` when it can be.
 pub fn unsupported_type(template: &MetricTemplate) -> Option<String> {
     let kind = template.spec.provider.r#type;
-    if kind == MetricProviderType::Prometheus {
+    if matches!(
+        kind,
+        MetricProviderType::Prometheus | MetricProviderType::Datadog
+    ) {
         return None;
     }
     if SUPPORTED.contains(&kind) {
         return settings(template, "").err();
     }
     Some(format!(
-        "MetricTemplate {}/{}: spec.provider.type {:?} is not supported by Sluice yet (only prometheus, graphite and influxdb); its query is never sent",
+        "MetricTemplate {}/{}: spec.provider.type {:?} is not supported by Sluice yet (only prometheus, graphite, influxdb and datadog); its query is never sent",
         template.namespace().unwrap_or_default(),
         template.name_any(),
         type_name(kind),
@@ -117,6 +122,14 @@ pub fn metric(
             };
             (wrap(real), wrap(shown))
         }
+        MetricProviderType::Datadog => {
+            let (real, shown) = datadog(template, query, secret)?;
+            let wrap = |m| MetricProvider {
+                datadog: Some(m),
+                ..Default::default()
+            };
+            (wrap(real), wrap(shown))
+        }
         _ => return Err(unsupported_type(template).unwrap_or_default()),
     };
     let metric = |provider| Metric {
@@ -125,6 +138,45 @@ pub fn metric(
         ..Default::default()
     };
     Ok((metric(real), metric(shown)))
+}
+
+/// A provider's free settings object, as the Argo metric keeps it.
+type Settings = Map<String, Json>;
+
+/// A datadog template as Argo's v1 `query`, the keys (Flagger requires its `secretRef`) inline.
+fn datadog(
+    template: &MetricTemplate,
+    query: &str,
+    secret: Option<&Secret>,
+) -> Result<(Settings, Settings), String> {
+    let secret = secret.ok_or_else(|| {
+        format!(
+            "MetricTemplate {}/{}: spec.provider.secretRef is required for type \"datadog\" (datadog_api_key, datadog_application_key)",
+            template.namespace().unwrap_or_default(),
+            template.name_any(),
+        )
+    })?;
+    let api_key = required_key(secret, "datadog_api_key")?;
+    let app_key = required_key(secret, "datadog_application_key")?;
+    let mut real = Map::new();
+    real.insert("apiVersion".into(), json!("v1"));
+    real.insert("query".into(), json!(query));
+    if let Some(address) = template
+        .spec
+        .provider
+        .address
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        real.insert("address".into(), json!(address));
+    }
+    let mut shown = real.clone();
+    real.insert("apiKey".into(), json!(api_key));
+    real.insert("appKey".into(), json!(app_key));
+    shown.insert("apiKey".into(), json!(MASK));
+    shown.insert("appKey".into(), json!(MASK));
+    Ok((real, shown))
 }
 
 /// `address`, `query`, `insecure` and `headers` of a graphite or influxdb metric.
@@ -348,20 +400,22 @@ mod tests {
 
     #[test]
     fn only_implemented_types_are_queried() {
-        for supported in ["prometheus", "graphite", "influxdb"] {
-            let with_address = json!({"type": supported, "address": "http://store:8086"});
-            assert_eq!(unsupported_type(&template(with_address)), None);
+        for supported in ["prometheus", "graphite", "influxdb", "datadog"] {
+            assert_eq!(
+                unsupported_type(&template(json!({"type": supported, "address": "http://x"}))),
+                None
+            );
         }
-        // Prometheus has the controller's default address; the others have none.
+        // Prometheus has the controller's default address; Graphite and InfluxDB have none.
         assert_eq!(
             unsupported_type(&template(json!({"type": "prometheus"}))),
             None
         );
         let message = unsupported_type(&template(json!({"type": "graphite"}))).unwrap();
         assert!(message.contains("spec.provider.address"), "{message}");
-        let message = unsupported_type(&template(json!({"type": "datadog"}))).unwrap();
+        let message = unsupported_type(&template(json!({"type": "newrelic"}))).unwrap();
         assert!(
-            message.contains("spec.provider.type \"datadog\""),
+            message.contains("spec.provider.type \"newrelic\""),
             "{message}"
         );
     }
@@ -438,6 +492,29 @@ mod tests {
             metric(&no_address, "e", "q", None, None)
                 .unwrap_err()
                 .contains("spec.provider.address is required")
+        );
+    }
+
+    #[test]
+    fn datadog_templates_carry_flaggers_keys_masked() {
+        let t = template(json!({"type": "datadog", "address": "http://dd"}));
+        let keys = secret(&[("datadog_api_key", "k1"), ("datadog_application_key", "k2")]);
+        let (real, shown) = metric(&t, "errors", "avg:x{*}", None, Some(&keys)).unwrap();
+        let d = real.provider.datadog.unwrap();
+        assert_eq!(
+            (
+                d["apiKey"].as_str(),
+                d["appKey"].as_str(),
+                d["address"].as_str()
+            ),
+            (Some("k1"), Some("k2"), Some("http://dd"))
+        );
+        let shown = format!("{shown:?}");
+        assert!(!shown.contains("k1") && !shown.contains("k2"), "{shown}");
+        assert!(
+            metric(&t, "e", "q", None, None)
+                .unwrap_err()
+                .contains("spec.provider.secretRef is required")
         );
     }
 

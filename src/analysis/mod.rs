@@ -1,5 +1,5 @@
 //! Metric providers: the I/O side of analysis, for both APIs. Each provider takes one measurement
-//! of a metric (queries Prometheus, Graphite or InfluxDB, calls a URL, runs a Job) and reports what it saw as an
+//! of a metric (queries Prometheus, Graphite, InfluxDB, Datadog or New Relic, calls a URL, runs a Job) and reports what it saw as an
 //! [`Observed`]; the pure engine (`crate::engine::analysis`) judges it against the metric's
 //! conditions and records it in the AnalysisRun.
 //!
@@ -18,6 +18,7 @@
 //! MetricTemplates run through the same providers: [`metric_template`] turns a template into the
 //! Argo metric of its type.
 
+pub mod datadog;
 pub mod fields;
 pub mod graphite;
 pub mod http;
@@ -25,7 +26,9 @@ pub mod influxdb;
 pub mod job;
 pub mod judge;
 pub mod metric_template;
+pub mod newrelic;
 pub mod prometheus;
+pub mod secret;
 pub mod web;
 
 use std::collections::BTreeMap;
@@ -231,8 +234,16 @@ impl Providers {
                 Box::new(graphite::GraphiteProvider::new(http.clone())),
             ),
             (
+                ProviderKind::Datadog,
+                Box::new(datadog::DatadogProvider::new(http.clone())),
+            ),
+            (
                 ProviderKind::Influxdb,
                 Box::new(influxdb::InfluxdbProvider::new(http.clone())),
+            ),
+            (
+                ProviderKind::NewRelic,
+                Box::new(newrelic::NewRelicProvider::new(http.clone())),
             ),
             (
                 ProviderKind::Web,
@@ -425,11 +436,13 @@ mod tests {
         assert_eq!(providers.for_metric(&job).unwrap().name(), "job");
 
         let datadog = metric("name: m\nprovider: {datadog: {query: 'avg:x{*}'}}\n");
-        assert!(providers.for_metric(&datadog).is_none());
-        let err = providers.get(&datadog).err().unwrap();
+        assert_eq!(providers.for_metric(&datadog).unwrap().name(), "datadog");
+        let kayenta = metric("name: m\nprovider: {kayenta: {}}\n");
+        assert!(providers.for_metric(&kayenta).is_none());
+        let err = providers.get(&kayenta).err().unwrap();
         assert_eq!(
             err.to_string(),
-            "provider datadog is not supported by Sluice yet"
+            "provider kayenta is not supported by Sluice yet"
         );
         let plugin = metric("name: m\nprovider: {plugin: {argoproj-labs/x: {}}}\n");
         assert_eq!(
