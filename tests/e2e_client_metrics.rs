@@ -124,17 +124,24 @@ async fn api_requests_are_counted_by_kind_verb_and_status() {
     // ReplicaSet's stored, defaulted template) reuses web:1's ReplicaSet, found by the
     // fingerprint the cache keeps of it: no ReplicaSet is read back from the apiserver.
     let first = rollouts.get("web").await.unwrap().status.unwrap().stable_rs;
-    rollouts
-        .patch_status(
-            "web",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&json!({"status": {"promoteFull": true}})),
-        )
-        .await
-        .expect("promoting");
-    common::eventually(Duration::from_secs(90), "Healthy on web:2", || async {
+    // A new revision clears promoteFull (as in Argo): promote once the controller has planned
+    // web:2, and again until it takes (a promotion sent before that status write is lost).
+    common::eventually(Duration::from_secs(120), "Healthy on web:2", || async {
         let s = rollouts.get("web").await.ok()?.status?;
-        (s.phase == Some(RolloutPhase::Healthy) && s.stable_rs != first).then_some(())
+        if s.phase == Some(RolloutPhase::Healthy) && s.stable_rs != first {
+            return Some(());
+        }
+        if s.current_pod_hash != first && s.phase == Some(RolloutPhase::Paused) {
+            let promote = json!({"status": {"promoteFull": true}});
+            let _ = rollouts
+                .patch_status(
+                    "web",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&promote),
+                )
+                .await;
+        }
+        None
     })
     .await;
     let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> =
