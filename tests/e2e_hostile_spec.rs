@@ -617,14 +617,14 @@ async fn a_canary_with_an_unroutable_provider_is_refused_once_per_generation() {
 /// spec.provider.type; no query goes anywhere.
 #[tokio::test]
 async fn a_metric_template_of_an_unsupported_type_stops_the_canary_before_it_starts() {
-    let Some(f) = fixture("hs-datadog").await else {
+    let Some(f) = fixture("hs-dynatrace").await else {
         return;
     };
     f.create::<MetricTemplate>(json!({
         "apiVersion": "flagger.app/v1beta1", "kind": "MetricTemplate",
-        "metadata": {"name": "dd"},
-        "spec": {"provider": {"type": "datadog", "address": "http://127.0.0.1:9"},
-            "query": "avg:requests{*}"},
+        "metadata": {"name": "dt"},
+        "spec": {"provider": {"type": "dynatrace", "address": "http://127.0.0.1:9"},
+            "query": "builtin:service.requestCount.total"},
     }))
     .await;
     f.target("podinfo").await;
@@ -633,7 +633,7 @@ async fn a_metric_template_of_an_unsupported_type_stops_the_canary_before_it_sta
         "kubernetes",
         80,
         json!({"interval": "1s", "threshold": 2, "iterations": 2,
-            "metrics": [{"name": "requests", "templateRef": {"name": "dd"},
+            "metrics": [{"name": "requests", "templateRef": {"name": "dt"},
                 "thresholdRange": {"min": 1}}]}),
     ))
     .await;
@@ -647,7 +647,7 @@ async fn a_metric_template_of_an_unsupported_type_stops_the_canary_before_it_sta
         .await;
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
     assert!(
-        warnings[0].contains("\"datadog\"")
+        warnings[0].contains("\"dynatrace\"")
             && warnings[0].contains("spec.analysis.metrics[0].templateRef"),
         "{warnings:#?}"
     );
